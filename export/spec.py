@@ -1,0 +1,68 @@
+"""Declarative export specs and the typed errors of the export stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity budget of an export against the float32 torch model."""
+
+    atol: float  # |onnx - torch| <= atol + rtol * |torch| for every logit
+    rtol: float
+    # top-1 must agree on every sample whose torch top-1 margin exceeds this (near-ties may flip)
+    decisive_margin: float
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What an exported classifier looks like: one float32 image input, one float32 output."""
+
+    precision: str = "fp32"  # "fp32" | "fp16" (tower in half; normalisation and head in fp32)
+    opset: int = 17  # ONNX opset
+    input_name: str = "images"  # [batch, 3, size, size], float32 in [0, 1]
+    output_name: str = "logits"  # [batch, labels], float32
+    dynamic_axes: dict[str, dict[int, str]] = field(
+        default_factory=lambda: {"images": {0: "batch"}, "logits": {0: "batch"}}
+    )
+    parity_batch: int = 8  # images in the parity batch
+    tolerances: dict[str, Tolerance] = field(
+        default_factory=lambda: {
+            "fp32": Tolerance(atol=1e-3, rtol=1e-3, decisive_margin=1e-2),
+            "fp16": Tolerance(atol=6e-2, rtol=3e-2, decisive_margin=0.25),
+        }
+    )
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if not 13 <= self.opset <= 21:
+            raise ValueError(f"opset must be in [13, 21], got {self.opset}")
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return self.tolerances[self.precision]
+
+
+class ExportError(RuntimeError):
+    """The export itself failed (tracing, onnx.checker, session creation)."""
+
+
+class ParityError(ExportError):
+    """onnxruntime and torch disagree beyond the tolerance of the precision."""
+
+    def __init__(self, model: str, precision: str, max_abs_diff: float, worst: tuple[int, int],
+                 atol: float, rtol: float, detail: str = "") -> None:
+        self.max_abs_diff, self.worst = max_abs_diff, worst
+        super().__init__(
+            f"{model} ({precision}): onnxruntime differs from torch by up to {max_abs_diff:.4g} "
+            f"(sample {worst[0]}, label {worst[1]}), over the tolerance atol={atol} rtol={rtol}"
+            + (f"; {detail}" if detail else "")
+        )
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, malformed or does not match its ONNX file."""

@@ -1,0 +1,83 @@
+"""Score images with an exported classifier through onnxruntime (CUDA where present, else CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.zoo.model import PreprocessCfg, Resize
+from .manifest import MODEL_FILE, Manifest, load_manifest
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_threads: int = 0):
+    """An onnxruntime session on CUDA (falling back to CPU) or on the CPU alone."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # The CPU provider's layout optimisations (level ALL) crash on some fp16 transformer graphs
+    # (onnxruntime 1.32 segfaults at session creation); EXTENDED keeps every fusion but those.
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        if precision == "fp16" and not cuda
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else [
+        "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+class OnnxVerifier:
+    """images [N, 3, H, W] in [0, 1] (torch, any device) -> float32 label logits (torch, CPU).
+
+    Loads with the CUDA execution provider where present and the CPU one otherwise; on CUDA the
+    input is bound straight from the torch tensor's memory (IO binding), with no host copy.
+    """
+
+    def __init__(self, export_dir: str | Path, *, device: str = "auto",
+                 intra_op_threads: int = 0) -> None:
+        self.path = Path(export_dir)
+        self.manifest: Manifest = load_manifest(self.path)
+        m = self.manifest
+        self.name, self.labels = m.source_model, m.labels
+        self.resize = Resize(PreprocessCfg(m.input_size, tuple(m.mean), tuple(m.std),
+                                           m.interpolation, m.crop_pct))
+        use_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers()
+        if device == "cuda" and not use_cuda:
+            raise RuntimeError("device='cuda' asked for but onnxruntime has no CUDA provider; "
+                               "install the extra: pip install 'advx[gpu]'")
+        dir_ = self.path if self.path.is_dir() else self.path.parent
+        self.session = make_session(dir_ / MODEL_FILE, m.precision, cuda=use_cuda,
+                                    intra_op_threads=intra_op_threads)
+        self.device = "cuda" if use_cuda else "cpu"
+
+    def __repr__(self) -> str:
+        return f"OnnxVerifier({self.name!r}, {self.manifest.precision}, {self.device})"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.resize(images.detach().float()).contiguous()
+        if self.device == "cuda" and x.is_cuda:
+            return self._run_bound(x)
+        feed = {self.manifest.input_name: x.cpu().numpy()}
+        return torch.from_numpy(self.session.run([self.manifest.output_name], feed)[0])
+
+    def _run_bound(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((x.shape[0], len(self.labels)), dtype=torch.float32, device=x.device)
+        binding = self.session.io_binding()
+        dev_id = x.device.index or 0
+        binding.bind_input(self.manifest.input_name, "cuda", dev_id, np.float32, tuple(x.shape),
+                           x.data_ptr())
+        binding.bind_output(self.manifest.output_name, "cuda", dev_id, np.float32,
+                            tuple(out.shape), out.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return out.cpu()
