@@ -1,0 +1,123 @@
+"""The shared machinery of iterative gradient attacks; each attack adds one update rule."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ensemble import Ensemble
+from ..losses import get_loss
+from ..transforms import InputDiversity, Preset, sample_eot, smooth_gradient, ti_kernel
+
+
+@dataclass
+class AttackState:
+    """Per-image attack state; rows can be taken out and put back (continuous batching)."""
+
+    images: torch.Tensor  # originals, [N, 3, H, W] in [0, 1]
+    adv: torch.Tensor  # current candidates
+    momentum: torch.Tensor  # accumulated gradient (MI-FGSM), zeros otherwise
+
+    def take(self, idx: torch.Tensor | slice) -> AttackState:
+        return AttackState(self.images[idx], self.adv[idx], self.momentum[idx])
+
+    def put(self, idx: torch.Tensor | slice, part: AttackState) -> None:
+        self.adv[idx], self.momentum[idx] = part.adv, part.momentum
+
+    @staticmethod
+    def cat(parts: list[AttackState]) -> AttackState:
+        return AttackState(*(torch.cat([getattr(p, f) for p in parts])
+                             for f in ("images", "adv", "momentum")))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class Attack:
+    """Base class: ``forward(images, labels, targets=None)`` returns adversarial images in [0, 1].
+
+    ``model`` is an :class:`Ensemble` (or one classifier, wrapped). Normalisation lives in the
+    models; attacks see images in [0, 1] only.
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float, alpha: float, steps: int = 10,
+                 random_start: bool = True, loss: str = "margin", targeted: bool = False,
+                 eot: Preset | None = None, eot_samples: int = 1,
+                 diversity: InputDiversity | None = None, ti_size: int = 0,
+                 amp_dtype: torch.dtype | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        self.model = model if isinstance(model, Ensemble) else Ensemble([model])
+        self.eps, self.alpha, self.steps = eps, alpha, steps
+        self.random_start = random_start
+        self.targeted = targeted
+        self.loss_fn = get_loss(loss, targeted)
+        self.eot, self.eot_samples = eot, eot_samples
+        self.diversity = diversity
+        self.kernel = ti_kernel(ti_size) if ti_size else None
+        self.amp_dtype = amp_dtype
+        self.generator = generator
+
+    # --- one public call -----------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        state = self.init(images)
+        for _ in range(self.steps):
+            self.step(state, labels, targets)
+        return state.adv
+
+    __call__ = forward
+
+    # --- step-wise API (used by the scheduler) ---------------------------------------------
+
+    def init(self, images: torch.Tensor) -> AttackState:
+        images = images.detach()
+        adv = self.random_init(images) if self.random_start else images.clone()
+        return AttackState(images, adv, torch.zeros_like(images))
+
+    def step(self, state: AttackState, labels: torch.Tensor,
+             targets: torch.Tensor | None = None) -> torch.Tensor:
+        """One update of every row of ``state``; returns the loss before the update."""
+        if self.targeted and targets is None:
+            raise ValueError("a targeted attack needs targets")
+        y = targets if self.targeted else labels
+        loss, grad = self.gradient(state.adv, y)
+        if self.kernel is not None:
+            grad = smooth_gradient(grad, self.kernel)
+        state.adv = self.update(state, grad).detach()
+        return loss
+
+    def gradient(self, adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradient, averaged over EOT samples, through DI."""
+        autocast = (torch.autocast(adv.device.type, dtype=self.amp_dtype)
+                    if self.amp_dtype is not None else contextlib.nullcontext())
+        loss_sum, grad_sum = 0.0, torch.zeros_like(adv)
+        for _ in range(self.eot_samples):
+            loss, grad = self.model.loss_and_grad(adv, y, self.loss_fn, self._input_transform,
+                                                  autocast)
+            loss_sum, grad_sum = loss_sum + loss, grad_sum + grad
+        return loss_sum / self.eot_samples, grad_sum / self.eot_samples
+
+    def _input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eot is not None:
+            x = sample_eot(self.eot, x, self.generator)
+        if self.diversity is not None:
+            x = self.diversity(x, self.generator)
+        return x
+
+    # --- what subclasses define ------------------------------------------------------------
+
+    def random_init(self, images: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(images.shape, generator=self.generator, device="cpu")
+        noise = (2 * noise - 1).to(images.device) * self.eps
+        return (images + noise).clamp(0, 1)
+
+    def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self, images: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """Onto the L-inf eps-ball around ``images`` and the pixel range."""
+        return torch.min(torch.max(adv, images - self.eps), images + self.eps).clamp(0, 1)

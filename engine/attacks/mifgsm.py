@@ -1,0 +1,21 @@
+"""MI-FGSM (Dong et al. 2018): momentum over L1-normalised gradients, for transferability.
+
+With ``diversity`` it is DI-MI-FGSM, with ``ti_size`` TI-DI-MI-FGSM (both options of Attack).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Attack, AttackState
+
+
+class MIFGSM(Attack):
+    def __init__(self, *args, decay: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.decay = decay
+
+    def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
+        g = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        state.momentum = self.decay * state.momentum + g
+        return self.project(state.images, state.adv + self.alpha * state.momentum.sign())

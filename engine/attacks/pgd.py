@@ -1,0 +1,14 @@
+"""PGD under L-inf (Madry et al. 2018): signed gradient steps projected onto the eps-ball."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Attack, AttackState
+
+
+class PGD(Attack):
+    """L-inf PGD with random start. ``eps`` and ``alpha`` in [0, 1] pixel units."""
+
+    def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
+        return self.project(state.images, state.adv + self.alpha * grad.sign())

@@ -1,0 +1,68 @@
+"""The configuration of a hardening run (frozen; override with dataclasses.replace)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ATTACKS = ("mifgsm", "pgd", "pgd-l2")
+LOSSES = ("margin", "ce")
+OUTPUT_FORMATS = ("png", "jpeg")
+AMP = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass(frozen=True)
+class HardenConfig:
+    eps: float = 8.0  # L-inf budget in /255 units (8 means 8/255)
+    eps_l2: float = 2.0  # L2 budget in [0, 1] pixel units (pgd-l2 only)
+    attack: str = "mifgsm"  # "mifgsm" (momentum), "pgd" (L-inf), "pgd-l2"
+    steps: int = 40  # step limit per image
+    alpha: float | None = None  # step size, /255 for L-inf (default eps / 4), L2 units for pgd-l2
+    random_start: bool = True  # start from a random point of the eps-ball
+    loss: str = "margin"  # "margin" (CW) or "ce"
+    targeted: bool = False  # push towards a decoy label instead of away from the true one
+    momentum: float = 1.0  # MI-FGSM decay
+    diversity_prob: float = 0.5  # input diversity (DI) probability, 0 disables
+    ti_kernel: int = 0  # translation-invariance kernel size (odd), 0 disables
+    transforms: str = "jpeg"  # solver-side transform preset, for EOT and verification
+    eot_samples: int = 1  # transforms drawn per step (gradients averaged)
+    verify_every: int = 5  # torch attack steps between verification passes
+    margin: float = 0.5  # a verifier counts as fooled when (best wrong - true) logit >= margin
+    ssim_floor: float | None = None  # stop pushing an image before its SSIM drops below this
+    output_format: str = "png"  # verification scores exactly what is delivered
+    jpeg_quality: int = 90  # when output_format == "jpeg"
+    batch_size: int = 16  # images attacked together (halved on out-of-memory)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    amp: str = "auto"  # autocast for surrogate passes: auto = bf16 on CUDA, off on CPU
+    seed: int = 0  # seeded runs repeat exactly on CPU
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        need(0 < self.eps <= 64, f"eps must be in (0, 64] (/255 units), got {self.eps}")
+        need(self.eps_l2 > 0, f"eps_l2 must be > 0, got {self.eps_l2}")
+        need(self.attack in ATTACKS, f"attack must be one of {ATTACKS}, got {self.attack!r}")
+        need(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        need(self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+        need(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
+        need(0 <= self.diversity_prob <= 1, "diversity_prob must be in [0, 1]")
+        need(self.ti_kernel == 0 or (self.ti_kernel % 2 == 1 and self.ti_kernel >= 3),
+             "ti_kernel must be 0 or an odd size >= 3")
+        need(self.eot_samples >= 1, "eot_samples must be >= 1")
+        need(self.verify_every >= 1, "verify_every must be >= 1")
+        need(self.ssim_floor is None or 0 < self.ssim_floor < 1, "ssim_floor must be in (0, 1)")
+        need(self.output_format in OUTPUT_FORMATS, f"output_format must be one of {OUTPUT_FORMATS}")
+        need(1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]")
+        need(self.batch_size >= 1, "batch_size must be >= 1")
+        need(self.amp in AMP, f"amp must be one of {AMP}")
+        from .transforms import get_preset
+
+        get_preset(self.transforms)
+
+    @property
+    def step_size(self) -> float:
+        """alpha in the attack's own units ([0, 1] pixels)."""
+        if self.attack == "pgd-l2":
+            return self.alpha if self.alpha is not None else self.eps_l2 / 8
+        return (self.alpha if self.alpha is not None else self.eps / 4) / 255

@@ -1,0 +1,45 @@
+"""What a hardening run returns for each image."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STATUSES = ("fooled", "unfooled")
+STOP_REASONS = ("already_fooled", "verifiers_fooled", "max_steps", "ssim_floor")
+
+
+@dataclass
+class HardenResult:
+    index: int  # position in the input list
+    image: np.ndarray  # the delivered image, uint8 HxWx3 (before JPEG encoding if jpeg output)
+    label: str  # true label
+    target: str | None  # decoy label of a targeted run
+    status: str  # "fooled" (every verifier wrong under every transform) | "unfooled"
+    stop_reason: str  # one of STOP_REASONS
+    steps: int  # attack steps spent
+    fooled_at: int | None  # steps when first verified fooled (0 = already misclassified)
+    predictions_before: dict[str, str]  # model -> predicted label on the clean image
+    predictions_after: dict[str, str]  # model -> predicted label on the delivered image
+    margins: dict[str, float]  # verifier -> min over transforms of (best wrong - true) logit
+    linf: float  # in /255 units
+    l2: float  # in [0, 1] pixel units
+    psnr: float  # dB
+    ssim: float
+    seconds: float  # wall time from entering the batch to leaving it
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fooled(self) -> bool:
+        return self.status == "fooled"
+
+    def to_record(self) -> dict:
+        """A JSON-ready dict (no pixels)."""
+        d = {k: v for k, v in self.__dict__.items() if k != "image"}
+        d["psnr"] = None if math.isinf(self.psnr) else round(self.psnr, 3)
+        for k in ("linf", "l2", "ssim", "seconds"):
+            d[k] = round(float(d[k]), 5)
+        d["margins"] = {k: round(float(v), 4) for k, v in self.margins.items()}
+        return d

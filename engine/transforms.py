@@ -1,0 +1,197 @@
+"""What a solver does to an image before scoring it, as differentiable torch transforms.
+
+Each transform maps images [N, 3, H, W] in [0, 1] to images of the same shape, drawing its
+random parameters from a ``torch.Generator``. Fixed-parameter instances (``lo == hi``) are used
+for verification; ranges are sampled for expectation over transformation (EOT). JPEG has no
+useful gradient, so it passes the gradient straight through (BPDA).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
+    if lo == hi:
+        return lo
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode and decode each image as JPEG (PIL, 4:4:4, like the delivered files)."""
+    out = []
+    for img in images.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu():
+        buf = io.BytesIO()
+        Image.fromarray(img.numpy()).save(buf, format="JPEG", quality=int(quality), subsampling=0)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255
+
+
+@dataclass(frozen=True)
+class Identity:
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return x
+
+    def __str__(self) -> str:
+        return "identity"
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    """JPEG re-encoding at a quality in [lo, hi]; straight-through gradient."""
+
+    lo: int = 50
+    hi: int = 95
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        q = round(_uniform(self.lo, self.hi, g))
+        return x + (jpeg_roundtrip(x, q) - x).detach()
+
+    def __str__(self) -> str:
+        return f"jpeg{self.lo}" if self.lo == self.hi else f"jpeg{self.lo}-{self.hi}"
+
+
+@dataclass(frozen=True)
+class ResizeDownUp:
+    """Downscale by a factor in [lo, hi] and back up (bilinear, as a thumbnailer would)."""
+
+    lo: float = 0.5
+    hi: float = 0.9
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        s = _uniform(self.lo, self.hi, g)
+        h, w = x.shape[-2:]
+        small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
+                              mode="bilinear", align_corners=False, antialias=True)
+        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+    def __str__(self) -> str:
+        return f"resize{self.lo:g}" if self.lo == self.hi else f"resize{self.lo:g}-{self.hi:g}"
+
+
+@dataclass(frozen=True)
+class CropShift:
+    """Crop up to ``crop`` of each side, shift by up to ``shift`` of the size, resize back."""
+
+    crop: float = 0.08
+    shift: float = 0.04
+    fixed: bool = False  # verification: always the full crop and shift
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        c = self.crop if self.fixed else _uniform(0, self.crop, g)
+        sy = self.shift if self.fixed else _uniform(-self.shift, self.shift, g)
+        sx = self.shift if self.fixed else _uniform(-self.shift, self.shift, g)
+        ch, cw = max(1, round(h * (1 - c))), max(1, round(w * (1 - c)))
+        top = min(max(0, round((h - ch) / 2 + sy * h)), h - ch)
+        left = min(max(0, round((w - cw) / 2 + sx * w)), w - cw)
+        crop = x[..., top : top + ch, left : left + cw]
+        return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+
+    def __str__(self) -> str:
+        return f"crop{self.crop:g}shift{self.shift:g}"
+
+
+@dataclass(frozen=True)
+class GaussianBlur:
+    """Gaussian blur with sigma in [lo, hi] pixels."""
+
+    lo: float = 0.3
+    hi: float = 1.0
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        sigma = _uniform(self.lo, self.hi, g)
+        radius = max(1, int(3 * sigma + 0.5))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-(t**2) / (2 * sigma**2))
+        k = k / k.sum()
+        x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        return F.conv2d(x, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+
+    def __str__(self) -> str:
+        return f"blur{self.lo:g}" if self.lo == self.hi else f"blur{self.lo:g}-{self.hi:g}"
+
+
+Transform = Identity | Jpeg | ResizeDownUp | CropShift | GaussianBlur
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named solver model: what EOT samples from and what verification checks, each."""
+
+    name: str
+    eot: tuple[Transform, ...]  # one is drawn per EOT sample
+    verify: tuple[Transform, ...]  # the candidate must fool every verifier under each of these
+
+
+PRESETS: dict[str, Preset] = {
+    "none": Preset("none", eot=(Identity(),), verify=(Identity(),)),
+    "jpeg": Preset(
+        "jpeg",
+        eot=(Identity(), Jpeg(50, 95)),
+        verify=(Identity(), Jpeg(75, 75)),
+    ),
+    "robust": Preset(
+        "robust",
+        eot=(Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 0.9), CropShift(0.08, 0.04),
+             GaussianBlur(0.3, 1.0)),
+        verify=(Identity(), Jpeg(75, 75), ResizeDownUp(0.75, 0.75), CropShift(0.05, 0.02, True),
+                GaussianBlur(0.7, 0.7)),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown transform preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def sample_eot(preset: Preset, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    """Apply one transform drawn from the preset's EOT distribution."""
+    i = int(torch.randint(len(preset.eot), (), generator=g))
+    return preset.eot[i](x, g)
+
+
+@dataclass(frozen=True)
+class InputDiversity:
+    """DI (Xie et al. 2019): with probability ``prob`` resize to a random size in
+    [size, size * rate) and pad randomly back to size * rate, then resize to the input size."""
+
+    prob: float = 0.5
+    rate: float = 1.1
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        if self.prob <= 0 or float(torch.rand((), generator=g)) >= self.prob:
+            return x
+        h, w = x.shape[-2:]
+        H, W = int(h * self.rate), int(w * self.rate)
+        nh = int(torch.randint(h, max(h + 1, H), (), generator=g))
+        nw = int(torch.randint(w, max(w + 1, W), (), generator=g))
+        r = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        top = int(torch.randint(0, H - nh + 1, (), generator=g))
+        left = int(torch.randint(0, W - nw + 1, (), generator=g))
+        padded = F.pad(r, (left, W - nw - left, top, H - nh - top), value=0.0)
+        return F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def ti_kernel(size: int, sigma: float | None = None) -> torch.Tensor:
+    """Gaussian kernel for translation-invariant gradients (Dong et al. 2019), [3, 1, k, k]."""
+    sigma = sigma or size / (2 * 3**0.5)
+    t = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    k = g[:, None] * g[None, :]
+    return (k / k.sum()).expand(3, 1, size, size).contiguous()
+
+
+def smooth_gradient(grad: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """TI: convolve the gradient with ``kernel`` (depthwise, same size)."""
+    pad = kernel.shape[-1] // 2
+    return F.conv2d(grad, kernel.to(grad.device, grad.dtype), padding=pad, groups=3)
