@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "harden": "advx.engine.api",
+    "Hardener": "advx.engine.api",
     "HardenConfig": "advx.engine.config",
     "HardenResult": "advx.engine.results",
     "create_classifier": "advx.engine.zoo",

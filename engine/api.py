@@ -112,6 +112,59 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
     )
 
 
+class Hardener:
+    """Models built once, then ``run`` on as many image batches as needed (the CLI streams
+    folders through one Hardener). See :func:`harden` for the arguments."""
+
+    def __init__(self, label_set: Sequence[str], *,
+                 surrogates: Sequence[str | nn.Module] = DEFAULT_SURROGATES,
+                 verifiers: Sequence[str | Scorer] = DEFAULT_VERIFIERS,
+                 config: HardenConfig | None = None,
+                 surrogate_weights: Sequence[float] | None = None,
+                 templates: str = "simple") -> None:
+        self.config = config = config or HardenConfig()
+        self.label_set = tuple(label_set)
+        if len(self.label_set) < 2 or len(set(self.label_set)) != len(self.label_set):
+            raise ValueError(f"the label set needs two or more distinct labels, got {label_set}")
+        shared = {s for s in surrogates if isinstance(s, str)} & {
+            v for v in verifiers if isinstance(v, str)}
+        if shared:
+            log.warning("%s are both surrogate and verifier: the verifier is not held out", shared)
+        self.device = resolve_device(config.device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.ensemble = Ensemble(build_surrogates(surrogates, self.label_set, self.device,
+                                                  templates), surrogate_weights)
+        self.verifiers = build_verifiers(verifiers, self.label_set, self.device, templates)
+        self.scheduler = Scheduler(
+            make_attack(self.ensemble, config, self.device, self.generator),
+            list(self.ensemble.members), self.verifiers, self.label_set, config, self.device,
+        )
+
+    def run(self, images: Sequence[ImageLike], labels: Sequence[str],
+            targets: Sequence[str] | None = None,
+            on_result: Callable[[HardenResult], None] | None = None) -> list[HardenResult]:
+        labels = list(labels)
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        unknown = sorted(set(labels) - set(self.label_set))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not in the label set {self.label_set}")
+        if self.config.targeted:
+            if targets is None or len(targets) != len(labels):
+                raise ValueError("a targeted run needs one target label per image")
+            bad = [t for t, y in zip(targets, labels, strict=True)
+                   if t == y or t not in self.label_set]
+            if bad:
+                raise ValueError(f"targets must be in the label set and differ from the labels: "
+                                 f"{bad}")
+        index = {lab: i for i, lab in enumerate(self.label_set)}
+        return self.scheduler.run(
+            [to_tensor(im) for im in images], [index[y] for y in labels],
+            [index[t] for t in targets] if self.config.targeted else None, on_result,
+        )
+
+
 def harden(
     images: Sequence[ImageLike],
     labels: Sequence[str],
@@ -137,44 +190,14 @@ def harden(
             done once all of them are fooled under every transform of ``config.transforms``.
         config: budgets, attack, schedule (:class:`HardenConfig`).
         targets: decoy labels, one per image, for ``config.targeted`` runs.
+        surrogate_weights: per-surrogate weights of the ensemble (default equal).
+        templates: prompt template set of zero-shot models ("simple", "openai", "photo").
         on_result: called with each result as soon as its image is finished.
 
     Returns:
         One :class:`HardenResult` per image, in input order.
     """
-    config = config or HardenConfig()
-    labels = list(labels)
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
     label_set = tuple(label_set) if label_set is not None else tuple(sorted(set(labels)))
-    if len(label_set) < 2:
-        raise ValueError("the label set needs at least two labels (pass label_set=...)")
-    unknown = sorted(set(labels) - set(label_set))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not in the label set {label_set}")
-    if config.targeted:
-        if targets is None or len(targets) != len(labels):
-            raise ValueError("a targeted run needs one target label per image")
-        bad = [t for t, y in zip(targets, labels, strict=True) if t == y or t not in label_set]
-        if bad:
-            raise ValueError(f"targets must be in the label set and differ from the labels: {bad}")
-    shared = {s for s in surrogates if isinstance(s, str)} & {
-        v for v in verifiers if isinstance(v, str)}
-    if shared:
-        log.warning("%s are both surrogate and verifier: the verifier is not held out", shared)
-
-    device = resolve_device(config.device)
-    tensors = [to_tensor(im) for im in images]
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    ensemble = Ensemble(build_surrogates(surrogates, label_set, device, templates),
-                        surrogate_weights)
-    scheduler = Scheduler(
-        make_attack(ensemble, config, device, generator), list(ensemble.members),
-        build_verifiers(verifiers, label_set, device, templates), label_set, config, device,
-    )
-    index = {lab: i for i, lab in enumerate(label_set)}
-    return scheduler.run(
-        tensors, [index[y] for y in labels],
-        [index[t] for t in targets] if config.targeted else None, on_result,
-    )
+    hardener = Hardener(label_set, surrogates=surrogates, verifiers=verifiers, config=config,
+                        surrogate_weights=surrogate_weights, templates=templates)
+    return hardener.run(images, labels, targets, on_result)
