@@ -1,0 +1,127 @@
+"""The export stage: ONNX fp32/fp16 per backend, parity, manifest integrity, cache, verifier."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from advx.engine.zoo import create_classifier
+from advx.export import (
+    ExportSpec,
+    ManifestError,
+    OnnxVerifier,
+    ParityError,
+    Tolerance,
+    export_cached,
+    export_classifier,
+    load_manifest,
+)
+
+from conftest import tiles
+
+LABELS = ("cat", "dog", "bus")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("backend", ["open_clip", "hf", "timm"])
+def test_tiny_export_parity(tiny_models, backend, precision, tmp_path):
+    import onnx
+
+    clf = create_classifier(tiny_models[backend], LABELS)
+    m = export_classifier(clf, tmp_path, ExportSpec(precision=precision))
+    model = onnx.load(tmp_path / "model.onnx")
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "images" and out.name == "logits"
+    assert inp.type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 IO at every precision
+    if precision == "fp16":
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    tol = ExportSpec(precision=precision).tolerance
+    assert m.parity.max_abs_diff <= tol.atol + tol.rtol * 100
+    assert m.parity.decisive_flips == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["labels"] == list(LABELS) and manifest["precision"] == precision
+    assert manifest["input_size"] == clf.input_size and manifest["source_model"] == clf.name
+    assert manifest["templates"] == ("simple" if backend != "timm" else None)
+    # the verifier scores new images of another size and batch like the torch model
+    v = OnnxVerifier(tmp_path, device="cpu")
+    for n in (1, 5):
+        x = torch.rand(n, 3, 37, 51)
+        np.testing.assert_allclose(v(x).numpy(), clf(x).detach().numpy(), atol=tol.atol * 2 + 1e-4,
+                                   rtol=tol.rtol)
+
+
+def test_parity_error_names_worst_difference(tiny_models, tmp_path):
+    clf = create_classifier(tiny_models["open_clip"], LABELS)
+    strict = ExportSpec(precision="fp16",
+                        tolerances={"fp16": Tolerance(atol=0.0, rtol=0.0, decisive_margin=0.0)})
+    with pytest.raises(ParityError, match=r"differs from torch by up to [0-9.e-]+ \(sample \d+, "
+                                          r"label \d+\)") as err:
+        export_classifier(clf, tmp_path, strict)
+    assert err.value.max_abs_diff > 0
+    assert not (tmp_path / "model.onnx").exists(), "a failed export leaves no model behind"
+
+
+def test_tampered_manifest_is_refused(tiny_models, tmp_path):
+    clf = create_classifier(tiny_models["timm"], LABELS)
+    export_classifier(clf, tmp_path)
+    load_manifest(tmp_path)
+    with open(tmp_path / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="sha256 .* does not match"):
+        load_manifest(tmp_path)
+    with pytest.raises(ManifestError):
+        OnnxVerifier(tmp_path)
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        load_manifest(tmp_path / "nowhere")
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="precision"):
+        ExportSpec(precision="int8")
+    with pytest.raises(ValueError, match="opset"):
+        ExportSpec(opset=7)
+
+
+def test_export_cache_reuses(tiny_models, tmp_path, monkeypatch):
+    from advx.export import onnx_export
+
+    name = tiny_models["timm"]
+    first = export_cached(name, LABELS, cache_dir=tmp_path)
+    assert (first / "model.onnx").is_file()
+
+    def fail(*a, **k):
+        raise AssertionError("a cached export must not be rebuilt")
+
+    monkeypatch.setattr(onnx_export, "export_classifier", fail)
+    assert export_cached(name, LABELS, cache_dir=tmp_path) == first
+    with pytest.raises(AssertionError):  # other labels or precision: another entry
+        export_cached(name, ("cat", "dog"), cache_dir=tmp_path)
+    with pytest.raises(AssertionError):
+        export_cached(name, LABELS, precision="fp16", cache_dir=tmp_path)
+    monkeypatch.undo()
+    with open(first / "model.onnx", "ab") as f:  # a tampered cache entry is rebuilt
+        f.write(b"\0")
+    assert export_cached(name, LABELS, cache_dir=tmp_path) == first
+    load_manifest(first)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_effnet_export_real_photos(precision, photos, tmp_path):
+    """Real EfficientNet-Lite weights: torch and the exported ONNX agree on the photos."""
+    labels = ("cat", "motorcycle", "espresso", "dog", "car")
+    clf = create_classifier("effnet-lite0", labels)
+    images = torch.stack([
+        torch.from_numpy(t.copy()).permute(2, 0, 1).float() / 255
+        for key in ("chelsea", "stereo_motorcycle", "coffee")
+        for t in tiles(photos[key][0], n=2)
+    ])
+    m = export_classifier(clf, tmp_path, ExportSpec(precision=precision), images=images)
+    assert m.parity.top1_agreement == 1.0
+    v = OnnxVerifier(tmp_path, device="cpu")
+    want = ["cat", "cat", "motorcycle", "motorcycle", "espresso", "espresso"]
+    assert [labels[i] for i in v(images).argmax(1)] == want
+    assert [labels[i] for i in clf(images).argmax(1)] == want
