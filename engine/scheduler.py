@@ -189,7 +189,7 @@ class Scheduler:
                 if k > 0 and ssims is not None and float(ssims[j]) < cfg.ssim_floor:
                     reason = "ssim_floor"  # keep the best candidate from before
                 elif k > 0:
-                    if float(mins[j]) > s.best_margin:
+                    if float(mins[j]) >= s.best_margin:  # ties: the later, more attacked one
                         s.best_q, s.best_margin = q[j], float(mins[j])
                         s.best_margins = {n: float(v[j]) for n, v in per_v.items()}
                         s.best_preds = {n: self.label_set[int(v[j])] for n, v in preds.items()}

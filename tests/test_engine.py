@@ -1,0 +1,331 @@
+"""The attack engine: exact invariants of losses, transforms, attacks, ensemble and scheduler."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import advx
+from advx.engine import losses, metrics, transforms
+from advx.engine.attacks import MIFGSM, PGD, PGDL2
+from advx.engine.config import HardenConfig
+from advx.engine.ensemble import Ensemble
+
+LABELS = ("cat", "dog", "bus")
+
+
+class TinyNet(nn.Module):
+    """A small random-init conv classifier over LABELS (images in [0, 1], any size)."""
+
+    def __init__(self, seed: int = 0, name: str = "tiny", scale: float = 1.0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.name, self.labels, self.scale = name, LABELS, scale
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, len(LABELS)),
+        )
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.net(x - 0.5) * 50
+
+
+class Fixed:
+    """A verifier stub that always answers ``answer`` and records what it was shown."""
+
+    def __init__(self, answer: int, name: str = "stub") -> None:
+        self.name, self.labels, self.answer, self.seen = name, LABELS, answer, []
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.clone())
+        logits = torch.zeros(len(images), len(LABELS))
+        logits[:, self.answer] = 5.0
+        return logits
+
+
+def rand_images(n: int, size: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 3, size, size), generator=g).float() / 255)
+
+
+# --- losses, metrics, transforms -----------------------------------------------------------------
+
+
+def test_losses_exact():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
+    y = torch.tensor([0, 1])
+    assert torch.equal(losses.margin(logits, y), torch.tensor([-2.0, 3.0]))
+    assert torch.equal(losses.targeted_margin_loss(logits, torch.tensor([1, 2])),
+                       torch.tensor([-2.0, 3.0]))
+    ce = losses.ce_loss(logits, y)
+    assert torch.allclose(ce, -torch.log_softmax(logits, 1)[[0, 1], [0, 1]])
+    assert torch.equal(losses.margin_loss(logits * 100, y), torch.tensor([-200.0, 50.0]))
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.get_loss("hinge", False)
+
+
+def test_metrics_exact():
+    import skimage.metrics
+
+    a = rand_images(2, 32)
+    b = (a + 4 / 255 * torch.sign(torch.randn_like(a))).clamp(0, 1)
+    assert torch.allclose(metrics.linf(b, a), torch.full((2,), 4 / 255), atol=1e-6)
+    mse = (b - a).pow(2).flatten(1).mean(1)
+    assert torch.allclose(metrics.psnr(b, a), 10 * torch.log10(1 / mse))
+    assert metrics.psnr(a, a)[0] == float("inf")
+    for i in range(2):
+        want = skimage.metrics.structural_similarity(
+            b[i].permute(1, 2, 0).double().numpy(), a[i].permute(1, 2, 0).double().numpy(),
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+            channel_axis=2)
+        assert abs(float(metrics.ssim(b[i : i + 1], a[i : i + 1])) - want) < 1e-5
+
+
+@pytest.mark.parametrize("preset", sorted(transforms.PRESETS))
+def test_transforms_keep_shape_and_range(preset):
+    x = rand_images(2, 40)
+    p = transforms.get_preset(preset)
+    g = torch.Generator().manual_seed(0)
+    for t in p.eot + p.verify:
+        y = t(x, g)
+        assert y.shape == x.shape and y.min() >= -1e-6 and y.max() <= 1 + 1e-6, str(t)
+    for t in p.verify:  # verification transforms are deterministic
+        assert torch.equal(t(x, torch.Generator().manual_seed(1)),
+                           t(x, torch.Generator().manual_seed(2))), str(t)
+
+
+def test_jpeg_is_real_and_straight_through():
+    x = rand_images(1, 32).requires_grad_(True)
+    y = transforms.Jpeg(50, 50)(x)
+    assert not torch.equal(y, x) and (y.detach() * 255).round().sub(y.detach() * 255).abs().max() < 1e-3
+    (g,) = torch.autograd.grad((y * 3).sum(), x)
+    assert torch.equal(g, torch.full_like(x, 3.0))
+
+
+def test_input_diversity_and_ti_shapes():
+    x = rand_images(2, 30)
+    g = torch.Generator().manual_seed(0)
+    assert transforms.InputDiversity(prob=1.0)(x, g).shape == x.shape
+    assert torch.equal(transforms.InputDiversity(prob=0.0)(x, g), x)
+    k = transforms.ti_kernel(5)
+    assert k.shape == (3, 1, 5, 5) and torch.allclose(k.sum((1, 2, 3)), torch.ones(3))
+    assert transforms.smooth_gradient(x, k).shape == x.shape
+
+
+# --- attacks -----------------------------------------------------------------------------------------
+
+
+ATTACKS = [
+    (PGD, {}),
+    (MIFGSM, {"decay": 1.0}),
+    (MIFGSM, {"diversity": transforms.InputDiversity(1.0), "ti_size": 5}),
+    (PGD, {"eot": transforms.get_preset("robust"), "eot_samples": 2}),
+    (PGD, {"loss": "ce"}),
+]
+
+
+@pytest.mark.parametrize(("cls", "kw"), ATTACKS)
+def test_attack_invariants(cls, kw):
+    model = TinyNet()
+    x, y = rand_images(4), torch.tensor([0, 1, 2, 0])
+    eps = 8 / 255
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return cls(model, eps=eps, alpha=2 / 255, steps=10, generator=g, **kw)(x, y)
+
+    adv = run(0)
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(adv, run(0)), "seeded runs repeat exactly"
+    assert not torch.equal(adv, run(1))
+    loss_fn = losses.get_loss(kw.get("loss", "margin"), False)
+    assert loss_fn(model(adv), y).mean() > loss_fn(model(x), y).mean(), "the loss rises"
+
+
+def test_pgd_l2_invariants():
+    model, x, y = TinyNet(), rand_images(3), torch.tensor([0, 1, 2])
+    attack = PGDL2(model, eps=0.5, alpha=0.1, steps=10, generator=torch.Generator().manual_seed(0))
+    adv = attack(x, y)
+    assert ((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert losses.margin(model(adv), y).mean() > losses.margin(model(x), y).mean()
+
+
+def test_targeted_attack_moves_towards_target():
+    model, x = TinyNet(), rand_images(4)
+    y, t = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 0, 2])
+    adv = PGD(model, eps=16 / 255, alpha=2 / 255, steps=20, targeted=True)(x, y, t)
+    assert (losses.margin(model(adv), t) < losses.margin(model(x), t)).all()
+    with pytest.raises(ValueError, match="targets"):
+        PGD(model, eps=0.1, alpha=0.01, targeted=True)(x, y)
+
+
+def test_ensemble_gradients_normalised_per_model():
+    a, b = TinyNet(0, "a"), TinyNet(1, "b")
+    x, y = rand_images(2), torch.tensor([0, 1])
+    _, g1 = Ensemble([a, b]).loss_and_grad(x, y, losses.margin_loss)
+    _, g2 = Ensemble([a, TinyNet(1, "b", scale=1000.0)]).loss_and_grad(
+        x, y, lambda z, t: losses.margin(z, t))
+    assert torch.allclose(g1, g2, atol=1e-5), "one model's gradient scale must not dominate"
+    _, raw = Ensemble([a, TinyNet(1, "b", scale=1000.0)], normalize_grads=False).loss_and_grad(
+        x, y, lambda z, t: losses.margin(z, t))
+    assert not torch.allclose(g1 / g1.abs().mean(), raw / raw.abs().mean(), atol=1e-2)
+    with pytest.raises(ValueError):
+        Ensemble([a], weights=[-1.0])
+
+
+# --- scheduler and API ----------------------------------------------------------------------------
+
+
+def uint8_images(n: int, size: int = 24, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def cfg(**kw) -> HardenConfig:
+    base = dict(steps=10, verify_every=2, transforms="none", batch_size=2, diversity_prob=0.0)
+    return HardenConfig(**{**base, **kw})
+
+
+def test_harden_invariants_and_repeatability():
+    images, labels = uint8_images(5), ["cat", "dog", "bus", "cat", "dog"]
+    surrogate, verifier = TinyNet(0, "s"), TinyNet(0, "v")  # white-box: must be fooled
+
+    def run():
+        return advx.harden(images, labels, label_set=LABELS, surrogates=[surrogate],
+                           verifiers=[verifier], config=cfg(eps=8))
+
+    results = run()
+    assert [r.index for r in results] == list(range(5))
+    for r, img in zip(results, images, strict=True):
+        diff = np.abs(r.image.astype(int) - img.astype(int))
+        assert r.image.dtype == np.uint8 and r.image.shape == img.shape
+        assert diff.max() <= 8 and r.linf <= 8 + 1e-4
+        assert r.status == "fooled" and r.predictions_after["v"] != r.label
+        assert r.margins["v"] >= 0.5 and 0 <= r.steps <= 10
+        assert r.ssim <= 1 and r.psnr > 20
+    again = run()
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(results, again, strict=True))
+
+
+def test_already_misclassified_costs_no_steps():
+    images = uint8_images(3)
+    stub = Fixed(answer=2)  # always "bus"
+    res = advx.harden(images, ["cat", "dog", "bus"], label_set=LABELS, surrogates=[TinyNet()],
+                      verifiers=[stub], config=cfg())
+    assert [r.steps for r in res[:2]] == [0, 0]
+    assert [r.stop_reason for r in res[:2]] == ["already_fooled"] * 2
+    assert np.array_equal(res[0].image, images[0]) and res[0].linf == 0
+    assert res[2].status == "unfooled" and res[2].steps == 10 and res[2].stop_reason == "max_steps"
+
+
+def test_verification_sees_exactly_what_is_delivered():
+    images = uint8_images(2)
+    png = Fixed(answer=0)
+    res = advx.harden(images, ["dog", "dog"], label_set=LABELS, surrogates=[TinyNet()],
+                      verifiers=[png], config=cfg(steps=4))
+    for seen in png.seen:
+        assert torch.equal((seen * 255).round(), seen * 255), "8-bit pixels"
+    jpeg = Fixed(answer=1)
+    res = advx.harden(images, ["cat", "cat"], label_set=LABELS, surrogates=[TinyNet()],
+                      verifiers=[jpeg], config=cfg(steps=2, output_format="jpeg",
+                                                   jpeg_quality=70))
+    last = jpeg.seen[-1]
+    want = transforms.jpeg_roundtrip(torch.from_numpy(res[1].image).permute(2, 0, 1)[None] / 255,
+                                     70)
+    assert torch.equal(last[-1:], want)
+
+
+def test_continuous_batching_and_size_buckets():
+    images = uint8_images(5, 24) + uint8_images(2, 31, seed=1)
+    labels = ["cat", "dog", "bus", "cat", "dog", "bus", "cat"]
+    seen = []
+    res = advx.harden(images, labels, label_set=LABELS, surrogates=[TinyNet()],
+                      verifiers=[TinyNet(0, "v")], config=cfg(batch_size=3),
+                      on_result=lambda r: seen.append(r.index))
+    assert sorted(seen) == list(range(7)) and len(res) == 7
+    assert res[5].image.shape == (31, 31, 3)
+
+
+def test_out_of_memory_halves_the_batch():
+    class Fragile(TinyNet):
+        def forward(self, x):
+            if x.requires_grad and len(x) > 1 and x.shape[-1] == 24:  # not the model check
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().forward(x)
+
+    from advx.engine.api import Hardener
+
+    h = Hardener(LABELS, surrogates=[Fragile()], verifiers=[Fixed(answer=0)],
+                 config=cfg(batch_size=4))
+    res = h.run(uint8_images(4), ["cat"] * 4)  # never fooled: every image takes every step
+    assert len(res) == 4 and h.scheduler.chunk == 1
+    assert all(r.steps == 10 and r.linf > 0 for r in res)
+
+
+def test_ssim_floor_stops_an_image():
+    res = advx.harden(uint8_images(2, 32), ["cat", "dog"], label_set=LABELS,
+                      surrogates=[TinyNet()], verifiers=[Fixed(answer=0)],
+                      config=cfg(eps=32, ssim_floor=0.95, steps=20, random_start=False))
+    r = res[1]  # "dog" shown to a verifier that always says "cat": fooled at once
+    assert r.stop_reason == "already_fooled"
+    r = res[0]
+    assert r.stop_reason == "ssim_floor" and r.ssim >= 0.95
+
+
+def test_targeted_run_and_argument_errors():
+    images = uint8_images(2)
+    res = advx.harden(images, ["cat", "dog"], label_set=LABELS, surrogates=[TinyNet()],
+                      verifiers=[TinyNet(0, "v")], targets=["bus", "bus"],
+                      config=cfg(targeted=True, eps=16, steps=20))
+    for r in res:
+        assert r.target == "bus"
+        assert (r.predictions_after["v"] == "bus") == (r.status == "fooled")
+    with pytest.raises(ValueError, match="target"):
+        advx.harden(images, ["cat", "dog"], label_set=LABELS, surrogates=[TinyNet()],
+                    verifiers=[], config=cfg(targeted=True))
+    with pytest.raises(ValueError, match="not in the label set"):
+        advx.harden(images, ["cat", "emu"], label_set=LABELS, surrogates=[TinyNet()],
+                    verifiers=[])
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        advx.harden(images, ["cat"], label_set=LABELS, surrogates=[TinyNet()], verifiers=[])
+    with pytest.raises(ValueError, match="eps"):
+        HardenConfig(eps=0)
+    with pytest.raises(ValueError, match="transform preset"):
+        dataclasses.replace(HardenConfig(), transforms="blur")
+
+
+def test_surrogate_checks():
+    from advx.engine.checks import ModelCheckError, check_surrogate
+
+    class Probs(TinyNet):
+        def forward(self, x):
+            return super().forward(x).softmax(-1)
+
+    class Dropout(TinyNet):
+        def forward(self, x):
+            return super().forward(x) + torch.randn(len(x), 3)
+
+    check_surrogate(TinyNet())
+    with pytest.raises(ModelCheckError, match="probabilities"):
+        check_surrogate(Probs())
+    with pytest.raises(ModelCheckError, match="deterministic"):
+        check_surrogate(Dropout())
+
+
+def test_zero_shot_end_to_end(tiny_models):
+    """A tiny random-init open_clip surrogate, and the same model exported to ONNX as verifier."""
+    name = tiny_models["open_clip"]
+    images = uint8_images(3, 32)
+    res = advx.harden(images, ["cat", "dog", "bus"], label_set=LABELS, surrogates=[name],
+                      verifiers=[name], config=cfg(eps=8, steps=10))
+    for r in res:
+        assert set(r.predictions_before) == {name} and name in r.margins
+        assert np.abs(r.image.astype(int) - images[r.index].astype(int)).max() <= 8
+    assert sum(r.fooled for r in res) >= 2  # white-box on a tiny model
