@@ -26,6 +26,7 @@ _LAZY = {
     "export_classifier": "advx.export",
     "export_cached": "advx.export",
     "OnnxVerifier": "advx.export",
+    "ExportSpec": "advx.export",
 }
 
 __all__ = ["__version__", *_LAZY]
