@@ -329,3 +329,15 @@ def test_zero_shot_end_to_end(tiny_models):
         assert set(r.predictions_before) == {name} and name in r.margins
         assert np.abs(r.image.astype(int) - images[r.index].astype(int)).max() <= 8
     assert sum(r.fooled for r in res) >= 2  # white-box on a tiny model
+
+
+def test_public_api_and_library_never_imports_cli():
+    import subprocess
+    import sys
+
+    for name in advx.__all__:
+        assert getattr(advx, name) is not None, name
+    code = ("import sys, advx, advx.engine.api, advx.export, advx.engine.zoo; "
+            "print(any(m.startswith('advx.cli') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -44,7 +44,7 @@ def clean_error_rate(verifier, images, labels) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["none", "jpeg"])
+@pytest.mark.parametrize("preset", ["none", "jpeg", "robust"])
 def test_transfer_to_held_out_verifier(tile_set, verifier, preset):
     images, labels = tile_set
     clean_err = clean_error_rate(verifier, images, labels)
