@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import re
@@ -243,6 +244,15 @@ def save_image_atomic(
 ) -> None:
     """Encode ``pixels`` and write them to ``path`` atomically (temp file + fsync + replace)."""
     _write_bytes_atomic(Path(path), encode_image(pixels, fmt, quality))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -25,11 +25,12 @@ def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
 
 def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode and decode each image as JPEG (PIL, 4:4:4, like the delivered files)."""
+    from .io import encode_image  # the very encoder that writes delivered JPEG files
+
     out = []
     for img in images.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu():
-        buf = io.BytesIO()
-        Image.fromarray(img.numpy()).save(buf, format="JPEG", quality=int(quality), subsampling=0)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()))
+        data = encode_image(img.numpy(), "jpeg", int(quality))
+        out.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()))
     return torch.stack(out).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.io import sha256_file, write_text_atomic
 from .spec import ManifestError
 
 MANIFEST = "manifest.json"
@@ -46,8 +46,6 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def write(self, path: Path) -> None:
-        from ..engine.io import write_text_atomic
-
         write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
@@ -60,14 +58,6 @@ class Manifest:
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise ManifestError(f"malformed manifest: {e}") from e
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(path: str | Path) -> Manifest:

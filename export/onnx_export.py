@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.io import sha256_file
 from ..engine.zoo import DEFAULT_TEMPLATES, ImageClassifier, create_classifier, parse_name
-from .manifest import MANIFEST, MODEL_FILE, Manifest, Parity, load_manifest, sha256_file
+from .manifest import MANIFEST, MODEL_FILE, Manifest, Parity, load_manifest
 from .spec import ExportError, ExportSpec, ParityError
 from .verifier import make_session
 

@@ -102,7 +102,8 @@ def test_transforms_keep_shape_and_range(preset):
 def test_jpeg_is_real_and_straight_through():
     x = rand_images(1, 32).requires_grad_(True)
     y = transforms.Jpeg(50, 50)(x)
-    assert not torch.equal(y, x) and (y.detach() * 255).round().sub(y.detach() * 255).abs().max() < 1e-3
+    assert not torch.equal(y, x)
+    assert (y.detach() * 255).round().sub(y.detach() * 255).abs().max() < 1e-3
     (g,) = torch.autograd.grad((y * 3).sum(), x)
     assert torch.equal(g, torch.full_like(x, 3.0))
 
@@ -117,7 +118,7 @@ def test_input_diversity_and_ti_shapes():
     assert transforms.smooth_gradient(x, k).shape == x.shape
 
 
-# --- attacks -----------------------------------------------------------------------------------------
+# --- attacks ---------------------------------------------------------------------------------
 
 
 ATTACKS = [

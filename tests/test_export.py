@@ -71,11 +71,11 @@ def test_tampered_manifest_is_refused(tiny_models, tmp_path):
     load_manifest(tmp_path)
     with open(tmp_path / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ManifestError, match="sha256 .* does not match"):
+    with pytest.raises(ManifestError, match=r"sha256 .* does not match"):
         load_manifest(tmp_path)
     with pytest.raises(ManifestError):
         OnnxVerifier(tmp_path)
-    with pytest.raises(ManifestError, match="no manifest.json"):
+    with pytest.raises(ManifestError, match=r"no manifest\.json"):
         load_manifest(tmp_path / "nowhere")
 
 

@@ -215,7 +215,7 @@ def test_binary_challenge_label_set():
 def test_effnet_sha_check(monkeypatch):
     from advx.engine.zoo import backends
 
-    monkeypatch.setattr(backends, "_sha256", lambda path: "0" * 64)
+    monkeypatch.setattr(backends, "sha256_file", lambda path: "0" * 64)
     with pytest.raises(ModelUnavailableError, match="sha256"):
         create_classifier("effnet-lite2", LABELS)
 

@@ -43,7 +43,8 @@ def _tiny_bpe(tmp: Path, n_merges: int = 2000) -> tuple[Path, Path, dict[str, in
     from open_clip.tokenizer import bytes_to_unicode
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : n_merges + 1]
+    with gzip.open(bpe) as f:
+        lines = f.read().decode("utf-8").split("\n")[1 : n_merges + 1]
     merges = [tuple(m.split()) for m in lines]
     vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
@@ -74,7 +75,9 @@ def save_tiny_hf_clip(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     CLIPModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32},
+                                   crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(out)
     return out
 
 

