@@ -19,13 +19,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import torch
 from torch import nn
 
 from .api import resolve_device
 from .zoo import CAPTCHA_LABEL_MAP, ImageClassifier, create_classifier, parse_name
+
+if TYPE_CHECKING:
+    from .config import HardenConfig
 
 # Image-tower GFLOPs per 224 px image, from open_clip's model profile (2 FLOPs per multiply-add).
 GFLOPS_PER_IMAGE: dict[str, float] = {"ViT-B-32": 8.8, "RN50": 12.2, "ViT-B-16": 35.1}
@@ -119,7 +122,7 @@ class SuiteSizes:
 
 
 GPU_SIZES = SuiteSizes((1, 32, 256), 128, 10, 1000, 50, (16, 128), 3, 10)
-CPU_SIZES = SuiteSizes((1, 8), 2, 2, 8, 5, (8,), 1, 3)
+CPU_SIZES = SuiteSizes((1, 8), 2, 2, 8, 5, (8,), 1, 5)
 QUICK_SIZES = SuiteSizes((1,), 1, 1, 2, 1, (2,), 0, 1)
 
 
@@ -286,8 +289,9 @@ def _onnxruntime_cuda() -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise BenchUnavailable("onnxruntime has no CUDA execution provider: install "
                                "onnxruntime-gpu (pip install 'advx[gpu]')")
-    if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()
+    if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21; the session check below decides
+        with contextlib.suppress(Exception):
+            ort.preload_dlls()
 
 
 def _require_cuda_session(session, name: str) -> None:
@@ -324,6 +328,15 @@ def measure(work: Workload, *, warmup: int = 2, iters: int = 5) -> BenchRow:
     return work.row(statistics.median(times), iters)
 
 
+def _measured(prepare: Callable[[ModelCache], Workload], cache: ModelCache | None,
+              warmup: int, iters: int) -> BenchRow:
+    """Prepare and measure with ``cache``, or with a cache of its own that is closed after."""
+    if cache is not None:
+        return measure(prepare(cache), warmup=warmup, iters=iters)
+    with ModelCache() as own:
+        return measure(prepare(own), warmup=warmup, iters=iters)
+
+
 def _rate_row(name: str, backend: str, model: str, batch: int, precision: str,
               device: torch.device, items: int, unit: str, gflops: float | None,
               notes: str) -> Callable[[float, int], BenchRow]:
@@ -351,15 +364,13 @@ def _images(n: int, size: int, device: torch.device, seed: int) -> torch.Tensor:
 
 
 def prepare_verification(model_name: str, batch: int, backend: str, device: str = "auto", *,
-                         n_labels: int = 20, cache: ModelCache | None = None,
-                         seed: int = 0) -> Workload:
+                         cache: ModelCache, n_labels: int = 20, seed: int = 0) -> Workload:
     """Score ``batch`` images with one backend; logits end on the CPU for every backend (the
     verifier's contract). Images are on the device already and sized so that the resize is a
     crop at most, which both torch and ONNX paths do in torch."""
     if backend not in VERIFY_BACKENDS:
         raise ValueError(f"backend must be one of {VERIFY_BACKENDS}, got {backend!r}")
     dev = resolve_device(device)
-    cache = cache or ModelCache()
     clf = cache.classifier(model_name, n_labels, dev)
     images = _images(batch, clf.resize.short, dev, seed)
     if backend.startswith("onnx"):
@@ -389,15 +400,9 @@ def verification_throughput(model_name: str, batch: int, backend: str, device: s
                             n_labels: int = 20, warmup: int = 2, iters: int = 5,
                             cache: ModelCache | None = None) -> BenchRow:
     """Images/s of one verification backend on one model at one batch size."""
-    own = cache is None
-    cache = cache or ModelCache()
-    try:
-        work = prepare_verification(model_name, batch, backend, device, n_labels=n_labels,
-                                    cache=cache)
-        return measure(work, warmup=warmup, iters=iters)
-    finally:
-        if own:
-            cache.close()
+    return _measured(lambda c: prepare_verification(model_name, batch, backend, device,
+                                                    n_labels=n_labels, cache=c),
+                     cache, warmup, iters)
 
 
 # --- attack ------------------------------------------------------------------------------------
@@ -443,11 +448,10 @@ def make_attack(models: Sequence[nn.Module], impl: str, *, steps: int, device: t
 
 
 def prepare_attack(models: Sequence[str], batch: int, steps: int, impl: str,
-                   device: str = "auto", *, n_labels: int = 20, cache: ModelCache | None = None,
+                   device: str = "auto", *, cache: ModelCache, n_labels: int = 20,
                    seed: int = 0) -> Workload:
     """``steps`` PGD steps on ``batch`` images against the ensemble of ``models``."""
     dev = resolve_device(device)
-    cache = cache or ModelCache()
     clfs = [cache.classifier(m, n_labels, dev) for m in models]
     attack = make_attack(clfs, impl, steps=steps, device=dev)
     images = _images(batch, max(c.resize.short for c in clfs), dev, seed)
@@ -475,14 +479,9 @@ def attack_throughput(models: Sequence[str], batch: int, steps: int, impl: str,
                       device: str = "auto", *, n_labels: int = 20, warmup: int = 1,
                       iters: int = 3, cache: ModelCache | None = None) -> BenchRow:
     """Image-steps/s of advx's or torchattacks' PGD on the ensemble of ``models``."""
-    own = cache is None
-    cache = cache or ModelCache()
-    try:
-        work = prepare_attack(models, batch, steps, impl, device, n_labels=n_labels, cache=cache)
-        return measure(work, warmup=warmup, iters=iters)
-    finally:
-        if own:
-            cache.close()
+    return _measured(lambda c: prepare_attack(models, batch, steps, impl, device,
+                                              n_labels=n_labels, cache=c),
+                     cache, warmup, iters)
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -538,9 +537,9 @@ def _write_images(root: Path, n: int, size: int, seed: int) -> list[Path]:
 
 
 def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequence[str],
-                       steps: int, device: str = "auto", *, batch_size: int = 16,
-                       image_size: int = 224, n_labels: int = 20, config=None,
-                       cache: ModelCache | None = None, seed: int = 0) -> Workload:
+                       steps: int, device: str = "auto", *, cache: ModelCache,
+                       batch_size: int = 16, image_size: int = 224, n_labels: int = 20,
+                       config: HardenConfig | None = None, seed: int = 0) -> Workload:
     """Load ``n_images`` PNG tiles from disk and harden them with :class:`Hardener`.
 
     Every image runs all ``steps`` (the fooling margin is set out of reach: random-init models
@@ -553,7 +552,6 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
     from .io import load_image
 
     dev = resolve_device(device)
-    cache = cache or ModelCache()
     labels = bench_labels(n_labels)
     cfg = dataclasses.replace(config or HardenConfig(), steps=steps, device=str(dev),
                               margin=math.inf, batch_size=batch_size, seed=seed)
@@ -625,19 +623,14 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
 
 def end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequence[str], steps: int,
                device: str = "auto", *, batch_size: int = 16, image_size: int = 224,
-               n_labels: int = 20, config=None, cache: ModelCache | None = None) -> BenchRow:
+               n_labels: int = 20, config: HardenConfig | None = None,
+               cache: ModelCache | None = None) -> BenchRow:
     """Seconds to load and harden ``n_images``, and the shares of attack, verification, data
     loading and the rest (scheduling, surrogate predictions, metrics: GPU idle)."""
-    own = cache is None
-    cache = cache or ModelCache()
-    try:
-        work = prepare_end_to_end(n_images, surrogates, verifiers, steps, device,
-                                  batch_size=batch_size, image_size=image_size,
-                                  n_labels=n_labels, config=config, cache=cache)
-        return measure(work, warmup=0, iters=1)
-    finally:
-        if own:
-            cache.close()
+    return _measured(lambda c: prepare_end_to_end(n_images, surrogates, verifiers, steps, device,
+                                                  batch_size=batch_size, image_size=image_size,
+                                                  n_labels=n_labels, config=config, cache=c),
+                     cache, warmup=0, iters=1)
 
 
 # --- suites ------------------------------------------------------------------------------------
@@ -748,6 +741,6 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     for line in lines:
         cells = [c.rjust(w) if i in (4, 6, 7, 8, 9) else c.ljust(w)
                  for i, (c, w) in enumerate(zip(line, widths, strict=False))]
-        out.append("  ".join(cells + [line[-1]]).rstrip())
+        out.append("  ".join([*cells, line[-1]]).rstrip())
     hardware = sorted({f"{r.device}: {r.hardware}" for r in rows})
-    return "\n".join(out + [""] + hardware)
+    return "\n".join([*out, "", *hardware])

@@ -77,10 +77,15 @@ class Scheduler:
             return jpeg_roundtrip(q, self.config.jpeg_quality)
         return q
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":  # so that the time split is not skewed by async kernels
+            torch.cuda.synchronize(self.device)
+
     @torch.no_grad()
     def verify(self, q: torch.Tensor, y: torch.Tensor
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """min margin over verifiers x transforms [N], per-verifier min margin, predictions."""
+        self._sync()
         t0 = time.perf_counter()
         delivered = self.deliver(q)
         per_v, preds = {}, {}
@@ -93,6 +98,7 @@ class Scheduler:
                 m = -margin_of(logits, y) if self.config.targeted else margin_of(logits, y)
                 worst = m if worst is None else torch.minimum(worst, m)
             per_v[v.name] = worst
+        self._sync()
         self.time["verify"] += time.perf_counter() - t0
         if not per_v:
             return torch.full((len(q),), float("inf")), per_v, preds
@@ -106,6 +112,7 @@ class Scheduler:
 
     def attack_steps(self, state: AttackState, y: torch.Tensor, t: torch.Tensor | None,
                      k: int) -> None:
+        self._sync()
         t0 = time.perf_counter()
         for _ in range(k):
             start = 0
@@ -122,6 +129,7 @@ class Scheduler:
                     self.chunk //= 2
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
+        self._sync()
         self.time["attack"] += time.perf_counter() - t0
 
     # --- the loop ---------------------------------------------------------------------------

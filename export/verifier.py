@@ -32,9 +32,17 @@ def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_thr
     )
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else [
-        "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    if not cuda:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN libraries from the torch / nvidia wheels
+        ort.preload_dlls()
+    session = ort.InferenceSession(str(path), opts,
+                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if session.get_providers()[0] != "CUDAExecutionProvider":  # ORT falls back silently
+        raise RuntimeError(f"onnxruntime could not start its CUDA provider for {path} "
+                           f"(providers: {session.get_providers()}); check the CUDA libraries "
+                           f"or pass device='cpu'")
+    return session
 
 
 class OnnxVerifier:
@@ -73,6 +81,7 @@ class OnnxVerifier:
 
     def _run_bound(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty((x.shape[0], len(self.labels)), dtype=torch.float32, device=x.device)
+        torch.cuda.current_stream(x.device).synchronize()  # ORT reads x on its own stream
         binding = self.session.io_binding()
         dev_id = x.device.index or 0
         binding.bind_input(self.manifest.input_name, "cuda", dev_id, np.float32, tuple(x.shape),

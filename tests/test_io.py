@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile, JpegImagePlugin
+
 from advx.engine import io as aio
 from advx.engine.io import (
     IMAGE_EXTENSIONS,
@@ -23,7 +25,6 @@ from advx.engine.io import (
     save_image_atomic,
     write_text_atomic,
 )
-from PIL import Image, ImageFile, JpegImagePlugin
 
 # --------------------------------------------------------------------------- helpers
 
@@ -140,9 +141,9 @@ def test_bomb_crafted_header(tmp_path: Path, side: int) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     p = tmp_path / "bomb.png"
     p.write_bytes(_raw_png(side, side, 8, 0, b"\x00" * 16))
-    with pytest.raises(ImageLoadError, match="^decompression bomb: "):
+    with pytest.raises(ImageLoadError, match=r"^decompression bomb: "):
         load_image(p)
-    assert Image.MAX_IMAGE_PIXELS == limit
+    assert limit == Image.MAX_IMAGE_PIXELS
 
 
 def test_decode_bytes_errors() -> None:

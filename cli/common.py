@@ -1,0 +1,79 @@
+"""What the commands share: list options, exit codes and turning typed errors into messages."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import click
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EXIT_CODES_EPILOG = (
+    "\b\nExit codes:\n"
+    "  0    the run completed (some images may stay unfooled or be unreadable;\n"
+    "       see results.jsonl)\n"
+    "  1    the run failed (bad model name, no images, unusable labels, ...)\n"
+    "  2    usage error (bad option)\n"
+    "  130  interrupted (Ctrl-C); finished images are kept, --resume goes on"
+)
+
+
+class RunError(RuntimeError):
+    """A run cannot start or go on; the message says why and what to do."""
+
+
+def split_list(value: str | None) -> tuple[str, ...]:
+    """``"a, b,c"`` -> ``("a", "b", "c")``; empty items are dropped."""
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def list_option(_ctx: click.Context, param: click.Parameter, value: str | None
+                ) -> tuple[str, ...] | None:
+    """click callback for comma-list options; an option given but empty is a usage error."""
+    if value is None:
+        return None
+    items = split_list(value)
+    if not items:
+        raise click.BadParameter("expected a comma-separated list, e.g. a,b,c", param=param)
+    if len(set(items)) != len(items):
+        raise click.BadParameter(f"duplicate entries in {value!r}", param=param)
+    return items
+
+
+def _typed_errors() -> tuple[type[BaseException], ...]:
+    """The errors that carry a message meant for the user (imported lazily: torch is heavy)."""
+    from ..engine.io import DatasetError, ImageLoadError
+    from ..engine.zoo import LabelMapError, ModelNameError, ModelUnavailableError
+    from ..export import ExportError, ManifestError, ParityError
+
+    return (DatasetError, ImageLoadError, ModelNameError, ModelUnavailableError, LabelMapError,
+            ExportError, ParityError, ManifestError, RunError, ValueError, OSError)
+
+
+@contextlib.contextmanager
+def fail_cleanly() -> Iterator[None]:
+    """Typed errors become ``Error: <message>`` and exit code 1, without a traceback.
+
+    Set ``ADVX_DEBUG=1`` to see the traceback instead.
+    """
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        if os.environ.get("ADVX_DEBUG") or not isinstance(exc, _typed_errors()):
+            raise
+        raise click.ClickException(describe(exc)) from exc
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line message for a typed error (its class name when it has no text)."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return text or type(exc).__name__
+

@@ -1,0 +1,137 @@
+"""``advx harden``: the command; the work is in pipeline.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..engine.config import ATTACKS, OUTPUT_FORMATS
+from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, fail_cleanly, list_option
+from .pipeline import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
+
+# kept equal to the engine's by tests (importing them here would load torch)
+TRANSFORM_PRESETS = ("none", "jpeg", "robust")
+TEMPLATE_SETS = ("simple", "openai", "photo")
+
+
+@click.command("harden", epilog=EXIT_CODES_EPILOG)
+@click.argument("input_dir", metavar="INPUT",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: hardened images, results.jsonl, summary.json, report.html.")
+@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False,
+                                                        path_type=Path),
+              help="CSV with a 'path,label' header (paths relative to INPUT) instead of "
+                   "label sub-folders.")
+@click.option("--label-set", callback=list_option,
+              help="Comma list of the labels a solver chooses among [default: the sorted labels "
+                   "of INPUT].")
+@click.option("--surrogates", default=",".join(DEFAULT_SURROGATES), show_default=True,
+              callback=list_option, help="Comma list of models attacked with gradients.")
+@click.option("--verifiers", default=",".join(DEFAULT_VERIFIERS), show_default=True,
+              callback=list_option,
+              help="Comma list of held-out models that must be fooled (run as ONNX).")
+@click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=8.0,
+              show_default=True, help="L-inf budget in /255 units.")
+@click.option("--steps", type=click.IntRange(min=0), default=40, show_default=True,
+              help="Attack step limit per image.")
+@click.option("--attack", type=click.Choice(ATTACKS), default="mifgsm", show_default=True)
+@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="jpeg",
+              show_default=True, help="What a solver may do to a tile before classifying it "
+              "(attacked in expectation, verified exactly).")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="png",
+              show_default=True, help="Output image format (verification scores exactly it).")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of --format jpeg.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images attacked together.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--margin", type=float, default=0.5, show_default=True,
+              help="Logit margin by which every verifier must be wrong.")
+@click.option("--ssim-floor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Stop perturbing an image before its SSIM drops below this.")
+@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default="simple",
+              show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
+@click.option("--max-side", type=click.IntRange(min=32), default=1024, show_default=True,
+              help="Longer sides above this are attacked on a downscaled copy; the "
+                   "perturbation is upsampled to full size.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted run in the same --out.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar and no summary table (warnings still go to stderr).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
+               label_set: tuple[str, ...] | None, surrogates: tuple[str, ...],
+               verifiers: tuple[str, ...], eps: float, steps: int, attack: str, transforms: str,
+               output_format: str, quality: int, device: str, batch_size: int, seed: int,
+               margin: float, ssim_floor: float | None, templates: str, max_side: int,
+               resume: bool, quiet: bool, as_json: bool) -> None:
+    """Harden the labelled images in INPUT so that AI solvers misclassify them.
+
+    INPUT holds one sub-folder per label (INPUT/bus/001.jpg, INPUT/traffic_light/7.png) or
+    any layout with --labels CSV. Each image is attacked on the --surrogates until every
+    --verifier picks a wrong label under every --transforms preset (or --steps run out), then
+    written to OUT at the same relative path. Unreadable inputs get an error record; the run
+    goes on. Resumable: records are written as images finish; Ctrl-C and --resume lose nothing.
+
+    \b
+    Example:
+      advx harden tiles/ --out hardened/ --eps 8 --steps 40 --transforms jpeg
+      advx harden tiles/ --out hardened/ --resume      # after Ctrl-C or a crash
+    """
+    from ..engine.config import HardenConfig
+    from .pipeline import HardenJob, run_harden
+
+    try:
+        config = HardenConfig(eps=eps, steps=steps, attack=attack, transforms=transforms,
+                              output_format=output_format, jpeg_quality=quality,
+                              batch_size=batch_size, device=device, seed=seed, margin=margin,
+                              ssim_floor=ssim_floor)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    job = HardenJob(input_dir=input_dir, out_dir=out_dir, labels_csv=labels_csv,
+                    label_set=label_set, surrogates=surrogates, verifiers=verifiers,
+                    config=config, templates=templates, resume=resume, max_side=max_side)
+    def warn(msg: str) -> None:  # shown even with --quiet
+        click.echo(f"warning: {msg}", err=True)
+
+    try:
+        with fail_cleanly():
+            outcome = run_harden(job, show_progress=not quiet, warn=warn)
+    except KeyboardInterrupt:  # before any image was done, or while writing the summary
+        click.echo("Interrupted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    summary = outcome.summary
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    if not quiet:
+        click.echo(summary_table(summary, out_dir), err=as_json)
+    if outcome.interrupted:
+        click.echo(f"Interrupted: {summary['done']} of {summary['total']} inputs done, kept in "
+                   f"{out_dir}. Resume with:\n  {outcome.resume_hint}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def summary_table(s: dict, out_dir: Path) -> str:
+    def num(v: float | None, spec: str, unit: str = "") -> str:
+        return "-" if v is None else f"{v:{spec}}{unit}"
+
+    rows = [
+        ("inputs", f"{s['total']}" + (f" ({s['pending']} pending)" if s["pending"] else "")),
+        ("fooled", s["fooled"]), ("unfooled", s["unfooled"]), ("errors", s["errors"]),
+        ("fooled rate", num(s["fooled_rate"], ".1%")),
+        ("mean PSNR", num(s["mean_psnr"], ".2f", " dB")),
+        ("mean SSIM", num(s["mean_ssim"], ".4f")),
+        ("mean L-inf", num(s["mean_linf"], ".2f", "/255")),
+        ("images/s", num(s["images_per_s"], ".3f") + f"  ({s['seconds']:.1f} s)"),
+        ("images", str(out_dir)),
+        ("results", str(out_dir / "results.jsonl")),
+        ("summary", str(out_dir / "summary.json")),
+        ("report", str(out_dir / "report.html")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

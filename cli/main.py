@@ -1,0 +1,55 @@
+"""The ``advx`` command line. Heavy modules (torch, the engine) load inside the commands, so
+``advx --help`` stays fast."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .bench import bench_cmd
+from .demo import demo_cmd
+from .evaluate import eval_cmd
+from .harden import harden_cmd
+from .models import export_cmd, models_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="advx")
+def cli() -> None:
+    """advx hardens image-CAPTCHA tiles against AI solvers.
+
+    It adds small adversarial perturbations (an L-inf budget of a few /255) so that
+    classifiers (CLIP zero-shot models, ImageNet networks) pick a wrong label while people
+    still see the object. Perturbations are computed on surrogate models and kept only once
+    held-out verifier models, run as ONNX like a solver would, are fooled too, after the
+    transforms a solver may apply (JPEG re-encoding, resizing, cropping, blur).
+
+    \b
+    Commands:
+      harden   perturb a labelled folder of tiles (resumable; writes a report)
+      eval     how often models solve a set of tiles and 3x3 grid challenges
+      export   export a model to validated ONNX (fp32 / fp16)
+      models   list the registered models and the model name grammar
+      demo     harden sample photos that ship with scikit-image (a quick tour)
+      bench    measure throughput
+
+    \b
+    Example:
+      advx demo                                   # 1-2 minutes on 2 CPU cores
+      advx harden tiles/ --out hardened/          # tiles/<label>/<image>
+      advx eval hardened/ --models effnet-lite2,effnet-lite0
+
+    Run `advx COMMAND --help` for a command's options.
+    """
+
+
+cli.add_command(harden_cmd)
+cli.add_command(eval_cmd)
+cli.add_command(export_cmd)
+cli.add_command(models_cmd)
+cli.add_command(demo_cmd)
+cli.add_command(bench_cmd)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,182 @@
+"""The files of a harden run: where each output goes, results.jsonl (append-only, resumable)
+and summary.json.
+
+results.jsonl holds one JSON record per input. A record is appended (and fsync'ed) only after
+its image is on disk, so a run killed at any moment loses at most the images in flight; a
+resumed run keeps every record whose output exists, compacts the file and does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Self, TextIO
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+REPORT = "report.html"
+REPORT_FILES = "report_files"
+RESERVED = frozenset({RESULTS, SUMMARY, REPORT, REPORT_FILES})
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
+# what io.save_image_atomic / write_text_atomic leave behind when killed mid-write
+_TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def output_paths(paths: Sequence[str], fmt: str) -> dict[str, str]:
+    """Input path -> output path (both POSIX, relative): the same path with the extension of
+    ``fmt``. Inputs that would collide (``a.jpg`` and ``a.png``) keep their old extension in the
+    name (``a.jpg.png``); outputs never shadow the run's own files (``_report.html.png``)."""
+    ext = EXTENSIONS[fmt]
+    base = {p: PurePosixPath(p).with_suffix(ext) for p in paths}
+    clashes = Counter(base.values())
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for p in sorted(paths):
+        cand = base[p]
+        if clashes[cand] > 1:
+            cand = cand.with_name(PurePosixPath(p).name + ext)
+        if cand.parts[0] in RESERVED:
+            cand = PurePosixPath("_" + cand.parts[0], *cand.parts[1:])
+        name, n = str(cand), 1
+        while name in taken:
+            name = str(cand.with_name(f"{cand.stem}~{n}{ext}"))
+            n += 1
+        taken.add(name)
+        out[p] = name
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf / nan: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(record: dict) -> str:
+    return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
+
+
+def error_record(path: str, label: str, reason: str, notes: Iterable[str] = ()) -> dict:
+    return {"path": path, "output": None, "label": label, "status": "error", "error": reason,
+            "notes": list(notes)}
+
+
+def result_record(path: str, output: str, engine_record: dict, notes: Iterable[str]) -> dict:
+    """A hardened image's record: ``HardenResult.to_record()`` plus path, output and the load
+    notes (before the engine's own notes)."""
+    rec = dict(engine_record)
+    rec.pop("index", None)  # the position within one engine call, meaningless here
+    head = {"path": path, "output": output, "label": rec.pop("label"),
+            "status": rec.pop("status"), "error": None,
+            "notes": [*notes, *rec.pop("notes", [])]}
+    return {**head, **rec}
+
+
+class RecordWriter:
+    """Appends one record per line to results.jsonl, each flushed and fsync'ed."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def append(self, record: dict) -> None:
+        self.fh.write(dumps(record) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: Path) -> tuple[list[dict], int]:
+    """The records of results.jsonl and the number of lines skipped as unreadable (a line torn
+    by a kill, or not a record)."""
+    if not path.exists():
+        return [], 0
+    records, bad = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("path"), str) and "status" in rec:
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
+
+
+def records_to_keep(out_dir: Path, records: Iterable[dict], outputs: dict[str, str]
+                    ) -> dict[str, dict]:
+    """Input path -> the record a resumed run keeps: the last record of each current input that
+    is an error, or whose output is the expected file and exists."""
+    kept: dict[str, dict] = {}
+    for rec in records:
+        path = rec["path"]
+        if path not in outputs:
+            continue  # the input is gone (or the format changed its name)
+        if rec["status"] == "error" or (
+            rec.get("output") == outputs[path] and (out_dir / outputs[path]).is_file()
+        ):
+            kept[path] = rec
+        else:
+            kept.pop(path, None)
+    return kept
+
+
+def remove_temp_files(out_dir: Path) -> int:
+    """Delete the hidden temp files an atomic write leaves when the process is killed."""
+    n = 0
+    for dirpath, _dirs, files in os.walk(out_dir):
+        for name in files:
+            if _TEMP_FILE.match(name):
+                Path(dirpath, name).unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return round(sum(vals) / len(vals), 4) if vals else None
+
+
+def summarize(records: Sequence[dict], *, total: int) -> dict:
+    """Counts and means over the records (``total`` = inputs in the run)."""
+    status = Counter(r["status"] for r in records)
+    hardened = [r for r in records if r["status"] != "error"]
+    fooled = [r for r in hardened if r["status"] == "fooled"]
+    by_step = Counter(int(r["fooled_at"]) for r in fooled if r.get("fooled_at") is not None)
+    return {
+        "total": total,
+        "done": len(records),
+        "pending": max(0, total - len(records)),
+        "fooled": status["fooled"],
+        "unfooled": status["unfooled"],
+        "errors": status["error"],
+        "fooled_rate": round(len(fooled) / len(hardened), 4) if hardened else None,
+        "mean_psnr": _mean(r.get("psnr") for r in hardened),
+        "mean_ssim": _mean(r.get("ssim") for r in hardened),
+        "mean_linf": _mean(r.get("linf") for r in hardened),
+        "mean_l2": _mean(r.get("l2") for r in hardened),
+        "mean_steps": _mean(r.get("steps") for r in hardened),
+        "fooled_by_step": {str(k): by_step[k] for k in sorted(by_step)},
+        "stop_reasons": dict(sorted(Counter(str(r.get("stop_reason")) for r in hardened).items())),
+    }
