@@ -170,11 +170,11 @@ def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
     from ..engine.api import resolve_device
 
     label_set = tuple(label_set)
+    dev = resolve_device(device)
     path = Path(spec).expanduser()
     if (path / "manifest.json").is_file():
         from ..export import OnnxVerifier
 
-        dev = resolve_device(device)
         v = OnnxVerifier(path, device="auto" if dev.type == "cuda" else "cpu")
         missing = [lab for lab in label_set if lab not in v.labels]
         if missing:
@@ -184,7 +184,6 @@ def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
         return f"{v.name} ({v.manifest.precision} onnx)", lambda x: v(x)[:, perm]
     from ..engine.zoo import create_classifier
 
-    dev = resolve_device(device)
     clf = create_classifier(spec, label_set, templates=templates, device=str(dev))
     return clf.name, lambda x: clf(x.to(dev)).cpu()
 

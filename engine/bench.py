@@ -246,15 +246,13 @@ class ModelCache:
 
         key = (name, n_labels, precision, str(device))
         if key not in self._verifiers:
-            if device.type == "cuda":
-                _onnxruntime_cuda()
             out = self.workdir / f"{len(self._verifiers)}-{precision}"
             clf = self.classifier(name, n_labels, device)
             export_classifier(clf, out, ExportSpec(precision=precision))
-            v = OnnxVerifier(out, device=device.type)
-            if device.type == "cuda":
-                _require_cuda_session(v.session, name)
-            self._verifiers[key] = v
+            try:  # on CUDA the verifier refuses a session that fell back to the CPU
+                self._verifiers[key] = OnnxVerifier(out, device=device.type)
+            except RuntimeError as e:
+                raise BenchUnavailable(f"{name}: {e}") from e
         return self._verifiers[key]
 
     def gflops(self, name: str, clf: ImageClassifier | None = None) -> float | None:
@@ -280,25 +278,6 @@ class ModelCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _onnxruntime_cuda() -> None:
-    """Make onnxruntime-gpu find the CUDA libraries that torch's wheels ship."""
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise BenchUnavailable("onnxruntime has no CUDA execution provider: install "
-                               "onnxruntime-gpu (pip install 'advx[gpu]')")
-    if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21; the session check below decides
-        with contextlib.suppress(Exception):
-            ort.preload_dlls()
-
-
-def _require_cuda_session(session, name: str) -> None:
-    # onnxruntime falls back to the CPU silently when the CUDA libraries fail to load
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise BenchUnavailable(f"onnxruntime placed {name} on {session.get_providers()}, not "
-                               f"CUDA: the CUDA/cuDNN libraries did not load")
 
 
 # --- one prepared workload ---------------------------------------------------------------------

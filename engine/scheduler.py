@@ -82,12 +82,12 @@ class Scheduler:
             torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
-    def verify(self, q: torch.Tensor, y: torch.Tensor
+    def verify(self, delivered: torch.Tensor, y: torch.Tensor
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """min margin over verifiers x transforms [N], per-verifier min margin, predictions."""
+        """Score the delivered images: min margin over verifiers x transforms [N], per-verifier
+        min margin, predictions."""
         self._sync()
         t0 = time.perf_counter()
-        delivered = self.deliver(q)
         per_v, preds = {}, {}
         for v, perm in zip(self.verifiers, self.perms, strict=True):
             worst = None
@@ -101,7 +101,7 @@ class Scheduler:
         self._sync()
         self.time["verify"] += time.perf_counter() - t0
         if not per_v:
-            return torch.full((len(q),), float("inf")), per_v, preds
+            return torch.full((len(delivered),), float("inf")), per_v, preds
         return torch.stack(list(per_v.values())).amin(0), per_v, preds
 
     @torch.no_grad()
@@ -161,7 +161,7 @@ class Scheduler:
                 new = [pending.popleft() for _ in range(n_new)]
                 x = as_float(torch.stack([images[i] for i in new]).to(dev))
                 q = quantise(x)
-                mins, per_v, preds = self.verify(q, y_all[new])
+                mins, per_v, preds = self.verify(self.deliver(q), y_all[new])
                 spreds = self.surrogate_preds(q)
                 keep = []
                 for j, i in enumerate(new):
@@ -188,8 +188,9 @@ class Scheduler:
                 for s in slots:
                     s.steps += k
                 q = quantise(state.adv)
-                mins, per_v, preds = self.verify(q, y_all[ids])
-                ssims = (metrics.ssim(self.deliver(q), state.images).cpu()
+                delivered = self.deliver(q)
+                mins, per_v, preds = self.verify(delivered, y_all[ids])
+                ssims = (metrics.ssim(delivered, state.images).cpu()
                          if cfg.ssim_floor is not None else None)
             done: list[tuple[int, str]] = []
             for j, s in enumerate(slots):
