@@ -47,11 +47,13 @@ def list_option(_ctx: click.Context, param: click.Parameter, value: str | None
 def _typed_errors() -> tuple[type[BaseException], ...]:
     """The errors that carry a message meant for the user (imported lazily: torch is heavy)."""
     from ..engine.io import DatasetError, ImageLoadError
+    from ..engine.solver import ConversionError, SolverParityError, SolverSpecError
     from ..engine.zoo import LabelMapError, ModelNameError, ModelUnavailableError
     from ..export import ExportError, ManifestError, ParityError
 
     return (DatasetError, ImageLoadError, ModelNameError, ModelUnavailableError, LabelMapError,
-            ExportError, ParityError, ManifestError, RunError, ValueError, OSError)
+            ExportError, ParityError, ManifestError, SolverSpecError, ConversionError,
+            SolverParityError, RunError, ValueError, OSError)
 
 
 @contextlib.contextmanager

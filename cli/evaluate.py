@@ -11,22 +11,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..engine.challenge import grid_solve_rate_sets, sample_grids
 from .common import EXIT_CODES_EPILOG, RunError, fail_cleanly, list_option
 from .harden import TEMPLATE_SETS, TRANSFORM_PRESETS
 from .records import RESULTS, SUMMARY, read_records
 
-GRID_TILES = 9
-MAX_POSITIVES = 4
-
 Scorer = Callable[..., object]  # images [N, 3, H, W] in [0, 1] -> logits over the label set
-
-
-@dataclass(frozen=True)
-class Grid:
-    """One challenge: select every tile whose label is ``target`` (indices into the images)."""
-
-    target: int
-    tiles: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -37,39 +27,12 @@ class EvalSet:
     source: str  # "folder" | "advx run"
 
 
-def sample_grids(labels: Sequence[int], n: int, seed: int = 0) -> list[Grid]:
-    """``n`` seeded grids: a target label with at least one image, 1..4 positive tiles and the
-    rest negatives (drawn without replacement when there are enough images, else with)."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    present = sorted(set(labels.tolist()))
-    grids = []
-    for _ in range(n if present else 0):
-        target = present[int(rng.integers(len(present)))]
-        pos_pool = np.flatnonzero(labels == target)
-        neg_pool = np.flatnonzero(labels != target)
-        n_pos = GRID_TILES if len(neg_pool) == 0 else int(rng.integers(1, MAX_POSITIVES + 1))
-        tiles = np.concatenate([_draw(rng, pos_pool, n_pos),
-                                _draw(rng, neg_pool, GRID_TILES - n_pos)])
-        grids.append(Grid(target, tuple(int(t) for t in rng.permutation(tiles))))
-    return grids
-
-
-def _draw(rng: np.random.Generator, pool: np.ndarray, k: int) -> np.ndarray:
-    if k == 0:
-        return pool[:0]
-    return rng.choice(pool, size=k, replace=len(pool) < k)
-
-
-def grid_solve_rate(predictions: Sequence[int], labels: Sequence[int],
-                    grids: Sequence[Grid]) -> float | None:
-    """Share of grids where every tile is answered right (selected iff predicted == target)."""
-    if not grids:
-        return None
-    pred, true = np.asarray(predictions), np.asarray(labels)
-    solved = sum(all((pred[t] == g.target) == (true[t] == g.target) for t in g.tiles)
-                 for g in grids)
-    return solved / len(grids)
+def _selected(scorer: Scorer, logits) -> list[set[int]]:
+    """The label indices a model selects per image, by its own decision rule."""
+    if getattr(scorer, "decision", "closed") == "multilabel":
+        known = np.asarray(getattr(scorer, "known", [True] * logits.shape[1]))
+        return [set(np.flatnonzero((row >= 0) & known).tolist()) for row in logits.numpy()]
+    return [{int(i)} for i in logits.argmax(1).tolist()]
 
 
 def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
@@ -77,7 +40,9 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
              transforms: str = "none", grids: int = 200, seed: int = 0,
              batch_size: int = 16) -> dict:
     """Score ``images`` (uint8 HxWx3; None for an unreadable one, left out) with every scorer
-    under every verification transform of the preset; accuracy and grid solve rates."""
+    under every verification transform of the preset. Accuracy is the share of tiles a model
+    selects for their own label, by its decision rule (its top label; P >= threshold for a
+    multi-label solver); grids are solved when exactly the target's tiles are selected."""
     import torch
 
     from ..engine.transforms import get_preset
@@ -85,7 +50,8 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
     label_set = tuple(label_set)
     y = np.array([label_set.index(lab) for lab in labels])
     tfs = get_preset(transforms).verify
-    preds = {(m, str(t)): np.full(len(y), -1) for m in scorers for t in tfs}
+    preds: dict[tuple[str, str], list[set[int] | None]] = {
+        (m, str(t)): [None] * len(y) for m in scorers for t in tfs}
     valid = np.zeros(len(y), dtype=bool)
     batch: list[tuple[int, np.ndarray]] = []
 
@@ -102,7 +68,8 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
                 for name, scorer in scorers.items():
                     with torch.no_grad():
                         logits = torch.as_tensor(scorer(xt)).float().cpu()
-                    preds[(name, str(t))][idx] = logits.argmax(1).numpy()
+                    for i, sel in zip(idx, _selected(scorer, logits), strict=True):
+                        preds[(name, str(t))][i] = sel
         batch.clear()
 
     for i, px in enumerate(images):
@@ -117,17 +84,20 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
     challenge = sample_grids(y[keep].tolist(), grids, seed)
     rows = []
     for (name, t), p in preds.items():
-        pk = p[keep]
+        pk = [p[i] for i in keep]
         rows.append({"model": name, "transform": t,
-                     "accuracy": float((pk == y[keep]).mean()) if len(keep) else None,
-                     "grid_solve_rate": grid_solve_rate(pk, y[keep], challenge)})
+                     "decision": getattr(scorers[name], "decision", "closed"),
+                     "accuracy": (float(np.mean([y[i] in s for i, s in zip(keep, pk,
+                                                                             strict=True)]))
+                                  if len(keep) else None),
+                     "grid_solve_rate": grid_solve_rate_sets(pk, y[keep], challenge)})
     return {"label_set": list(label_set), "images": len(keep),
             "skipped": int(len(y) - len(keep)), "grids": len(challenge), "seed": seed,
             "transforms": transforms, "results": rows}
 
 
 def load_eval_set(input_dir: Path, labels_csv: Path | None,
-                  label_set: Sequence[str] | None) -> EvalSet:
+                  label_set: Sequence[str] | None, label_map=None) -> EvalSet:
     """A labelled folder (as for harden) or an advx output folder (its results.jsonl)."""
     from ..engine.io import discover
 
@@ -154,7 +124,11 @@ def load_eval_set(input_dir: Path, labels_csv: Path | None,
         paths = [input_dir / it.path for it in items]
         labels = [it.label for it in items]
         source = "folder"
-    label_set = tuple(label_set) if label_set else tuple(sorted(set(labels)))
+    if not label_set:
+        from ..engine.api import default_label_set
+
+        label_set = default_label_set(labels, label_map)
+    label_set = tuple(label_set)
     unknown = sorted(set(labels) - set(label_set))
     if unknown:
         raise RunError(f"labels {unknown} of {input_dir} are not in the label set {label_set}")
@@ -162,15 +136,20 @@ def load_eval_set(input_dir: Path, labels_csv: Path | None,
 
 
 def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
-                templates: str = "simple") -> tuple[str, Scorer]:
-    """A zoo model name (torch) or an ``advx export`` folder (ONNX), as (name, scorer) with
-    logits over ``label_set`` in its order."""
+                templates: str = "simple", label_map=None) -> tuple[str, Scorer]:
+    """A zoo model name (torch), a foreign solver ``onnx:SPEC.json`` (its graph, in
+    onnxruntime) or an ``advx export`` folder (ONNX), as (name, scorer) with logits over
+    ``label_set`` in its order."""
     import torch
 
     from ..engine.api import resolve_device
+    from ..engine.zoo import create_verifier, is_solver_name
 
     label_set = tuple(label_set)
     dev = resolve_device(device)
+    if ":" in spec and is_solver_name(spec):
+        v = create_verifier(spec, label_set, device="cuda" if dev.type == "cuda" else "cpu")
+        return v.name, v
     path = Path(spec).expanduser()
     if (path / "manifest.json").is_file():
         from ..export import OnnxVerifier
@@ -184,7 +163,8 @@ def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
         return f"{v.name} ({v.manifest.precision} onnx)", lambda x: v(x)[:, perm]
     from ..engine.zoo import create_classifier
 
-    clf = create_classifier(spec, label_set, templates=templates, device=str(dev))
+    clf = create_classifier(spec, label_set, templates=templates, device=str(dev),
+                            label_map=label_map)
     return clf.name, lambda x: clf(x.to(dev)).cpu()
 
 
@@ -210,6 +190,10 @@ def _images(paths: Sequence[Path], skipped: list[str]) -> Iterable[np.ndarray | 
 @click.option("--label-set", callback=list_option,
               help="Comma list of the labels models choose among [default: the run's label set, "
                    "else the sorted labels seen].")
+@click.option("--label-map", "label_map", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help='JSON {"label": ["ImageNet class name or index", ...]} for ImageNet '
+                   "classifiers (consulted before the built-in map).")
 @click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="none",
               show_default=True, help="Score under each verification transform of this preset.")
 @click.option("--grids", type=click.IntRange(min=0), default=200, show_default=True,
@@ -220,24 +204,32 @@ def _images(paths: Sequence[Path], skipped: list[str]) -> Iterable[np.ndarray | 
               show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def eval_cmd(input_dir: Path, models: tuple[str, ...], labels_csv: Path | None,
-             label_set: tuple[str, ...] | None, transforms: str, grids: int, seed: int,
-             device: str, templates: str, as_json: bool) -> None:
+             label_set: tuple[str, ...] | None, label_map: Path | None, transforms: str,
+             grids: int, seed: int, device: str, templates: str, as_json: bool) -> None:
     """Measure how often models solve the tiles in INPUT.
 
     INPUT is a labelled folder (as for `advx harden`) or an advx output folder, whose
     results.jsonl gives each hardened image and its label. Per model and transform it reports
-    the tile accuracy (top-1 over the label set) and the solve rate of seeded 3x3 challenges
-    "select all images with X" (1-4 tiles of X among 9; solved only if every tile is right).
+    the tile accuracy (the model selects the tile for its label, by its own decision rule:
+    top-1 over the label set, or P >= threshold for a multi-label solver) and the solve rate
+    of seeded 3x3 challenges "select all images with X" (1-4 tiles of X among 9; solved only
+    if exactly the X tiles are selected).
 
     \b
     Example:
       advx eval tiles/    --models effnet-lite2,timm:convnext_tiny.fb_in1k
       advx eval hardened/ --models effnet-lite2,lite2-fp16/ --transforms jpeg --json
+      advx eval hardened/ --models onnx:solver.json --transforms delivery
     """
     with fail_cleanly():
-        data = load_eval_set(input_dir, labels_csv, label_set)
-        scorers = dict(load_scorer(m, data.label_set, device=device, templates=templates)
-                       for m in models)
+        from ..engine.api import check_known
+        from ..engine.zoo import load_label_map
+
+        lmap = load_label_map(label_map)
+        data = load_eval_set(input_dir, labels_csv, label_set, lmap)
+        scorers = dict(load_scorer(m, data.label_set, device=device, templates=templates,
+                                   label_map=lmap) for m in models)
+        check_known(list(scorers.values()), sorted(set(data.labels)))
         skipped: list[str] = []
         result = evaluate(_images(data.paths, skipped), data.labels, scorers, data.label_set,
                           transforms=transforms, grids=grids, seed=seed)

@@ -13,7 +13,7 @@ from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, fail_cleanly, list_opti
 from .pipeline import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 
 # kept equal to the engine's by tests (importing them here would load torch)
-TRANSFORM_PRESETS = ("none", "jpeg", "robust")
+TRANSFORM_PRESETS = ("none", "jpeg", "delivery", "robust")
 TEMPLATE_SETS = ("simple", "openai", "photo")
 
 
@@ -29,19 +29,32 @@ TEMPLATE_SETS = ("simple", "openai", "photo")
 @click.option("--label-set", callback=list_option,
               help="Comma list of the labels a solver chooses among [default: the sorted labels "
                    "of INPUT].")
+@click.option("--label-map", "label_map", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help='JSON {"label": ["ImageNet class name or index", ...]}: how ImageNet '
+                   "classifiers answer labels the built-in map lacks (consulted first).")
+@click.option("--decoy", default=None, metavar="LABEL",
+              help="Also push every tile not labelled LABEL to be picked / selected as LABEL "
+                   "(false positives for 'select all LABEL'); LABEL's own tiles are pushed "
+                   "away from it as usual.")
 @click.option("--surrogates", default=",".join(DEFAULT_SURROGATES), show_default=True,
-              callback=list_option, help="Comma list of models attacked with gradients.")
+              callback=list_option, help="Comma list of models attacked with gradients; "
+              "onnx:SPEC.json attacks a foreign solver with its own gradients.")
 @click.option("--verifiers", default=",".join(DEFAULT_VERIFIERS), show_default=True,
               callback=list_option,
-              help="Comma list of held-out models that must be fooled (run as ONNX).")
+              help="Comma list of models that must be fooled, run as ONNX (a foreign solver "
+                   "runs its own graph).")
 @click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=8.0,
               show_default=True, help="L-inf budget in /255 units.")
 @click.option("--steps", type=click.IntRange(min=0), default=40, show_default=True,
               help="Attack step limit per image.")
-@click.option("--attack", type=click.Choice(ATTACKS), default="mifgsm", show_default=True)
-@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="jpeg",
+@click.option("--attack", type=click.Choice(ATTACKS), default="auto", show_default=True,
+              help="auto: pgd when every verifier is also a surrogate (white-box, e.g. a "
+                   "solver spec as both), else mifgsm with input diversity (for transfer).")
+@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="delivery",
               show_default=True, help="What a solver may do to a tile before classifying it "
-              "(attacked in expectation, verified exactly).")
+              "(attacked in expectation, verified exactly): none; jpeg = JPEG 75; delivery = "
+              "JPEG 75 and resize 0.75; robust = those, crop/shift and blur.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="png",
               show_default=True, help="Output image format (verification scores exactly it).")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
@@ -65,7 +78,8 @@ TEMPLATE_SETS = ("simple", "openai", "photo")
               help="No progress bar and no summary table (warnings still go to stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
-               label_set: tuple[str, ...] | None, surrogates: tuple[str, ...],
+               label_set: tuple[str, ...] | None, label_map: Path | None, decoy: str | None,
+               surrogates: tuple[str, ...],
                verifiers: tuple[str, ...], eps: float, steps: int, attack: str, transforms: str,
                output_format: str, quality: int, device: str, batch_size: int, seed: int,
                margin: float, ssim_floor: float | None, templates: str, max_side: int,
@@ -73,14 +87,20 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
     """Harden the labelled images in INPUT so that AI solvers misclassify them.
 
     INPUT holds one sub-folder per label (INPUT/bus/001.jpg, INPUT/traffic_light/7.png) or
-    any layout with --labels CSV. Each image is attacked on the --surrogates until every
-    --verifier picks a wrong label under every --transforms preset (or --steps run out), then
-    written to OUT at the same relative path. Unreadable inputs get an error record; the run
-    goes on. Resumable: records are written as images finish; Ctrl-C and --resume lose nothing.
+    any layout with --labels CSV; a folder with one label is a binary challenge ("select all
+    X") against built-in negatives. Each image is attacked on the --surrogates until every
+    --verifier is fooled by its own decision rule (a wrong top label; for a multi-label
+    solver, P(X) below its threshold) under every --transforms view (or --steps run out),
+    then written to OUT at the same relative path. Unreadable inputs get an error record; the
+    run goes on. Resumable: records are written as images finish; Ctrl-C and --resume lose
+    nothing.
 
     \b
     Example:
-      advx harden tiles/ --out hardened/ --eps 8 --steps 40 --transforms jpeg
+      advx harden tiles/ --out hardened/ --eps 8 --steps 40
+      advx harden tiles/ --out hardened/ --eps 4 \\
+          --surrogates onnx:solver.json --verifiers onnx:solver.json
+      advx harden tiles/ --out hardened/ --label-map my_labels.json
       advx harden tiles/ --out hardened/ --resume      # after Ctrl-C or a crash
     """
     from ..engine.config import HardenConfig
@@ -95,7 +115,8 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
         raise click.UsageError(str(e)) from e
     job = HardenJob(input_dir=input_dir, out_dir=out_dir, labels_csv=labels_csv,
                     label_set=label_set, surrogates=surrogates, verifiers=verifiers,
-                    config=config, templates=templates, resume=resume, max_side=max_side)
+                    config=config, templates=templates, resume=resume, max_side=max_side,
+                    label_map=label_map, decoy=decoy)
     def warn(msg: str) -> None:  # shown even with --quiet
         click.echo(f"warning: {msg}", err=True)
 
@@ -127,6 +148,11 @@ def summary_table(s: dict, out_dir: Path) -> str:
         ("mean PSNR", num(s["mean_psnr"], ".2f", " dB")),
         ("mean SSIM", num(s["mean_ssim"], ".4f")),
         ("mean L-inf", num(s["mean_linf"], ".2f", "/255")),
+        *((f"{m}", f"selects its tile {num(v.get('select_rate_before'), '.0%')} -> "
+                   f"{num(v.get('select_rate_after'), '.0%')}, grid solve rate "
+                   f"{num(v.get('grid_solve_rate_before'), '.0%')} -> "
+                   f"{num(v.get('grid_solve_rate_after'), '.0%')}")
+          for m, v in (s.get("per_model") or {}).items()),
         ("images/s", num(s["images_per_s"], ".3f") + f"  ({s['seconds']:.1f} s)"),
         ("images", str(out_dir)),
         ("results", str(out_dir / "results.jsonl")),

@@ -11,6 +11,7 @@ from .demo import demo_cmd
 from .evaluate import eval_cmd
 from .harden import harden_cmd
 from .models import export_cmd, models_cmd
+from .solver import solver_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -19,10 +20,11 @@ def cli() -> None:
     """advx hardens image-CAPTCHA tiles against AI solvers.
 
     It adds small adversarial perturbations (an L-inf budget of a few /255) so that
-    classifiers (CLIP zero-shot models, ImageNet networks) pick a wrong label while people
-    still see the object. Perturbations are computed on surrogate models and kept only once
-    held-out verifier models, run as ONNX like a solver would, are fooled too, after the
-    transforms a solver may apply (JPEG re-encoding, resizing, cropping, blur).
+    solvers (CAPTCHA-trained ONNX networks, CLIP zero-shot models, ImageNet networks) get
+    the answer wrong while people still see the object. Perturbations are computed on
+    surrogate models and kept only once verifier models, run as ONNX like a solver runs
+    them, are fooled too, after the transforms a solver may apply (JPEG re-encoding,
+    resizing, cropping, blur).
 
     \b
     Commands:
@@ -30,6 +32,7 @@ def cli() -> None:
       eval     how often models solve a set of tiles and 3x3 grid challenges
       export   export a model to validated ONNX (fp32 / fp16)
       models   list the registered models and the model name grammar
+      solver   bring a foreign CAPTCHA solver (ONNX) in: write and check its spec
       demo     harden sample photos that ship with scikit-image (a quick tour)
       bench    measure throughput
 
@@ -37,6 +40,9 @@ def cli() -> None:
     Example:
       advx demo                                   # 1-2 minutes on 2 CPU cores
       advx harden tiles/ --out hardened/          # tiles/<label>/<image>
+      advx solver init solver.onnx --out solver.json
+      advx harden tiles/ --out hardened/ --eps 4 \\
+          --surrogates onnx:solver.json --verifiers onnx:solver.json
       advx eval hardened/ --models effnet-lite2,effnet-lite0
 
     Run `advx COMMAND --help` for a command's options.
@@ -47,6 +53,7 @@ cli.add_command(harden_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(export_cmd)
 cli.add_command(models_cmd)
+cli.add_command(solver_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(bench_cmd)
 

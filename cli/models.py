@@ -52,8 +52,12 @@ def models_cmd(show_all: bool) -> None:
               help="Folder for model.onnx and manifest.json.")
 @click.option("--templates", type=click.Choice(TEMPLATE_SETS), default="simple",
               show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
+@click.option("--label-map", "label_map", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help='JSON {"label": ["ImageNet class name or index", ...]} for ImageNet '
+                   "classifiers (consulted before the built-in map).")
 def export_cmd(model: str, labels: tuple[str, ...], precision: str, out_dir: Path,
-               templates: str) -> None:
+               templates: str, label_map: Path | None) -> None:
     """Export MODEL as a classifier over --labels to one validated ONNX graph.
 
     The graph takes images [N, 3, size, size] in [0, 1] (normalisation inside) and returns
@@ -66,10 +70,15 @@ def export_cmd(model: str, labels: tuple[str, ...], precision: str, out_dir: Pat
       advx export effnet-lite2 --labels bus,car,bicycle --precision fp16 --out lite2-fp16/
     """
     with fail_cleanly():
-        from ..engine.zoo import create_classifier
+        from ..engine.zoo import create_classifier, is_solver_name, load_label_map
         from ..export import ExportSpec, export_classifier
+        from .common import RunError
 
-        clf = create_classifier(model, labels, templates=templates)
+        if ":" in model and is_solver_name(model):
+            raise RunError(f"{model} is already an ONNX graph: name it directly in "
+                           f"--verifiers / advx eval --models")
+        clf = create_classifier(model, labels, templates=templates,
+                                label_map=load_label_map(label_map))
         manifest = export_classifier(clf, out_dir, ExportSpec(precision=precision))
     p = manifest.parity
     click.echo(f"exported {manifest.source_model} ({manifest.precision}, opset {manifest.opset}, "

@@ -37,6 +37,8 @@ class HardenJob:
     templates: str = "simple"
     resume: bool = False
     max_side: int = 1024  # longer sides above this are attacked on a downscaled copy
+    label_map: Path | None = None  # JSON labels -> ImageNet classes, before the built-in map
+    decoy: str | None = None  # push tiles of other labels to be selected as this one
 
 
 @dataclass
@@ -90,14 +92,14 @@ class Progress:
             self.bar.close()
 
 
-def resolve_label_set(labels_seen: Sequence[str], given: Sequence[str] | None
-                      ) -> tuple[str, ...]:
+def resolve_label_set(labels_seen: Sequence[str], given: Sequence[str] | None,
+                      label_map=None) -> tuple[str, ...]:
+    """--label-set, or the sorted labels seen; one label alone is a binary challenge ("select
+    all X") against the built-in negatives."""
     if not given:
-        seen = tuple(sorted(set(labels_seen)))
-        if len(seen) < 2:
-            raise RunError(f"the input has one label ({seen[0]!r}) but a solver chooses among "
-                           f"two or more: name the others with --label-set {seen[0]},OTHER,...")
-        return seen
+        from ..engine.api import default_label_set
+
+        return default_label_set(labels_seen, label_map)
     unknown = sorted(set(labels_seen) - set(given))
     if unknown:
         raise RunError(f"labels {unknown} of the input are not in --label-set {','.join(given)}")
@@ -122,7 +124,8 @@ def run_info(job: HardenJob, label_set: Sequence[str]) -> dict:
     """What produced the outputs (compared on --resume)."""
     return {"config": dataclasses.asdict(job.config), "surrogates": list(job.surrogates),
             "verifiers": list(job.verifiers), "templates": job.templates,
-            "label_set": list(label_set), "max_side": job.max_side}
+            "label_set": list(label_set), "max_side": job.max_side,
+            "label_map": str(job.label_map) if job.label_map else None, "decoy": job.decoy}
 
 
 def _changed_options(out_dir: Path, info: dict) -> list[str]:
@@ -130,7 +133,8 @@ def _changed_options(out_dir: Path, info: dict) -> list[str]:
         old = json.loads((out_dir / rec.SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    changed = [k for k in ("surrogates", "verifiers", "templates", "label_set", "max_side")
+    changed = [k for k in ("surrogates", "verifiers", "templates", "label_set", "max_side",
+                           "label_map", "decoy")
                if k in old and old[k] != info[k]]
     changed += [f"config.{k}" for k, v in info["config"].items()
                 if k in old.get("config", {}) and old["config"][k] != v]
@@ -148,8 +152,14 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
         raise RunError(f"{job.input_dir} is an advx output folder (it has {rec.RESULTS}); its "
                        f"{rec.REPORT_FILES}/ would be read as a label. To harden its images "
                        f"again, list them in a --labels CSV")
+    from ..engine.zoo import load_label_map
+
     items = discover(job.input_dir, job.labels_csv)
-    label_set = resolve_label_set([it.label for it in items], job.label_set)
+    label_map = load_label_map(job.label_map)
+    label_set = resolve_label_set([it.label for it in items], job.label_set, label_map)
+    if job.decoy is not None and job.decoy not in label_set:
+        raise RunError(f"--decoy {job.decoy!r} is not in the label set "
+                       f"({', '.join(label_set[:12])}{', ...' if len(label_set) > 12 else ''})")
     check_dirs(job.input_dir, job.out_dir)
     outputs = rec.output_paths([it.path for it in items], job.config.output_format)
     results = job.out_dir / rec.RESULTS
@@ -172,7 +182,8 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     ordered_kept = sorted(kept.values(), key=lambda r: index[r["path"]])
 
     t_setup = time.perf_counter()
-    hardener = _build_hardener(job, label_set) if pending else None  # model errors surface here
+    asked = sorted({it.label for it in pending} | ({job.decoy} if job.decoy else set()))
+    hardener = _build_hardener(job, label_set, label_map, asked) if pending else None
     info["setup_seconds"] = round(time.perf_counter() - t_setup, 3)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     rec.remove_temp_files(job.out_dir)
@@ -203,11 +214,15 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     return Outcome(summary, interrupted, hint)
 
 
-def _build_hardener(job: HardenJob, label_set: Sequence[str]):
-    from ..engine.api import Hardener
+def _build_hardener(job: HardenJob, label_set: Sequence[str], label_map,
+                    asked: Sequence[str]):
+    """The models, checked to know every label the run asks about (before OUT is touched)."""
+    from ..engine.api import Hardener, check_known
 
-    return Hardener(label_set, surrogates=job.surrogates, verifiers=job.verifiers,
-                    config=job.config, templates=job.templates)
+    hardener = Hardener(label_set, surrogates=job.surrogates, verifiers=job.verifiers,
+                        config=job.config, templates=job.templates, label_map=label_map)
+    check_known([*hardener.ensemble.members, *hardener.verifiers], asked)
+    return hardener
 
 
 def _run_chunk(job: HardenJob, hardener, chunk, outputs: dict[str, str],
@@ -248,7 +263,9 @@ def _run_chunk(job: HardenJob, hardener, chunk, outputs: dict[str, str],
     def on_result(result) -> None:
         record(_deliver(job, pending[result.index], result, outputs))
 
-    hardener.run(images, labels, on_result=on_result)
+    targets = None if job.decoy is None else [None if y == job.decoy else job.decoy
+                                              for y in labels]
+    hardener.run(images, labels, targets, on_result=on_result)
 
 
 def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> dict:

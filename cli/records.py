@@ -179,4 +179,43 @@ def summarize(records: Sequence[dict], *, total: int) -> dict:
         "mean_steps": _mean(r.get("steps") for r in hardened),
         "fooled_by_step": {str(k): by_step[k] for k in sorted(by_step)},
         "stop_reasons": dict(sorted(Counter(str(r.get("stop_reason")) for r in hardened).items())),
+        "per_model": per_model(hardened),
     }
+
+
+def per_model(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
+    """Per model, by its own decision rule: how often it selects a tile for the tile's label,
+    and how many seeded 3x3 grids ("select all X") it solves, before and after hardening."""
+    from ..engine.challenge import grid_solve_rate_sets, sample_grids
+
+    rows = [r for r in records if isinstance(r.get("selected_before"), dict)
+            and isinstance(r.get("selected_after"), dict)]
+    if not rows:
+        return {}
+    index: dict[str, int] = {}
+    y = [index.setdefault(r["label"], len(index)) for r in rows]
+    challenge = sample_grids(y, grids, seed)
+    models = sorted({m for r in rows for m in r["selected_before"]})
+    out = {}
+    for m in models:
+        have = [i for i, r in enumerate(rows) if m in r["selected_before"]
+                and m in r["selected_after"]]
+        if len(have) != len(rows):
+            continue
+        sets = {}
+        for when in ("before", "after"):
+            sets[when] = [{index.setdefault(lab, len(index)) for lab in r[f"selected_{when}"][m]}
+                          for r in rows]
+        stats: dict = {}
+        for when in ("before", "after"):
+            hits = sum(y[i] in sets[when][i] for i in range(len(rows)))
+            stats[f"select_rate_{when}"] = round(hits / len(rows), 4)
+            rate = grid_solve_rate_sets(sets[when], y, challenge)
+            stats[f"grid_solve_rate_{when}"] = None if rate is None else round(rate, 4)
+        probs = [(r.get("probabilities_before") or {}).get(m, {}).get(r["label"]) for r in rows]
+        after = [(r.get("probabilities_after") or {}).get(m, {}).get(r["label"]) for r in rows]
+        if all(p is not None for p in probs + after):
+            stats["mean_p_label_before"] = _mean(probs)
+            stats["mean_p_label_after"] = _mean(after)
+        out[m] = stats
+    return out

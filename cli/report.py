@@ -107,7 +107,30 @@ def _summary_table(s: dict) -> str:
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td>{_fmt(v, spec)}</td></tr>"
                    for k, v, spec in rows)
-    return f"<table>{body}</table>"
+    return f"<table>{body}</table>" + _per_model_table(s.get("per_model") or {})
+
+
+def _per_model_table(per_model: dict) -> str:
+    """Each model by its own decision rule: tiles selected for their label and 3x3 grids
+    solved, before and after; mean P(label) for multi-label solvers."""
+    if not per_model:
+        return ""
+    head = ("<h2>Per model (its own decision rule)</h2><table><tr><th>model</th>"
+            "<th>selects the tile's label</th><th>3x3 grids solved</th>"
+            "<th>mean P(label)</th></tr>")
+    rows = []
+    def pair(v: dict, key: str, spec: str = ".0%") -> str:
+        return f"{_fmt(v.get(key + '_before'), spec)} &rarr; {_fmt(v.get(key + '_after'), spec)}"
+
+    for name, v in per_model.items():
+        p = pair(v, "mean_p_label", ".3f") if "mean_p_label_before" in v else "&ndash;"
+        rows.append(f"<tr><td>{escape(name)}</td><td>{pair(v, 'select_rate')}</td>"
+                    f"<td>{pair(v, 'grid_solve_rate')}</td><td>{p}</td></tr>")
+    note = ("<p class='note'>A closed-set model selects its top label; a multi-label solver "
+            "selects every label with P &ge; its threshold. Grids: 200 seeded 3x3 challenges "
+            "&ldquo;select all X&rdquo; drawn from these tiles; solved when exactly the X "
+            "tiles are selected.</p>")
+    return head + "".join(rows) + "</table>" + note
 
 
 def fooled_rate_svg(records: Sequence[dict], max_steps: int, width: int = 520,
@@ -182,13 +205,22 @@ def _gallery_row(out_dir: Path, input_root: Path, r: dict) -> str:
         img = f"<img src='{quote(rel)}' alt='{escape(kind)}' loading='lazy'>"
         cells.append(f"<td><a href='{link}'>{img}</a></td>" if link else f"<td>{img}</td>")
     after = r.get("predictions_after") or {}
-    verifiers = ", ".join(f"{k}: {v}" for k, v in after.items() if k in (r.get("margins") or {}))
+    verifiers = ", ".join(f"{k}: {v}" for k, v in after.items() if k in (r.get("margins") or {})
+                          and k not in (r.get("probabilities_after") or {}))
+    label = str(r.get("label"))
+    solvers = []
+    for name, probs in (r.get("probabilities_after") or {}).items():
+        before = (r.get("probabilities_before") or {}).get(name, {})
+        if label in probs:
+            solvers.append(f"{escape(name)}: P({escape(label)}) {_fmt(before.get(label), '.3f')}"
+                           f" &rarr; {_fmt(probs[label], '.3f')}")
     info = [
         f"<b>{escape(r['path'])}</b>",
         f"label {escape(str(r.get('label')))} &middot; "
         f"<span class='{escape(r['status'])}'>{escape(r['status'])}</span>"
         + (f" at step {r['fooled_at']}" if r.get("fooled_at") is not None else ""),
         f"verifiers say: {escape(verifiers)}" if verifiers else "",
+        *solvers,
         (f"PSNR {_fmt(r.get('psnr'), '.1f')} dB &middot; SSIM {_fmt(r.get('ssim'), '.3f')} "
          f"&middot; L-inf {_fmt(r.get('linf'), '.1f')}/255"),
         *(f"<span class='note'>{escape(str(n))}</span>" for n in r.get("notes") or ()),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from .ensemble import Ensemble
 from .results import HardenResult
 from .scheduler import Scheduler, Scorer
 from .transforms import InputDiversity, get_preset
+from .zoo.labels import LabelMap, LabelMapError, load_label_map
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,27 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
 
 
 def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[str],
-                     device: torch.device, templates: str = "simple") -> list[nn.Module]:
+                     device: torch.device, templates: str = "simple",
+                     label_map: LabelMap | None = None,
+                     no_gradient: list[str] | None = None) -> list[nn.Module]:
+    """Surrogate models over ``label_set``. A foreign solver whose graph has no torch
+    equivalent (or fails parity) is left out with one warning naming why, and its name is
+    appended to ``no_gradient`` (it still verifies); other errors raise."""
+    from .solver import ConversionError, SolverParityError
     from .zoo import create_classifier
 
     models = []
     for s in surrogates:
-        m = create_classifier(s, label_set, templates=templates, device=str(device)) \
-            if isinstance(s, str) else s.to(device).eval()
+        try:
+            m = create_classifier(s, label_set, templates=templates, device=str(device),
+                                  label_map=label_map) \
+                if isinstance(s, str) else s.to(device).eval()
+        except (ConversionError, SolverParityError) as e:
+            log.warning("warning: %s has no gradient path (%s); it is used as a verifier only",
+                        s, e)
+            if no_gradient is not None:
+                no_gradient.append(str(s))
+            continue
         if tuple(getattr(m, "labels", label_set)) != tuple(label_set):
             raise ValueError(f"surrogate {getattr(m, 'name', m)} is not over the label set")
         check_surrogate(m, device=device)
@@ -74,18 +89,52 @@ def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[
 
 
 def build_verifiers(verifiers: Sequence[str | Scorer], label_set: Sequence[str],
-                    device: torch.device, templates: str = "simple") -> list[Scorer]:
-    """Names become cached ONNX exports: fp16 on CUDA, fp32 on CPU."""
+                    device: torch.device, templates: str = "simple",
+                    label_map: LabelMap | None = None) -> list[Scorer]:
+    """Names become cached ONNX exports (fp16 on CUDA, fp32 on CPU); foreign solvers
+    (``onnx:SPEC.json``) run their own graph in onnxruntime."""
     from ..export import OnnxVerifier, export_cached
+    from .zoo import create_verifier, is_solver_name
 
     precision = "fp16" if device.type == "cuda" else "fp32"
     out = []
     for v in verifiers:
-        if isinstance(v, str):
-            path = export_cached(v, label_set, precision=precision, templates=templates)
+        if isinstance(v, str) and is_solver_name(v):
+            v = create_verifier(v, label_set, device="cuda" if device.type == "cuda" else "cpu")
+        elif isinstance(v, str):
+            path = export_cached(v, label_set, precision=precision, templates=templates,
+                                 label_map=label_map)
             v = OnnxVerifier(path, device="auto" if device.type == "cuda" else "cpu")
         out.append(v)
     return out
+
+
+def check_known(models: Sequence[object], labels: Sequence[str]) -> None:
+    """Every model must know every label a run asks about (true labels and decoys)."""
+    for m in models:
+        known, mlabels = getattr(m, "known", None), tuple(getattr(m, "labels", ()))
+        if known is None:
+            continue
+        lacking = sorted({lab for lab in labels if lab in mlabels
+                          and not known[mlabels.index(lab)]})
+        if lacking:
+            where = getattr(m, "spec_path", None) or "its spec"
+            raise LabelMapError(
+                f"{m.name} has no label for {', '.join(map(repr, lacking))}: map each to one of "
+                f"its labels in \"label_map\" of {where} (e.g. \"label_map\": "
+                f"{{\"{lacking[0]}\": \"<solver label>\"}}), or leave this solver out")
+
+
+def default_label_set(labels: Sequence[str], label_map: LabelMap | None = None
+                      ) -> tuple[str, ...]:
+    """The sorted labels seen; one label alone is a binary challenge ("select all X") against
+    the built-in negatives (X first)."""
+    from .zoo import binary_label_set
+
+    seen = tuple(sorted(set(labels)))
+    if len(seen) == 1:
+        return binary_label_set(seen[0], label_map=label_map)
+    return seen
 
 
 def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
@@ -121,28 +170,89 @@ class Hardener:
                  verifiers: Sequence[str | Scorer] = DEFAULT_VERIFIERS,
                  config: HardenConfig | None = None,
                  surrogate_weights: Sequence[float] | None = None,
-                 templates: str = "simple") -> None:
+                 templates: str = "simple",
+                 label_map: LabelMap | str | Mapping | None = None) -> None:
+        from .zoo import is_solver_name
+
         self.config = config = config or HardenConfig()
         self.label_set = tuple(label_set)
         if len(self.label_set) < 2 or len(set(self.label_set)) != len(self.label_set):
             raise ValueError(f"the label set needs two or more distinct labels, got {label_set}")
+        self.label_map = load_label_map(label_map)
         shared = {s for s in surrogates if isinstance(s, str)} & {
             v for v in verifiers if isinstance(v, str)}
-        if shared:
-            log.warning("%s are both surrogate and verifier: the verifier is not held out", shared)
+        held_out = sorted(n for n in shared if not is_solver_name(n))
+        if held_out:  # a foreign solver as both is the point: its own graph verifies
+            log.warning("warning: %s are both surrogate and verifier: the verifier is not held "
+                        "out", held_out)
         self.device = resolve_device(config.device)
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
-        self.ensemble = Ensemble(build_surrogates(surrogates, self.label_set, self.device,
-                                                  templates), surrogate_weights)
-        self.verifiers = build_verifiers(verifiers, self.label_set, self.device, templates)
+        no_gradient: list[str] = []
+        members = build_surrogates(surrogates, self.label_set, self.device, templates,
+                                   self.label_map, no_gradient)
+        verifiers = list(verifiers) + [n for n in no_gradient if n not in verifiers]
+        if not members:
+            raise ValueError(
+                f"no surrogate left to attack ({', '.join(no_gradient)} cannot be converted to "
+                f"torch); add one with a gradient path, e.g. --surrogates "
+                f"{','.join([*no_gradient, *DEFAULT_SURROGATES])}")
+        weights = surrogate_weights
+        if weights is not None and no_gradient:
+            weights = [w for s, w in zip(surrogates, weights, strict=True)
+                       if str(s) not in no_gradient]
+        self.ensemble = Ensemble(members, weights)
+        self.verifiers = build_verifiers(verifiers, self.label_set, self.device, templates,
+                                         self.label_map)
+        surrogate_names = {getattr(m, "name", None) for m in members}
+        self.white_box = bool(self.verifiers) and all(
+            getattr(v, "name", None) in surrogate_names for v in self.verifiers)
+        self.config = config = config.resolved(self.white_box)
         self.scheduler = Scheduler(
             make_attack(self.ensemble, config, self.device, self.generator),
             list(self.ensemble.members), self.verifiers, self.label_set, config, self.device,
         )
+        self._real_parity_checked = False
+
+    def _check_real_parity(self, images: Sequence[torch.Tensor]) -> None:
+        """Converted solvers against their own onnxruntime graph on the first real tiles. One
+        that disagrees there would attack with wrong gradients: it is left out of the ensemble
+        (still verifying), with a warning."""
+        from .scheduler import as_float
+        from .solver import SolverClassifier, SolverParityError
+
+        self._real_parity_checked = True
+        members = list(self.ensemble.members)
+        solvers = [m for m in members if isinstance(m, SolverClassifier)]
+        if not solvers or not images:
+            return
+        batch = [im for im in images if im.shape == images[0].shape][:8]
+        x = as_float(torch.stack(batch))
+        failed = []
+        for m in solvers:
+            try:
+                m.solver.check_parity(x)
+            except SolverParityError as e:
+                log.warning("warning: %s on the first %d tiles of this run: its torch "
+                            "gradients would not be the solver's; it is used as a verifier "
+                            "only", e, len(batch))
+                failed.append(m)
+        if not failed:
+            return
+        keep = [m for m in members if m not in failed]
+        if not keep:
+            raise SolverParityError(f"no surrogate left: {', '.join(m.name for m in failed)} "
+                                    f"failed parity on this run's tiles")
+        names = {v.name for v in self.verifiers}
+        self.verifiers += [m.solver.verifier(self.label_set, device=self.device.type)
+                           for m in failed if m.name not in names]
+        self.ensemble = Ensemble(keep)
+        self.scheduler = Scheduler(
+            make_attack(self.ensemble, self.config, self.device, self.generator),
+            keep, self.verifiers, self.label_set, self.config, self.device)
 
     def run(self, images: Sequence[ImageLike], labels: Sequence[str],
-            targets: Sequence[str] | None = None,
+            targets: Sequence[str | None] | None = None,
             on_result: Callable[[HardenResult], None] | None = None) -> list[HardenResult]:
         labels = list(labels)
         if len(labels) != len(images):
@@ -150,18 +260,26 @@ class Hardener:
         unknown = sorted(set(labels) - set(self.label_set))
         if unknown:
             raise ValueError(f"labels {unknown} are not in the label set {self.label_set}")
-        if self.config.targeted:
-            if targets is None or len(targets) != len(labels):
-                raise ValueError("a targeted run needs one target label per image")
+        if targets is not None and len(targets) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        if self.config.targeted and (targets is None or any(t is None for t in targets)):
+            raise ValueError("a targeted run needs one target label per image")
+        if targets is not None:
             bad = [t for t, y in zip(targets, labels, strict=True)
-                   if t == y or t not in self.label_set]
+                   if t is not None and (t == y or t not in self.label_set)]
             if bad:
                 raise ValueError(f"targets must be in the label set and differ from the labels: "
                                  f"{bad}")
+        asked = set(labels) | {t for t in targets or () if t is not None}
+        check_known([*self.ensemble.members, *self.verifiers], sorted(asked))
+        tensors = [to_tensor(im) for im in images]
+        if not self._real_parity_checked:
+            self._check_real_parity(tensors)
         index = {lab: i for i, lab in enumerate(self.label_set)}
         return self.scheduler.run(
-            [to_tensor(im) for im in images], [index[y] for y in labels],
-            [index[t] for t in targets] if self.config.targeted else None, on_result,
+            tensors, [index[y] for y in labels],
+            [-1 if t is None else index[t] for t in targets] if targets is not None else None,
+            on_result,
         )
 
 
@@ -173,9 +291,10 @@ def harden(
     surrogates: Sequence[str | nn.Module] = DEFAULT_SURROGATES,
     verifiers: Sequence[str | Scorer] = DEFAULT_VERIFIERS,
     config: HardenConfig | None = None,
-    targets: Sequence[str] | None = None,
+    targets: Sequence[str | None] | None = None,
     surrogate_weights: Sequence[float] | None = None,
     templates: str = "simple",
+    label_map: LabelMap | str | Mapping | None = None,
     on_result: Callable[[HardenResult], None] | None = None,
 ) -> list[HardenResult]:
     """Perturb ``images`` so that the held-out ``verifiers`` get their ``labels`` wrong.
@@ -183,21 +302,29 @@ def harden(
     Args:
         images: uint8 HxWx3 arrays, PIL images or [3, H, W] float tensors in [0, 1].
         labels: the true label of each image, members of ``label_set``.
-        label_set: the labels a solver chooses among (default: the sorted labels seen).
-        surrogates: model names (see ``advx models``) or classifiers over ``label_set``,
-            attacked with gradients.
-        verifiers: held-out model names (exported to ONNX and cached) or scorers; an image is
-            done once all of them are fooled under every transform of ``config.transforms``.
+        label_set: the labels a solver chooses among (default: the sorted labels seen; one
+            label seen makes a binary challenge against the built-in negatives).
+        surrogates: model names (see ``advx models``; ``onnx:SPEC.json`` for a foreign solver)
+            or classifiers over ``label_set``, attacked with gradients.
+        verifiers: model names (ImageNet / zero-shot models are exported to ONNX and cached;
+            foreign solvers run their own graph) or scorers; an image is done once all of them
+            are fooled, by their own decision rule, under every transform of
+            ``config.transforms``.
         config: budgets, attack, schedule (:class:`HardenConfig`).
-        targets: decoy labels, one per image, for ``config.targeted`` runs.
+        targets: a decoy label per image (or None): the solver should pick / select the decoy
+            (required for every image when ``config.targeted``).
         surrogate_weights: per-surrogate weights of the ensemble (default equal).
         templates: prompt template set of zero-shot models ("simple", "openai", "photo").
+        label_map: labels -> ImageNet classes for ImageNet classifiers, a dict or a JSON file
+            (``{"label": ["ImageNet class name or index", ...]}``), consulted before the
+            built-in map.
         on_result: called with each result as soon as its image is finished.
 
     Returns:
         One :class:`HardenResult` per image, in input order.
     """
-    label_set = tuple(label_set) if label_set is not None else tuple(sorted(set(labels)))
+    lmap = load_label_map(label_map)
+    label_set = tuple(label_set) if label_set is not None else default_label_set(labels, lmap)
     hardener = Hardener(label_set, surrogates=surrogates, verifiers=verifiers, config=config,
-                        surrogate_weights=surrogate_weights, templates=templates)
+                        surrogate_weights=surrogate_weights, templates=templates, label_map=lmap)
     return hardener.run(images, labels, targets, on_result)

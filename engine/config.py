@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ATTACKS = ("mifgsm", "pgd", "pgd-l2")
+ATTACKS = ("auto", "mifgsm", "pgd", "pgd-l2")
 LOSSES = ("margin", "ce")
 OUTPUT_FORMATS = ("png", "jpeg")
 AMP = ("auto", "bf16", "fp16", "off")
@@ -14,17 +14,21 @@ AMP = ("auto", "bf16", "fp16", "off")
 class HardenConfig:
     eps: float = 8.0  # L-inf budget in /255 units (8 means 8/255)
     eps_l2: float = 2.0  # L2 budget in [0, 1] pixel units (pgd-l2 only)
-    attack: str = "mifgsm"  # "mifgsm" (momentum), "pgd" (L-inf), "pgd-l2"
+    # "auto": pgd when every verifier is also a surrogate (white-box, e.g. a solver spec as
+    # both), mifgsm (momentum, for transfer) otherwise; or "mifgsm", "pgd" (L-inf), "pgd-l2"
+    attack: str = "auto"
     steps: int = 40  # step limit per image
     alpha: float | None = None  # step size, /255 for L-inf (default eps / 4), L2 units for pgd-l2
     random_start: bool = True  # start from a random point of the eps-ball
     loss: str = "margin"  # "margin" (CW) or "ce"
     targeted: bool = False  # push towards a decoy label instead of away from the true one
     momentum: float = 1.0  # MI-FGSM decay
-    diversity_prob: float = 0.5  # input diversity (DI) probability, 0 disables
+    # input diversity (DI) probability, 0 disables; None: 0.5 for transfer, 0 when white-box
+    diversity_prob: float | None = None
     ti_kernel: int = 0  # translation-invariance kernel size (odd), 0 disables
-    transforms: str = "jpeg"  # solver-side transform preset, for EOT and verification
-    eot_samples: int = 1  # transforms drawn per step (gradients averaged)
+    transforms: str = "delivery"  # solver-side transform preset, for EOT and verification
+    # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
+    eot_samples: int | None = None
     verify_every: int = 5  # torch attack steps between verification passes
     margin: float = 0.5  # a verifier counts as fooled when (best wrong - true) logit >= margin
     ssim_floor: float | None = None  # stop pushing an image before its SSIM drops below this
@@ -46,10 +50,11 @@ class HardenConfig:
         need(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
         need(self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
         need(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
-        need(0 <= self.diversity_prob <= 1, "diversity_prob must be in [0, 1]")
+        need(self.diversity_prob is None or 0 <= self.diversity_prob <= 1,
+             "diversity_prob must be in [0, 1]")
         need(self.ti_kernel == 0 or (self.ti_kernel % 2 == 1 and self.ti_kernel >= 3),
              "ti_kernel must be 0 or an odd size >= 3")
-        need(self.eot_samples >= 1, "eot_samples must be >= 1")
+        need(self.eot_samples is None or self.eot_samples >= 1, "eot_samples must be >= 1")
         need(self.verify_every >= 1, "verify_every must be >= 1")
         need(self.ssim_floor is None or 0 < self.ssim_floor < 1, "ssim_floor must be in (0, 1)")
         need(self.output_format in OUTPUT_FORMATS, f"output_format must be one of {OUTPUT_FORMATS}")
@@ -59,6 +64,19 @@ class HardenConfig:
         from .transforms import get_preset
 
         get_preset(self.transforms)
+
+    def resolved(self, white_box: bool) -> HardenConfig:
+        """``auto`` choices made: white-box runs (every verifier is also a surrogate) attack
+        with plain PGD, no input diversity and two EOT samples per step (the gradient of the
+        very model that verifies, averaged over its views); transfer runs with MI-FGSM, DI 0.5
+        and one EOT sample."""
+        from dataclasses import replace
+
+        attack = self.attack if self.attack != "auto" else ("pgd" if white_box else "mifgsm")
+        di = self.diversity_prob if self.diversity_prob is not None else (
+            0.0 if white_box else 0.5)
+        eot = self.eot_samples if self.eot_samples is not None else (2 if white_box else 1)
+        return replace(self, attack=attack, diversity_prob=di, eot_samples=eot)
 
     @property
     def step_size(self) -> float:

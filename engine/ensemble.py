@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .losses import LossFn
+from .losses import Objective
+
+ObjectiveFn = Callable[..., torch.Tensor]  # (logits, labels, targets, decision) -> [N]
+
+
+def decision_of(model: nn.Module) -> str:
+    """A model's decision rule: "closed" (argmax) unless it says "multilabel"."""
+    return getattr(model, "decision", "closed")
 
 
 class Ensemble(nn.Module):
@@ -32,11 +39,16 @@ class Ensemble(nn.Module):
         return sum(w * m(images).float() for w, m in zip(self.weights, self.members, strict=True))
 
     def loss_and_grad(
-        self, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
+        self, images: torch.Tensor, labels: torch.Tensor, objective: ObjectiveFn | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
+        targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image weighted loss [N] and its gradient w.r.t. ``images`` [N, 3, H, W]."""
+        """Per-image weighted loss [N] and its gradient w.r.t. ``images`` [N, 3, H, W].
+
+        ``objective(logits, labels, targets, decision)`` is read with each member's own decision
+        rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`)."""
+        objective = objective or Objective()
         x = images.detach().requires_grad_(True)
         xt = transform(x) if transform is not None else x
         total_loss = torch.zeros(len(images), device=images.device)
@@ -45,7 +57,7 @@ class Ensemble(nn.Module):
         for i, (w, model) in enumerate(zip(self.weights, self.members, strict=True)):
             with autocast or contextlib.nullcontext():
                 logits = model(xt)
-            loss = loss_fn(logits.float(), labels)
+            loss = objective(logits.float(), labels, targets, decision_of(model))
             (g,) = torch.autograd.grad(loss.sum(), x, retain_graph=i < last)
             if self.normalize_grads:
                 g = g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)

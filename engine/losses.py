@@ -1,13 +1,26 @@
-"""Pure loss functions: (logits, labels) -> per-sample loss that the attack *maximises*."""
+"""Pure loss functions: (logits, labels) -> per-sample loss that the attack *maximises*.
+
+Two decision rules exist (``decision`` of a model):
+
+- ``closed``: the model picks its argmax label (ImageNet and zero-shot models, closed-set
+  solvers). Fooled by a margin m when ``max_{j != y} z_j - z_y >= m``.
+- ``multilabel``: label l is selected when its decision logit ``z_l`` (logit(P(l)) minus
+  logit(threshold)) is >= 0, independently of the other labels (CAPTCHA grid solvers). "Select
+  all X" is fooled on an X tile by a margin m when ``-z_X >= m``.
+
+A targeted (decoy) row asks the opposite: that the model picks / selects the decoy label.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DECISIONS = ("closed", "multilabel")
 
 
 def _best_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,6 +55,40 @@ def targeted_margin_loss(logits: torch.Tensor, targets: torch.Tensor,
     return (-margin(logits.float(), targets)).clamp(max=kappa)
 
 
+# --- multi-label decisions (P(label) >= threshold, per label) ----------------------------------
+
+
+def _pick(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return logits.gather(1, labels[:, None]).squeeze(1)
+
+
+def multilabel_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-z_y: positive exactly when the solver no longer selects the tile for ``labels``."""
+    return -_pick(logits.float(), labels)
+
+
+def multilabel_margin_loss(logits: torch.Tensor, labels: torch.Tensor,
+                           kappa: float = 50.0) -> torch.Tensor:
+    """Untargeted: push logit(P(y)) below the threshold's logit, capped at ``kappa``."""
+    return multilabel_margin(logits, labels).clamp(max=kappa)
+
+
+def multilabel_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Untargeted binary cross-entropy of "selected for y": -log P(y), pushed up."""
+    return F.softplus(-_pick(logits.float(), labels))
+
+
+def targeted_multilabel_margin_loss(logits: torch.Tensor, targets: torch.Tensor,
+                                    kappa: float = 50.0) -> torch.Tensor:
+    """Decoy: push logit(P(t)) above the threshold's logit, capped at ``kappa``."""
+    return _pick(logits.float(), targets).clamp(max=kappa)
+
+
+def targeted_multilabel_ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Decoy: log P(t), pulled up."""
+    return -F.softplus(-_pick(logits.float(), targets))
+
+
 LOSSES: dict[tuple[str, bool], LossFn] = {
     ("ce", False): ce_loss,
     ("margin", False): margin_loss,
@@ -49,9 +96,58 @@ LOSSES: dict[tuple[str, bool], LossFn] = {
     ("margin", True): targeted_margin_loss,
 }
 
+MULTILABEL_LOSSES: dict[tuple[str, bool], LossFn] = {
+    ("ce", False): multilabel_ce_loss,
+    ("margin", False): multilabel_margin_loss,
+    ("ce", True): targeted_multilabel_ce_loss,
+    ("margin", True): targeted_multilabel_margin_loss,
+}
 
-def get_loss(name: str, targeted: bool) -> LossFn:
+
+def get_loss(name: str, targeted: bool, decision: str = "closed") -> LossFn:
+    table = LOSSES if decision == "closed" else MULTILABEL_LOSSES
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown decision rule {decision!r}; choose one of {DECISIONS}")
     try:
-        return LOSSES[(name, targeted)]
+        return table[(name, targeted)]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; choose 'ce' or 'margin'") from None
+
+
+def _per_row(untargeted: torch.Tensor, targeted_fn: Callable[[torch.Tensor], torch.Tensor],
+             targets: torch.Tensor | None) -> torch.Tensor:
+    if targets is None:
+        return untargeted
+    decoy = targets >= 0
+    if not bool(decoy.any()):
+        return untargeted
+    return torch.where(decoy, targeted_fn(targets.clamp_min(0)), untargeted)
+
+
+def fooling_margin(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None,
+                   decision: str = "closed") -> torch.Tensor:
+    """How far each row is past the model's decision boundary, the way the attacker wants it
+    (>= 0: fooled). ``targets`` holds a decoy label per row, or -1 for none."""
+    logits = logits.float()
+    if decision == "multilabel":
+        return _per_row(multilabel_margin(logits, labels), lambda t: _pick(logits, t), targets)
+    return _per_row(margin(logits, labels), lambda t: -margin(logits, t), targets)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss an attack maximises, per row and per model decision rule."""
+
+    loss: str = "margin"  # "margin" (CW, capped at kappa) | "ce"
+    kappa: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("margin", "ce"):
+            raise ValueError(f"unknown loss {self.loss!r}; choose 'ce' or 'margin'")
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor,
+                 targets: torch.Tensor | None = None, decision: str = "closed") -> torch.Tensor:
+        if self.loss == "margin":
+            return fooling_margin(logits, labels, targets, decision).clamp(max=self.kappa)
+        untargeted = get_loss("ce", False, decision)(logits, labels)
+        return _per_row(untargeted, lambda t: get_loss("ce", True, decision)(logits, t), targets)

@@ -21,9 +21,13 @@ class HardenResult:
     stop_reason: str  # one of STOP_REASONS
     steps: int  # attack steps spent
     fooled_at: int | None  # steps when first verified fooled (0 = already misclassified)
-    predictions_before: dict[str, str]  # model -> predicted label on the clean image
-    predictions_after: dict[str, str]  # model -> predicted label on the delivered image
-    margins: dict[str, float]  # verifier -> min over transforms of (best wrong - true) logit
+    predictions_before: dict[str, str]  # model -> top label on the clean image
+    predictions_after: dict[str, str]  # model -> top label on the delivered image
+    selected_before: dict[str, list[str]]  # model -> labels it selects (its own decision rule)
+    selected_after: dict[str, list[str]]
+    probabilities_before: dict[str, dict[str, float]]  # multi-label model -> P(label)
+    probabilities_after: dict[str, dict[str, float]]
+    margins: dict[str, float]  # verifier -> min over transforms of its fooling margin (logits)
     linf: float  # in /255 units
     l2: float  # in [0, 1] pixel units
     psnr: float  # dB

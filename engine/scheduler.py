@@ -1,8 +1,9 @@
 """Continuous batching: k torch attack steps, then ONNX verification of what would be delivered.
 
-An image leaves the batch as soon as every verifier picks a wrong label with at least
-``config.margin`` under every verification transform, and a waiting image takes its place. Images
-of different sizes are attacked in separate size buckets.
+An image leaves the batch as soon as every verifier is fooled by at least ``config.margin`` (in
+logits, by its own decision rule: a wrong argmax, or a label no longer selected) under every
+verification transform, and a waiting image takes its place. Images of different sizes are
+attacked in separate size buckets.
 """
 
 from __future__ import annotations
@@ -19,18 +20,37 @@ from torch import nn
 from . import metrics
 from .attacks import Attack, AttackState
 from .config import HardenConfig
-from .losses import margin as margin_of
+from .ensemble import decision_of
+from .losses import fooling_margin
 from .results import HardenResult
 from .transforms import get_preset, jpeg_roundtrip
 
 
 class Scorer(Protocol):
-    """A verifier: anything with a name, labels and images [N,3,H,W] in [0,1] -> logits."""
+    """A verifier: anything with a name, labels and images [N,3,H,W] in [0,1] -> logits.
+
+    An optional ``decision`` attribute ("closed" or "multilabel") says how its logits decide
+    (see :mod:`.losses`); multi-label scorers also have ``known`` and ``probabilities``."""
 
     name: str
     labels: tuple[str, ...]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def readout(model, label_set: Sequence[str], logits: torch.Tensor
+            ) -> tuple[str, list[str], dict[str, float] | None]:
+    """One image's logits [L] -> (top label, labels the model selects, P per known label of a
+    multi-label model)."""
+    top = label_set[int(logits.argmax())]
+    if decision_of(model) != "multilabel":
+        return top, [top], None
+    known = getattr(model, "known", (True,) * len(label_set))
+    probs = model.probabilities(logits[None].float())[0]
+    selected = [lab for lab, z, k in zip(label_set, logits.tolist(), known, strict=True)
+                if k and z >= 0]
+    return top, selected, {lab: round(float(p), 5) for lab, p, k in
+                           zip(label_set, probs.tolist(), known, strict=True) if k}
 
 
 def is_oom(err: BaseException) -> bool:
@@ -41,11 +61,11 @@ def is_oom(err: BaseException) -> bool:
 class _Slot:
     index: int
     t0: float
-    before: dict[str, str]
+    before: dict[str, torch.Tensor]  # model -> logits on the clean image
     best_q: torch.Tensor  # best quantised candidate so far (the clean image to begin with)
     best_margin: float
     best_margins: dict[str, float]
-    best_preds: dict[str, str]
+    best_logits: dict[str, torch.Tensor]  # verifier -> logits of the best candidate
     steps: int = 0
     fooled_at: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -59,6 +79,7 @@ class Scheduler:
         self.label_set = tuple(label_set)
         self.surrogates = list(surrogates)
         self.verifiers = list(verifiers)
+        self.models = {m.name: m for m in [*self.surrogates, *self.verifiers]}
         self.perms = []
         for v in self.verifiers:
             if set(v.labels) != set(self.label_set):
@@ -82,31 +103,32 @@ class Scheduler:
             torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
-    def verify(self, delivered: torch.Tensor, y: torch.Tensor
+    def verify(self, delivered: torch.Tensor, y: torch.Tensor, t: torch.Tensor
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Score the delivered images: min margin over verifiers x transforms [N], per-verifier
-        min margin, predictions."""
+        """Score the delivered images: min fooling margin over verifiers x transforms [N],
+        per-verifier min margin, per-verifier logits of the untransformed image.
+        ``t`` holds a decoy label per row, or -1."""
         self._sync()
         t0 = time.perf_counter()
-        per_v, preds = {}, {}
+        per_v, plain = {}, {}
         for v, perm in zip(self.verifiers, self.perms, strict=True):
             worst = None
-            for i, t in enumerate(self.preset.verify):
-                logits = v(t(delivered)).float().cpu()[:, perm]
+            for i, tf in enumerate(self.preset.verify):
+                logits = v(tf(delivered)).float().cpu()[:, perm]
                 if i == 0:
-                    preds[v.name] = logits.argmax(1)
-                m = -margin_of(logits, y) if self.config.targeted else margin_of(logits, y)
+                    plain[v.name] = logits
+                m = fooling_margin(logits, y, t, decision_of(v))
                 worst = m if worst is None else torch.minimum(worst, m)
             per_v[v.name] = worst
         self._sync()
         self.time["verify"] += time.perf_counter() - t0
         if not per_v:
-            return torch.full((len(delivered),), float("inf")), per_v, preds
-        return torch.stack(list(per_v.values())).amin(0), per_v, preds
+            return torch.full((len(delivered),), float("inf")), per_v, plain
+        return torch.stack(list(per_v.values())).amin(0), per_v, plain
 
     @torch.no_grad()
-    def surrogate_preds(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {m.name: m(images).argmax(1).cpu() for m in self.surrogates}
+    def surrogate_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {m.name: m(images).float().cpu() for m in self.surrogates}
 
     # --- attack steps with out-of-memory back-off ------------------------------------------
 
@@ -137,6 +159,8 @@ class Scheduler:
     def run(self, images: Sequence[torch.Tensor], labels: Sequence[int],
             targets: Sequence[int] | None = None,
             on_result: Callable[[HardenResult], None] | None = None) -> list[HardenResult]:
+        """Harden ``images``; ``targets`` holds a decoy label index per image, or -1 for none."""
+        targets = list(targets) if targets is not None else [-1] * len(images)
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             buckets.setdefault(tuple(img.shape[-2:]), []).append(i)
@@ -153,7 +177,7 @@ class Scheduler:
         pending = deque(indices)
         slots: list[_Slot] = []
         state: AttackState | None = None
-        y_all = torch.tensor(list(targets) if cfg.targeted else list(labels))
+        y_all, t_all = torch.tensor(list(labels)), torch.tensor(list(targets))
         while pending or slots:
             # admit waiting images into free slots; the already-fooled leave at once
             n_new = min(cfg.batch_size - len(slots), len(pending))
@@ -161,14 +185,14 @@ class Scheduler:
                 new = [pending.popleft() for _ in range(n_new)]
                 x = as_float(torch.stack([images[i] for i in new]).to(dev))
                 q = quantise(x)
-                mins, per_v, preds = self.verify(self.deliver(q), y_all[new])
-                spreds = self.surrogate_preds(q)
+                mins, per_v, plain = self.verify(self.deliver(q), y_all[new], t_all[new])
+                slogits = self.surrogate_logits(q)
                 keep = []
                 for j, i in enumerate(new):
-                    before = self._names(j, preds, spreds)
+                    before = {n: z[j] for n, z in {**slogits, **plain}.items()}
                     slot = _Slot(i, time.perf_counter(), before, q[j], float(mins[j]),
                                  {k: float(v[j]) for k, v in per_v.items()},
-                                 {k: v for k, v in before.items() if k in per_v})
+                                 {k: z[j] for k, z in plain.items()})
                     if float(mins[j]) >= cfg.margin:
                         slot.fooled_at = 0
                         yield self._finish(slot, images[i], labels, targets, "already_fooled")
@@ -183,13 +207,13 @@ class Scheduler:
             k = min(cfg.verify_every, min(cfg.steps - s.steps for s in slots))
             if k > 0:
                 ids = [s.index for s in slots]
-                tt = torch.tensor([targets[i] for i in ids]).to(dev) if cfg.targeted else None
-                self.attack_steps(state, torch.tensor([labels[i] for i in ids]).to(dev), tt, k)
+                tt = t_all[ids].to(dev) if bool((t_all[ids] >= 0).any()) else None
+                self.attack_steps(state, y_all[ids].to(dev), tt, k)
                 for s in slots:
                     s.steps += k
                 q = quantise(state.adv)
                 delivered = self.deliver(q)
-                mins, per_v, preds = self.verify(delivered, y_all[ids])
+                mins, per_v, plain = self.verify(delivered, y_all[ids], t_all[ids])
                 ssims = (metrics.ssim(delivered, state.images).cpu()
                          if cfg.ssim_floor is not None else None)
             done: list[tuple[int, str]] = []
@@ -201,7 +225,7 @@ class Scheduler:
                     if float(mins[j]) >= s.best_margin:  # ties: the later, more attacked one
                         s.best_q, s.best_margin = q[j], float(mins[j])
                         s.best_margins = {n: float(v[j]) for n, v in per_v.items()}
-                        s.best_preds = {n: self.label_set[int(v[j])] for n, v in preds.items()}
+                        s.best_logits = {n: z[j] for n, z in plain.items()}
                     if float(mins[j]) >= cfg.margin:
                         s.fooled_at, reason = s.steps, "verifiers_fooled"
                 if reason is None and s.steps >= cfg.steps:
@@ -217,27 +241,39 @@ class Scheduler:
                 slots = [slots[j] for j in keep_rows]
                 state = state.take(torch.tensor(keep_rows, dtype=torch.long)) if keep_rows else None
 
-    def _names(self, j: int, *pred_dicts: dict[str, torch.Tensor]) -> dict[str, str]:
-        return {n: self.label_set[int(p[j])] for d in pred_dicts for n, p in d.items()}
+    def _readouts(self, logits: dict[str, torch.Tensor]):
+        preds, selected, probs = {}, {}, {}
+        for name, z in logits.items():
+            top, sel, p = readout(self.models[name], self.label_set, z)
+            preds[name], selected[name] = top, sel
+            if p is not None:
+                probs[name] = p
+        return preds, selected, probs
 
     def _finish(self, s: _Slot, original: torch.Tensor, labels, targets, reason: str
                 ) -> HardenResult:
         orig = as_float(original.to(self.device)[None])
         delivered = self.deliver(s.best_q[None])
-        after = self._names(0, self.surrogate_preds(delivered))
-        after.update(s.best_preds)
+        after = {n: z[0] for n, z in self.surrogate_logits(delivered).items()}
+        after.update(s.best_logits)
+        pred_b, sel_b, prob_b = self._readouts(s.before)
+        pred_a, sel_a, prob_a = self._readouts(after)
         fooled = s.best_margin >= self.config.margin
         return HardenResult(
             index=s.index,
             image=to_uint8(s.best_q),
             label=self.label_set[labels[s.index]],
-            target=self.label_set[targets[s.index]] if self.config.targeted else None,
+            target=self.label_set[targets[s.index]] if targets[s.index] >= 0 else None,
             status="fooled" if fooled else "unfooled",
             stop_reason=reason,
             steps=s.steps,
             fooled_at=s.fooled_at,
-            predictions_before=s.before,
-            predictions_after=after,
+            predictions_before=pred_b,
+            predictions_after=pred_a,
+            selected_before=sel_b,
+            selected_after=sel_a,
+            probabilities_before=prob_b,
+            probabilities_after=prob_a,
             margins=s.best_margins,
             linf=float(metrics.linf(delivered, orig)) * 255,
             l2=float(metrics.l2(delivered, orig)),

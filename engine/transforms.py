@@ -2,8 +2,10 @@
 
 Each transform maps images [N, 3, H, W] in [0, 1] to images of the same shape, drawing its
 random parameters from a ``torch.Generator``. Fixed-parameter instances (``lo == hi``) are used
-for verification; ranges are sampled for expectation over transformation (EOT). JPEG has no
-useful gradient, so it passes the gradient straight through (BPDA).
+for verification; ranges are sampled for expectation over transformation (EOT). JPEG's forward
+pass is the real encoder (PIL, exactly what is delivered); its gradient is that of kornia's
+differentiable JPEG, which knows which frequencies the quantisation keeps (BPDA with a
+faithful surrogate instead of the identity).
 """
 
 from __future__ import annotations
@@ -43,16 +45,46 @@ class Identity:
         return "identity"
 
 
+def differentiable_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """kornia's differentiable JPEG (a smooth stand-in for the real codec's gradient)."""
+    from kornia.enhance import jpeg_codec_differentiable
+
+    q = torch.full((x.shape[0],), float(quality), device=x.device, dtype=x.dtype)
+    return jpeg_codec_differentiable(x, q)
+
+
+class _JpegBPDA(torch.autograd.Function):
+    """Forward: the real codec, exactly. Backward: the vector-Jacobian product of kornia's
+    differentiable JPEG at the same input."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, quality: int) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.quality = quality
+        return jpeg_roundtrip(x, quality)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(differentiable_jpeg(xx, ctx.quality), xx, grad)
+        return g, None
+
+
 @dataclass(frozen=True)
 class Jpeg:
-    """JPEG re-encoding at a quality in [lo, hi]; straight-through gradient."""
+    """JPEG re-encoding at a quality in [lo, hi]: the real encoder forward, kornia's
+    differentiable JPEG backward."""
 
     lo: int = 50
     hi: int = 95
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         q = round(_uniform(self.lo, self.hi, g))
-        return x + (jpeg_roundtrip(x, q) - x).detach()
+        if not x.requires_grad:
+            return jpeg_roundtrip(x, q)
+        return _JpegBPDA.apply(x, q)
 
     def __str__(self) -> str:
         return f"jpeg{self.lo}" if self.lo == self.hi else f"jpeg{self.lo}-{self.hi}"
@@ -138,6 +170,11 @@ PRESETS: dict[str, Preset] = {
         "jpeg",
         eot=(Identity(), Jpeg(50, 95)),
         verify=(Identity(), Jpeg(75, 75)),
+    ),
+    "delivery": Preset(
+        "delivery",
+        eot=(Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 1.0)),
+        verify=(Identity(), Jpeg(75, 75), ResizeDownUp(0.75, 0.75)),
     ),
     "robust": Preset(
         "robust",

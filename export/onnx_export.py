@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from ..engine.io import sha256_file
-from ..engine.zoo import DEFAULT_TEMPLATES, ImageClassifier, create_classifier, parse_name
+from ..engine.zoo import (
+    DEFAULT_TEMPLATES,
+    ImageClassifier,
+    LabelMap,
+    create_classifier,
+    parse_name,
+)
 from .manifest import MANIFEST, MODEL_FILE, Manifest, Parity, load_manifest
 from .spec import ExportError, ExportSpec, ParityError
 from .verifier import make_session
@@ -118,7 +124,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(name: str, labels: Sequence[str], precision: str, templates: str,
-              spec: ExportSpec) -> str:
+              spec: ExportSpec, label_map: LabelMap | None = None) -> str:
     from .. import __version__
 
     ref = parse_name(name)
@@ -127,19 +133,22 @@ def cache_key(name: str, labels: Sequence[str], precision: str, templates: str,
     if local is not None and local.exists():
         st = local.stat()
         fingerprint = [str(local.resolve()), st.st_size, st.st_mtime_ns]
+    lmap = sorted((k, list(v)) for k, v in (label_map or {}).items())
     blob = json.dumps([ref.name, list(labels), precision, templates, spec.opset, fingerprint,
-                       __version__, torch.__version__])
+                       __version__, torch.__version__] + ([lmap] if lmap else []))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def export_cached(name: str, labels: Sequence[str], *, precision: str = "fp32",
                   templates: str = DEFAULT_TEMPLATES, cache_dir: str | Path | None = None,
-                  classifier: ImageClassifier | None = None) -> Path:
+                  classifier: ImageClassifier | None = None,
+                  label_map: LabelMap | None = None) -> Path:
     """The directory of a validated export of (model, labels, precision), built once."""
     spec = ExportSpec(precision=precision)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
-    final = root / f"{slug}-{precision}-{cache_key(name, labels, precision, templates, spec)}"
+    key = cache_key(name, labels, precision, templates, spec, label_map)
+    final = root / f"{slug}-{precision}-{key}"
     if (final / MANIFEST).exists():
         try:
             load_manifest(final)
@@ -147,7 +156,7 @@ def export_cached(name: str, labels: Sequence[str], *, precision: str = "fp32",
         except Exception:
             shutil.rmtree(final, ignore_errors=True)  # corrupt or tampered: rebuild
     root.mkdir(parents=True, exist_ok=True)
-    clf = classifier or create_classifier(name, labels, templates=templates)
+    clf = classifier or create_classifier(name, labels, templates=templates, label_map=label_map)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
     try:
         export_classifier(clf, work, spec)

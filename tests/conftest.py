@@ -34,6 +34,7 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
         "open_clip": f"open_clip:{arch}/{tiny.save_tiny_open_clip_checkpoint(d)}",
         "hf": f"hf:{tiny.save_tiny_hf_clip(d / 'hf_clip')}",
         "timm": f"timm:test_efficientnet/{tiny.save_tiny_timm_checkpoint(d)}",
+        "onnx": f"onnx:{tiny.save_tiny_solver(d / 'solver')}",
     }
 
 

@@ -90,3 +90,119 @@ def save_tiny_timm_checkpoint(tmp: Path, arch: str = "test_efficientnet", seed: 
     path = tmp / f"{arch}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+# --- foreign solvers: small ONNX graphs with their specs -----------------------------------------
+
+SOLVER_LABELS = ("Bicycle", "Bus", "Motorcycle", "Car", "Crosswalk")
+
+
+class TinySolver(torch.nn.Module):
+    """A conv + transformer grid solver like the reCAPTCHA ones: [N, 3, 128, 128] -> sigmoid
+    probabilities per label and per grid cell [N, labels, 16] and a mask [N, 1, 16, 16]."""
+
+    def __init__(self, seed: int = 0, n_labels: int = len(SOLVER_LABELS)) -> None:
+        from torch import nn
+
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, 4), nn.GELU(), nn.Conv2d(16, 32, 2, 2))
+        self.ln = nn.LayerNorm(32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.ln2 = nn.LayerNorm(32)
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+        self.head = nn.Linear(32, n_labels)
+        self.mask = nn.Conv2d(32, 1, 1)
+        with torch.no_grad():  # decisive answers, as a trained solver gives
+            self.head.weight.mul_(8)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.stem(x)
+        t = torch.nn.functional.adaptive_avg_pool2d(f, 4).flatten(2).transpose(1, 2)
+        h = self.ln(t)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        t = t + a
+        t = t + self.mlp(self.ln2(t))
+        return torch.sigmoid(self.head(t)).transpose(1, 2), torch.sigmoid(self.mask(f))
+
+
+class BgrSolver(torch.nn.Module):
+    """A closed-set solver taking BGR pixels in [0, 255] normalised by mean / std outside the
+    graph: [N, 3, 96, 96] -> softmax probabilities [N, labels]."""
+
+    def __init__(self, seed: int = 0, n_labels: int = len(SOLVER_LABELS)) -> None:
+        from torch import nn
+
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.ReLU6(), nn.Conv2d(8, 16, 3, 2),
+                                 nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(16, n_labels))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x) * 4).softmax(-1)
+
+
+BGR_MEAN, BGR_STD = (103.5, 116.3, 123.7), (57.4, 57.1, 58.4)
+
+
+def export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path,
+                 outputs: tuple[str, ...], input_name: str = "image", opset: int = 17) -> Path:
+    import warnings
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[input_name], output_names=list(outputs),
+                              dynamic_axes={input_name: {0: "n"}, **{o: {0: "n"} for o in outputs}})
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return path
+
+
+def save_tiny_solver(out: Path, variant: str = "grid", seed: int = 0, **spec_overrides) -> Path:
+    """A tiny foreign solver graph and its hand-written spec; returns the spec's path.
+
+    ``grid``: TinySolver (multi-label, per-cell sigmoid, a second mask output, RGB [0, 1]);
+    ``bgr``: BgrSolver (closed-set softmax, BGR [0, 255] with mean / std, 96 px).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if variant == "grid":
+        export_graph(TinySolver(seed), torch.rand(2, 3, 128, 128), out / "grid.onnx",
+                     ("probs", "masks"))
+        spec = {"model": "grid.onnx",
+                "input": {"name": "image", "size": [128, 128], "layout": "NCHW",
+                          "dtype": "float32", "range": [0, 1], "mean": [0, 0, 0],
+                          "std": [1, 1, 1], "channels": "RGB", "resize": "bilinear",
+                          "antialias": False, "crop": 1.0},
+                "output": {"name": "probs", "kind": "multilabel", "label_axis": 1,
+                           "reduce": "max"},
+                "labels": list(SOLVER_LABELS),
+                "label_map": {"motorcycle": "Motorcycle"},
+                "threshold": 0.5}
+    elif variant == "bgr":
+        export_graph(BgrSolver(seed), torch.rand(2, 3, 96, 96) * 255, out / "bgr.onnx",
+                     ("probs",))
+        spec = {"model": "bgr.onnx",
+                "input": {"name": "image", "size": [96, 96], "layout": "NCHW",
+                          "dtype": "float32", "range": [0, 255], "mean": list(BGR_MEAN),
+                          "std": list(BGR_STD), "channels": "BGR", "resize": "bicubic",
+                          "antialias": True, "crop": 0.875},
+                "output": {"name": "probs", "kind": "softmax", "label_axis": 1},
+                "labels": list(SOLVER_LABELS)}
+    else:
+        raise ValueError(variant)
+    for key, value in spec_overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            spec[section][field] = value
+        else:
+            spec[section] = value
+    path = out / f"{variant}.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path

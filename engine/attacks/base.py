@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..ensemble import Ensemble
-from ..losses import get_loss
+from ..losses import Objective
 from ..transforms import InputDiversity, Preset, sample_eot, smooth_gradient, ti_kernel
 
 
@@ -52,8 +52,8 @@ class Attack:
         self.model = model if isinstance(model, Ensemble) else Ensemble([model])
         self.eps, self.alpha, self.steps = eps, alpha, steps
         self.random_start = random_start
-        self.targeted = targeted
-        self.loss_fn = get_loss(loss, targeted)
+        self.targeted = targeted  # every row needs a decoy target
+        self.objective = Objective(loss)
         self.eot, self.eot_samples = eot, eot_samples
         self.diversity = diversity
         self.kernel = ti_kernel(ti_size) if ti_size else None
@@ -64,6 +64,7 @@ class Attack:
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
                 targets: torch.Tensor | None = None) -> torch.Tensor:
+        """``targets``: a decoy label per row (-1: none, push away from ``labels``)."""
         state = self.init(images)
         for _ in range(self.steps):
             self.step(state, labels, targets)
@@ -81,23 +82,23 @@ class Attack:
     def step(self, state: AttackState, labels: torch.Tensor,
              targets: torch.Tensor | None = None) -> torch.Tensor:
         """One update of every row of ``state``; returns the loss before the update."""
-        if self.targeted and targets is None:
-            raise ValueError("a targeted attack needs targets")
-        y = targets if self.targeted else labels
-        loss, grad = self.gradient(state.adv, y)
+        if self.targeted and (targets is None or bool((targets < 0).any())):
+            raise ValueError("a targeted attack needs a target for every row")
+        loss, grad = self.gradient(state.adv, labels, targets)
         if self.kernel is not None:
             grad = smooth_gradient(grad, self.kernel)
         state.adv = self.update(state, grad).detach()
         return loss
 
-    def gradient(self, adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradient(self, adv: torch.Tensor, labels: torch.Tensor,
+                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradient, averaged over EOT samples, through DI."""
         autocast = (torch.autocast(adv.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else contextlib.nullcontext())
         loss_sum, grad_sum = 0.0, torch.zeros_like(adv)
         for _ in range(self.eot_samples):
-            loss, grad = self.model.loss_and_grad(adv, y, self.loss_fn, self._input_transform,
-                                                  autocast)
+            loss, grad = self.model.loss_and_grad(adv, labels, self.objective,
+                                                  self._input_transform, autocast, targets)
             loss_sum, grad_sum = loss_sum + loss, grad_sum + grad
         return loss_sum / self.eot_samples, grad_sum / self.eot_samples
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .labels import CAPTCHA_LABEL_MAP, LabelMapError, binary_label_set, class_sets
+from .labels import (
+    CAPTCHA_LABEL_MAP,
+    LabelMap,
+    LabelMapError,
+    binary_label_set,
+    class_sets,
+    load_label_map,
+)
 from .model import Backbone, ClassifierCore, ImageClassifier, PreprocessCfg
 from .registry import (
     GRAMMAR,
@@ -18,32 +26,57 @@ from .registry import (
 )
 from .zeroshot import DEFAULT_TEMPLATES, TEMPLATE_SETS, label_embeddings
 
+if TYPE_CHECKING:
+    from ..solver import SolverClassifier, SolverVerifier
+
 __all__ = [
     "CAPTCHA_LABEL_MAP", "DEFAULT_TEMPLATES", "GRAMMAR", "TEMPLATE_SETS", "Backbone",
-    "ClassifierCore", "ImageClassifier", "LabelMapError", "ModelNameError", "ModelRef",
-    "ModelUnavailableError", "PreprocessCfg", "binary_label_set", "create_classifier",
-    "list_backends", "list_entries", "parse_name",
+    "ClassifierCore", "ImageClassifier", "LabelMap", "LabelMapError", "ModelNameError",
+    "ModelRef", "ModelUnavailableError", "PreprocessCfg", "binary_label_set",
+    "create_classifier", "create_verifier", "is_solver_name", "list_backends", "list_entries",
+    "load_label_map", "parse_name",
 ]
 
 
 def create_classifier(name: str, labels: Sequence[str], *, templates: str = DEFAULT_TEMPLATES,
-                      device: str = "cpu") -> ImageClassifier:
+                      device: str = "cpu", label_map: LabelMap | None = None
+                      ) -> ImageClassifier | SolverClassifier:
     """Build model ``name`` as a classifier over ``labels``: images in [0, 1] -> [N, L] logits.
 
     Image-text models get a zero-shot head (prompts from ``templates``); ImageNet classifiers
-    get a label map head (each label -> a set of ImageNet classes).
+    get a label map head (each label -> a set of ImageNet classes; ``label_map`` first). A
+    foreign solver (``onnx:SPEC.json``) brings its own preprocessing, answer and decision rule;
+    its torch path is its graph converted to torch.
     """
+    from ..solver import Solver
     from .model import ClassSetHead, ZeroShotHead
 
     labels = tuple(labels)
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be non-empty and distinct, got {labels}")
     backbone = build_backbone(parse_name(name), device)
+    if isinstance(backbone, Solver):
+        return backbone.classifier(labels).to(device)
     if backbone.kind == "zero_shot":
         head = ZeroShotHead(label_embeddings(backbone, labels, templates), backbone.logit_scale,
                             backbone.logit_bias)
         used_templates: str | None = templates
     else:
-        head = ClassSetHead(class_sets(labels), num_classes=1000)
+        head = ClassSetHead(class_sets(labels, label_map), num_classes=1000)
         used_templates = None
     return ImageClassifier(backbone, labels, head, used_templates).to(device)
+
+
+def is_solver_name(name: str) -> bool:
+    """Whether ``name`` names a foreign solver (``onnx:SPEC.json``)."""
+    return parse_name(name).backend == "onnx"
+
+
+def create_verifier(name: str, labels: Sequence[str], *, device: str = "cpu") -> SolverVerifier:
+    """A foreign solver as it runs (its graph in onnxruntime), answering over ``labels``."""
+    from ..solver import Solver
+
+    solver = build_backbone(parse_name(name), device)
+    if not isinstance(solver, Solver):
+        raise ValueError(f"{name} is not a foreign solver; other models verify as exports")
+    return solver.verifier(labels, device=device)

@@ -225,6 +225,16 @@ def build_timm(ref: ModelRef, device: str) -> Backbone:
     return _timm_backbone(ref.name, model.to(device))
 
 
+# --- foreign solvers: an ONNX graph described by a solver spec --------------------------------
+
+
+@register_backend("onnx")
+def build_onnx_solver(ref: ModelRef, device: str):
+    from ..solver import load_solver
+
+    return load_solver(ref.arch, name=ref.name)
+
+
 # --- the embedded offline default: EfficientNet-Lite0/1/2 from PyPI packages ------------------
 
 # file sha256 (lite2's is a legacy pickle: unpickled only after the full hash matches)

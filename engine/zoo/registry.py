@@ -8,10 +8,11 @@ Grammar (``advx models`` prints it)::
     hf:REPO_OR_DIR             a Hugging Face CLIP / SigLIP / MetaCLIP hub id or a local
                                directory written by ``save_pretrained``
     timm:ARCH[.TAG][/FILE]     a timm ImageNet-1k classifier; FILE is a local checkpoint
+    onnx:SPEC.json             a foreign solver: an ONNX graph described by a solver spec
     ALIAS                      a registered entry such as ``effnet-lite0``
 
 Examples: ``open_clip:ViT-B-32/laion2b_s34b_b79k``, ``hf:openai/clip-vit-base-patch32``,
-``timm:convnext_base.fb_in22k_ft_in1k``, ``effnet-lite0``.
+``timm:convnext_base.fb_in22k_ft_in1k``, ``onnx:solvers/recaptcha.json``, ``effnet-lite0``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..solver import Solver
     from .model import Backbone
 
 GRAMMAR = (
-    "open_clip:ARCH[/WEIGHTS] | hf:REPO_OR_DIR | timm:ARCH[.TAG][/FILE] | ALIAS "
+    "open_clip:ARCH[/WEIGHTS] | hf:REPO_OR_DIR | timm:ARCH[.TAG][/FILE] | onnx:SPEC.json | ALIAS "
     "(e.g. open_clip:ViT-B-32/laion2b_s34b_b79k, hf:openai/clip-vit-base-patch32, "
-    "timm:convnext_base.fb_in22k_ft_in1k, effnet-lite0)"
+    "timm:convnext_base.fb_in22k_ft_in1k, onnx:solver.json, effnet-lite0)"
 )
 
 
@@ -56,7 +58,7 @@ class ModelRef:
     @property
     def local_path(self) -> Path | None:
         """The local file or directory this ref loads from, if any."""
-        cand = self.arch if self.backend == "hf" else self.weights
+        cand = self.arch if self.backend in ("hf", "onnx") else self.weights
         if cand and (Path(cand).expanduser().exists() or _looks_like_path(cand)):
             return Path(cand).expanduser()
         return None
@@ -71,7 +73,7 @@ class Entry:
     offline: bool  # weights ship with the installed packages
 
 
-BuildFn = Callable[[ModelRef, str], "Backbone"]
+BuildFn = Callable[[ModelRef, str], "Backbone | Solver"]
 
 _BACKENDS: dict[str, BuildFn] = {}
 _ALIASES: dict[str, BuildFn] = {}
@@ -79,7 +81,7 @@ _ENTRIES: dict[str, Entry] = {}
 
 
 def register_backend(key: str) -> Callable[[BuildFn], BuildFn]:
-    """Register the builder of a backend (``open_clip``, ``hf``, ``timm``)."""
+    """Register the builder of a backend (``open_clip``, ``hf``, ``timm``, ``onnx``)."""
 
     def deco(fn: BuildFn) -> BuildFn:
         if key in _BACKENDS:
@@ -143,16 +145,17 @@ def parse_name(name: str) -> ModelRef:
         )
     if not ref:
         raise ModelNameError(f"{name!r} names no model after '{backend}:'; expected {GRAMMAR}")
-    if backend == "hf":
-        return ModelRef("hf", ref)
+    if backend in ("hf", "onnx"):  # a hub id / directory, or a spec file path
+        return ModelRef(backend, ref)
     arch, sep, weights = ref.partition("/")
     if not arch or (sep and not weights):
         raise ModelNameError(f"{name!r}: expected {backend}:ARCH[/WEIGHTS]; {GRAMMAR}")
     return ModelRef(backend, arch, weights or None)
 
 
-def build_backbone(ref: ModelRef, device: str = "cpu") -> Backbone:
-    """Build the backbone a parsed name refers to."""
+def build_backbone(ref: ModelRef, device: str = "cpu") -> Backbone | Solver:
+    """Build what a parsed name refers to: a backbone (an image tower to put a head on) or a
+    foreign solver (which brings its own preprocessing and answer)."""
     _ensure_loaded()
     fn = _ALIASES[ref.arch] if ref.backend == "alias" else _BACKENDS[ref.backend]
     return fn(ref, device)

@@ -1,0 +1,274 @@
+"""The gradient path of a foreign solver: its ONNX graph converted to a torch module.
+
+The converter is onnx2torch (the widest op coverage of the maintained converters: convolutions,
+normalisation, attention blocks, resize, YOLO heads; onnx2pytorch failed on the attention
+blocks of a conv + transformer solver). Its gaps are closed here:
+
+- LayerNormalization on graphs whose intermediate shapes are symbolic: it read the normalised
+  shape from shape inference, which has none there; the weight's shape is the normalised shape;
+- Constant nodes and empty optional inputs where it accepts only initializers (Clip, Pad);
+- Slice indexing with a list of slices, which torch deprecates;
+- graphs with several outputs: the answer output is cut out first, so one tensor comes back.
+
+Every conversion is checked against onnxruntime by the caller (see ``model.Solver``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+
+class ConversionError(RuntimeError):
+    """The graph has no torch equivalent; ``ops`` names what is missing."""
+
+    def __init__(self, message: str, ops: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.ops = ops
+
+
+_PATCHED = False
+
+
+def _patch_onnx2torch() -> None:
+    """Register our LayerNormalization converter over onnx2torch's (once)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    from onnx2torch.node_converters import registry
+    from onnx2torch.node_converters.layer_norm import OnnxLayerNorm
+    from onnx2torch.utils.common import (
+        OnnxMapping,
+        OperationConverterResult,
+        onnx_mapping_from_node,
+    )
+
+    def layer_norm(node, graph):
+        axis = node.attributes.get("axis", -1)
+        eps = node.attributes.get("epsilon", 1e-5)
+        ins = node.input_values
+        if axis == -1 and all(v in graph.initializers for v in ins[1:] if v):
+            weight = graph.initializers[ins[1]].to_torch()
+            module = nn.LayerNorm(tuple(weight.shape), eps=eps)
+            with torch.no_grad():
+                module.weight.copy_(weight)
+                if len(ins) > 2 and ins[2]:
+                    module.bias.copy_(graph.initializers[ins[2]].to_torch())
+                else:
+                    module.bias.zero_()
+            return OperationConverterResult(
+                torch_module=module,
+                onnx_mapping=OnnxMapping(inputs=(ins[0],), outputs=node.output_values))
+        return OperationConverterResult(torch_module=OnnxLayerNorm(axis, eps),
+                                        onnx_mapping=onnx_mapping_from_node(node))
+
+    key = registry.OperationDescription("", "LayerNormalization", 17)
+    registry._CONVERTER_REGISTRY[key] = layer_norm
+
+    # Slice indexes with a list of slices, which torch deprecates (a tuple means the same)
+    from onnx2torch.node_converters import slice as slice_module
+
+    def do_slice(x, flip_dims, pos_axes_slices, neg_axes_slices):
+        if flip_dims:
+            x = torch.flip(x, dims=flip_dims)
+        if pos_axes_slices:
+            x = x[tuple(pos_axes_slices)]
+        if neg_axes_slices:
+            x = x[tuple(neg_axes_slices)]
+        return x
+
+    slice_module._do_slice = do_slice
+
+    # ops exporters emit that onnx2torch lacks
+    def simple(module_cls: type[nn.Module]):
+        def converter(node, graph):
+            return OperationConverterResult(torch_module=module_cls(),
+                                            onnx_mapping=onnx_mapping_from_node(node))
+        return converter
+
+    class GlobalMaxPool(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.amax(dim=tuple(range(2, x.ndim)), keepdim=True)
+
+    def gelu(node, graph):
+        approx = node.attributes.get("approximate", "none")
+        approx = approx.decode() if isinstance(approx, bytes) else approx
+        return OperationConverterResult(torch_module=nn.GELU(approximate=approx),
+                                        onnx_mapping=onnx_mapping_from_node(node))
+
+    for op, version, conv in (("GlobalMaxPool", 1, simple(GlobalMaxPool)),
+                              ("Mish", 18, simple(nn.Mish)), ("Gelu", 20, gelu)):
+        key = registry.OperationDescription("", op, version)
+        registry._CONVERTER_REGISTRY.setdefault(key, conv)
+    _PATCHED = True
+
+
+def unsupported_ops(model) -> list[str]:
+    """The graph's op types (with their opset) that onnx2torch has no converter for."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    _patch_onnx2torch()
+    versions = {o.domain or "": o.version for o in model.opset_import}
+    missing = []
+    for node in model.graph.node:
+        domain = node.domain or ""
+        try:
+            get_converter(node.op_type, versions.get(domain, versions.get("", 1)), domain)
+        except NotImplementedError:
+            tag = f"{node.op_type} (opset {versions.get(domain, '?')})"
+            if tag not in missing:
+                missing.append(tag)
+    return missing
+
+
+def constants_to_initializers(model):
+    """Normalise a graph for the converter (on a copy): Constant nodes become initializers
+    (several converters, e.g. Clip's min / max, Pad, Resize, accept only initializers there,
+    and exporters emit Constant nodes), and optional inputs left empty are dropped or filled."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    keep, inits = [], []
+    for node in graph.node:
+        while node.input and node.input[-1] == "":  # optional inputs left out at the end
+            node.input.pop()
+        if node.op_type == "Clip" and len(node.input) == 3 and node.input[1] == "":
+            low = f"{node.name or node.output[0]}__min"
+            inits.append(numpy_helper.from_array(np.array(-3.4e38, np.float32), low))
+            node.input[1] = low
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and not node.domain and "value" in attrs:
+            arr = numpy_helper.to_array(attrs["value"].t)
+        elif node.op_type == "Constant" and not node.domain and len(attrs) == 1:
+            attr = next(iter(attrs.values()))
+            value = onnx.helper.get_attribute_value(attr)
+            if attr.name not in ("value_float", "value_floats", "value_int", "value_ints"):
+                keep.append(node)
+                continue
+            arr = np.asarray(value, dtype=np.float32 if "float" in attr.name else np.int64)
+        else:
+            keep.append(node)
+            continue
+        inits.append(numpy_helper.from_array(arr, node.output[0]))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    out.graph.initializer.extend(inits)
+    return out
+
+
+def _failing_node(model) -> str:
+    """Which node's converter raises (onnx2torch's own error does not say)."""
+    from onnx2torch.node_converters.registry import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    versions = {o.domain or "": o.version for o in model.opset_import}
+    graph = OnnxGraph(model.graph)
+    for name, node in graph.nodes.items():
+        try:
+            get_converter(node.operation_type, versions.get(node.domain or "", 1),
+                          node.domain)(node, graph)
+        except Exception as e:
+            return f"{node.operation_type} node {name!r}: {type(e).__name__}: {str(e)[:200]}"
+    return "no single node (the graph as a whole)"
+
+
+def only_output(model, output: str):
+    """The subgraph that computes ``output`` alone (other heads, e.g. masks, are dropped)."""
+    import onnx
+
+    graph = model.graph
+    needed, frontier = set(), [output]
+    producers = {o: n for n in graph.node for o in n.output}
+    while frontier:
+        name = frontier.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producers.get(name)
+        if node is not None:
+            frontier.extend(i for i in node.input if i)
+            for sub in _subgraph_inputs(node):
+                frontier.append(sub)
+    keep = [n for n in graph.node if any(o in needed for o in n.output)]
+    inits = {t.name for t in graph.initializer}
+    out = onnx.helper.make_graph(
+        keep, graph.name,
+        [i for i in graph.input if i.name in needed or i.name not in inits],
+        [o for o in graph.output if o.name == output],
+        [t for t in graph.initializer if t.name in needed],
+        value_info=[v for v in graph.value_info if v.name in needed],
+    )
+    pruned = onnx.helper.make_model(out, opset_imports=list(model.opset_import),
+                                    ir_version=model.ir_version)
+    return pruned
+
+
+def _subgraph_inputs(node) -> list[str]:
+    """Names that If / Loop bodies read from the outer graph."""
+    names = []
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for g in graphs:
+            local = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {
+                t.name for t in g.initializer}
+            names += [i for n in g.node for i in n.input if i and i not in local]
+    return names
+
+
+class ConvertedGraph(nn.Module):
+    """The converted graph: input tensor (graph layout and units, float) -> answer tensor."""
+
+    def __init__(self, module: nn.Module, half: bool) -> None:
+        super().__init__()
+        self.module = module
+        self.half_input = half  # an fp16 graph that would not run in float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x.half() if self.half_input else x)
+        if isinstance(out, list | tuple):
+            out = out[0]
+        return out.float()
+
+
+def convert(model, output: str, probe: torch.Tensor) -> ConvertedGraph:
+    """Convert the part of ``model`` that computes ``output``; ``probe`` is one valid input
+    batch (float, graph layout) used to check that the module runs."""
+    missing = unsupported_ops(model)
+    if missing:
+        raise ConversionError(f"no torch converter for {', '.join(missing)}",
+                              tuple(m.split(" ")[0] for m in missing))
+    from onnx2torch import convert as o2t
+
+    pruned = constants_to_initializers(only_output(model, output))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = o2t(pruned)
+    except Exception as e:
+        where = _failing_node(pruned)
+        raise ConversionError(f"onnx2torch cannot convert {where}",
+                              (where.split(" ")[0],)) from e
+    module = module.eval().requires_grad_(False)
+    half = False
+    try:
+        module = module.float()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module(probe)
+    except Exception as first:
+        try:  # an fp16 graph with float16 casts inside: keep it in half precision
+            module = module.half()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module(probe.half())
+            half = True
+        except Exception:
+            raise ConversionError(f"the converted graph does not run: {type(first).__name__}: "
+                                  f"{str(first)[:300]}") from first
+    return ConvertedGraph(module, half)

@@ -1,0 +1,475 @@
+"""A foreign solver as an advx model: its preprocessing and output in torch, its graph in torch
+(surrogate, with gradients) or in onnxruntime (verifier, exactly as the solver runs it).
+
+Both paths present the interface of every advx model: images [N, 3, H, W] in [0, 1] -> [N, L]
+*decision logits* over the run's label set, read by the solver's own rule:
+
+- closed set (``logits`` / ``softmax``): the solver picks the argmax label;
+- multi-label (``multilabel`` / ``multilabel_logits``): label l is selected when
+  P(l) >= threshold, so its decision logit is logit(P(l)) - logit(threshold) (selected >= 0).
+
+Labels the solver does not know get a constant column (:data:`UNKNOWN`): never chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .convert import ConversionError, ConvertedGraph, convert
+from .graph import GraphIO, TensorInfo, check_output_shape, graph_io, load_graph, resolve_io
+from .graph import strip_activation as _strip
+from .spec import InputSpec, SolverSpec, SolverSpecError, load_spec
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = -1.0e4  # decision logit of a label the solver does not know
+_P_EPS = 1e-7
+
+
+class SolverParityError(RuntimeError):
+    """The converted torch graph and onnxruntime disagree beyond the tolerance."""
+
+
+def _logit_of(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(_P_EPS, 1 - _P_EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+
+
+class Preprocess(nn.Module):
+    """Tile [N, 3, h, w] in [0, 1] -> the graph's input tensor (layout, units; kept float, with
+    uint8 values rounded by a straight-through estimator so gradients still flow)."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        lo, hi = spec.range
+        self.lo, self.scale = lo, hi - lo
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        mode = self.spec.resize
+        if mode in ("bilinear", "bicubic"):
+            x = F.interpolate(x, size=size, mode=mode, align_corners=False,
+                              antialias=self.spec.antialias)
+            return x.clamp(0, 1) if mode == "bicubic" else x
+        return F.interpolate(x, size=size, mode=mode)
+
+    def geometry(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        h, w = images.shape[-2:]
+        ch, cw = (max(s.height, round(s.height / s.crop)), max(s.width, round(s.width / s.crop)))
+        if s.fit == "squash":
+            x = self._resize(images, (ch, cw))
+        else:  # letterbox: keep the aspect ratio, pad the rest
+            k = min(ch / h, cw / w)
+            nh, nw = max(1, round(h * k)), max(1, round(w * k))
+            x = self._resize(images, (nh, nw))
+            top, left = (ch - nh) // 2, (cw - nw) // 2
+            x = F.pad(x, (left, cw - nw - left, top, ch - nh - top), value=s.pad)
+        top, left = (ch - s.height) // 2, (cw - s.width) // 2
+        return x[..., top : top + s.height, left : left + s.width]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.geometry(images.float())
+        if self.spec.channels == "BGR":
+            x = x.flip(1)
+        x = x * self.scale + self.lo
+        if self.spec.dtype == "uint8":
+            x = x.clamp(0, 255)
+            x = x + (x.round() - x).detach()  # straight-through rounding
+        x = (x - self.mean) / self.std
+        if self.spec.layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        return x.contiguous()
+
+
+def to_graph_array(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """The exact array the graph receives (uint8 rounded, float16 cast)."""
+    a = x.detach().float().cpu().numpy()
+    if dtype == "uint8":
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return a.astype(np.float16 if dtype == "float16" else np.float32)
+
+
+# --- reading the answer --------------------------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    """Answer tensor -> [N, L] decision logits over ``labels`` (the run's label set).
+
+    ``kind`` is what the tensor holds; it differs from the spec's when the gradient path reads
+    the logits behind a stripped sigmoid (multilabel -> multilabel_logits) or softmax
+    (softmax -> logits).
+    """
+
+    def __init__(self, spec: SolverSpec, labels: Sequence[str], kind: str | None = None) -> None:
+        super().__init__()
+        self.spec, self.labels = spec, tuple(labels)
+        self.kind = kind or spec.output.kind
+        self.columns = [spec.solver_labels_for(lab) for lab in self.labels]
+        self.known = tuple(bool(c) for c in self.columns)
+        offsets = [_logit_of(spec.threshold_of(i)) for i in range(len(spec.labels))]
+        self.register_buffer("offsets", torch.tensor(offsets), persistent=False)
+
+    def solver_scores(self, raw: torch.Tensor) -> torch.Tensor:
+        """[N, S] scores per solver label: logits, log-probabilities or multi-label logits."""
+        o = self.spec.output
+        x = raw.float().movedim(o.label_axis, 1)
+        x = x[:, o.label_start : o.label_start + len(self.spec.labels)]
+        x = x.reshape(x.shape[0], x.shape[1], -1)  # [N, S, cells]
+        reduce = (lambda t: t.amax(-1)) if o.reduce != "mean" else (lambda t: t.mean(-1))
+        if self.kind == "logits":
+            return reduce(x)
+        if self.kind == "softmax":
+            return reduce(x).clamp_min(1e-30).log()
+        if self.kind == "multilabel":
+            return _logit(reduce(x))
+        # multilabel_logits: max commutes with the sigmoid; a mean is taken over probabilities
+        return x.amax(-1) if o.reduce != "mean" or x.shape[-1] == 1 else _logit(
+            torch.sigmoid(x).mean(-1))
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        s = self.solver_scores(raw)
+        multilabel = self.spec.decision == "multilabel"
+        if multilabel:  # each solver label against its own threshold
+            s = s - self.offsets.to(s.device)
+        cols = []
+        for idx in self.columns:
+            if not idx:
+                cols.append(torch.full((s.shape[0],), UNKNOWN, device=s.device))
+            elif len(idx) == 1:
+                cols.append(s[:, idx[0]])
+            elif multilabel:  # any of them selected
+                cols.append(s[:, list(idx)].amax(1))
+            else:  # the probability of the set
+                cols.append(torch.logsumexp(s[:, list(idx)], 1))
+        return torch.stack(cols, 1)
+
+
+# --- the two paths -------------------------------------------------------------------------------
+
+
+class _SolverModel:
+    """What the torch and onnxruntime paths share: name, labels and the decision rule."""
+
+    name: str
+    labels: tuple[str, ...]
+    decision: str
+    thresholds: tuple[float, ...]  # per label of the run (of its first solver label)
+    known: tuple[bool, ...]
+
+    def _setup(self, solver: Solver, labels: Sequence[str]) -> None:
+        self.name, self.labels = solver.name, tuple(labels)
+        spec = solver.spec
+        self.spec_path = spec.path
+        self.decision = spec.decision
+        cols = [spec.solver_labels_for(lab) for lab in self.labels]
+        self.known = tuple(bool(c) for c in cols)
+        self.thresholds = tuple(spec.threshold_of(c[0]) if c else 0.5 for c in cols)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decision logits -> the solver's P(label) (multi-label solvers)."""
+        off = torch.tensor([_logit_of(t) for t in self.thresholds], device=logits.device)
+        return torch.sigmoid(logits + off)
+
+
+class SolverClassifier(nn.Module, _SolverModel):
+    """The gradient path: preprocessing + converted graph + decoder, all in torch."""
+
+    def __init__(self, solver: Solver, labels: Sequence[str]) -> None:
+        super().__init__()
+        self._setup(solver, labels)
+        self.spec, self.solver = solver.spec, solver
+        self.preprocess = Preprocess(solver.spec.input)
+        self.graph = solver.torch_graph()
+        self.decoder = Decoder(solver.spec, labels, solver.torch_kind)
+        self.eval().requires_grad_(False)
+
+    @property
+    def input_size(self) -> int:
+        """The longer side of the graph's input."""
+        return max(self.spec.input.size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
+        return self.decoder(self.graph(self.preprocess(images)))
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, labels={len(self.labels)}, decision={self.decision}"
+
+
+class SolverVerifier(_SolverModel):
+    """The solver exactly as it runs: the same preprocessing, its graph in onnxruntime."""
+
+    def __init__(self, solver: Solver, labels: Sequence[str], *, device: str = "cpu") -> None:
+        self._setup(solver, labels)
+        self.solver = solver
+        self.preprocess = Preprocess(solver.spec.input)
+        self.decoder = Decoder(solver.spec, labels)
+        self.session = solver.session(cuda=device not in ("cpu",))
+        self.device = "cuda" if "CUDA" in self.session.get_providers()[0] else "cpu"
+
+    def __repr__(self) -> str:
+        return f"SolverVerifier({self.name!r}, {self.device})"
+
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """The answer tensor for images [N, 3, H, W] in [0, 1]."""
+        with torch.no_grad():
+            x = self.preprocess(images.detach().float().cpu())
+        return self.solver.run_graph(self.session, x)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.decoder(self.raw(images))
+
+
+# --- the solver as loaded from its spec -----------------------------------------------------------
+
+
+@dataclass
+class Parity:
+    """The torch path against onnxruntime on one batch of inputs."""
+
+    max_abs_diff: float
+    n: int
+    decision_agreement: float
+
+
+class Solver:
+    """A loaded spec and graph. The torch conversion is made (and parity-checked) on first use
+    as a surrogate; a graph that cannot be converted stays usable as a verifier."""
+
+    def __init__(self, spec: SolverSpec, *, name: str | None = None) -> None:
+        self.spec = spec
+        self.name = name or spec.name or (f"onnx:{spec.path.name}" if spec.path else "onnx")
+        try:
+            self._load()
+        except SolverSpecError as e:  # name the spec file too
+            if spec.path and not str(e).startswith(str(spec.path)):
+                raise SolverSpecError(f"{spec.path}: {e}") from e
+            raise
+
+    def _load(self) -> None:
+        spec = self.spec
+        self.model = load_graph(spec.model)
+        self.io: GraphIO = graph_io(self.model)
+        self.input_info, self.output_info = resolve_io(spec, self.io)
+        self.fixed_batch = (self.input_info.shape[0]
+                            if self.input_info.shape and isinstance(self.input_info.shape[0], int)
+                            else None)
+        self._sessions: dict[bool, object] = {}
+        self._torch: ConvertedGraph | None = None
+        self._torch_error: Exception | None = None
+        self.torch_kind: str = spec.output.kind
+        self.parity: Parity | None = None
+        self._lock = threading.Lock()
+        self._probe()
+
+    # --- onnxruntime ---------------------------------------------------------------------------
+
+    def session(self, cuda: bool = False):
+        if cuda not in self._sessions:
+            from ...export.verifier import available_providers, make_session
+
+            use_cuda = cuda and "CUDAExecutionProvider" in available_providers()
+            try:
+                precision = "fp16" if self.spec.input.dtype == "float16" else "fp32"
+                self._sessions[cuda] = make_session(self.spec.model, precision, cuda=use_cuda)
+            except Exception as e:
+                raise SolverSpecError(f"model: onnxruntime cannot load {self.spec.model}: "
+                                      f"{str(e)[:300]}") from e
+        return self._sessions[cuda]
+
+    def run_graph(self, session, x: torch.Tensor) -> torch.Tensor:
+        """Run the graph on a preprocessed batch (float, graph layout) -> answer tensor."""
+        arr = to_graph_array(x, self.spec.input.dtype)
+        step = self.fixed_batch or max(1, len(arr))
+        outs = []
+        for i in range(0, len(arr), step):
+            chunk = arr[i : i + step]
+            pad = step - len(chunk) if self.fixed_batch else 0
+            if pad:  # a graph with a fixed batch size: fill the last batch
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+            (out,) = session.run([self.output_info.name], {self.input_info.name: chunk})
+            outs.append(torch.from_numpy(np.asarray(out, dtype=np.float32))[: step - pad])
+        return torch.cat(outs)
+
+    def _probe(self) -> None:
+        """Run the graph once: does it load, and does its answer have the spec's shape?"""
+        g = torch.Generator().manual_seed(0)
+        x = Preprocess(self.spec.input)(torch.rand(2, 3, 64, 64, generator=g))
+        try:
+            raw = self.run_graph(self.session(), x)
+        except SolverSpecError:
+            raise
+        except Exception as e:
+            raise SolverSpecError(f"model: {self.spec.model} fails on a "
+                                  f"{self.spec.input.layout} {self.spec.input.dtype} batch of "
+                                  f"size {list(self.spec.input.size)}: {str(e)[:300]}") from e
+        check_output_shape(self.spec, self.output_info.name, tuple(raw.shape))
+        kind, o = self.spec.output.kind, self.spec.output
+        scores = raw.movedim(o.label_axis, 1)[:, o.label_start:]
+        if kind == "multilabel" and (scores.min() < -1e-4 or scores.max() > 1 + 1e-4):
+            raise SolverSpecError(
+                f"output.kind: \"multilabel\" expects probabilities in [0, 1], but output "
+                f"{self.output_info.name!r} gave values in [{float(scores.min()):.3g}, "
+                f"{float(scores.max()):.3g}]; use \"multilabel_logits\" (sigmoid applied by "
+                f"advx)")
+        if kind == "softmax":
+            sums = scores.sum(1)
+            if scores.min() < -1e-4 or not torch.allclose(sums, torch.ones_like(sums),
+                                                          atol=1e-2):
+                raise SolverSpecError(
+                    f"output.kind: \"softmax\" expects probabilities that sum to 1 over "
+                    f"label_axis {o.label_axis}, but output {self.output_info.name!r} does not "
+                    f"(sums {float(sums.min()):.3g}..{float(sums.max()):.3g}); use \"logits\"")
+
+    # --- torch ---------------------------------------------------------------------------------
+
+    def torch_graph(self) -> ConvertedGraph:
+        """The converted graph (raises ConversionError / SolverParityError if there is none)."""
+        with self._lock:
+            if self._torch is None and self._torch_error is None:
+                try:
+                    self._torch, self.torch_kind, self.parity = self._convert()
+                except (ConversionError, SolverParityError) as e:
+                    self._torch_error = e
+            if self._torch_error is not None:
+                raise self._torch_error
+            return self._torch
+
+    def _convert(self) -> tuple[ConvertedGraph, str, Parity]:
+        g = torch.Generator().manual_seed(1)
+        images = parity_images(6, *self.spec.input.size, generator=g)
+        x = Preprocess(self.spec.input)(images)
+        ref = self.run_graph(self.session(), x)
+        out = self.output_info.name
+        activation = {"multilabel": "Sigmoid", "softmax": "Softmax"}.get(self.spec.output.kind)
+        stripped = _strip(self.model, out, activation) if activation else None
+        if stripped is not None and activation == "Softmax" and ref.ndim > 2:
+            stripped = None
+        if stripped is not None:
+            try:
+                graph = convert(stripped, out, x)
+                kind = {"Sigmoid": "multilabel_logits", "Softmax": "logits"}[activation]
+                with torch.no_grad():
+                    z = graph(x)
+                got = torch.sigmoid(z) if activation == "Sigmoid" else z.softmax(
+                    self.spec.output.label_axis)
+                return graph, kind, self._check(got, ref, z, kind)
+            except (ConversionError, SolverParityError) as e:
+                log.debug("%s: logits behind the %s not usable (%s)", self.name, activation, e)
+        graph = convert(self.model, out, x)
+        with torch.no_grad():
+            got = graph(x)
+        return graph, self.spec.output.kind, self._check(got, ref, got, self.spec.output.kind)
+
+    def _check(self, got: torch.Tensor, ref: torch.Tensor, raw: torch.Tensor,
+               kind: str) -> Parity:
+        """Raw answers within tolerance, and the same decisions over the solver's labels."""
+        if got.shape != ref.shape:
+            raise SolverParityError(f"{self.name}: torch answer shape {list(got.shape)} != "
+                                    f"onnxruntime {list(ref.shape)}")
+        half = self.spec.input.dtype == "float16" or self.io.inputs[0].dtype == "float16"
+        atol, rtol = (2e-2, 2e-2) if half else (1e-3, 1e-3)
+        diff = (got - ref).abs()
+        worst = float(diff.max()) if diff.numel() else 0.0
+        labels = self.spec.labels
+        a = Decoder(self.spec, labels, kind).solver_scores(raw)
+        b = Decoder(self.spec, labels).solver_scores(ref)
+        if self.spec.decision == "multilabel":
+            off = torch.tensor([_logit_of(self.spec.threshold_of(i)) for i in range(len(labels))])
+            decisive = (b - off).abs() > 0.1
+            agree = ((a >= off) == (b >= off)) | ~decisive
+            agreement = float(agree.float().mean())
+        else:
+            top2 = b.topk(min(2, b.shape[1]), 1).values
+            decisive = (top2[:, 0] - top2[:, -1]) > 0.05
+            agree = (a.argmax(1) == b.argmax(1)) | ~decisive
+            agreement = float(agree.float().mean())
+        if bool((diff > atol + rtol * ref.abs()).any()) or agreement < 1.0:
+            raise SolverParityError(
+                f"{self.name}: the torch conversion differs from onnxruntime by up to "
+                f"{worst:.3g} (tolerance {atol} + {rtol}·|x|), decisions agree on "
+                f"{agreement:.0%}")
+        return Parity(worst, int(ref.shape[0]), agreement)
+
+    def check_parity(self, images: torch.Tensor) -> Parity:
+        """Torch against onnxruntime on real tiles ([N, 3, H, W] in [0, 1])."""
+        graph = self.torch_graph()
+        x = Preprocess(self.spec.input)(images.float().cpu())
+        ref = self.run_graph(self.session(), x)
+        with torch.no_grad():
+            raw = graph(x)
+        got = raw
+        if self.torch_kind != self.spec.output.kind:
+            got = torch.sigmoid(raw) if self.torch_kind == "multilabel_logits" else raw.softmax(
+                self.spec.output.label_axis)
+        return self._check(got, ref, raw, self.torch_kind)
+
+    # --- the two faces -------------------------------------------------------------------------
+
+    def classifier(self, labels: Sequence[str]) -> SolverClassifier:
+        return SolverClassifier(self, labels)
+
+    def verifier(self, labels: Sequence[str], *, device: str = "cpu") -> SolverVerifier:
+        return SolverVerifier(self, labels, device=device)
+
+
+def parity_images(n: int, height: int, width: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Structured test images: half smooth colour fields with texture, half uniform noise."""
+    low = torch.rand(n, 3, 6, 6, generator=generator)
+    smooth = F.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)
+    noise = torch.rand(n, 3, height, width, generator=generator)
+    mix = torch.where(torch.arange(n).view(-1, 1, 1, 1) % 2 == 0, 0.85 * smooth + 0.15 * noise,
+                      noise)
+    return mix.clamp(0, 1)
+
+
+_CACHE: dict[tuple, Solver] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_solver(spec_path: str | Path, *, name: str | None = None) -> Solver:
+    """Load (once per spec and graph file version) the solver a spec describes."""
+    spec = load_spec(spec_path)
+    key = (str(spec.path), _stamp(spec.path), str(spec.model), _stamp(spec.model), name)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Solver(spec, name=name)
+        return _CACHE[key]
+
+
+def _stamp(path: Path | None) -> tuple:
+    try:
+        st = path.stat()
+        return (st.st_size, st.st_mtime_ns)
+    except (OSError, AttributeError):
+        return ()
+
+
+__all__ = ["UNKNOWN", "ConversionError", "Decoder", "Parity", "Preprocess", "Solver",
+           "SolverClassifier", "SolverParityError", "SolverVerifier", "TensorInfo",
+           "load_solver", "parity_images", "to_graph_array"]
