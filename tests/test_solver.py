@@ -517,3 +517,57 @@ def test_lite0_as_foreign_solver_white_box(lite0_solvers, photos, variant):
     y = torch.tensor([PHOTO_LABELS.index(r.label) for r in fooled])
     for view in (delivered, jpeg_roundtrip(delivered, 75)):
         assert (losses.fooling_margin(ver(view), y) >= 0.5).all()
+
+
+def test_per_label_thresholds(tmp_path, solvers):
+    spec = write_spec(tmp_path, solvers["grid"],
+                      threshold={"default": 0.5, "Bus": 0.9, "Motorcycle": 0.05})
+    s = load_spec(spec)
+    assert s.threshold_of(1) == 0.9 and s.threshold_of(2) == 0.05 and s.threshold_of(0) == 0.5
+    raw = torch.tensor([[[0.3], [0.85], [0.06], [0.5], [0.5]]])
+    z = Decoder(s, ("bus", "motorcycle", "bicycle"))(raw)
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    assert z[0].tolist() == pytest.approx([logit(0.85) - logit(0.9), logit(0.06) - logit(0.05),
+                                           logit(0.3) - logit(0.5)], abs=1e-5)
+    ver = create_verifier(f"onnx:{spec}", ("bus", "motorcycle"))
+    assert ver.thresholds == (0.9, 0.05)
+    assert torch.allclose(ver.probabilities(z[:, :2]), torch.tensor([[0.85, 0.06]]), atol=1e-5)
+    assert parse_spec(s.to_dict(), path=s.path) == s
+    with pytest.raises(SolverSpecError, match="threshold.Buss: unknown key; did you mean 'Bus'"):
+        load_solver(write_spec(tmp_path, solvers["grid"], threshold={"Buss": 0.5}))
+
+
+def test_cli_run_with_a_multilabel_solver_reports_per_model(tmp_path, solvers):
+    """harden + eval through the CLI: records carry the solver's P(label) before and after,
+    summary.json and report.html its select and grid solve rates by its own rule."""
+    from PIL import Image
+
+    name = f"onnx:{solvers['grid']}"
+    rng = np.random.default_rng(1)
+    inp = tmp_path / "in"
+    for lab in ("bicycle", "crosswalk"):  # the tiny solver selects noise tiles for both
+        (inp / lab).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(
+                inp / lab / f"{i}.png")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["harden", str(inp), "--out", str(out), "--surrogates", name,
+                                   "--verifiers", name, "--eps", "8", "--steps", "10", "-q"])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for r in records:
+        assert r["probabilities_before"][name][r["label"]] >= 0.5
+        assert r["label"] in r["selected_before"][name]
+        assert (r["label"] not in r["selected_after"][name]) == (r["status"] == "fooled")
+    summary = json.loads((out / "summary.json").read_text())
+    stats = summary["per_model"][name]
+    assert stats["select_rate_before"] == 1.0
+    fooled = sum(r["status"] == "fooled" for r in records)
+    assert stats["select_rate_after"] == pytest.approx(1 - fooled / len(records))
+    assert "grid_solve_rate_after" in stats and "mean_p_label_after" in stats
+    assert "P(bicycle)" in (out / "report.html").read_text()
+    res = CliRunner().invoke(cli, ["eval", str(out), "--models", name, "--json", "--grids", "20"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output)["results"][0]
+    assert row["decision"] == "multilabel"
+    assert row["accuracy"] == pytest.approx(stats["select_rate_after"])

@@ -250,7 +250,7 @@ def parse_label_map(data: object, source: str = "label map") -> LabelMap:
     for label, entries in data.items():
         if not isinstance(label, str) or not label.strip():
             raise LabelMapError(f"{source}: labels must be non-empty strings, got {label!r}")
-        items = entries if isinstance(entries, list) else [entries]
+        items = list(entries) if isinstance(entries, list | tuple) else [entries]
         if not items:
             raise LabelMapError(f"{source}: {label!r} lists no ImageNet class")
         classes: set[int] = set()
