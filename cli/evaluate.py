@@ -45,13 +45,13 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
     multi-label solver); grids are solved when exactly the target's tiles are selected."""
     import torch
 
-    from ..engine.transforms import get_preset
+    from ..engine.views import get_preset, score
 
     label_set = tuple(label_set)
     y = np.array([label_set.index(lab) for lab in labels])
-    tfs = get_preset(transforms).verify
+    views = get_preset(transforms).views
     preds: dict[tuple[str, str], list[set[int] | None]] = {
-        (m, str(t)): [None] * len(y) for m in scorers for t in tfs}
+        (m, v.name): [None] * len(y) for m in scorers for v in views}
     valid = np.zeros(len(y), dtype=bool)
     batch: list[tuple[int, np.ndarray]] = []
 
@@ -63,13 +63,12 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
             idx = [i for i, _ in group]
             x = torch.from_numpy(np.stack([px for _, px in group])).permute(0, 3, 1, 2)
             x = x.float() / 255
-            for t in tfs:
-                xt = t(x)
+            for view in views:
                 for name, scorer in scorers.items():
                     with torch.no_grad():
-                        logits = torch.as_tensor(scorer(xt)).float().cpu()
+                        logits = torch.as_tensor(score(scorer, x, view)).float().cpu()
                     for i, sel in zip(idx, _selected(scorer, logits), strict=True):
-                        preds[(name, str(t))][i] = sel
+                        preds[(name, view.name)][i] = sel
         batch.clear()
 
     for i, px in enumerate(images):
@@ -85,7 +84,7 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
     rows = []
     for (name, t), p in preds.items():
         pk = [p[i] for i in keep]
-        rows.append({"model": name, "transform": t,
+        rows.append({"model": name, "view": t,
                      "decision": getattr(scorers[name], "decision", "closed"),
                      "accuracy": (float(np.mean([y[i] in s for i, s in zip(keep, pk,
                                                                              strict=True)]))
@@ -160,12 +159,18 @@ def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
             raise RunError(f"the export {spec} scores {list(v.labels)}, not {missing}; "
                            f"re-export it with --labels {','.join(label_set)}")
         perm = torch.tensor([v.labels.index(lab) for lab in label_set])
-        return f"{v.name} ({v.manifest.precision} onnx)", lambda x: v(x)[:, perm]
+        return (f"{v.name} ({v.manifest.precision} onnx)",
+                lambda x, geometry=None: v(x, geometry)[:, perm])
     from ..engine.zoo import create_classifier
 
     clf = create_classifier(spec, label_set, templates=templates, device=str(dev),
                             label_map=label_map)
-    return clf.name, lambda x: clf(x.to(dev)).cpu()
+    def run(x, geometry=None):
+        return clf(x.to(dev), geometry).cpu()
+
+    run.decision = getattr(clf, "decision", "closed")
+    run.known = getattr(clf, "known", None)
+    return clf.name, run
 
 
 def _images(paths: Sequence[Path], skipped: list[str]) -> Iterable[np.ndarray | None]:
@@ -195,7 +200,8 @@ def _images(paths: Sequence[Path], skipped: list[str]) -> Iterable[np.ndarray | 
               help='JSON {"label": ["ImageNet class name or index", ...]} for ImageNet '
                    "classifiers (consulted before the built-in map).")
 @click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="none",
-              show_default=True, help="Score under each verification transform of this preset.")
+              show_default=True, help="Score under each view of this preset's view matrix "
+              "(see `advx harden --help`).")
 @click.option("--grids", type=click.IntRange(min=0), default=200, show_default=True,
               help="3x3 grid challenges to draw.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grids.")
@@ -243,8 +249,8 @@ def eval_cmd(input_dir: Path, models: tuple[str, ...], labels_csv: Path | None,
     click.echo(f"{result['images']} images ({data.source}), labels: "
                f"{', '.join(data.label_set)}; {result['grids']} grids, seed {seed}")
     width = max([5, *(len(r["model"]) for r in result["results"])])
-    click.echo(f"{'model':<{width}}  {'transform':<14}  accuracy  grid solve rate")
+    click.echo(f"{'model':<{width}}  {'view':<14}  accuracy  grid solve rate")
     for r in result["results"]:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
         grid = "-" if r["grid_solve_rate"] is None else f"{r['grid_solve_rate']:.1%}"
-        click.echo(f"{r['model']:<{width}}  {r['transform']:<14}  {acc:>8}  {grid:>15}")
+        click.echo(f"{r['model']:<{width}}  {r['view']:<14}  {acc:>8}  {grid:>15}")

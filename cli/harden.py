@@ -13,11 +13,24 @@ from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, fail_cleanly, list_opti
 from .pipeline import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 
 # kept equal to the engine's by tests (importing them here would load torch)
-TRANSFORM_PRESETS = ("none", "jpeg", "delivery", "robust")
+TRANSFORM_PRESETS = ("none", "jpeg", "delivery", "solver", "robust")
+# each preset's view matrix, as advx.engine.views.presets_help() prints it (kept equal by tests)
+VIEW_MATRICES = """\
+none: own
+jpeg: own, jpeg75
+delivery: own, jpeg75, resize0.75
+solver: own, whole-tile, jpeg75, jpeg50, resize0.75, median3, nlmeans
+robust: own, whole-tile, jpeg75, jpeg50, resize0.75, median3, nlmeans, lowres128, crop-shift, \
+blur0.7
+own = the verifier's own preprocessing; whole-tile = the tile squashed whole to the model's
+size (bilinear, antialiased); jpegQ = re-encoded at quality Q; resize0.75 = down to 0.75 and
+back up; median3, nlmeans = OpenCV's 3x3 median, non-local means (h 10, 7x7, 21x21) before the
+network; lowres128 = a 128 px solver; crop-shift = 5% crop, 2% shift; blur0.7 = Gaussian 0.7"""
 TEMPLATE_SETS = ("simple", "openai", "photo")
 
 
-@click.command("harden", epilog=EXIT_CODES_EPILOG)
+@click.command("harden", epilog="\b\nView matrices (--transforms):\n" + VIEW_MATRICES
+               .replace(", \\\n", ", ") + "\n\n" + EXIT_CODES_EPILOG)
 @click.argument("input_dir", metavar="INPUT",
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -51,10 +64,10 @@ TEMPLATE_SETS = ("simple", "openai", "photo")
 @click.option("--attack", type=click.Choice(ATTACKS), default="auto", show_default=True,
               help="auto: pgd when every verifier is also a surrogate (white-box, e.g. a "
                    "solver spec as both), else mifgsm with input diversity (for transfer).")
-@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="delivery",
-              show_default=True, help="What a solver may do to a tile before classifying it "
-              "(attacked in expectation, verified exactly): none; jpeg = JPEG 75; delivery = "
-              "JPEG 75 and resize 0.75; robust = those, crop/shift and blur.")
+@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="solver",
+              show_default=True, help="The solver views: what a solver may do to a tile before "
+              "its network answers (attacked in expectation, every view verified exactly on "
+              "the delivered file). The view matrices are listed below.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="png",
               show_default=True, help="Output image format (verification scores exactly it).")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
@@ -67,7 +80,15 @@ TEMPLATE_SETS = ("simple", "openai", "photo")
 @click.option("--margin", type=float, default=0.5, show_default=True,
               help="Logit margin by which every verifier must be wrong.")
 @click.option("--ssim-floor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=None, help="Stop perturbing an image before its SSIM drops below this.")
+              default=0.90, show_default=True,
+              help="The delivered file's SSIM never falls below this (the perturbation is "
+                   "scaled back where a step would cross it).")
+@click.option("--eps-rungs", type=click.IntRange(1, 6), default=3, show_default=True,
+              help="Minimal perturbation: start at eps / 2^(rungs-1) and widen only images "
+                   "still unfooled (1 = the whole eps at once).")
+@click.option("--texture-mask", type=click.FloatRange(0, 1, min_open=True), default=0.35,
+              show_default=True, help="Share of eps that flat regions may use (textured "
+                                      "ones use all of it); 1 = uniform.")
 @click.option("--templates", type=click.Choice(TEMPLATE_SETS), default="simple",
               show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
 @click.option("--max-side", type=click.IntRange(min=32), default=1024, show_default=True,
@@ -82,7 +103,8 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
                surrogates: tuple[str, ...],
                verifiers: tuple[str, ...], eps: float, steps: int, attack: str, transforms: str,
                output_format: str, quality: int, device: str, batch_size: int, seed: int,
-               margin: float, ssim_floor: float | None, templates: str, max_side: int,
+               margin: float, ssim_floor: float | None, eps_rungs: int, texture_mask: float,
+               templates: str, max_side: int,
                resume: bool, quiet: bool, as_json: bool) -> None:
     """Harden the labelled images in INPUT so that AI solvers misclassify them.
 
@@ -110,7 +132,8 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
         config = HardenConfig(eps=eps, steps=steps, attack=attack, transforms=transforms,
                               output_format=output_format, jpeg_quality=quality,
                               batch_size=batch_size, device=device, seed=seed, margin=margin,
-                              ssim_floor=ssim_floor)
+                              ssim_floor=ssim_floor, eps_rungs=eps_rungs,
+                              texture_mask=None if texture_mask >= 1 else texture_mask)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     job = HardenJob(input_dir=input_dir, out_dir=out_dir, labels_csv=labels_csv,

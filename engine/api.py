@@ -16,7 +16,8 @@ from .config import HardenConfig
 from .ensemble import Ensemble
 from .results import HardenResult
 from .scheduler import Scheduler, Scorer
-from .transforms import InputDiversity, get_preset
+from .transforms import InputDiversity
+from .views import get_preset
 from .zoo.labels import LabelMap, LabelMapError, load_label_map
 
 log = logging.getLogger(__name__)

@@ -545,7 +545,7 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
     # time the same two methods here, synchronised.
     sched = hardener.scheduler
     sched.attack_steps = clock.wrap("attack", sched.attack_steps)
-    sched.verify = clock.wrap("verify", sched.verify, items=lambda q, *_: len(q))
+    sched.verify = clock.wrap("verify", sched.verify, items=lambda q, *_, **__: len(q))
     root = cache.workdir / f"e2e-{n_images}-{image_size}-{seed}"
     root.mkdir(parents=True, exist_ok=True)
     paths = sorted(root.glob("*.png")) or _write_images(root, n_images, image_size, seed)
@@ -586,7 +586,7 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
         frac = None
         if peak is not None and None not in sur and None not in ver:
             flops = (last["steps"] * hardener.config.eot_samples * STEP_FLOPS_PER_FORWARD * sum(sur)
-                     + clock.items.get("verify", 0) * len(sched.preset.verify) * sum(ver)) * 1e9
+                     + clock.items.get("verify", 0) * len(sched.views) * sum(ver)) * 1e9
             frac = flops / total / (peak * 1e12)
         return BenchRow(
             name="e2e", backend="hardener", model="+".join(surrogates), batch=batch_size,

@@ -26,12 +26,14 @@ class HardenConfig:
     # input diversity (DI) probability, 0 disables; None: 0.5 for transfer, 0 when white-box
     diversity_prob: float | None = None
     ti_kernel: int = 0  # translation-invariance kernel size (odd), 0 disables
-    transforms: str = "delivery"  # solver-side transform preset, for EOT and verification
+    transforms: str = "solver"  # the solver views: what EOT samples and verification checks
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
     verify_every: int = 5  # torch attack steps between verification passes
-    margin: float = 0.5  # a verifier counts as fooled when (best wrong - true) logit >= margin
-    ssim_floor: float | None = None  # stop pushing an image before its SSIM drops below this
+    margin: float = 0.5  # a verifier counts as fooled when its fooling margin (logits) >= this
+    ssim_floor: float | None = 0.90  # the delivered file's SSIM never falls below this
+    eps_rungs: int = 3  # minimal perturbation: eps/4, eps/2, eps, widened only while unfooled
+    texture_mask: float | None = 0.35  # budget in flat regions (a share of eps); None: uniform
     output_format: str = "png"  # verification scores exactly what is delivered
     jpeg_quality: int = 90  # when output_format == "jpeg"
     batch_size: int = 16  # images attacked together (halved on out-of-memory)
@@ -57,11 +59,14 @@ class HardenConfig:
         need(self.eot_samples is None or self.eot_samples >= 1, "eot_samples must be >= 1")
         need(self.verify_every >= 1, "verify_every must be >= 1")
         need(self.ssim_floor is None or 0 < self.ssim_floor < 1, "ssim_floor must be in (0, 1)")
+        need(1 <= self.eps_rungs <= 6, "eps_rungs must be in [1, 6]")
+        need(self.texture_mask is None or 0 < self.texture_mask <= 1,
+             "texture_mask must be in (0, 1]")
         need(self.output_format in OUTPUT_FORMATS, f"output_format must be one of {OUTPUT_FORMATS}")
         need(1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]")
         need(self.batch_size >= 1, "batch_size must be >= 1")
         need(self.amp in AMP, f"amp must be one of {AMP}")
-        from .transforms import get_preset
+        from .views import get_preset
 
         get_preset(self.transforms)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 STATUSES = ("fooled", "unfooled")
-STOP_REASONS = ("already_fooled", "verifiers_fooled", "max_steps", "ssim_floor")
+STOP_REASONS = ("already_fooled", "verifiers_fooled", "max_steps")
 
 
 @dataclass
@@ -27,7 +27,10 @@ class HardenResult:
     selected_after: dict[str, list[str]]
     probabilities_before: dict[str, dict[str, float]]  # multi-label model -> P(label)
     probabilities_after: dict[str, dict[str, float]]
-    margins: dict[str, float]  # verifier -> min over transforms of its fooling margin (logits)
+    margins: dict[str, float]  # verifier -> min over views of its fooling margin (logits)
+    margins_by_view: dict[str, dict[str, float]]  # verifier -> view -> fooling margin
+    selected_by_view_before: dict[str, dict[str, list[str]]]  # verifier -> view -> selected
+    selected_by_view_after: dict[str, dict[str, list[str]]]
     linf: float  # in /255 units
     l2: float  # in [0, 1] pixel units
     psnr: float  # dB
@@ -46,4 +49,6 @@ class HardenResult:
         for k in ("linf", "l2", "ssim", "seconds"):
             d[k] = round(float(d[k]), 5)
         d["margins"] = {k: round(float(v), 4) for k, v in self.margins.items()}
+        d["margins_by_view"] = {k: {w: round(float(m), 4) for w, m in v.items()}
+                                for k, v in self.margins_by_view.items()}
         return d

@@ -1,13 +1,19 @@
 """Continuous batching: k torch attack steps, then ONNX verification of what would be delivered.
 
 An image leaves the batch as soon as every verifier is fooled by at least ``config.margin`` (in
-logits, by its own decision rule: a wrong argmax, or a label no longer selected) under every
-verification transform, and a waiting image takes its place. Images of different sizes are
+logits, by its own decision rule: a wrong argmax, or a label no longer selected) under every view
+of the preset's view matrix, and a waiting image takes its place. Images of different sizes are
 attacked in separate size buckets.
+
+Each image spends only what it needs: its budget starts at eps / 2^(rungs - 1) and widens one
+rung at a time while it stays unfooled, shaped per pixel by a texture mask (flat regions, where
+people see noise, get a fraction of it), and the delivered file's SSIM is held at the floor by
+scaling the perturbation back where a step would cross it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
@@ -23,14 +30,16 @@ from .config import HardenConfig
 from .ensemble import decision_of
 from .losses import fooling_margin
 from .results import HardenResult
-from .transforms import get_preset, jpeg_roundtrip
+from .transforms import jpeg_roundtrip
+from .views import View, get_preset, score
 
 
 class Scorer(Protocol):
     """A verifier: anything with a name, labels and images [N,3,H,W] in [0,1] -> logits.
 
     An optional ``decision`` attribute ("closed" or "multilabel") says how its logits decide
-    (see :mod:`.losses`); multi-label scorers also have ``known`` and ``probabilities``."""
+    (see :mod:`.losses`); multi-label scorers also have ``known`` and ``probabilities``. Views
+    with a geometry call it as ``scorer(images, geometry=...)``."""
 
     name: str
     labels: tuple[str, ...]
@@ -57,16 +66,42 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def texture_mask(images: torch.Tensor, floor: float, lo: float = 2 / 255,
+                 hi: float = 12 / 255) -> torch.Tensor:
+    """[N, 1, H, W] share of the budget each pixel may use: ``floor`` where the luminance is
+    flat (local std <= lo), 1 where it is textured (>= hi), linear between; smoothed so the
+    mask itself draws no edges."""
+    lum = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
+    mean = F.avg_pool2d(lum, 5, 1, 2, count_include_pad=False)
+    var = F.avg_pool2d(lum * lum, 5, 1, 2, count_include_pad=False) - mean * mean
+    std = var.clamp_min(0).sqrt()
+    m = floor + (1 - floor) * ((std - lo) / (hi - lo)).clamp(0, 1)
+    return F.avg_pool2d(m, 3, 1, 1, count_include_pad=False)
+
+
+@dataclass
+class Verdict:
+    """One verification pass over a batch."""
+
+    mins: torch.Tensor  # [N] min fooling margin over verifiers x views (-inf: not fooled)
+    per_verifier: dict[str, torch.Tensor]  # verifier -> [N] min over its views
+    own: dict[str, torch.Tensor]  # verifier -> [N, L] logits under its own preprocessing
+    by_view: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N] (nan: not scored)
+    logits: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N, L] (full passes)
+
+
 @dataclass
 class _Slot:
     index: int
     t0: float
     before: dict[str, torch.Tensor]  # model -> logits on the clean image
+    before_views: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> clean logits
     best_q: torch.Tensor  # best quantised candidate so far (the clean image to begin with)
     best_margin: float
-    best_margins: dict[str, float]
-    best_logits: dict[str, torch.Tensor]  # verifier -> logits of the best candidate
     steps: int = 0
+    rung: int = 0
+    rung_steps: int = 0  # steps spent at the current rung
+    cap: float = 1.0  # budget scale left after the SSIM floor pulled it back
     fooled_at: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -87,8 +122,14 @@ class Scheduler:
                                  f"not the label set {self.label_set}")
             self.perms.append(torch.tensor([v.labels.index(lab) for lab in self.label_set]))
         self.preset = get_preset(config.transforms)
+        self.views: tuple[View, ...] = self.preset.views
         self.chunk = config.batch_size  # halved on out-of-memory
-        self.time = {"attack": 0.0, "verify": 0.0}
+        self.time = {"attack": 0.0, "verify": 0.0, "ssim": 0.0}
+        self.pgd_l2 = config.attack == "pgd-l2"
+        rungs = 1 if self.pgd_l2 else config.eps_rungs
+        self.rung_eps = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
+        per = max(1, (config.steps // 2) // rungs)
+        self.rung_steps = config.verify_every * math.ceil(per / config.verify_every)
 
     # --- delivery and verification ----------------------------------------------------------
 
@@ -103,32 +144,84 @@ class Scheduler:
             torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
-    def verify(self, delivered: torch.Tensor, y: torch.Tensor, t: torch.Tensor
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Score the delivered images: min fooling margin over verifiers x transforms [N],
-        per-verifier min margin, per-verifier logits of the untransformed image.
-        ``t`` holds a decoy label per row, or -1."""
+    def verify(self, delivered: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+               lazy: bool = False) -> Verdict:
+        """Score the delivered images under every view of the matrix. ``t`` holds a decoy label
+        per row, or -1. ``lazy``: costly views (non-local means) are scored only for rows that
+        every cheap view already finds fooled (the others cannot be fooled this pass)."""
         self._sync()
         t0 = time.perf_counter()
-        per_v, plain = {}, {}
-        for v, perm in zip(self.verifiers, self.perms, strict=True):
-            worst = None
-            for i, tf in enumerate(self.preset.verify):
-                logits = v(tf(delivered)).float().cpu()[:, perm]
-                if i == 0:
-                    plain[v.name] = logits
-                m = fooling_margin(logits, y, t, decision_of(v))
-                worst = m if worst is None else torch.minimum(worst, m)
-            per_v[v.name] = worst
+        n = len(delivered)
+        mins = torch.full((n,), math.inf)
+        per_v = {v.name: torch.full((n,), math.inf) for v in self.verifiers}
+        by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
+        logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
+        own: dict[str, torch.Tensor] = {}
+        for costly in (False, True):
+            for view in self.views:
+                if (view.cost > 1) != costly:
+                    continue
+                rows = (torch.nonzero(mins >= self.config.margin).flatten()
+                        if costly and lazy else torch.arange(n))
+                for v, perm in zip(self.verifiers, self.perms, strict=True):
+                    m = torch.full((n,), math.nan)
+                    if len(rows):
+                        z = score(v, delivered[rows], view).float().cpu()[:, perm]
+                        m[rows] = fooling_margin(z, y[rows], t[rows], decision_of(v))
+                        if len(rows) == n:
+                            logits[v.name][view.name] = z
+                    by_view[v.name][view.name] = m
+                    # rows left out of a costly view were not fooled by a cheap one: no change
+                    scored = torch.nan_to_num(m, nan=math.inf)
+                    per_v[v.name] = torch.minimum(per_v[v.name], scored)
+                    mins = torch.minimum(mins, scored)
+        for v in self.verifiers:  # the first view is the verifier's own (cheap, every row)
+            own[v.name] = logits[v.name][self.views[0].name]
         self._sync()
         self.time["verify"] += time.perf_counter() - t0
-        if not per_v:
-            return torch.full((len(delivered),), float("inf")), per_v, plain
-        return torch.stack(list(per_v.values())).amin(0), per_v, plain
+        return Verdict(mins, per_v, own, by_view, logits)
 
     @torch.no_grad()
     def surrogate_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {m.name: m(images).float().cpu() for m in self.surrogates}
+
+    # --- the perceptual budget ---------------------------------------------------------------
+
+    def _ssim(self, delivered: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        s = metrics.ssim(delivered, originals).cpu()
+        self.time["ssim"] += time.perf_counter() - t0
+        return s
+
+    def hold_ssim_floor(self, state: AttackState, rows: list[int], slots: list[_Slot]) -> None:
+        """Scale the perturbation of ``rows`` back (bisection on a factor) until the delivered
+        file's SSIM is at least the floor again; their budgets shrink by the same factor."""
+        floor = self.config.ssim_floor
+        idx = torch.tensor(rows)
+        x, delta = state.images[idx], state.adv[idx] - state.images[idx]
+        lo, hi = torch.zeros(len(rows)), torch.ones(len(rows))
+        for _ in range(6):
+            mid = (lo + hi) / 2
+            cand = self.deliver(quantise(x + mid.view(-1, 1, 1, 1).to(x.device) * delta))
+            ok = self._ssim(cand, x) >= floor
+            lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+        k = lo.view(-1, 1, 1, 1).to(x.device)
+        state.adv[idx] = x + k * delta
+        state.budget[idx] = state.budget[idx] * k
+        for j, f in zip(rows, lo.tolist(), strict=True):
+            slots[j].cap *= max(f, 1e-3)
+
+    def widen(self, state: AttackState, j: int, slot: _Slot, mask: torch.Tensor) -> None:
+        """One rung up: a larger eps (and step) for an image that is still not fooled."""
+        slot.rung += 1
+        slot.rung_steps = 0
+        eps = self.rung_eps[slot.rung] * slot.cap
+        state.budget[j] = mask * eps
+        state.alpha[j] = self._alpha(eps)
+
+    def _alpha(self, eps: float) -> float:
+        cfg = self.config
+        return cfg.step_size if self.pgd_l2 else cfg.step_size * eps / (cfg.eps / 255)
 
     # --- attack steps with out-of-memory back-off ------------------------------------------
 
@@ -172,62 +265,83 @@ class Scheduler:
                     on_result(r)
         return [results[i] for i in range(len(images))]
 
+    def _admit(self, images, y_all, t_all, new: list[int]):
+        """Score the clean images; those already fooled leave at once."""
+        cfg, dev = self.config, self.device
+        x = as_float(torch.stack([images[i] for i in new]).to(dev))
+        q = quantise(x)
+        verdict = self.verify(self.deliver(q), y_all[new], t_all[new])
+        slog = self.surrogate_logits(q)
+        slots, done = [], []
+        for j, i in enumerate(new):
+            before = {n: z[j] for n, z in {**slog, **verdict.own}.items()}
+            views = {v: {w: z[j] for w, z in d.items()} for v, d in verdict.logits.items()}
+            slot = _Slot(i, time.perf_counter(), before, views, q[j], float(verdict.mins[j]))
+            if slot.best_margin >= cfg.margin:
+                slot.fooled_at = 0
+                done.append(slot)
+            else:
+                slots.append((j, slot))
+        keep = [j for j, _ in slots]
+        state = mask = None
+        if keep:
+            xs = x[keep]
+            mask = (texture_mask(xs, cfg.texture_mask) if cfg.texture_mask is not None
+                    and not self.pgd_l2 else torch.ones_like(xs[:, :1]))
+            eps0 = self.rung_eps[0]
+            state = self.attack.init(xs, mask * eps0,
+                                     torch.full((len(keep),), self._alpha(eps0)))
+        return [s for _, s in slots], done, state, mask
+
     def _run_bucket(self, images, labels, targets, indices):
         cfg, dev = self.config, self.device
         pending = deque(indices)
         slots: list[_Slot] = []
         state: AttackState | None = None
+        masks: torch.Tensor | None = None
         y_all, t_all = torch.tensor(list(labels)), torch.tensor(list(targets))
         while pending or slots:
-            # admit waiting images into free slots; the already-fooled leave at once
             n_new = min(cfg.batch_size - len(slots), len(pending))
             if n_new:
-                new = [pending.popleft() for _ in range(n_new)]
-                x = as_float(torch.stack([images[i] for i in new]).to(dev))
-                q = quantise(x)
-                mins, per_v, plain = self.verify(self.deliver(q), y_all[new], t_all[new])
-                slogits = self.surrogate_logits(q)
-                keep = []
-                for j, i in enumerate(new):
-                    before = {n: z[j] for n, z in {**slogits, **plain}.items()}
-                    slot = _Slot(i, time.perf_counter(), before, q[j], float(mins[j]),
-                                 {k: float(v[j]) for k, v in per_v.items()},
-                                 {k: z[j] for k, z in plain.items()})
-                    if float(mins[j]) >= cfg.margin:
-                        slot.fooled_at = 0
-                        yield self._finish(slot, images[i], labels, targets, "already_fooled")
-                    else:
-                        slots.append(slot)
-                        keep.append(j)
-                if keep:
-                    fresh = self.attack.init(x[keep])
+                new_slots, done, fresh, mask = self._admit(
+                    images, y_all, t_all, [pending.popleft() for _ in range(n_new)])
+                for s in done:
+                    yield self._finish(s, images[s.index], labels, targets, "already_fooled")
+                if fresh is not None:
+                    slots += new_slots
+                    masks = mask if masks is None else torch.cat([masks, mask])
                     state = fresh if state is None else AttackState.cat([state, fresh])
             if not slots:
                 continue
             k = min(cfg.verify_every, min(cfg.steps - s.steps for s in slots))
+            verdict = None
             if k > 0:
                 ids = [s.index for s in slots]
                 tt = t_all[ids].to(dev) if bool((t_all[ids] >= 0).any()) else None
                 self.attack_steps(state, y_all[ids].to(dev), tt, k)
                 for s in slots:
                     s.steps += k
+                    s.rung_steps += k
+                delivered = self.deliver(quantise(state.adv))
+                if cfg.ssim_floor is not None:
+                    low = (self._ssim(delivered, state.images) < cfg.ssim_floor).nonzero()
+                    if len(low):
+                        rows = low.flatten().tolist()
+                        self.hold_ssim_floor(state, rows, slots)
+                        delivered[rows] = self.deliver(quantise(state.adv[rows]))
                 q = quantise(state.adv)
-                delivered = self.deliver(q)
-                mins, per_v, plain = self.verify(delivered, y_all[ids], t_all[ids])
-                ssims = (metrics.ssim(delivered, state.images).cpu()
-                         if cfg.ssim_floor is not None else None)
+                verdict = self.verify(delivered, y_all[ids], t_all[ids], lazy=True)
             done: list[tuple[int, str]] = []
             for j, s in enumerate(slots):
                 reason = None
-                if k > 0 and ssims is not None and float(ssims[j]) < cfg.ssim_floor:
-                    reason = "ssim_floor"  # keep the best candidate from before
-                elif k > 0:
-                    if float(mins[j]) >= s.best_margin:  # ties: the later, more attacked one
-                        s.best_q, s.best_margin = q[j], float(mins[j])
-                        s.best_margins = {n: float(v[j]) for n, v in per_v.items()}
-                        s.best_logits = {n: z[j] for n, z in plain.items()}
-                    if float(mins[j]) >= cfg.margin:
+                if verdict is not None:
+                    m = float(verdict.mins[j])
+                    if m >= s.best_margin:  # ties: the later, more attacked one
+                        s.best_q, s.best_margin = q[j], m
+                    if m >= cfg.margin:
                         s.fooled_at, reason = s.steps, "verifiers_fooled"
+                    elif s.rung + 1 < len(self.rung_eps) and s.rung_steps >= self.rung_steps:
+                        self.widen(state, j, s, masks[j])
                 if reason is None and s.steps >= cfg.steps:
                     reason = "max_steps"
                 if reason:
@@ -239,7 +353,11 @@ class Scheduler:
                 gone = {j for j, _ in done}
                 keep_rows = [j for j in range(len(slots)) if j not in gone]
                 slots = [slots[j] for j in keep_rows]
-                state = state.take(torch.tensor(keep_rows, dtype=torch.long)) if keep_rows else None
+                if keep_rows:
+                    rows = torch.tensor(keep_rows, dtype=torch.long)
+                    state, masks = state.take(rows), masks[rows]
+                else:
+                    state, masks = None, None
 
     def _readouts(self, logits: dict[str, torch.Tensor]):
         preds, selected, probs = {}, {}, {}
@@ -250,15 +368,25 @@ class Scheduler:
                 probs[name] = p
         return preds, selected, probs
 
+    def _view_selections(self, logits: dict[str, dict[str, torch.Tensor]], row: int | None
+                         ) -> dict[str, dict[str, list[str]]]:
+        return {v: {w: readout(self.models[v], self.label_set,
+                               z if row is None else z[row])[1] for w, z in d.items()}
+                for v, d in logits.items()}
+
     def _finish(self, s: _Slot, original: torch.Tensor, labels, targets, reason: str
                 ) -> HardenResult:
         orig = as_float(original.to(self.device)[None])
         delivered = self.deliver(s.best_q[None])
+        y = torch.tensor([labels[s.index]])
+        t = torch.tensor([targets[s.index]])
+        verdict = self.verify(delivered, y, t)  # every view, on exactly what is delivered
         after = {n: z[0] for n, z in self.surrogate_logits(delivered).items()}
-        after.update(s.best_logits)
+        after.update({n: z[0] for n, z in verdict.own.items()})
         pred_b, sel_b, prob_b = self._readouts(s.before)
         pred_a, sel_a, prob_a = self._readouts(after)
-        fooled = s.best_margin >= self.config.margin
+        margin = float(verdict.mins[0])
+        fooled = margin >= self.config.margin
         return HardenResult(
             index=s.index,
             image=to_uint8(s.best_q),
@@ -267,14 +395,18 @@ class Scheduler:
             status="fooled" if fooled else "unfooled",
             stop_reason=reason,
             steps=s.steps,
-            fooled_at=s.fooled_at,
+            fooled_at=s.fooled_at if fooled else None,
             predictions_before=pred_b,
             predictions_after=pred_a,
             selected_before=sel_b,
             selected_after=sel_a,
             probabilities_before=prob_b,
             probabilities_after=prob_a,
-            margins=s.best_margins,
+            margins={n: float(m[0]) for n, m in verdict.per_verifier.items()},
+            margins_by_view={n: {w: float(m[0]) for w, m in d.items()}
+                             for n, d in verdict.by_view.items()},
+            selected_by_view_before=self._view_selections(s.before_views, None),
+            selected_by_view_after=self._view_selections(verdict.logits, 0),
             linf=float(metrics.linf(delivered, orig)) * 255,
             l2=float(metrics.l2(delivered, orig)),
             psnr=float(metrics.psnr(delivered, orig)),

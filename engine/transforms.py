@@ -156,49 +156,6 @@ Transform = Identity | Jpeg | ResizeDownUp | CropShift | GaussianBlur
 
 
 @dataclass(frozen=True)
-class Preset:
-    """A named solver model: what EOT samples from and what verification checks, each."""
-
-    name: str
-    eot: tuple[Transform, ...]  # one is drawn per EOT sample
-    verify: tuple[Transform, ...]  # the candidate must fool every verifier under each of these
-
-
-PRESETS: dict[str, Preset] = {
-    "none": Preset("none", eot=(Identity(),), verify=(Identity(),)),
-    "jpeg": Preset(
-        "jpeg",
-        eot=(Identity(), Jpeg(50, 95)),
-        verify=(Identity(), Jpeg(75, 75)),
-    ),
-    "delivery": Preset(
-        "delivery",
-        eot=(Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 1.0)),
-        verify=(Identity(), Jpeg(75, 75), ResizeDownUp(0.75, 0.75)),
-    ),
-    "robust": Preset(
-        "robust",
-        eot=(Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 0.9), CropShift(0.08, 0.04),
-             GaussianBlur(0.3, 1.0)),
-        verify=(Identity(), Jpeg(75, 75), ResizeDownUp(0.75, 0.75), CropShift(0.05, 0.02, True),
-                GaussianBlur(0.7, 0.7)),
-    ),
-}
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown transform preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
-
-
-def sample_eot(preset: Preset, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-    """Apply one transform drawn from the preset's EOT distribution."""
-    i = int(torch.randint(len(preset.eot), (), generator=g))
-    return preset.eot[i](x, g)
-
-
-@dataclass(frozen=True)
 class InputDiversity:
     """DI (Xie et al. 2019): with probability ``prob`` resize to a random size in
     [size, size * rate) and pad randomly back to size * rate, then resize to the input size."""

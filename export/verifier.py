@@ -72,8 +72,12 @@ class OnnxVerifier:
     def __repr__(self) -> str:
         return f"OnnxVerifier({self.name!r}, {self.manifest.precision}, {self.device})"
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.resize(images.detach().float()).contiguous()
+    def __call__(self, images: torch.Tensor, geometry=None) -> torch.Tensor:
+        """Logits of ``images`` (any size); ``geometry`` replaces the export's own resize and
+        crop (a solver that preprocesses differently, see :class:`advx.engine.views.Geometry`)."""
+        size = self.manifest.input_size
+        x = (self.resize(images.detach().float()) if geometry is None
+             else geometry.apply(images.detach().float(), (size, size))).contiguous()
         if self.device == "cuda" and x.is_cuda:
             return self._run_bound(x)
         feed = {self.manifest.input_name: x.cpu().numpy()}

@@ -153,12 +153,13 @@ def test_help_does_not_import_torch():
 def test_cli_constants_match_the_engine():
     from advx.cli import harden, pipeline
     from advx.engine import api
-    from advx.engine.transforms import PRESETS
+    from advx.engine.views import PRESETS, presets_help
     from advx.engine.zoo import TEMPLATE_SETS
 
     assert pipeline.DEFAULT_SURROGATES == api.DEFAULT_SURROGATES
     assert pipeline.DEFAULT_VERIFIERS == api.DEFAULT_VERIFIERS
     assert tuple(PRESETS) == harden.TRANSFORM_PRESETS
+    assert harden.VIEW_MATRICES.replace(", \\\n", ", ").startswith(presets_help() + "\n")
     assert set(harden.TEMPLATE_SETS) == set(TEMPLATE_SETS)
 
 
@@ -453,7 +454,7 @@ def test_evaluate_exact_on_constructed_models(transforms):
     res = evaluate(_label_images(labels), [names[y] for y in labels],
                    {"right": _oracle(0), "wrong": _oracle(1)}, names, transforms=transforms,
                    grids=50, seed=3)
-    rows = {(r["model"], r["transform"]): r for r in res["results"]}
+    rows = {(r["model"], r["view"]): r for r in res["results"]}
     assert len(rows) == 2 * (1 if transforms == "none" else 2)
     for (model, _), r in rows.items():
         expected = 1.0 if model == "right" else 0.0

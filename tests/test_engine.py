@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import advx
-from advx.engine import losses, metrics, transforms
+from advx.engine import losses, metrics, transforms, views
 from advx.engine.attacks import MIFGSM, PGD, PGDL2
 from advx.engine.config import HardenConfig
 from advx.engine.ensemble import Ensemble
@@ -86,17 +86,18 @@ def test_metrics_exact():
         assert abs(float(metrics.ssim(b[i : i + 1], a[i : i + 1])) - want) < 1e-5
 
 
-@pytest.mark.parametrize("preset", sorted(transforms.PRESETS))
+@pytest.mark.parametrize("preset", sorted(views.PRESETS))
 def test_transforms_keep_shape_and_range(preset):
     x = rand_images(2, 40)
-    p = transforms.get_preset(preset)
+    p = views.get_preset(preset)
     g = torch.Generator().manual_seed(0)
-    for t in p.eot + p.verify:
+    for t in p.eot:
         y = t(x, g)
         assert y.shape == x.shape and y.min() >= -1e-6 and y.max() <= 1 + 1e-6, str(t)
-    for t in p.verify:  # verification transforms are deterministic
-        assert torch.equal(t(x, torch.Generator().manual_seed(1)),
-                           t(x, torch.Generator().manual_seed(2))), str(t)
+    for v in p.views:  # views are deterministic
+        a = v.images(x)
+        assert torch.equal(a, v.images(x)), v.name
+        assert a.min() >= -1e-6 and a.max() <= 1 + 1e-6, v.name
 
 
 def test_jpeg_is_real_forward_and_differentiable_backward():
@@ -128,7 +129,7 @@ ATTACKS = [
     (PGD, {}),
     (MIFGSM, {"decay": 1.0}),
     (MIFGSM, {"diversity": transforms.InputDiversity(1.0), "ti_size": 5}),
-    (PGD, {"eot": transforms.get_preset("robust"), "eot_samples": 2}),
+    (PGD, {"eot": views.get_preset("robust"), "eot_samples": 2}),
     (PGD, {"loss": "ce"}),
 ]
 
@@ -229,21 +230,110 @@ def test_already_misclassified_costs_no_steps():
     assert res[2].status == "unfooled" and res[2].steps == 10 and res[2].stop_reason == "max_steps"
 
 
-def test_verification_sees_exactly_what_is_delivered():
-    images = uint8_images(2)
-    png = Fixed(answer=0)
-    res = advx.harden(images, ["dog", "dog"], label_set=LABELS, surrogates=[TinyNet()],
-                      verifiers=[png], config=cfg(steps=4))
-    for seen in png.seen:
-        assert torch.equal((seen * 255).round(), seen * 255), "8-bit pixels"
-    jpeg = Fixed(answer=1)
-    res = advx.harden(images, ["cat", "cat"], label_set=LABELS, surrogates=[TinyNet()],
-                      verifiers=[jpeg], config=cfg(steps=2, output_format="jpeg",
-                                                   jpeg_quality=70))
-    last = jpeg.seen[-1]
-    want = transforms.jpeg_roundtrip(torch.from_numpy(res[1].image).permute(2, 0, 1)[None] / 255,
-                                     70)
-    assert torch.equal(last[-1:], want)
+class RightUntilAttacked:
+    """A verifier that reads every clean image right (its true label, decisively) and answers
+    like the surrogate on anything else: only attacked pixels can fool it. It records what it
+    was shown, so what it checks can be compared with what is delivered."""
+
+    def __init__(self, clean: list[np.ndarray], labels: list[str], surrogate: nn.Module,
+                 name: str = "right-until-attacked", jpeg: int | None = None) -> None:
+        self.name, self.labels, self.surrogate = name, LABELS, surrogate
+        self.clean = torch.from_numpy(np.stack(clean)).permute(0, 3, 1, 2).float() / 255
+        if jpeg is not None:  # the clean images as a JPEG delivery shows them
+            self.clean = transforms.jpeg_roundtrip(self.clean, jpeg)
+        self.y = [LABELS.index(lab) for lab in labels]
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.clone())
+        with torch.no_grad():
+            logits = self.surrogate(images).clone()
+        for i, x in enumerate(images):
+            d = (self.clean - x).abs().flatten(1).amax(1)
+            if float(d.min()) == 0:  # a clean image: right, by a wide margin
+                logits[i] = 0
+                logits[i, self.y[int(d.argmin())]] = 50
+        return logits
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_verification_sees_exactly_what_is_delivered(fmt):
+    images = uint8_images(3)
+    labels = ["cat", "dog", "bus"]
+    surrogate = TinyNet()
+    v = RightUntilAttacked(images, labels, surrogate, jpeg=70 if fmt == "jpeg" else None)
+    res = advx.harden(images, labels, label_set=LABELS, surrogates=[surrogate], verifiers=[v],
+                      config=cfg(eps=16, steps=20, output_format=fmt, jpeg_quality=70))
+    first = v.seen[0]
+    assert torch.equal(first, v.clean[: len(first)]), "admission scores the delivered clean"
+    attacked = [x for batch in v.seen[1:] for x in batch]
+    assert attacked, "attacked candidates were verified"
+    assert all(torch.equal((x * 255).round(), x * 255) for x in attacked), "8-bit pixels"
+    for r in res:
+        assert r.status == "fooled" and r.steps > 0, "right until attacked: attacks were needed"
+        delivered = torch.from_numpy(r.image).permute(2, 0, 1)[None].float() / 255
+        if fmt == "jpeg":
+            delivered = transforms.jpeg_roundtrip(delivered, 70)
+        # the verifier saw exactly the delivered bytes
+        assert any(torch.equal(x, delivered[0]) for batch in v.seen for x in batch)
+        z = v(delivered)
+        assert float(losses.fooling_margin(z, torch.tensor([LABELS.index(r.label)]))[0]) >= 0.5
+
+
+class ViewRecorder(TinyNet):
+    """A verifier that records each call with its geometry."""
+
+    def __init__(self) -> None:
+        super().__init__(3, "views")
+        self.calls: list[tuple[torch.Tensor, object]] = []
+
+    def forward(self, x, geometry=None):
+        self.calls.append((x.clone(), geometry))
+        if geometry is not None:
+            x = geometry.apply(x, (20, 20))
+        return super().forward(x)
+
+
+def test_every_view_scored_on_exactly_the_delivered_pixels():
+    from advx.engine.scheduler import Scheduler, quantise
+
+    rec = ViewRecorder()
+    sched = Scheduler(PGD(TinyNet(), eps=8 / 255, alpha=2 / 255), [TinyNet()], [rec], LABELS,
+                      cfg(transforms="solver"), torch.device("cpu"))
+    delivered = quantise(rand_images(3, 32))
+    y, t = torch.tensor([0, 1, 2]), torch.tensor([-1, -1, -1])
+    verdict = sched.verify(delivered, y, t)
+    preset = views.get_preset("solver")
+    assert [c[1] for c in rec.calls] == [v.geometry for v in preset.views if v.cost == 1] + [
+        v.geometry for v in preset.views if v.cost > 1]
+    seen = {id(v): x for v, (x, _) in zip(
+        [v for v in preset.views if v.cost == 1] + [v for v in preset.views if v.cost > 1],
+        rec.calls, strict=True)}
+    for view in preset.views:
+        assert torch.equal(seen[id(view)], view.images(delivered)), view.name
+    assert set(verdict.by_view["views"]) == {v.name for v in preset.views}
+    # lazily, non-local means is scored only for rows every cheap view finds fooled
+    rec.calls.clear()
+    lazy = sched.verify(delivered, y, t, lazy=True)
+    nlm = lazy.by_view["views"]["nlmeans"]
+    cheap = torch.stack([m for k, m in lazy.by_view["views"].items() if k != "nlmeans"]).amin(0)
+    assert torch.equal(torch.isnan(nlm), cheap < sched.config.margin)
+
+
+def test_a_view_smaller_than_the_graph_goes_through_its_own_preprocessing(tiny_models):
+    """A 96 px solver view into a fixed-size export: resized by the export's own preprocessing,
+    never skipped."""
+    from advx.engine.views import View
+    from advx.export import OnnxVerifier, export_cached
+
+    v = OnnxVerifier(export_cached(tiny_models["timm"], LABELS))
+    x = rand_images(2, 160)
+    view = View("lowres96", prescale=96)
+    z = views.score(v, x, view)
+    small = views.resize(x, (96, 96), "bilinear", True)
+    assert small.shape[-1] == 96 and v.manifest.input_size != 96
+    assert torch.allclose(z, v(small), atol=1e-6)
+    assert not torch.allclose(z, v(x), atol=1e-4), "the low-resolution view changes the answer"
 
 
 def test_continuous_batching_and_size_buckets():
@@ -273,14 +363,44 @@ def test_out_of_memory_halves_the_batch():
     assert all(r.steps == 10 and r.linf > 0 for r in res)
 
 
-def test_ssim_floor_stops_an_image():
-    res = advx.harden(uint8_images(2, 32), ["cat", "dog"], label_set=LABELS,
-                      surrogates=[TinyNet()], verifiers=[Fixed(answer=0)],
-                      config=cfg(eps=32, ssim_floor=0.95, steps=20, random_start=False))
-    r = res[1]  # "dog" shown to a verifier that always says "cat": fooled at once
-    assert r.stop_reason == "already_fooled"
-    r = res[0]
-    assert r.stop_reason == "ssim_floor" and r.ssim >= 0.95
+def test_ssim_floor_and_linf_cap_hold_on_the_delivered_file():
+    images = uint8_images(4, 32)
+    for fmt in ("png", "jpeg"):
+        res = advx.harden(images, ["cat", "dog", "bus", "cat"], label_set=LABELS,
+                          surrogates=[TinyNet()], verifiers=[Fixed(answer=0)],
+                          config=cfg(eps=32, ssim_floor=0.95, steps=20, output_format=fmt,
+                                     jpeg_quality=90))
+        for r in res:
+            if r.stop_reason == "already_fooled":
+                continue
+            assert r.linf > 0
+            x = torch.from_numpy(r.image).permute(2, 0, 1)[None].float() / 255
+            clean = torch.from_numpy(images[r.index]).permute(2, 0, 1)[None].float() / 255
+            if fmt == "jpeg":
+                x = transforms.jpeg_roundtrip(x, 90)
+            assert float(metrics.ssim(x, clean)) >= 0.95 and r.ssim >= 0.95
+            if fmt == "png":
+                diff = np.abs(r.image.astype(int) - images[r.index].astype(int))
+                assert diff.max() <= 32
+
+
+def test_minimal_perturbation_ladder_and_texture_mask():
+    from advx.engine.scheduler import texture_mask
+
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    busy = rand_images(1, 32)
+    m = texture_mask(torch.cat([flat, busy]), 0.35)
+    assert torch.allclose(m[0], torch.full_like(m[0], 0.35))
+    assert m[1].mean() > 0.9
+    images = uint8_images(3, 24)
+    surrogate = TinyNet()
+    v = RightUntilAttacked(images, ["cat", "dog", "bus"], surrogate)
+    res = advx.harden(images, ["cat", "dog", "bus"], label_set=LABELS, surrogates=[surrogate],
+                      verifiers=[v], config=cfg(eps=16, steps=30, eps_rungs=3, ssim_floor=None,
+                                                texture_mask=None, random_start=False))
+    for r in res:  # fooled on the first rung needs no more than eps / 4
+        if r.status == "fooled" and r.fooled_at <= 10 // 2:
+            assert r.linf <= 16 / 4 + 1e-3
 
 
 def test_targeted_run_and_argument_errors():

@@ -10,19 +10,27 @@ from torch import nn
 
 from ..ensemble import Ensemble
 from ..losses import Objective
-from ..transforms import InputDiversity, Preset, sample_eot, smooth_gradient, ti_kernel
+from ..transforms import InputDiversity, smooth_gradient, ti_kernel
+from ..views import Preset, sample_eot
 
 
 @dataclass
 class AttackState:
-    """Per-image attack state; rows can be taken out and put back (continuous batching)."""
+    """Per-image attack state; rows can be taken out and put back (continuous batching).
+
+    ``budget`` is each pixel's L-inf bound (a perceptual mask times the image's current eps:
+    smooth regions get less than textured ones) and ``alpha`` each image's step size."""
 
     images: torch.Tensor  # originals, [N, 3, H, W] in [0, 1]
     adv: torch.Tensor  # current candidates
     momentum: torch.Tensor  # accumulated gradient (MI-FGSM), zeros otherwise
+    budget: torch.Tensor  # [N, 1, H, W] per-pixel L-inf bound, [0, 1] units
+    alpha: torch.Tensor  # [N, 1, 1, 1] step size
+
+    _FIELDS = ("images", "adv", "momentum", "budget", "alpha")
 
     def take(self, idx: torch.Tensor | slice) -> AttackState:
-        return AttackState(self.images[idx], self.adv[idx], self.momentum[idx])
+        return AttackState(*(getattr(self, f)[idx] for f in self._FIELDS))
 
     def put(self, idx: torch.Tensor | slice, part: AttackState) -> None:
         self.adv[idx], self.momentum[idx] = part.adv, part.momentum
@@ -30,7 +38,7 @@ class AttackState:
     @staticmethod
     def cat(parts: list[AttackState]) -> AttackState:
         return AttackState(*(torch.cat([getattr(p, f) for p in parts])
-                             for f in ("images", "adv", "momentum")))
+                             for f in AttackState._FIELDS))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -74,10 +82,18 @@ class Attack:
 
     # --- step-wise API (used by the scheduler) ---------------------------------------------
 
-    def init(self, images: torch.Tensor) -> AttackState:
+    def init(self, images: torch.Tensor, budget: torch.Tensor | None = None,
+             alpha: torch.Tensor | None = None) -> AttackState:
+        """State for ``images``; ``budget`` (per pixel, default eps everywhere) and ``alpha``
+        (per image, default the attack's) let a scheduler spend less on some images."""
         images = images.detach()
-        adv = self.random_init(images) if self.random_start else images.clone()
-        return AttackState(images, adv, torch.zeros_like(images))
+        n, _, h, w = images.shape
+        budget = (torch.full((n, 1, h, w), float(self.eps), device=images.device)
+                  if budget is None else budget.to(images.device).expand(n, 1, h, w).clone())
+        alpha = (torch.full((n, 1, 1, 1), float(self.alpha), device=images.device)
+                 if alpha is None else alpha.to(images.device).view(n, 1, 1, 1).clone())
+        adv = self.random_init(images, budget) if self.random_start else images.clone()
+        return AttackState(images, adv, torch.zeros_like(images), budget, alpha)
 
     def step(self, state: AttackState, labels: torch.Tensor,
              targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -111,14 +127,15 @@ class Attack:
 
     # --- what subclasses define ------------------------------------------------------------
 
-    def random_init(self, images: torch.Tensor) -> torch.Tensor:
+    def random_init(self, images: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         noise = torch.rand(images.shape, generator=self.generator, device="cpu")
-        noise = (2 * noise - 1).to(images.device) * self.eps
+        noise = (2 * noise - 1).to(images.device) * budget
         return (images + noise).clamp(0, 1)
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def project(self, images: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-        """Onto the L-inf eps-ball around ``images`` and the pixel range."""
-        return torch.min(torch.max(adv, images - self.eps), images + self.eps).clamp(0, 1)
+    def project(self, state: AttackState, adv: torch.Tensor) -> torch.Tensor:
+        """Onto each pixel's L-inf bound around the originals, and the pixel range."""
+        return torch.min(torch.max(adv, state.images - state.budget),
+                         state.images + state.budget).clamp(0, 1)

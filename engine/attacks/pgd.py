@@ -11,4 +11,4 @@ class PGD(Attack):
     """L-inf PGD with random start. ``eps`` and ``alpha`` in [0, 1] pixel units."""
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
-        return self.project(state.images, state.adv + self.alpha * grad.sign())
+        return self.project(state, state.adv + state.alpha * grad.sign())

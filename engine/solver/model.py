@@ -28,6 +28,7 @@ from torch import nn
 from .convert import ConversionError, ConvertedGraph, convert
 from .graph import GraphIO, TensorInfo, check_output_shape, graph_io, load_graph, resolve_io
 from .graph import strip_activation as _strip
+from ..views import Geometry, fit
 from .spec import InputSpec, SolverSpec, SolverSpecError, load_spec
 
 log = logging.getLogger(__name__)
@@ -64,33 +65,17 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
-    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == tuple(size):
-            return x
-        mode = self.spec.resize
-        if mode in ("bilinear", "bicubic"):
-            x = F.interpolate(x, size=size, mode=mode, align_corners=False,
-                              antialias=self.spec.antialias)
-            return x.clamp(0, 1) if mode == "bicubic" else x
-        return F.interpolate(x, size=size, mode=mode)
-
-    def geometry(self, images: torch.Tensor) -> torch.Tensor:
+    def geometry(self, images: torch.Tensor, override: Geometry | None = None) -> torch.Tensor:
+        """Tile -> the graph's height x width, by the spec's geometry (or ``override``: a solver
+        that resizes differently, from the view matrix)."""
         s = self.spec
-        h, w = images.shape[-2:]
-        ch, cw = (max(s.height, round(s.height / s.crop)), max(s.width, round(s.width / s.crop)))
-        if s.fit == "squash":
-            x = self._resize(images, (ch, cw))
-        else:  # letterbox: keep the aspect ratio, pad the rest
-            k = min(ch / h, cw / w)
-            nh, nw = max(1, round(h * k)), max(1, round(w * k))
-            x = self._resize(images, (nh, nw))
-            top, left = (ch - nh) // 2, (cw - nw) // 2
-            x = F.pad(x, (left, cw - nw - left, top, ch - nh - top), value=s.pad)
-        top, left = (ch - s.height) // 2, (cw - s.width) // 2
-        return x[..., top : top + s.height, left : left + s.width]
+        if override is not None:
+            return override.apply(images, s.size)
+        return fit(images, s.size, crop=s.crop, fit_mode=s.fit, pad=s.pad, mode=s.resize,
+                   antialias=s.antialias)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.geometry(images.float())
+    def forward(self, images: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
+        x = self.geometry(images.float(), geometry)
         if self.spec.channels == "BGR":
             x = x.flip(1)
         x = x * self.scale + self.lo
@@ -210,10 +195,10 @@ class SolverClassifier(nn.Module, _SolverModel):
         """The longer side of the graph's input."""
         return max(self.spec.input.size)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
-        return self.decoder(self.graph(self.preprocess(images)))
+        return self.decoder(self.graph(self.preprocess(images, geometry)))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, labels={len(self.labels)}, decision={self.decision}"
@@ -233,15 +218,15 @@ class SolverVerifier(_SolverModel):
     def __repr__(self) -> str:
         return f"SolverVerifier({self.name!r}, {self.device})"
 
-    def raw(self, images: torch.Tensor) -> torch.Tensor:
+    def raw(self, images: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
         """The answer tensor for images [N, 3, H, W] in [0, 1]."""
         with torch.no_grad():
-            x = self.preprocess(images.detach().float().cpu())
+            x = self.preprocess(images.detach().float().cpu(), geometry)
         return self.solver.run_graph(self.session, x)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return self.decoder(self.raw(images))
+            return self.decoder(self.raw(images, geometry))
 
 
 # --- the solver as loaded from its spec -----------------------------------------------------------

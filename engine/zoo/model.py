@@ -158,9 +158,13 @@ class ImageClassifier(nn.Module):
     def input_size(self) -> int:
         return self.preprocess_cfg.size
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, geometry=None) -> torch.Tensor:
+        """``geometry`` (a :class:`advx.engine.views.Geometry`) replaces the weights' own resize
+        and crop: the same network behind another solver's preprocessing."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
+        if geometry is not None:
+            return self.core(geometry.apply(images, (self.input_size, self.input_size)))
         return self.core(self.resize(images))
 
     def extra_repr(self) -> str:

@@ -1,0 +1,327 @@
+"""Solver views: what a solver does to a delivered tile before its network answers.
+
+A :class:`View` composes
+
+- a *delivery* transform (the file re-encoded as JPEG, resized down and up, cropped, blurred),
+- a solver-side *denoiser* (OpenCV's non-local means as hcaptcha-challenger runs it, a 3x3
+  median), and
+- a *geometry*: how the solver turns the tile into its input (size, centre crop, squash or
+  letterbox, interpolation, antialiasing). ``None`` is the verifier's own preprocessing;
+  ``prescale`` first brings the tile down to a low-resolution solver's size, after which the
+  verifier's own preprocessing resizes it to what its graph takes (never skipped).
+
+Verification scores every view of a preset's fixed *view matrix* exactly: the real codec and the
+real filters on the delivered bytes. Expectation over transformation (EOT) samples differentiable
+stand-ins for the gradient: kornia's JPEG, median and bilateral filters, random resampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transforms import (
+    CropShift,
+    GaussianBlur,
+    Identity,
+    Jpeg,
+    ResizeDownUp,
+    Transform,
+    _uniform,
+)
+
+INTERPOLATIONS = ("bilinear", "bicubic", "area", "nearest")
+FITS = ("squash", "letterbox")
+
+
+# --- geometry ------------------------------------------------------------------------------------
+
+
+def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bilinear",
+           antialias: bool = True) -> torch.Tensor:
+    """Differentiable resize to ``size`` (H, W); bicubic output clamped like PIL / OpenCV."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    if mode in ("bilinear", "bicubic"):
+        out = F.interpolate(images, size=size, mode=mode, align_corners=False,
+                            antialias=antialias)
+        return out.clamp(0, 1) if mode == "bicubic" else out
+    return F.interpolate(images, size=size, mode=mode)
+
+
+def fit(images: torch.Tensor, size: tuple[int, int], *, crop: float = 1.0,
+        fit_mode: str = "squash", pad: float = 0.0, mode: str = "bilinear",
+        antialias: bool = True) -> torch.Tensor:
+    """Tile -> ``size`` (H, W): resize the whole tile to size / crop (squashed, or letterboxed
+    keeping its aspect ratio and padded with ``pad``), then cut the centre ``size``."""
+    h, w = images.shape[-2:]
+    ch, cw = max(size[0], round(size[0] / crop)), max(size[1], round(size[1] / crop))
+    if fit_mode == "squash":
+        x = resize(images, (ch, cw), mode, antialias)
+    else:
+        k = min(ch / h, cw / w)
+        nh, nw = max(1, round(h * k)), max(1, round(w * k))
+        x = resize(images, (nh, nw), mode, antialias)
+        top, left = (ch - nh) // 2, (cw - nw) // 2
+        x = F.pad(x, (left, cw - nw - left, top, ch - nh - top), value=pad)
+    top, left = (ch - size[0]) // 2, (cw - size[1]) // 2
+    return x[..., top : top + size[0], left : left + size[1]]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a solver brings a tile to its input: replaces a verifier's own preprocessing."""
+
+    size: int | None = None  # input side; None: the verifier's own input size
+    crop: float = 1.0  # centre-crop fraction (1.0 = the whole tile)
+    fit: str = "squash"  # "squash" | "letterbox"
+    interpolation: str = "bilinear"
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS or self.fit not in FITS:
+            raise ValueError(f"bad geometry {self}")
+        if not 0 < self.crop <= 1:
+            raise ValueError(f"crop must be in (0, 1], got {self.crop}")
+
+    def apply(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Images -> the model's input ``size`` by this geometry."""
+        return fit(images, size, crop=self.crop, fit_mode=self.fit, mode=self.interpolation,
+                   antialias=self.antialias)
+
+    def __str__(self) -> str:
+        parts = [f"{self.size}px" if self.size else "",
+                 "whole" if self.crop == 1 else f"crop{self.crop:g}",
+                 "" if self.fit == "squash" else self.fit, self.interpolation,
+                 "aa" if self.antialias and self.interpolation in ("bilinear", "bicubic")
+                 else ""]
+        return "-".join(p for p in parts if p)
+
+
+# --- solver-side denoisers -----------------------------------------------------------------------
+
+
+def _to_uint8_bgr(x: torch.Tensor) -> list[np.ndarray]:
+    arr = x.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(a[..., ::-1]) for a in arr]
+
+
+def _from_bgr(frames: list[np.ndarray], like: torch.Tensor) -> torch.Tensor:
+    arr = np.stack([f[..., ::-1] for f in frames])
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(
+        like.device, like.dtype) / 255
+
+
+@dataclass(frozen=True)
+class NonLocalMeans:
+    """OpenCV's fastNlMeansDenoisingColored(img, None, h, h_color, template, search), on the
+    8-bit BGR image as hcaptcha-challenger calls it (h 10, 7x7 patches, 21x21 search)."""
+
+    h: float = 10.0
+    h_color: float = 10.0
+    template: int = 7
+    search: int = 21
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        import cv2
+
+        out = [cv2.fastNlMeansDenoisingColored(f, None, self.h, self.h_color, self.template,
+                                               self.search) for f in _to_uint8_bgr(x)]
+        return _from_bgr(out, x)
+
+    def __str__(self) -> str:
+        return f"nlmeans{self.h:g}"
+
+
+@dataclass(frozen=True)
+class Median:
+    """OpenCV's medianBlur on the 8-bit image."""
+
+    k: int = 3
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        import cv2
+
+        return _from_bgr([cv2.medianBlur(f, self.k) for f in _to_uint8_bgr(x)], x)
+
+    def __str__(self) -> str:
+        return f"median{self.k}"
+
+
+# --- differentiable stand-ins for EOT --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoftMedian:
+    """kornia's median blur (differentiable: the gradient reaches the median pixel)."""
+
+    k: int = 3
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        from kornia.filters import median_blur
+
+        return median_blur(x, (self.k, self.k))
+
+    def __str__(self) -> str:
+        return f"softmedian{self.k}"
+
+
+@dataclass(frozen=True)
+class SoftDenoise:
+    """A differentiable stand-in for non-local means: kornia's edge-preserving bilateral
+    filter, with a colour sigma of about the NLM strength (h 10 on 0..255)."""
+
+    lo: float = 0.03  # colour sigma range, [0, 1] units
+    hi: float = 0.08
+    spatial: float = 1.5
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        from kornia.filters import bilateral_blur
+
+        sigma = _uniform(self.lo, self.hi, g)
+        return bilateral_blur(x, (5, 5), sigma, (self.spatial, self.spatial))
+
+    def __str__(self) -> str:
+        return f"softdenoise{self.lo:g}-{self.hi:g}"
+
+
+@dataclass(frozen=True)
+class Resample:
+    """A random low-resolution solver: resize to a side in [lo, hi] px with a random
+    interpolation (antialiased or not) and a centre crop in [crop, 1], then back to the
+    tile's size (the surrogate's own preprocessing follows)."""
+
+    lo: int = 96
+    hi: int = 384
+    crop: float = 0.8
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        side = round(_uniform(self.lo, self.hi, g))
+        c = _uniform(self.crop, 1.0, g)
+        modes = ("bilinear", "bicubic", "area")
+        mode = modes[int(torch.randint(len(modes), (), generator=g))]
+        aa = bool(torch.rand((), generator=g) < 0.5)
+        k = side / max(h, w)
+        small = fit(x, (max(1, round(h * k)), max(1, round(w * k))), crop=c, mode=mode,
+                    antialias=aa)
+        return resize(small, (h, w), "bilinear", antialias=False)
+
+    def __str__(self) -> str:
+        return f"resample{self.lo}-{self.hi}"
+
+
+EotTransform = Transform | SoftMedian | SoftDenoise | Resample
+
+
+# --- views and presets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """One way a solver may see a delivered tile (see the module docstring)."""
+
+    name: str
+    delivery: Transform = field(default_factory=Identity)
+    denoise: NonLocalMeans | Median | None = None
+    geometry: Geometry | None = None  # None: the verifier's own preprocessing
+    prescale: int | None = None  # a low-resolution solver: the tile brought to this side first
+
+    @property
+    def cost(self) -> int:
+        """Rough relative cost; expensive views are scored only where cheap ones are fooled."""
+        return 10 if isinstance(self.denoise, NonLocalMeans) else 1
+
+    def images(self, delivered: torch.Tensor) -> torch.Tensor:
+        """The delivered tiles as this solver has them before its own preprocessing."""
+        x = self.delivery(delivered)
+        if self.denoise is not None:
+            x = self.denoise(x)
+        if self.prescale is not None:
+            h, w = x.shape[-2:]
+            k = self.prescale / max(h, w)
+            x = resize(x, (max(1, round(h * k)), max(1, round(w * k))), "bilinear", True)
+        return x
+
+    def describe(self) -> str:
+        parts = [str(self.delivery) if not isinstance(self.delivery, Identity) else "",
+                 str(self.denoise) if self.denoise else "",
+                 f"at {self.prescale}px" if self.prescale else "",
+                 f"geometry {self.geometry}" if self.geometry else "own preprocessing"]
+        return ", ".join(p for p in parts if p)
+
+
+def score(scorer, images: torch.Tensor, view: View) -> torch.Tensor:
+    """A scorer's logits for ``images`` seen through ``view``."""
+    x = view.images(images)
+    if view.geometry is None:
+        return scorer(x)
+    return scorer(x, geometry=view.geometry)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named solver model: what EOT samples from and the view matrix verification checks."""
+
+    name: str
+    eot: tuple[EotTransform, ...]  # one is drawn per EOT sample
+    views: tuple[View, ...]  # the candidate must fool every verifier under each of these
+    help: str = ""
+
+    def describe(self) -> str:
+        return "; ".join(f"{v.name} ({v.describe()})" for v in self.views)
+
+
+OWN = View("own")
+WHOLE = View("whole-tile", geometry=Geometry(crop=1.0, interpolation="bilinear", antialias=True))
+JPEG75 = View("jpeg75", Jpeg(75, 75))
+JPEG50 = View("jpeg50", Jpeg(50, 50))
+RESIZE75 = View("resize0.75", ResizeDownUp(0.75, 0.75))
+NLM = View("nlmeans", denoise=NonLocalMeans())
+MEDIAN = View("median3", denoise=Median(3))
+LOWRES = View("lowres128", prescale=128)
+CROP = View("crop-shift", CropShift(0.05, 0.02, True))
+BLUR = View("blur0.7", GaussianBlur(0.7, 0.7))
+
+_DELIVERY_EOT = (Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 1.0))
+_SOLVER_EOT = (Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 1.0), Resample(96, 384, 0.8),
+               SoftMedian(3), SoftDenoise(), CropShift(0.06, 0.03))
+
+PRESETS: dict[str, Preset] = {
+    "none": Preset("none", eot=(Identity(),), views=(OWN,),
+                   help="the delivered tile as is"),
+    "jpeg": Preset("jpeg", eot=(Identity(), Jpeg(50, 95)), views=(OWN, JPEG75),
+                   help="and after JPEG 75"),
+    "delivery": Preset("delivery", eot=_DELIVERY_EOT, views=(OWN, JPEG75, RESIZE75),
+                       help="and after JPEG 75 and a 0.75 down-and-up resize"),
+    "solver": Preset("solver", eot=_SOLVER_EOT,
+                     views=(OWN, WHOLE, JPEG75, JPEG50, RESIZE75, MEDIAN, NLM),
+                     help="each verifier's own preprocessing and a whole-tile resize, JPEG 75 "
+                          "and 50, resize 0.75, a 3x3 median and non-local means (h 10)"),
+    "robust": Preset("robust", eot=_SOLVER_EOT + (GaussianBlur(0.3, 1.0),),
+                     views=(OWN, WHOLE, JPEG75, JPEG50, RESIZE75, MEDIAN, NLM, LOWRES, CROP,
+                            BLUR),
+                     help="solver's views, a 128 px solver, crop/shift and blur 0.7"),
+}
+DEFAULT_PRESET = "solver"
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown transform preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def sample_eot(preset: Preset, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    """Apply one transform drawn from the preset's EOT distribution."""
+    i = int(torch.randint(len(preset.eot), (), generator=g))
+    return preset.eot[i](x, g)
+
+
+def presets_help() -> str:
+    """The view matrix of every preset, for --help and the README (one line each)."""
+    return "\n".join(f"{p.name}: {', '.join(v.name for v in p.views)}" for p in PRESETS.values())
+
