@@ -176,6 +176,11 @@ def summary_table(s: dict, out_dir: Path) -> str:
                    f"{num(v.get('grid_solve_rate_before'), '.0%')} -> "
                    f"{num(v.get('grid_solve_rate_after'), '.0%')}")
           for m, v in (s.get("per_model") or {}).items()),
+        *((f"{v} wrong under", ", ".join(f"{w} {num(e.get('fooled_rate'), '.0%')}"
+                                          for w, e in views.items()))
+          for v, views in (s.get("per_view") or {}).items()),
+        ("SSIM min / median", "-" if not s.get("ssim_distribution") else
+         f"{s['ssim_distribution']['min']:.4f} / {s['ssim_distribution']['median']:.4f}"),
         ("images/s", num(s["images_per_s"], ".3f") + f"  ({s['seconds']:.1f} s)"),
         ("images", str(out_dir)),
         ("results", str(out_dir / "results.jsonl")),

@@ -11,6 +11,7 @@ from .demo import demo_cmd
 from .evaluate import eval_cmd
 from .harden import harden_cmd
 from .models import export_cmd, models_cmd
+from .serve import serve_cmd
 from .solver import solver_cmd
 
 
@@ -33,6 +34,7 @@ def cli() -> None:
       export   export a model to validated ONNX (fp32 / fp16)
       models   list the registered models and the model name grammar
       solver   bring a foreign CAPTCHA solver (ONNX) in: write and check its spec
+      serve    harden over HTTP (FastAPI): concurrent requests hardened together
       demo     harden sample photos that ship with scikit-image (a quick tour)
       bench    measure throughput
 
@@ -54,6 +56,7 @@ cli.add_command(eval_cmd)
 cli.add_command(export_cmd)
 cli.add_command(models_cmd)
 cli.add_command(solver_cmd)
+cli.add_command(serve_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(bench_cmd)
 

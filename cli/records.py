@@ -180,7 +180,60 @@ def summarize(records: Sequence[dict], *, total: int) -> dict:
         "fooled_by_step": {str(k): by_step[k] for k in sorted(by_step)},
         "stop_reasons": dict(sorted(Counter(str(r.get("stop_reason")) for r in hardened).items())),
         "per_model": per_model(hardened),
+        "per_view": per_view(hardened),
+        "ssim_distribution": distribution([r.get("ssim") for r in hardened]),
     }
+
+
+def distribution(values: Iterable[float | None]) -> dict | None:
+    """Quantiles and a 10-bin histogram (over [min, 1]) of the finite values."""
+    import numpy as np
+
+    vals = np.array([float(v) for v in values if v is not None and math.isfinite(float(v))])
+    if not len(vals):
+        return None
+    q = np.percentile(vals, [0, 5, 25, 50, 75, 100])
+    edges = np.linspace(min(float(vals.min()), 0.9), 1.0, 11)
+    counts, _ = np.histogram(vals, bins=edges)
+    return {"min": round(float(q[0]), 4), "p05": round(float(q[1]), 4),
+            "p25": round(float(q[2]), 4), "median": round(float(q[3]), 4),
+            "p75": round(float(q[4]), 4), "max": round(float(q[5]), 4),
+            "histogram": {"edges": [round(float(e), 4) for e in edges],
+                          "counts": [int(c) for c in counts]}}
+
+
+def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
+    """Per verifier and per view of the matrix: the share of tiles it gets wrong (fooling
+    margin >= 0: its own decision is wrong) and its 3x3 grid solve rate, before and after."""
+    from ..engine.challenge import grid_solve_rate_sets, sample_grids
+
+    rows = [r for r in records if isinstance(r.get("margins_by_view"), dict)
+            and isinstance(r.get("selected_by_view_after"), dict)]
+    if not rows:
+        return {}
+    index: dict[str, int] = {}
+    y = [index.setdefault(r["label"], len(index)) for r in rows]
+    challenge = sample_grids(y, grids, seed)
+    out: dict[str, dict] = {}
+    verifiers = sorted({v for r in rows for v in r["margins_by_view"]})
+    for v in verifiers:
+        views = list(dict.fromkeys(w for r in rows for w in (r["margins_by_view"].get(v) or {})))
+        stats = {}
+        for w in views:
+            margins = [(r["margins_by_view"].get(v) or {}).get(w) for r in rows]
+            known = [m for m in margins if m is not None]
+            entry = {"fooled_rate": round(sum(m >= 0 for m in known) / len(known), 4)
+                     if known else None}
+            for when in ("before", "after"):
+                sel = [(r.get(f"selected_by_view_{when}") or {}).get(v, {}).get(w)
+                       for r in rows]
+                if all(s is not None for s in sel):
+                    sets = [{index.setdefault(lab, len(index)) for lab in s} for s in sel]
+                    rate = grid_solve_rate_sets(sets, y, challenge)
+                    entry[f"grid_solve_rate_{when}"] = None if rate is None else round(rate, 4)
+            stats[w] = entry
+        out[v] = stats
+    return out
 
 
 def per_model(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:

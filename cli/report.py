@@ -21,6 +21,8 @@ from .records import REPORT, REPORT_FILES
 GALLERY_LIMIT = 500
 THUMB = 256
 DIFF_GAIN = 10
+REGION = 48  # side of the smoothest region shown enlarged
+ZOOM = 4
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -65,9 +67,13 @@ def write_report(out_dir: Path, records: Sequence[dict], summary: dict,
         parts.append(f"<p class='note'>The gallery shows the first {len(shown)} of "
                      f"{len(hardened)} hardened images (by path); results.jsonl lists all.</p>")
     parts.append(f"<p class='note'>difference = 0.5 + {DIFF_GAIN} &times; (hardened &minus; "
-                 f"original), grey where unchanged; thumbnails at most {THUMB} px.</p>")
+                 f"original), grey where unchanged; thumbnails at most {THUMB} px. The last two "
+                 f"columns enlarge ({ZOOM}&times;, no smoothing) each image's smoothest "
+                 f"{REGION}&times;{REGION} region, where a perturbation shows first: judge "
+                 f"quality there.</p>")
     header = ("<table class='gallery'><tr><th>image</th><th>original</th><th>hardened</th>"
-              "<th>difference</th></tr>")
+              "<th>difference</th><th>smoothest region, original</th>"
+              "<th>same region, hardened</th></tr>")
     parts += [header, *rows, "</table>", "</body></html>\n"]
     path = out_dir / REPORT
     write_text_atomic(path, "\n".join(parts))
@@ -107,7 +113,47 @@ def _summary_table(s: dict) -> str:
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td>{_fmt(v, spec)}</td></tr>"
                    for k, v, spec in rows)
-    return f"<table>{body}</table>" + _per_model_table(s.get("per_model") or {})
+    return (f"<table>{body}</table>" + _per_model_table(s.get("per_model") or {})
+            + _per_view_table(s.get("per_view") or {})
+            + _ssim_table(s.get("ssim_distribution")))
+
+
+def _per_view_table(per_view: dict) -> str:
+    """Per verifier and view: share of tiles it gets wrong, and grids solved before -> after."""
+    if not per_view:
+        return ""
+    parts = ["<h2>Per verifier and view</h2>"]
+    for name, views in per_view.items():
+        head = "".join(f"<th>{escape(w)}</th>" for w in views)
+        wrong = "".join(f"<td>{_fmt(e.get('fooled_rate'), '.0%')}</td>" for e in views.values())
+        grids = "".join(
+            f"<td>{_fmt(e.get('grid_solve_rate_before'), '.0%')} &rarr; "
+            f"{_fmt(e.get('grid_solve_rate_after'), '.0%')}</td>" for e in views.values())
+        parts.append(f"<table><tr><th>{escape(name)}</th>{head}</tr>"
+                     f"<tr><th>answers wrong</th>{wrong}</tr>"
+                     f"<tr><th>3x3 grids solved</th>{grids}</tr></table>")
+    parts.append("<p class='note'>own = the verifier's own preprocessing; the other views are "
+                 "listed in <code>advx harden --help</code>. &ldquo;answers wrong&rdquo;: its "
+                 "decision on the delivered file under that view is wrong; an image counts as "
+                 "fooled only when every view is, by the margin.</p>")
+    return "".join(parts)
+
+
+def _ssim_table(dist: dict | None) -> str:
+    if not dist:
+        return ""
+    q = "".join(f"<td>{_fmt(dist.get(k), '.4f')}</td>"
+                for k in ("min", "p05", "p25", "median", "p75", "max"))
+    hist = dist.get("histogram") or {}
+    edges, counts = hist.get("edges") or [], hist.get("counts") or []
+    top = max(counts or [1]) or 1
+    bars = "".join(
+        f"<tr><td>{edges[i]:.3f}&ndash;{edges[i + 1]:.3f}</td><td>"
+        f"<span style='display:inline-block;background:#1565c0;height:10px;"
+        f"width:{int(200 * c / top)}px'></span> {c}</td></tr>" for i, c in enumerate(counts))
+    return ("<h2>SSIM of the delivered files</h2><table><tr><th>min</th><th>5%</th>"
+            "<th>25%</th><th>median</th><th>75%</th><th>max</th></tr>"
+            f"<tr>{q}</tr></table><table>{bars}</table>")
 
 
 def _per_model_table(per_model: dict) -> str:
@@ -197,7 +243,8 @@ def _gallery_row(out_dir: Path, input_root: Path, r: dict) -> str:
     thumbs = _thumbnails(out_dir, input_root, r)
     cells = []
     for kind, link in (("original", _href(input_root / r["path"], out_dir)),
-                       ("hardened", quote(str(r.get("output") or ""))), ("difference", None)):
+                       ("hardened", quote(str(r.get("output") or ""))), ("difference", None),
+                       ("zoom_original", None), ("zoom_hardened", None)):
         rel = thumbs.get(kind)
         if rel is None:
             cells.append("<td class='note'>(not available)</td>")
@@ -233,7 +280,8 @@ def _thumbnails(out_dir: Path, input_root: Path, r: dict) -> dict[str, str]:
     from ..engine.io import ImageLoadError, load_image, save_image_atomic
 
     key = hashlib.sha1(r["path"].encode("utf-8")).hexdigest()[:16]
-    names = {k: f"{REPORT_FILES}/{key}_{k}.png" for k in ("original", "hardened", "difference")}
+    names = {k: f"{REPORT_FILES}/{key}_{k}.png" for k in ("original", "hardened", "difference",
+                                                           "zoom_original", "zoom_hardened")}
     src_out = out_dir / str(r.get("output") or "")
     src_in = input_root / r["path"]
     try:
@@ -250,9 +298,29 @@ def _thumbnails(out_dir: Path, input_root: Path, r: dict) -> dict[str, str]:
         diff = 0.5 + DIFF_GAIN * (hardened.astype(np.float32) - original.astype(np.float32)) / 255
         out["difference"] = _thumb(np.clip(np.rint(diff * 255), 0, 255).astype(np.uint8),
                                    nearest=True)
+        y, x, side = smoothest_region(original, REGION)
+        for kind, px in (("zoom_original", original), ("zoom_hardened", hardened)):
+            crop = px[y : y + side, x : x + side]
+            out[kind] = np.repeat(np.repeat(crop, ZOOM, 0), ZOOM, 1)
     for kind, pixels in out.items():
         save_image_atomic(out_dir / names[kind], pixels, fmt="png")
     return {k: names[k] for k in out}
+
+
+def smoothest_region(pixels: np.ndarray, side: int) -> tuple[int, int, int]:
+    """(y, x, side) of the square whose luminance varies least: where noise shows most."""
+    h, w = pixels.shape[:2]
+    side = min(side, h, w)
+    lum = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+    def box(a: np.ndarray) -> np.ndarray:  # sums over every side x side window (integral image)
+        c = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        return c[side:, side:] - c[:-side, side:] - c[side:, :-side] + c[:-side, :-side]
+
+    n = side * side
+    var = box(lum * lum) / n - (box(lum) / n) ** 2
+    y, x = np.unravel_index(int(np.argmin(var)), var.shape)
+    return int(y), int(x), side
 
 
 def _thumb(pixels: np.ndarray, nearest: bool = False) -> np.ndarray:

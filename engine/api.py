@@ -16,7 +16,7 @@ from .config import HardenConfig
 from .ensemble import Ensemble
 from .results import HardenResult
 from .scheduler import Scheduler, Scorer
-from .transforms import InputDiversity
+from .transforms import AUGMENTS, InputDiversity
 from .views import get_preset
 from .zoo.labels import LabelMap, LabelMapError, load_label_map
 
@@ -155,6 +155,7 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
         eot=get_preset(config.transforms),
         eot_samples=config.eot_samples,
         diversity=InputDiversity(config.diversity_prob) if config.diversity_prob > 0 else None,
+        augments=tuple(AUGMENTS[a]() for a in config.augments),
         ti_size=config.ti_kernel,
         amp_dtype=amp_dtype(config, device),
         generator=generator,
@@ -214,6 +215,17 @@ class Hardener:
             list(self.ensemble.members), self.verifiers, self.label_set, config, self.device,
         )
         self._real_parity_checked = False
+
+    def with_config(self, config: HardenConfig) -> Hardener:
+        """Another schedule (budget, steps, views) on the same models, built at no cost."""
+        other = object.__new__(Hardener)
+        other.__dict__.update(self.__dict__)
+        other.config = config = config.resolved(self.white_box)
+        other.generator = torch.Generator().manual_seed(config.seed)
+        other.scheduler = Scheduler(
+            make_attack(self.ensemble, config, self.device, other.generator),
+            list(self.ensemble.members), self.verifiers, self.label_set, config, self.device)
+        return other
 
     def _check_real_parity(self, images: Sequence[torch.Tensor]) -> None:
         """Converted solvers against their own onnxruntime graph on the first real tiles. One

@@ -26,10 +26,12 @@ class HardenConfig:
     # input diversity (DI) probability, 0 disables; None: 0.5 for transfer, 0 when white-box
     diversity_prob: float | None = None
     ti_kernel: int = 0  # translation-invariance kernel size (odd), 0 disables
+    augments: tuple[str, ...] = ()  # transfer augmentations: "ssa" (spectrum), "admix"
     transforms: str = "solver"  # the solver views: what EOT samples and verification checks
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
     verify_every: int = 5  # torch attack steps between verification passes
+    patience: int = 3  # at full eps, stop after this many passes without progress (0: never)
     margin: float = 0.5  # a verifier counts as fooled when its fooling margin (logits) >= this
     ssim_floor: float | None = 0.90  # the delivered file's SSIM never falls below this
     eps_rungs: int = 3  # minimal perturbation: eps/4, eps/2, eps, widened only while unfooled
@@ -57,7 +59,10 @@ class HardenConfig:
         need(self.ti_kernel == 0 or (self.ti_kernel % 2 == 1 and self.ti_kernel >= 3),
              "ti_kernel must be 0 or an odd size >= 3")
         need(self.eot_samples is None or self.eot_samples >= 1, "eot_samples must be >= 1")
+        need(all(a in ("ssa", "admix") for a in self.augments),
+             f"augments must be among ssa, admix; got {self.augments}")
         need(self.verify_every >= 1, "verify_every must be >= 1")
+        need(self.patience >= 0, "patience must be >= 0")
         need(self.ssim_floor is None or 0 < self.ssim_floor < 1, "ssim_floor must be in (0, 1)")
         need(1 <= self.eps_rungs <= 6, "eps_rungs must be in [1, 6]")
         need(self.texture_mask is None or 0 < self.texture_mask <= 1,

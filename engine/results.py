@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 STATUSES = ("fooled", "unfooled")
-STOP_REASONS = ("already_fooled", "verifiers_fooled", "max_steps")
+STOP_REASONS = ("already_fooled", "verifiers_fooled", "max_steps", "no_progress")
 
 
 @dataclass

@@ -62,6 +62,18 @@ def readout(model, label_set: Sequence[str], logits: torch.Tensor
                            zip(label_set, probs.tolist(), known, strict=True) if k}
 
 
+def accepts_geometry(scorer) -> bool:
+    """Whether ``scorer(images, geometry=...)`` works."""
+    import inspect
+
+    fn = scorer.forward if isinstance(scorer, nn.Module) else scorer
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "geometry" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -88,6 +100,9 @@ class Verdict:
     own: dict[str, torch.Tensor]  # verifier -> [N, L] logits under its own preprocessing
     by_view: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N] (nan: not scored)
     logits: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N, L] (full passes)
+    # sum over verifiers x views of margins capped at the target (unscored: -target): the
+    # candidate fooling the most views, by the most, scores highest
+    score: torch.Tensor
 
 
 @dataclass
@@ -97,10 +112,12 @@ class _Slot:
     before: dict[str, torch.Tensor]  # model -> logits on the clean image
     before_views: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> clean logits
     best_q: torch.Tensor  # best quantised candidate so far (the clean image to begin with)
-    best_margin: float
+    best_margin: float  # its min fooling margin over verifiers x views
+    best_score: float  # its capped margin sum (Verdict.score)
     steps: int = 0
     rung: int = 0
     rung_steps: int = 0  # steps spent at the current rung
+    stale: int = 0  # verification passes at the top rung without a better candidate
     cap: float = 1.0  # budget scale left after the SSIM floor pulled it back
     fooled_at: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -123,6 +140,13 @@ class Scheduler:
             self.perms.append(torch.tensor([v.labels.index(lab) for lab in self.label_set]))
         self.preset = get_preset(config.transforms)
         self.views: tuple[View, ...] = self.preset.views
+        geometric = [w.name for w in self.views if w.geometry is not None]
+        for v in self.verifiers:
+            if geometric and not accepts_geometry(v):
+                raise ValueError(f"verifier {v.name} cannot take another preprocessing, which "
+                                 f"the views {geometric} of preset {self.preset.name!r} need: "
+                                 f"give its __call__ a geometry= argument, or choose a preset "
+                                 f"without them")
         self.chunk = config.batch_size  # halved on out-of-memory
         self.time = {"attack": 0.0, "verify": 0.0, "ssim": 0.0}
         self.pgd_l2 = config.attack == "pgd-l2"
@@ -147,39 +171,39 @@ class Scheduler:
     def verify(self, delivered: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
                lazy: bool = False) -> Verdict:
         """Score the delivered images under every view of the matrix. ``t`` holds a decoy label
-        per row, or -1. ``lazy``: costly views (non-local means) are scored only for rows that
-        every cheap view already finds fooled (the others cannot be fooled this pass)."""
+        per row, or -1. ``lazy`` (during the attack): views run cheapest first, each only for
+        the rows every earlier view found fooled (an image is done only when all are, so the
+        others cannot be this pass); rows left out get NaN, and count as missed in the score."""
         self._sync()
         t0 = time.perf_counter()
-        n = len(delivered)
+        n, cap = len(delivered), self.config.margin
         mins = torch.full((n,), math.inf)
+        score_sum = torch.zeros(n)
         per_v = {v.name: torch.full((n,), math.inf) for v in self.verifiers}
         by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
         logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
-        own: dict[str, torch.Tensor] = {}
-        for costly in (False, True):
-            for view in self.views:
-                if (view.cost > 1) != costly:
-                    continue
-                rows = (torch.nonzero(mins >= self.config.margin).flatten()
-                        if costly and lazy else torch.arange(n))
-                for v, perm in zip(self.verifiers, self.perms, strict=True):
-                    m = torch.full((n,), math.nan)
-                    if len(rows):
-                        z = score(v, delivered[rows], view).float().cpu()[:, perm]
-                        m[rows] = fooling_margin(z, y[rows], t[rows], decision_of(v))
-                        if len(rows) == n:
-                            logits[v.name][view.name] = z
-                    by_view[v.name][view.name] = m
-                    # rows left out of a costly view were not fooled by a cheap one: no change
-                    scored = torch.nan_to_num(m, nan=math.inf)
-                    per_v[v.name] = torch.minimum(per_v[v.name], scored)
-                    mins = torch.minimum(mins, scored)
-        for v in self.verifiers:  # the first view is the verifier's own (cheap, every row)
-            own[v.name] = logits[v.name][self.views[0].name]
+        order = sorted(range(len(self.views)), key=lambda i: (self.views[i].cost, i))
+        for i in order:
+            view = self.views[i]
+            rows = (torch.nonzero(mins >= cap).flatten() if lazy and i != order[0]
+                    else torch.arange(n))
+            for v, perm in zip(self.verifiers, self.perms, strict=True):
+                m = torch.full((n,), math.nan)
+                if len(rows):
+                    z = score(v, delivered[rows], view).float().cpu()[:, perm]
+                    m[rows] = fooling_margin(z, y[rows], t[rows], decision_of(v))
+                    if len(rows) == n:
+                        logits[v.name][view.name] = z
+                by_view[v.name][view.name] = m
+                scored = torch.nan_to_num(m, nan=math.inf)
+                per_v[v.name] = torch.minimum(per_v[v.name], scored)
+                mins = torch.minimum(mins, scored)
+                score_sum += torch.nan_to_num(m, nan=-cap).clamp(max=cap)
+        # the first view is the verifier's own, scored for every row
+        own = {v.name: logits[v.name][self.views[order[0]].name] for v in self.verifiers}
         self._sync()
         self.time["verify"] += time.perf_counter() - t0
-        return Verdict(mins, per_v, own, by_view, logits)
+        return Verdict(mins, per_v, own, by_view, logits, score_sum)
 
     @torch.no_grad()
     def surrogate_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -276,7 +300,8 @@ class Scheduler:
         for j, i in enumerate(new):
             before = {n: z[j] for n, z in {**slog, **verdict.own}.items()}
             views = {v: {w: z[j] for w, z in d.items()} for v, d in verdict.logits.items()}
-            slot = _Slot(i, time.perf_counter(), before, views, q[j], float(verdict.mins[j]))
+            slot = _Slot(i, time.perf_counter(), before, views, q[j], float(verdict.mins[j]),
+                         float(verdict.score[j]))
             if slot.best_margin >= cfg.margin:
                 slot.fooled_at = 0
                 done.append(slot)
@@ -335,13 +360,19 @@ class Scheduler:
             for j, s in enumerate(slots):
                 reason = None
                 if verdict is not None:
-                    m = float(verdict.mins[j])
-                    if m >= s.best_margin:  # ties: the later, more attacked one
-                        s.best_q, s.best_margin = q[j], m
+                    m, sc = float(verdict.mins[j]), float(verdict.score[j])
+                    better = sc > s.best_score + 1e-3
+                    if (m >= cfg.margin) or (s.best_margin < cfg.margin and sc >= s.best_score):
+                        # fooled beats everything; else the most views fooled (ties: later)
+                        s.best_q, s.best_margin, s.best_score = q[j], m, sc
+                    top = s.rung + 1 == len(self.rung_eps)
+                    s.stale = 0 if better or not top else s.stale + 1
                     if m >= cfg.margin:
                         s.fooled_at, reason = s.steps, "verifiers_fooled"
-                    elif s.rung + 1 < len(self.rung_eps) and s.rung_steps >= self.rung_steps:
+                    elif not top and s.rung_steps >= self.rung_steps:
                         self.widen(state, j, s, masks[j])
+                    elif cfg.patience and s.stale >= cfg.patience:
+                        reason = "no_progress"
                 if reason is None and s.steps >= cfg.steps:
                     reason = "max_steps"
                 if reason:

@@ -177,6 +177,38 @@ class InputDiversity:
         return F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False)
 
 
+@dataclass(frozen=True)
+class SpectrumSim:
+    """SSA (Long et al. 2022): Gaussian noise, then a random per-frequency gain in
+    [1 - rho, 1 + rho] (here on the Fourier spectrum), to simulate other models' views."""
+
+    sigma: float = 16 / 255
+    rho: float = 0.5
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=g).to(x.device) * self.sigma
+        spec = torch.fft.rfft2(x + noise)
+        gain = 1 + self.rho * (2 * torch.rand(spec.shape, generator=g) - 1).to(x.device)
+        return torch.fft.irfft2(spec * gain, s=x.shape[-2:]).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class Admix:
+    """Admix (Wang et al. 2021): add a small share of other images of the batch (other
+    labels, most often) to the input, so gradients hold in a neighbourhood of the data."""
+
+    eta: float = 0.2
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        if len(x) < 2:
+            return x
+        shift = 1 + int(torch.randint(len(x) - 1, (), generator=g))
+        return (x + self.eta * x.roll(shift, 0).detach()) / (1 + self.eta)
+
+
+AUGMENTS = {"ssa": SpectrumSim, "admix": Admix}
+
+
 def ti_kernel(size: int, sigma: float | None = None) -> torch.Tensor:
     """Gaussian kernel for translation-invariant gradients (Dong et al. 2019), [3, 1, k, k]."""
     sigma = sigma or size / (2 * 3**0.5)

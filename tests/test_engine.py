@@ -194,7 +194,8 @@ def uint8_images(n: int, size: int = 24, seed: int = 0) -> list[np.ndarray]:
 
 
 def cfg(**kw) -> HardenConfig:
-    base = dict(steps=10, verify_every=2, transforms="none", batch_size=2, diversity_prob=0.0)
+    base = dict(steps=10, verify_every=2, transforms="none", batch_size=2, diversity_prob=0.0,
+                patience=0)
     return HardenConfig(**{**base, **kw})
 
 
@@ -312,12 +313,15 @@ def test_every_view_scored_on_exactly_the_delivered_pixels():
     for view in preset.views:
         assert torch.equal(seen[id(view)], view.images(delivered)), view.name
     assert set(verdict.by_view["views"]) == {v.name for v in preset.views}
-    # lazily, non-local means is scored only for rows every cheap view finds fooled
+    # lazily, a view is scored only for rows every earlier view finds fooled; non-local means
+    # (costly) comes last
     rec.calls.clear()
     lazy = sched.verify(delivered, y, t, lazy=True)
     nlm = lazy.by_view["views"]["nlmeans"]
-    cheap = torch.stack([m for k, m in lazy.by_view["views"].items() if k != "nlmeans"]).amin(0)
+    cheap = torch.stack([torch.nan_to_num(m, nan=float("inf"))
+                         for k, m in lazy.by_view["views"].items() if k != "nlmeans"]).amin(0)
     assert torch.equal(torch.isnan(nlm), cheap < sched.config.margin)
+    assert torch.equal(lazy.mins < sched.config.margin, verdict.mins < sched.config.margin)
 
 
 def test_a_view_smaller_than_the_graph_goes_through_its_own_preprocessing(tiny_models):
@@ -465,3 +469,34 @@ def test_public_api_and_library_never_imports_cli():
             "print(any(m.startswith('advx.cli') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_seeded_runs_repeat_exactly_under_the_solver_views():
+    images, labels = uint8_images(3, 32), ["cat", "dog", "bus"]
+
+    class Geo(TinyNet):
+        def forward(self, x, geometry=None):
+            return super().forward(x if geometry is None else geometry.apply(x, (24, 24)))
+
+    def run():
+        return advx.harden(images, labels, label_set=LABELS, surrogates=[TinyNet()],
+                           verifiers=[Geo(1, "v")],
+                           config=cfg(transforms="solver", steps=6, eps=8, seed=3))
+
+    with pytest.raises(ValueError, match="cannot take another preprocessing"):
+        advx.harden(images, labels, label_set=LABELS, surrogates=[TinyNet()],
+                    verifiers=[TinyNet(1, "v")], config=cfg(transforms="solver"))
+
+    a, b = run(), run()
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.image, y.image) and x.margins_by_view == y.margins_by_view
+        assert set(x.margins_by_view["v"]) == {v.name for v in views.get_preset("solver").views}
+
+
+def test_no_progress_stops_an_image_early():
+    res = advx.harden(uint8_images(2), ["cat", "cat"], label_set=LABELS, surrogates=[TinyNet()],
+                      verifiers=[Fixed(answer=0)],  # says "cat" whatever it is shown
+                      config=cfg(steps=40, patience=2, eps_rungs=1))
+    for r in res:
+        assert r.stop_reason == "no_progress" and r.status == "unfooled"
+        assert r.steps == 2 * 2  # two passes (of 2 steps) find nothing better than clean

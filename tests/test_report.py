@@ -74,7 +74,7 @@ def test_links_are_relative_and_exist(tmp_path):
     path = write_report(out, records, summary_for(records), inp)
     page = parse(path)
     assert "script" not in page.tags and "svg" in page.tags
-    assert len(page.links) == 3 * 3 + 3 * 2  # thumbnails + links to original and hardened
+    assert len(page.links) == 3 * 5 + 3 * 2  # 5 thumbnails each + links to original, hardened
     for link in page.links:
         parsed = urlparse(link)
         assert not parsed.scheme and not parsed.netloc and not link.startswith("/")
@@ -88,10 +88,11 @@ def test_thumbnails_are_small_and_show_the_difference(tmp_path):
     inp, out, records = make_run(tmp_path, ["big.png"], size=(600, 300))
     write_report(out, records, summary_for(records), inp)
     thumbs = sorted((out / REPORT_FILES).glob("*.png"))
-    assert len(thumbs) == 3
+    assert len(thumbs) == 5  # original, hardened, difference, two enlarged regions
     for t in thumbs:
         with Image.open(t) as im:
-            assert max(im.size) <= report.THUMB and im.size == (256, 128)
+            side = report.REGION * report.ZOOM
+            assert im.size == ((side, side) if "zoom" in t.stem else (256, 128))
     diff = next(t for t in thumbs if t.stem.endswith("difference"))
     with Image.open(diff) as im:
         d = np.asarray(im, dtype=int)
@@ -123,7 +124,7 @@ def test_gallery_is_capped(tmp_path, monkeypatch):
     path = write_report(out, records, summary_for(records), inp)
     html = path.read_text(encoding="utf-8")
     assert "first 2 of 5" in html
-    assert len(list((out / REPORT_FILES).glob("*.png"))) == 6
+    assert len(list((out / REPORT_FILES).glob("*.png"))) == 10
 
 
 def _polyline(svg: str) -> list[tuple[float, float]]:
@@ -155,3 +156,58 @@ def test_summary_counts():
     assert (s["fooled"], s["unfooled"], s["errors"], s["pending"]) == (1, 1, 1, 1)
     assert s["fooled_rate"] == 0.5 and s["mean_psnr"] == 30.0 and s["mean_ssim"] == 0.95
     assert s["fooled_by_step"] == {"5": 1}
+
+
+def _view_records() -> list[dict]:
+    """Four tiles (cat, cat, dog, dog) seen by one closed-set verifier under two views."""
+    recs = []
+    for i, (label, own, jpeg) in enumerate([("cat", 1.0, 0.6), ("cat", 0.7, -0.2),
+                                            ("dog", 2.0, 1.5), ("dog", -0.1, -0.3)]):
+        other = "dog" if label == "cat" else "cat"
+        recs.append({
+            "path": f"{label}/{i}.png", "label": label, "status": "fooled" if min(own, jpeg) >= 0.5
+            else "unfooled", "ssim": [0.91, 0.95, 0.99, 0.93][i],
+            "margins_by_view": {"v": {"own": own, "jpeg75": jpeg}},
+            "selected_by_view_before": {"v": {"own": [label], "jpeg75": [label]}},
+            "selected_by_view_after": {"v": {"own": [other if own >= 0 else label],
+                                             "jpeg75": [other if jpeg >= 0 else label]}},
+        })
+    return recs
+
+
+def test_per_view_figures_exact():
+    from advx.cli.records import distribution, per_view
+
+    stats = per_view(_view_records(), grids=50)
+    assert list(stats["v"]) == ["own", "jpeg75"]
+    assert stats["v"]["own"]["fooled_rate"] == 0.75  # margins >= 0: 3 of 4
+    assert stats["v"]["jpeg75"]["fooled_rate"] == 0.5
+    assert stats["v"]["own"]["grid_solve_rate_before"] == 1.0  # every tile read right
+    assert stats["v"]["own"]["grid_solve_rate_after"] == 0.0  # a wrong tile in every grid
+    d = distribution([0.91, 0.95, 0.99, 0.93, None])
+    assert d["min"] == 0.91 and d["max"] == 0.99 and d["median"] == 0.94
+    assert sum(d["histogram"]["counts"]) == 4 and d["histogram"]["edges"][-1] == 1.0
+
+
+def test_report_shows_views_ssim_and_the_smoothest_region(tmp_path):
+    inp, out, records = make_run(tmp_path, ["a.png", "b.png"], size=(64, 64))
+    flat = np.full((64, 64, 3), 120, np.uint8)
+    flat[:, :10] = np.random.default_rng(1).integers(0, 255, (64, 10, 3))
+    Image.fromarray(flat).save(inp / "cat" / "a.png")
+    for r, extra in zip(records, _view_records()[:2], strict=True):
+        r.update({k: v for k, v in extra.items() if k.endswith("view") or "_by_view" in k})
+    summary = summarize(records, total=2)
+    write_report(out, records, summary, inp)
+    html = (out / "report.html").read_text()
+    assert "Per verifier and view" in html and "jpeg75" in html
+    assert "SSIM of the delivered files" in html
+    page = parse(out / "report.html")
+    zooms = [link for link in page.links if "zoom_original" in link]
+    assert len(zooms) == 2
+    zoom = np.asarray(Image.open(out / unquote(zooms[0])))
+    assert zoom.shape == (report.REGION * report.ZOOM, report.REGION * report.ZOOM, 3)
+    assert zoom.std() < 1.0, "the smoothest region of a.png is its flat part"
+    from advx.cli.report import smoothest_region
+
+    _y, x, side = smoothest_region(flat, 48)
+    assert x >= 10 and side == 48

@@ -533,7 +533,7 @@ def test_per_label_thresholds(tmp_path, solvers):
     assert ver.thresholds == (0.9, 0.05)
     assert torch.allclose(ver.probabilities(z[:, :2]), torch.tensor([[0.85, 0.06]]), atol=1e-5)
     assert parse_spec(s.to_dict(), path=s.path) == s
-    with pytest.raises(SolverSpecError, match="threshold.Buss: unknown key; did you mean 'Bus'"):
+    with pytest.raises(SolverSpecError, match=r"threshold\.Buss: unknown key; did you mean 'Bus'"):
         load_solver(write_spec(tmp_path, solvers["grid"], threshold={"Buss": 0.5}))
 
 

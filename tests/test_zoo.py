@@ -233,3 +233,4 @@ def test_effnet_real_photos(name, photos):
         for tile in tiles(image, n=2):
             x = torch.from_numpy(tile.copy()).permute(2, 0, 1)[None].float() / 255
             assert clf.labels[int(clf(x).argmax())] == label, (name, key)
+

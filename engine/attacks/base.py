@@ -55,6 +55,7 @@ class Attack:
                  random_start: bool = True, loss: str = "margin", targeted: bool = False,
                  eot: Preset | None = None, eot_samples: int = 1,
                  diversity: InputDiversity | None = None, ti_size: int = 0,
+                 augments: tuple = (),
                  amp_dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.model = model if isinstance(model, Ensemble) else Ensemble([model])
@@ -64,6 +65,7 @@ class Attack:
         self.objective = Objective(loss)
         self.eot, self.eot_samples = eot, eot_samples
         self.diversity = diversity
+        self.augments = tuple(augments)  # transfer augmentations (SSA, Admix), in order
         self.kernel = ti_kernel(ti_size) if ti_size else None
         self.amp_dtype = amp_dtype
         self.generator = generator
@@ -121,6 +123,8 @@ class Attack:
     def _input_transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.eot is not None:
             x = sample_eot(self.eot, x, self.generator)
+        for aug in self.augments:
+            x = aug(x, self.generator)
         if self.diversity is not None:
             x = self.diversity(x, self.generator)
         return x

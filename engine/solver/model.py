@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..views import Geometry, fit
 from .convert import ConversionError, ConvertedGraph, convert
 from .graph import GraphIO, TensorInfo, check_output_shape, graph_io, load_graph, resolve_io
 from .graph import strip_activation as _strip
-from ..views import Geometry, fit
 from .spec import InputSpec, SolverSpec, SolverSpecError, load_spec
 
 log = logging.getLogger(__name__)
