@@ -130,11 +130,36 @@ ENGINES = {
     "current": {},
     # the engine before solver views: JPEG preset, no ladder, no texture mask, no SSIM floor
     "baseline": {"transforms": "jpeg", "eps_rungs": 1, "texture_mask": None,
-                 "ssim_floor": None},
+                 "ssim_floor": None, "patience": 0},
 }
 
 
+def render(paths: list[Path]) -> str:
+    """Markdown tables of result files (for EFFICACY.md)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    lines = ["| run | engine fooled | SSIM mean / min | PSNR | L-inf | steps | s / image | "
+             "wall (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p, d in zip(paths, runs, strict=True):
+        lines.append(f"| `{p.stem}` | {d['fooled_by_engine']:.0%} | {d['ssim']['mean']:.3f} / "
+                     f"{d['ssim']['min']:.3f} | {d['psnr_mean']:.1f} | {d['linf_mean']:.2f} | "
+                     f"{d['steps_mean']:.1f} | {d['seconds_per_image']:.2f} | "
+                     f"{d['seconds']:.0f} |")
+    for part in ("inside", "outside"):
+        views = list(next(iter(runs[0][part].values())))
+        lines += ["", f"Share of tiles answered wrong, views {part} the default matrix:", "",
+                  "| run | judge | " + " | ".join(views) + " |",
+                  "|---|---|" + "---:|" * len(views)]
+        for p, d in zip(paths, runs, strict=True):
+            for judge, row in d[part].items():
+                lines.append(f"| `{p.stem}` | {judge} | "
+                             + " | ".join(f"{row[v]['fooled']:.0%}" for v in views) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--markdown":
+        print(render([Path(a) for a in sys.argv[2:]]))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--setting", choices=("defaults", "transfer"), default="defaults")
     p.add_argument("--engine", default="current",

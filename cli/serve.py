@@ -11,8 +11,8 @@ Every bad request gets a 4xx JSON body {"error": "..."}; the server stays up. Up
 capped in bytes and in decoded pixels (decompression bombs), each request in time.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the endpoint's annotations, whose
+# types are imported inside create_app (fastapi stays out of `advx --help`)
 import asyncio
 import json
 from pathlib import Path

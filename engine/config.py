@@ -31,7 +31,9 @@ class HardenConfig:
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
     verify_every: int = 5  # torch attack steps between verification passes
-    patience: int = 3  # at full eps, stop after this many passes without progress (0: never)
+    # at full eps, stop after this many passes fooling no new view (0: never; the efficacy
+    # benchmark measured 2 saving 3% of the time and losing a third of the transfer)
+    patience: int = 0
     margin: float = 0.5  # a verifier counts as fooled when its fooling margin (logits) >= this
     ssim_floor: float | None = 0.90  # the delivered file's SSIM never falls below this
     eps_rungs: int = 3  # minimal perturbation: eps/4, eps/2, eps, widened only while unfooled

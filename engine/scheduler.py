@@ -7,8 +7,9 @@ attacked in separate size buckets.
 
 Each image spends only what it needs: its budget starts at eps / 2^(rungs - 1) and widens one
 rung at a time while it stays unfooled, shaped per pixel by a texture mask (flat regions, where
-people see noise, get a fraction of it), and the delivered file's SSIM is held at the floor by
-scaling the perturbation back where a step would cross it.
+people see noise, get a fraction of it; a last rung lifts the mask for images that need it), and
+the delivered file's SSIM is held at the floor by scaling the perturbation back where a step
+would cross it.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class Verdict:
     # sum over verifiers x views of margins capped at the target (unscored: -target): the
     # candidate fooling the most views, by the most, scores highest
     score: torch.Tensor
+    fooled_views: torch.Tensor  # [N] (verifier, view) pairs fooled by the margin
 
 
 @dataclass
@@ -117,7 +119,8 @@ class _Slot:
     steps: int = 0
     rung: int = 0
     rung_steps: int = 0  # steps spent at the current rung
-    stale: int = 0  # verification passes at the top rung without a better candidate
+    stale: int = 0  # verification passes at the top rung without a newly fooled view
+    most_fooled: int = 0  # the most (verifier, view) pairs fooled by one candidate so far
     cap: float = 1.0  # budget scale left after the SSIM floor pulled it back
     fooled_at: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -152,7 +155,11 @@ class Scheduler:
         self.pgd_l2 = config.attack == "pgd-l2"
         rungs = 1 if self.pgd_l2 else config.eps_rungs
         self.rung_eps = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
-        per = max(1, (config.steps // 2) // rungs)
+        self.rung_masked = [config.texture_mask is not None] * rungs
+        if config.texture_mask is not None and not self.pgd_l2:  # last: eps everywhere
+            self.rung_eps.append(config.eps / 255)
+            self.rung_masked.append(False)
+        per = max(1, (config.steps // 2) // len(self.rung_eps))
         self.rung_steps = config.verify_every * math.ceil(per / config.verify_every)
 
     # --- delivery and verification ----------------------------------------------------------
@@ -179,6 +186,7 @@ class Scheduler:
         n, cap = len(delivered), self.config.margin
         mins = torch.full((n,), math.inf)
         score_sum = torch.zeros(n)
+        count = torch.zeros(n, dtype=torch.long)
         per_v = {v.name: torch.full((n,), math.inf) for v in self.verifiers}
         by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
         logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
@@ -199,11 +207,12 @@ class Scheduler:
                 per_v[v.name] = torch.minimum(per_v[v.name], scored)
                 mins = torch.minimum(mins, scored)
                 score_sum += torch.nan_to_num(m, nan=-cap).clamp(max=cap)
+                count += torch.nan_to_num(m, nan=-cap) >= cap
         # the first view is the verifier's own, scored for every row
         own = {v.name: logits[v.name][self.views[order[0]].name] for v in self.verifiers}
         self._sync()
         self.time["verify"] += time.perf_counter() - t0
-        return Verdict(mins, per_v, own, by_view, logits, score_sum)
+        return Verdict(mins, per_v, own, by_view, logits, score_sum, count)
 
     @torch.no_grad()
     def surrogate_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -240,7 +249,7 @@ class Scheduler:
         slot.rung += 1
         slot.rung_steps = 0
         eps = self.rung_eps[slot.rung] * slot.cap
-        state.budget[j] = mask * eps
+        state.budget[j] = mask * eps if self.rung_masked[slot.rung] else eps
         state.alpha[j] = self._alpha(eps)
 
     def _alpha(self, eps: float) -> float:
@@ -301,7 +310,7 @@ class Scheduler:
             before = {n: z[j] for n, z in {**slog, **verdict.own}.items()}
             views = {v: {w: z[j] for w, z in d.items()} for v, d in verdict.logits.items()}
             slot = _Slot(i, time.perf_counter(), before, views, q[j], float(verdict.mins[j]),
-                         float(verdict.score[j]))
+                         float(verdict.score[j]), most_fooled=int(verdict.fooled_views[j]))
             if slot.best_margin >= cfg.margin:
                 slot.fooled_at = 0
                 done.append(slot)
@@ -361,7 +370,8 @@ class Scheduler:
                 reason = None
                 if verdict is not None:
                     m, sc = float(verdict.mins[j]), float(verdict.score[j])
-                    better = sc > s.best_score + 1e-3
+                    better = int(verdict.fooled_views[j]) > s.most_fooled
+                    s.most_fooled = max(s.most_fooled, int(verdict.fooled_views[j]))
                     if (m >= cfg.margin) or (s.best_margin < cfg.margin and sc >= s.best_score):
                         # fooled beats everything; else the most views fooled (ties: later)
                         s.best_q, s.best_margin, s.best_score = q[j], m, sc

@@ -496,7 +496,7 @@ def test_seeded_runs_repeat_exactly_under_the_solver_views():
 def test_no_progress_stops_an_image_early():
     res = advx.harden(uint8_images(2), ["cat", "cat"], label_set=LABELS, surrogates=[TinyNet()],
                       verifiers=[Fixed(answer=0)],  # says "cat" whatever it is shown
-                      config=cfg(steps=40, patience=2, eps_rungs=1))
+                      config=cfg(steps=40, patience=2, eps_rungs=1, texture_mask=None))
     for r in res:
         assert r.stop_reason == "no_progress" and r.status == "unfooled"
         assert r.steps == 2 * 2  # two passes (of 2 steps) find nothing better than clean
