@@ -38,6 +38,9 @@ class HardenConfig:
     ssim_floor: float | None = 0.90  # the delivered file's SSIM never falls below this
     eps_rungs: int = 3  # minimal perturbation: eps/4, eps/2, eps, widened only while unfooled
     texture_mask: float | None = 0.35  # budget in flat regions (a share of eps); None: uniform
+    # a last rung at eps everywhere for images the masked budget cannot fool; None: when
+    # white-box (it helps there; for transfer the SSIM floor then shrinks the whole budget)
+    relax_mask: bool | None = None
     output_format: str = "png"  # verification scores exactly what is delivered
     jpeg_quality: int = 90  # when output_format == "jpeg"
     batch_size: int = 16  # images attacked together (halved on out-of-memory)
@@ -79,16 +82,18 @@ class HardenConfig:
 
     def resolved(self, white_box: bool) -> HardenConfig:
         """``auto`` choices made: white-box runs (every verifier is also a surrogate) attack
-        with plain PGD, no input diversity and two EOT samples per step (the gradient of the
-        very model that verifies, averaged over its views); transfer runs with MI-FGSM, DI 0.5
-        and one EOT sample."""
+        with plain PGD, no input diversity, two EOT samples per step (the gradient of the very
+        model that verifies, averaged over its views) and a last unmasked rung; transfer runs
+        with MI-FGSM, DI 0.5, one EOT sample and the mask throughout."""
         from dataclasses import replace
 
         attack = self.attack if self.attack != "auto" else ("pgd" if white_box else "mifgsm")
         di = self.diversity_prob if self.diversity_prob is not None else (
             0.0 if white_box else 0.5)
         eot = self.eot_samples if self.eot_samples is not None else (2 if white_box else 1)
-        return replace(self, attack=attack, diversity_prob=di, eot_samples=eot)
+        relax = self.relax_mask if self.relax_mask is not None else white_box
+        return replace(self, attack=attack, diversity_prob=di, eot_samples=eot,
+                       relax_mask=relax)
 
     @property
     def step_size(self) -> float:

@@ -19,10 +19,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
@@ -31,80 +29,19 @@ from .config import HardenConfig
 from .ensemble import decision_of
 from .losses import fooling_margin
 from .results import HardenResult
+from .scoring import (
+    Scorer,
+    Verdict,
+    accepts_geometry,
+    as_float,
+    is_oom,
+    quantise,
+    readout,
+    texture_mask,
+    to_uint8,
+)
 from .transforms import jpeg_roundtrip
 from .views import View, get_preset, score
-
-
-class Scorer(Protocol):
-    """A verifier: anything with a name, labels and images [N,3,H,W] in [0,1] -> logits.
-
-    An optional ``decision`` attribute ("closed" or "multilabel") says how its logits decide
-    (see :mod:`.losses`); multi-label scorers also have ``known`` and ``probabilities``. Views
-    with a geometry call it as ``scorer(images, geometry=...)``."""
-
-    name: str
-    labels: tuple[str, ...]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-def readout(model, label_set: Sequence[str], logits: torch.Tensor
-            ) -> tuple[str, list[str], dict[str, float] | None]:
-    """One image's logits [L] -> (top label, labels the model selects, P per known label of a
-    multi-label model)."""
-    top = label_set[int(logits.argmax())]
-    if decision_of(model) != "multilabel":
-        return top, [top], None
-    known = getattr(model, "known", (True,) * len(label_set))
-    probs = model.probabilities(logits[None].float())[0]
-    selected = [lab for lab, z, k in zip(label_set, logits.tolist(), known, strict=True)
-                if k and z >= 0]
-    return top, selected, {lab: round(float(p), 5) for lab, p, k in
-                           zip(label_set, probs.tolist(), known, strict=True) if k}
-
-
-def accepts_geometry(scorer) -> bool:
-    """Whether ``scorer(images, geometry=...)`` works."""
-    import inspect
-
-    fn = scorer.forward if isinstance(scorer, nn.Module) else scorer
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "geometry" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def texture_mask(images: torch.Tensor, floor: float, lo: float = 2 / 255,
-                 hi: float = 12 / 255) -> torch.Tensor:
-    """[N, 1, H, W] share of the budget each pixel may use: ``floor`` where the luminance is
-    flat (local std <= lo), 1 where it is textured (>= hi), linear between; smoothed so the
-    mask itself draws no edges."""
-    lum = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
-    mean = F.avg_pool2d(lum, 5, 1, 2, count_include_pad=False)
-    var = F.avg_pool2d(lum * lum, 5, 1, 2, count_include_pad=False) - mean * mean
-    std = var.clamp_min(0).sqrt()
-    m = floor + (1 - floor) * ((std - lo) / (hi - lo)).clamp(0, 1)
-    return F.avg_pool2d(m, 3, 1, 1, count_include_pad=False)
-
-
-@dataclass
-class Verdict:
-    """One verification pass over a batch."""
-
-    mins: torch.Tensor  # [N] min fooling margin over verifiers x views (-inf: not fooled)
-    per_verifier: dict[str, torch.Tensor]  # verifier -> [N] min over its views
-    own: dict[str, torch.Tensor]  # verifier -> [N, L] logits under its own preprocessing
-    by_view: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N] (nan: not scored)
-    logits: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N, L] (full passes)
-    # sum over verifiers x views of margins capped at the target (unscored: -target): the
-    # candidate fooling the most views, by the most, scores highest
-    score: torch.Tensor
-    fooled_views: torch.Tensor  # [N] (verifier, view) pairs fooled by the margin
 
 
 @dataclass
@@ -156,7 +93,7 @@ class Scheduler:
         rungs = 1 if self.pgd_l2 else config.eps_rungs
         self.rung_eps = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
         self.rung_masked = [config.texture_mask is not None] * rungs
-        if config.texture_mask is not None and not self.pgd_l2:  # last: eps everywhere
+        if config.texture_mask is not None and config.relax_mask and not self.pgd_l2:
             self.rung_eps.append(config.eps / 255)
             self.rung_masked.append(False)
         per = max(1, (config.steps // 2) // len(self.rung_eps))
@@ -455,17 +392,3 @@ class Scheduler:
             seconds=time.perf_counter() - s.t0,
             notes=s.notes,
         )
-
-
-def as_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float in [0, 1]; float images pass through."""
-    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
-
-
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round to the 8-bit grid that a saved image has."""
-    return x.detach().clamp(0, 1).mul(255).round().div(255)
-
-
-def to_uint8(x: torch.Tensor):
-    return x.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()

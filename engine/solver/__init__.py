@@ -7,10 +7,8 @@ runs in onnxruntime as a verifier and, converted to torch, as a surrogate with g
 from __future__ import annotations
 
 from .convert import ConversionError
+from .ends import UNKNOWN, Decoder, Preprocess
 from .model import (
-    UNKNOWN,
-    Decoder,
-    Preprocess,
     Solver,
     SolverClassifier,
     SolverParityError,
