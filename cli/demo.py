@@ -164,7 +164,7 @@ def demo_cmd(out_dir: Path, steps: int, tiles_per_photo: int, quiet: bool) -> No
     \b
     Example:
       advx demo --out /tmp/advx-demo
-      advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms jpeg
+      advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms solver
     """
     from ..engine.config import HardenConfig
     from .harden import summary_table

@@ -583,8 +583,11 @@ def _start(inp: Path, out: Path, steps: int, *extra: str) -> subprocess.Popen:
            "--steps", str(steps), "--transforms", "none", "--batch-size", "1", "--seed", "1",
            *ONE_SURROGATE, "--quiet", *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a shell that starts jobs in the background ignores SIGINT for them (and so for us):
+    # give the child the default disposition, as a terminal would
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _lines(path: Path) -> int:
