@@ -4,6 +4,7 @@ The public API (everything importable without the CLI)::
 
     import advx
     results = advx.harden(images, labels, label_set=[...], surrogates=[...], verifiers=[...])
+    outcome = advx.harden_folder("tiles/", "hardened/", ray="auto")  # as `advx harden`
 
 Heavy modules load lazily so that ``advx --help`` stays fast.
 """
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "harden": "advx.engine.api",
     "Hardener": "advx.engine.api",
+    "harden_folder": "advx.engine.folder",
+    "RayOptions": "advx.engine.folder",
     "HardenConfig": "advx.engine.config",
     "HardenResult": "advx.engine.results",
     "create_classifier": "advx.engine.zoo",

@@ -3,7 +3,7 @@
     pytest benchmarks --benchmark-json=benchmarks/results-h100.json   # on a GPU: the full matrix
     pytest benchmarks --benchmark-json=benchmarks/cpu.json            # no GPU: a reduced matrix
 
-Each test module lists GPU_CASES and CPU_CASES (engine.bench.Case). On a machine with CUDA the
+Each test module lists GPU_CASES and CPU_CASES (advx.bench.Case). On a machine with CUDA the
 GPU cases run and the CPU-only ones are skipped; without CUDA the reverse, each skip with its
 reason, so the IDs of what a CPU run leaves out are in its report. Every benchmark stores its
 figures (images/s, image-steps/s, share of the bf16 peak, ...) in ``extra_info`` of the JSON,
@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advx.engine import bench
+from advx import bench
 
 CUDA = torch.cuda.is_available()
 SIZES = bench.default_sizes("cuda" if CUDA else "cpu")

@@ -4,7 +4,7 @@ at equal steps, eps (8/255) and alpha (2/255); on CUDA also each surrogate alone
 
 from __future__ import annotations
 
-from advx.engine import bench
+from advx import bench
 
 GPU_CASES = bench.attack_cases("cuda")
 # no CUDA: the three-tower ensemble at batch 1 for one step, and effnet-lite0 alone

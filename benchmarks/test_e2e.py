@@ -4,7 +4,7 @@ shares of attack steps, verification, data loading and the rest (the GPU idle)."
 
 from __future__ import annotations
 
-from advx.engine import bench
+from advx import bench
 
 # on CUDA: 1,000 tiles, ViT-B-32 + ViT-B-16 + RN50, 50 steps, hardener batch 16 and 128
 GPU_CASES = bench.e2e_cases("cuda")

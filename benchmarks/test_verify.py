@@ -4,7 +4,7 @@ at batch 1, 32 and 256; and fp32 ONNX against torch on the CPU with EfficientNet
 
 from __future__ import annotations
 
-from advx.engine import bench
+from advx import bench
 
 # on CUDA: every tower x batch x GPU backend, plus effnet-lite0 on the CPU
 GPU_CASES = bench.verify_cases("cuda")

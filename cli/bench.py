@@ -63,7 +63,7 @@ def bench_cmd(suite: str, models: tuple[str, ...] | None, verifiers: tuple[str, 
       advx bench --suite verify --quick --device cpu
       advx bench --suite attack --models effnet-lite0,effnet-lite1 --json
     """
-    from ..engine import bench
+    from .. import bench
     from ..engine.api import resolve_device
 
     with fail_cleanly():

@@ -8,6 +8,10 @@ from collections.abc import Iterator
 
 import click
 
+from ..engine.errors import RunError
+
+__all__ = ["RunError", "describe", "fail_cleanly", "list_option", "split_list"]
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 EXIT_CODES_EPILOG = (
@@ -20,8 +24,6 @@ EXIT_CODES_EPILOG = (
 )
 
 
-class RunError(RuntimeError):
-    """A run cannot start or go on; the message says why and what to do."""
 
 
 def split_list(value: str | None) -> tuple[str, ...]:
@@ -46,7 +48,8 @@ def list_option(_ctx: click.Context, param: click.Parameter, value: str | None
 
 def _typed_errors() -> tuple[type[BaseException], ...]:
     """The errors that carry a message meant for the user (imported lazily: torch is heavy)."""
-    from ..engine.io import DatasetError, ImageLoadError
+    from ..engine.dataset import DatasetError
+    from ..engine.images import ImageLoadError
     from ..engine.solver import ConversionError, SolverParityError, SolverSpecError
     from ..engine.zoo import LabelMapError, ModelNameError, ModelUnavailableError
     from ..export import ExportError, ManifestError, ParityError

@@ -122,7 +122,7 @@ def correctly_classified(tiles: Sequence[tuple[str, str, np.ndarray]],
 
 def write_demo_input(input_dir: Path, per_photo: int, echo: Callable[[str], None]) -> int:
     """Write the checked tiles to ``input_dir/<label>/<photo>_<n>.png``; returns their number."""
-    from ..engine.io import save_image_atomic
+    from ..engine.images import save_image_atomic
 
     photos, missing = load_photos()
     if missing:
@@ -167,8 +167,8 @@ def demo_cmd(out_dir: Path, steps: int, tiles_per_photo: int, quiet: bool) -> No
       advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms solver
     """
     from ..engine.config import HardenConfig
+    from ..engine.folder import HardenJob, run_harden
     from .harden import summary_table
-    from .pipeline import HardenJob, run_harden
 
     def echo(msg: str) -> None:
         if not quiet:

@@ -12,9 +12,9 @@ import click
 import numpy as np
 
 from ..engine.challenge import grid_solve_rate_sets, sample_grids
+from ..engine.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS, TRANSFORM_PRESETS
+from ..engine.folder.records import RESULTS, SUMMARY, read_records
 from .common import EXIT_CODES_EPILOG, RunError, fail_cleanly, list_option
-from .harden import TEMPLATE_SETS, TRANSFORM_PRESETS
-from .records import RESULTS, SUMMARY, read_records
 
 Scorer = Callable[..., object]  # images [N, 3, H, W] in [0, 1] -> logits over the label set
 
@@ -98,7 +98,7 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
 def load_eval_set(input_dir: Path, labels_csv: Path | None,
                   label_set: Sequence[str] | None, label_map=None) -> EvalSet:
     """A labelled folder (as for harden) or an advx output folder (its results.jsonl)."""
-    from ..engine.io import discover
+    from ..engine.dataset import discover
 
     results = input_dir / RESULTS
     if results.exists():
@@ -174,7 +174,7 @@ def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
 
 
 def _images(paths: Sequence[Path], skipped: list[str]) -> Iterable[np.ndarray | None]:
-    from ..engine.io import ImageLoadError, load_image
+    from ..engine.images import ImageLoadError, load_image
 
     for p in paths:
         try:
@@ -206,7 +206,7 @@ def _images(paths: Sequence[Path], skipped: list[str]) -> Iterable[np.ndarray | 
               help="3x3 grid challenges to draw.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the grids.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default="simple",
+@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=DEFAULT_TEMPLATES,
               show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def eval_cmd(input_dir: Path, models: tuple[str, ...], labels_csv: Path | None,

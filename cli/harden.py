@@ -1,4 +1,4 @@
-"""``advx harden``: the command; the work is in pipeline.py."""
+"""``advx harden``: the command; the work is in advx.engine.folder (the library's folder run)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,25 @@ from pathlib import Path
 
 import click
 
-from ..engine.config import ATTACKS, OUTPUT_FORMATS
+from ..engine.config import ATTACKS, OUTPUT_FORMATS, HardenConfig
+from ..engine.defaults import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_SURROGATES,
+    DEFAULT_TEMPLATES,
+    DEFAULT_VERIFIERS,
+    TEMPLATE_SETS,
+    TRANSFORM_PRESETS,
+    VIEW_GLOSSARY,
+    view_matrices,
+)
 from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, fail_cleanly, list_option
-from .pipeline import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 
-# kept equal to the engine's by tests (importing them here would load torch)
-TRANSFORM_PRESETS = ("none", "jpeg", "delivery", "solver", "robust")
-# each preset's view matrix, as advx.engine.views.presets_help() prints it (kept equal by tests)
-VIEW_MATRICES = """\
-none: own
-jpeg: own, jpeg75
-delivery: own, jpeg75, resize0.75
-solver: own, whole-tile, jpeg75, jpeg50, resize0.75, median3, nlmeans
-robust: own, whole-tile, jpeg75, jpeg50, resize0.75, median3, nlmeans, lowres128, crop-shift, \
-blur0.7
-own = the verifier's own preprocessing; whole-tile = the tile squashed whole to the model's
-size (bilinear, antialiased); jpegQ = re-encoded at quality Q; resize0.75 = down to 0.75 and
-back up; median3, nlmeans = OpenCV's 3x3 median, non-local means (h 10, 7x7, 21x21) before the
-network; lowres128 = a 128 px solver; crop-shift = 5% crop, 2% shift; blur0.7 = Gaussian 0.7"""
-TEMPLATE_SETS = ("simple", "openai", "photo")
+D = HardenConfig  # the engine's defaults, read from the (torch-free) config class
+VIEW_MATRICES = view_matrices() + "\n" + VIEW_GLOSSARY
 
 
-@click.command("harden", epilog="\b\nView matrices (--transforms):\n" + VIEW_MATRICES
-               .replace(", \\\n", ", ") + "\n\n" + EXIT_CODES_EPILOG)
+@click.command("harden", epilog="\b\nView matrices (--transforms):\n" + view_matrices() + "\n\n"
+               + VIEW_GLOSSARY + "\n\n" + EXIT_CODES_EPILOG)
 @click.argument("input_dir", metavar="INPUT",
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -57,43 +53,52 @@ TEMPLATE_SETS = ("simple", "openai", "photo")
               callback=list_option,
               help="Comma list of models that must be fooled, run as ONNX (a foreign solver "
                    "runs its own graph).")
-@click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=8.0,
+@click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=D.eps,
               show_default=True, help="L-inf budget in /255 units.")
-@click.option("--steps", type=click.IntRange(min=0), default=40, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=D.steps, show_default=True,
               help="Attack step limit per image.")
-@click.option("--attack", type=click.Choice(ATTACKS), default="auto", show_default=True,
+@click.option("--attack", type=click.Choice(ATTACKS), default=D.attack, show_default=True,
               help="auto: pgd when every verifier is also a surrogate (white-box, e.g. a "
                    "solver spec as both), else mifgsm with input diversity (for transfer).")
-@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default="solver",
+@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default=D.transforms,
               show_default=True, help="The solver views: what a solver may do to a tile before "
               "its network answers (attacked in expectation, every view verified exactly on "
               "the delivered file). The view matrices are listed below.")
-@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="png",
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
+              default=D.output_format,
               show_default=True, help="Output image format (verification scores exactly it).")
-@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+@click.option("--quality", type=click.IntRange(1, 100), default=D.jpeg_quality, show_default=True,
               help="JPEG quality of --format jpeg.")
-@click.option("--device", default="auto", show_default=True,
+@click.option("--device", default=D.device, show_default=True,
               help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size, show_default=True,
               help="Images attacked together.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--margin", type=float, default=0.5, show_default=True,
+@click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--margin", type=float, default=D.margin, show_default=True,
               help="Logit margin by which every verifier must be wrong.")
 @click.option("--ssim-floor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.90, show_default=True,
+              default=D.ssim_floor, show_default=True,
               help="The delivered file's SSIM never falls below this (the perturbation is "
                    "scaled back where a step would cross it).")
-@click.option("--eps-rungs", type=click.IntRange(1, 6), default=3, show_default=True,
+@click.option("--eps-rungs", type=click.IntRange(1, 6), default=D.eps_rungs, show_default=True,
               help="Minimal perturbation: start at eps / 2^(rungs-1) and widen only images "
                    "still unfooled (1 = the whole eps at once).")
-@click.option("--texture-mask", type=click.FloatRange(0, 1, min_open=True), default=0.35,
+@click.option("--texture-mask", type=click.FloatRange(0, 1, min_open=True), default=D.texture_mask,
               show_default=True, help="Share of eps that flat regions may use (textured "
                                       "ones use all of it); 1 = uniform.")
-@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default="simple",
+@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=DEFAULT_TEMPLATES,
               show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
-@click.option("--max-side", type=click.IntRange(min=32), default=1024, show_default=True,
+@click.option("--max-side", type=click.IntRange(min=32), default=DEFAULT_MAX_SIDE,
+              show_default=True,
               help="Longer sides above this are attacked on a downscaled copy; the "
                    "perturbation is upsampled to full size.")
+@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS",
+              help="Spread the images over Ray workers (pip install 'advx[ray]'): local = a "
+                   "Ray instance on this machine, auto = the cluster this machine joined "
+                   "(ray start), or a cluster address. The driver writes every file.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers, each holding the models once [default: one per GPU, else "
+                   "one per 4 CPU cores].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in the same --out.")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar and no summary table (warnings still go to stderr).")
@@ -104,8 +109,8 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
                verifiers: tuple[str, ...], eps: float, steps: int, attack: str, transforms: str,
                output_format: str, quality: int, device: str, batch_size: int, seed: int,
                margin: float, ssim_floor: float | None, eps_rungs: int, texture_mask: float,
-               templates: str, max_side: int,
-               resume: bool, quiet: bool, as_json: bool) -> None:
+               templates: str, max_side: int, ray_address: str | None,
+               ray_workers: int | None, resume: bool, quiet: bool, as_json: bool) -> None:
     """Harden the labelled images in INPUT so that AI solvers misclassify them.
 
     INPUT holds one sub-folder per label (INPUT/bus/001.jpg, INPUT/traffic_light/7.png) or
@@ -124,9 +129,12 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
           --surrogates onnx:solver.json --verifiers onnx:solver.json
       advx harden tiles/ --out hardened/ --label-map my_labels.json
       advx harden tiles/ --out hardened/ --resume      # after Ctrl-C or a crash
+      advx harden tiles/ --out hardened/ --ray auto    # on a Ray cluster
     """
-    from ..engine.config import HardenConfig
-    from .pipeline import HardenJob, run_harden
+    from ..engine.folder import HardenJob, RayOptions, run_harden
+
+    if ray_workers is not None and ray_address is None:
+        raise click.UsageError("--ray-workers needs --ray")
 
     try:
         config = HardenConfig(eps=eps, steps=steps, attack=attack, transforms=transforms,
@@ -139,7 +147,8 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
     job = HardenJob(input_dir=input_dir, out_dir=out_dir, labels_csv=labels_csv,
                     label_set=label_set, surrogates=surrogates, verifiers=verifiers,
                     config=config, templates=templates, resume=resume, max_side=max_side,
-                    label_map=label_map, decoy=decoy)
+                    label_map=label_map, decoy=decoy,
+                    ray=RayOptions(ray_address, workers=ray_workers) if ray_address else None)
     def warn(msg: str) -> None:  # shown even with --quiet
         click.echo(f"warning: {msg}", err=True)
 

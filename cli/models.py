@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..engine.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from .common import EXIT_CODES_EPILOG, fail_cleanly, list_option
-from .harden import TEMPLATE_SETS
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -50,7 +50,7 @@ def models_cmd(show_all: bool) -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for model.onnx and manifest.json.")
-@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default="simple",
+@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=DEFAULT_TEMPLATES,
               show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
 @click.option("--label-map", "label_map", type=click.Path(exists=True, dir_okay=False,
                                                          path_type=Path),

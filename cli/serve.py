@@ -19,9 +19,13 @@ from pathlib import Path
 
 import click
 
+from ..engine.defaults import (
+    DEFAULT_SURROGATES,
+    DEFAULT_TEMPLATES,
+    DEFAULT_VERIFIERS,
+    TEMPLATE_SETS,
+)
 from .common import fail_cleanly, list_option
-from .harden import TEMPLATE_SETS
-from .pipeline import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 
 MAX_UPLOAD_MB = 20
 MAX_PIXELS = 40_000_000
@@ -36,7 +40,7 @@ def create_app(service, *, max_upload: int = MAX_UPLOAD_MB << 20,
     from fastapi.responses import JSONResponse, Response
 
     from .. import __version__
-    from ..engine.io import ImageLoadError, decode_image_bytes, encode_image
+    from ..engine.images import ImageLoadError, decode_image_bytes, encode_image
 
     app = FastAPI(title="advx", version=__version__,
                   description="Harden image-CAPTCHA tiles against AI solvers.")
@@ -123,7 +127,7 @@ def create_app(service, *, max_upload: int = MAX_UPLOAD_MB << 20,
               help="Solver views preset (see `advx harden --help`).")
 @click.option("--label-map", "label_map", type=click.Path(exists=True, dir_okay=False,
                                                          path_type=Path))
-@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default="simple",
+@click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=DEFAULT_TEMPLATES,
               show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,

@@ -64,7 +64,7 @@ def init_cmd(model: Path, out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise click.UsageError(f"{out} exists; pass --force to overwrite it")
     with fail_cleanly():
-        from ..engine.io import write_text_atomic
+        from ..engine.files import write_text_atomic
         from ..engine.solver.template import dumps_spec, init_template
 
         spec, todo = init_template(model, out)
@@ -99,7 +99,7 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
     with fail_cleanly():
         import torch
 
-        from ..engine.io import ImageLoadError, load_image
+        from ..engine.images import ImageLoadError, load_image
         from ..engine.solver import ConversionError, SolverParityError, load_solver
 
         solver = load_solver(spec, name=f"onnx:{spec}")

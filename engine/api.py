@@ -13,6 +13,7 @@ from torch import nn
 from .attacks import ATTACK_CLASSES, Attack
 from .checks import check_surrogate
 from .config import HardenConfig
+from .defaults import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 from .ensemble import Ensemble
 from .results import HardenResult
 from .scheduler import Scheduler, Scorer
@@ -22,8 +23,6 @@ from .zoo.labels import LabelMap, LabelMapError, load_label_map
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SURROGATES: tuple[str, ...] = ("effnet-lite0", "effnet-lite1")
-DEFAULT_VERIFIERS: tuple[str, ...] = ("effnet-lite2",)
 
 ImageLike = Any  # np.ndarray uint8 HxWx3 | PIL.Image.Image | torch.Tensor [3, H, W] in [0, 1]
 
@@ -163,6 +162,18 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
     )
 
 
+def batch_seed(seed: int, images: Sequence[torch.Tensor], labels: Sequence[str],
+               targets: Sequence[str | None] | None) -> int:
+    """A 63-bit seed derived from ``seed`` and the exact inputs of one ``run`` call."""
+    import hashlib
+
+    h = hashlib.sha256(f"{seed}|{list(labels)}|{list(targets or [])}".encode())
+    for im in images:
+        h.update(str(tuple(im.shape)).encode())
+        h.update(im.detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
 class Hardener:
     """Models built once, then ``run`` on as many image batches as needed (the CLI streams
     folders through one Hardener). See :func:`harden` for the arguments."""
@@ -286,6 +297,10 @@ class Hardener:
         asked = set(labels) | {t for t in targets or () if t is not None}
         check_known([*self.ensemble.members, *self.verifiers], sorted(asked))
         tensors = [to_tensor(im) for im in images]
+        # the random stream is a function of the seed and of this call's inputs, not of what
+        # ran before: a batch gives the same results in any process (Ray workers, a resumed
+        # run, the service) as in one
+        self.generator.manual_seed(batch_seed(self.config.seed, tensors, labels, targets))
         if not self._real_parity_checked:
             self._check_real_parity(tensors)
         index = {lab: i for i, lab in enumerate(self.label_set)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .defaults import DEFAULT_PRESET
+
 ATTACKS = ("auto", "mifgsm", "pgd", "pgd-l2")
 LOSSES = ("margin", "ce")
 OUTPUT_FORMATS = ("png", "jpeg")
@@ -27,7 +29,7 @@ class HardenConfig:
     diversity_prob: float | None = None
     ti_kernel: int = 0  # translation-invariance kernel size (odd), 0 disables
     augments: tuple[str, ...] = ()  # transfer augmentations: "ssa" (spectrum), "admix"
-    transforms: str = "solver"  # the solver views: what EOT samples and verification checks
+    transforms: str = DEFAULT_PRESET  # the solver views: what EOT samples and verification checks
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
     verify_every: int = 5  # torch attack steps between verification passes

@@ -27,7 +27,7 @@ def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
 
 def jpeg_roundtrip(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode and decode each image as JPEG (PIL, 4:4:4, like the delivered files)."""
-    from .io import encode_image  # the very encoder that writes delivered JPEG files
+    from .images import encode_image  # the very encoder that writes delivered JPEG files
 
     out = []
     for img in images.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu():

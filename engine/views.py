@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .defaults import DEFAULT_PRESET as DEFAULT_PRESET  # re-exported
+from .defaults import PRESET_VIEWS, view_matrices
 from .transforms import (
     CropShift,
     GaussianBlur,
@@ -341,23 +343,19 @@ _SOLVER_EOT = (Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 1.0), Resample(96, 38
                SoftMedian(3), RealDenoise(NonLocalMeans(), StraightThrough()),
                CropShift(0.06, 0.03))
 
+VIEWS: dict[str, View] = {v.name: v for v in (OWN, WHOLE, JPEG75, JPEG50, RESIZE75, NLM, MEDIAN,
+                                                LOWRES, CROP, BLUR)}
+_EOT = {"none": (Identity(),), "jpeg": (Identity(), Jpeg(50, 95)), "delivery": _DELIVERY_EOT,
+        "solver": _SOLVER_EOT, "robust": (*_SOLVER_EOT, GaussianBlur(0.3, 1.0))}
+_HELP = {"none": "the delivered tile as is", "jpeg": "and after JPEG 75",
+         "delivery": "and after JPEG 75 and a 0.75 down-and-up resize",
+         "solver": "each verifier's own preprocessing and a whole-tile resize, JPEG 75 and 50, "
+                   "resize 0.75, a 3x3 median and non-local means (h 10)",
+         "robust": "solver's views, a 128 px solver, crop/shift and blur 0.7"}
 PRESETS: dict[str, Preset] = {
-    "none": Preset("none", eot=(Identity(),), views=(OWN,),
-                   help="the delivered tile as is"),
-    "jpeg": Preset("jpeg", eot=(Identity(), Jpeg(50, 95)), views=(OWN, JPEG75),
-                   help="and after JPEG 75"),
-    "delivery": Preset("delivery", eot=_DELIVERY_EOT, views=(OWN, JPEG75, RESIZE75),
-                       help="and after JPEG 75 and a 0.75 down-and-up resize"),
-    "solver": Preset("solver", eot=_SOLVER_EOT,
-                     views=(OWN, WHOLE, JPEG75, JPEG50, RESIZE75, MEDIAN, NLM),
-                     help="each verifier's own preprocessing and a whole-tile resize, JPEG 75 "
-                          "and 50, resize 0.75, a 3x3 median and non-local means (h 10)"),
-    "robust": Preset("robust", eot=(*_SOLVER_EOT, GaussianBlur(0.3, 1.0)),
-                     views=(OWN, WHOLE, JPEG75, JPEG50, RESIZE75, MEDIAN, NLM, LOWRES, CROP,
-                            BLUR),
-                     help="solver's views, a 128 px solver, crop/shift and blur 0.7"),
+    name: Preset(name, eot=_EOT[name], views=tuple(VIEWS[v] for v in views), help=_HELP[name])
+    for name, views in PRESET_VIEWS.items()
 }
-DEFAULT_PRESET = "solver"
 
 
 def get_preset(name: str) -> Preset:
@@ -374,5 +372,5 @@ def sample_eot(preset: Preset, x: torch.Tensor, g: torch.Generator | None) -> to
 
 def presets_help() -> str:
     """The view matrix of every preset, for --help and the README (one line each)."""
-    return "\n".join(f"{p.name}: {', '.join(v.name for v in p.views)}" for p in PRESETS.values())
+    return view_matrices()
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.io import sha256_file, write_text_atomic
+from ..engine.files import sha256_file, write_text_atomic
 from .spec import ManifestError
 
 MANIFEST = "manifest.json"
@@ -33,8 +33,8 @@ class Manifest:
     templates: str | None  # zero-shot prompt template set, None for closed-set classifiers
     precision: str
     opset: int
-    input_name: str
-    output_name: str
+    input_name: str  # the graph's image input, [batch_axis, 3, input_size, input_size]
+    output_name: str  # the graph's logits output, [batch_axis, len(labels)]
     input_size: int  # images enter at [N, 3, input_size, input_size], float32 in [0, 1]
     mean: tuple[float, ...]  # normalisation, applied inside the graph
     std: tuple[float, ...]
@@ -42,6 +42,7 @@ class Manifest:
     crop_pct: float
     sha256: str  # of model.onnx
     parity: Parity
+    batch_axis: str = "batch"  # the dynamic batch dimension (manifests before it: "batch")
     normalization: str = "in-graph"
     format_version: int = FORMAT_VERSION
 

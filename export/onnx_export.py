@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.io import sha256_file
+from ..engine.files import sha256_file
 from ..engine.zoo import (
     DEFAULT_TEMPLATES,
     ImageClassifier,
@@ -26,7 +26,7 @@ from ..engine.zoo import (
 )
 from .manifest import MANIFEST, MODEL_FILE, Manifest, Parity, load_manifest
 from .spec import ExportError, ExportSpec, ParityError
-from .verifier import make_session
+from .verifier import check_interface, make_session
 
 
 def parity_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -46,7 +46,9 @@ def check_parity(clf: ImageClassifier, onnx_path: Path, spec: ExportSpec,
                                                                       clf.input_size)
     with torch.no_grad():
         ref = clf.core.float()(x.to(next(clf.parameters()).device)).cpu().numpy()
-    got = make_session(onnx_path, spec.precision).run(None, {spec.input_name: x.cpu().numpy()})[0]
+    session = make_session(onnx_path, spec.precision)
+    check_interface(session, *spec.io_names, onnx_path, error=ExportError)
+    got = session.run([spec.output_name], {spec.input_name: x.cpu().numpy()})[0]
     diff = np.abs(got - ref)
     tol = spec.tolerance
     worst = np.unravel_index(int(diff.argmax()), diff.shape)
@@ -108,8 +110,8 @@ def export_classifier(clf: ImageClassifier, out_dir: str | Path, spec: ExportSpe
     manifest = Manifest(
         source_model=clf.name, labels=clf.labels, templates=clf.templates,
         precision=spec.precision, opset=spec.opset, input_name=spec.input_name,
-        output_name=spec.output_name, input_size=pre.size, mean=pre.mean, std=pre.std,
-        interpolation=pre.interpolation, crop_pct=pre.crop_pct,
+        output_name=spec.output_name, batch_axis=spec.batch_axis, input_size=pre.size,
+        mean=pre.mean, std=pre.std, interpolation=pre.interpolation, crop_pct=pre.crop_pct,
         sha256=sha256_file(onnx_path), parity=parity,
     )
     manifest.write(out_dir / MANIFEST)
@@ -134,17 +136,29 @@ def cache_key(name: str, labels: Sequence[str], precision: str, templates: str,
         st = local.stat()
         fingerprint = [str(local.resolve()), st.st_size, st.st_mtime_ns]
     lmap = sorted((k, list(v)) for k, v in (label_map or {}).items())
+    # the graph's interface joins the key only where it is not the default: default keys (and
+    # so the exports already cached) are what they were before it was declarable
+    io = list(spec.io_names) if spec.io_names != ExportSpec().io_names else []
     blob = json.dumps([ref.name, list(labels), precision, templates, spec.opset, fingerprint,
-                       __version__, torch.__version__] + ([lmap] if lmap else []))
+                       __version__, torch.__version__] + ([lmap] if lmap else [])
+                      + ([io] if io else []))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def export_cached(name: str, labels: Sequence[str], *, precision: str = "fp32",
+def export_cached(name: str, labels: Sequence[str], *, precision: str | None = None,
                   templates: str = DEFAULT_TEMPLATES, cache_dir: str | Path | None = None,
                   classifier: ImageClassifier | None = None,
-                  label_map: LabelMap | None = None) -> Path:
-    """The directory of a validated export of (model, labels, precision), built once."""
-    spec = ExportSpec(precision=precision)
+                  label_map: LabelMap | None = None, spec: ExportSpec | None = None) -> Path:
+    """The directory of a validated export of (model, labels, precision), built once.
+
+    ``spec`` declares the export (its interface names, opset, tolerances); ``precision``, where
+    given, must agree with it. Without either: ``ExportSpec()`` (fp32).
+    """
+    if spec is None:
+        spec = ExportSpec(precision=precision or "fp32")
+    elif precision is not None and precision != spec.precision:
+        raise ValueError(f"precision={precision!r} contradicts spec.precision={spec.precision!r}")
+    precision = spec.precision
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
     key = cache_key(name, labels, precision, templates, spec, label_map)

@@ -9,6 +9,7 @@ import torch
 
 from ..engine.zoo.model import PreprocessCfg, Resize
 from .manifest import MODEL_FILE, Manifest, load_manifest
+from .spec import ManifestError
 
 
 def available_providers() -> list[str]:
@@ -45,6 +46,22 @@ def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_thr
     return session
 
 
+def check_interface(session, input_name: str, output_name: str, batch_axis: str,
+                    where: str | Path = "the graph",
+                    error: type[Exception] = ManifestError) -> None:
+    """Raise ``error`` unless ``session`` has exactly the declared interface: one input
+    ``input_name`` and one output ``output_name``, both with the dynamic first axis
+    ``batch_axis``."""
+    got = [(v.name, v.shape[0] if v.shape else None)
+           for v in (*session.get_inputs(), *session.get_outputs())]
+    want = [(input_name, batch_axis), (output_name, batch_axis)]
+    if got != want:  # also: more than one input or output
+        raise error(
+            f"{where}: the graph's (name, batch axis) of its input and output are {got}, "
+            f"not the declared {want}"
+        )
+
+
 class OnnxVerifier:
     """images [N, 3, H, W] in [0, 1] (torch, any device) -> float32 label logits (torch, CPU).
 
@@ -67,6 +84,7 @@ class OnnxVerifier:
         dir_ = self.path if self.path.is_dir() else self.path.parent
         self.session = make_session(dir_ / MODEL_FILE, m.precision, cuda=use_cuda,
                                     intra_op_threads=intra_op_threads)
+        check_interface(self.session, m.input_name, m.output_name, m.batch_axis, self.path)
         self.device = "cuda" if use_cuda else "cpu"
 
     def __repr__(self) -> str:

@@ -1,8 +1,9 @@
-"""Tests of advx.engine.bench and ``advx bench`` on tiny CPU models: figures are positive and
+"""Tests of advx.bench and ``advx bench`` on tiny CPU models: figures are positive and
 finite, both PGDs stay in the eps-ball, the suites cover the issue's matrix. No timing limits."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from advx import bench
 from advx.cli.bench import bench_cmd
-from advx.engine import bench
 from advx.engine.config import HardenConfig
 
 from tiny import register_tiny_open_clip
@@ -107,6 +108,36 @@ def test_end_to_end_accounts_for_the_whole_run(tiny_clip: str, cache: bench.Mode
     assert all(0 <= f <= 1 for f in row.fractions.values())
     assert sum(row.fractions.values()) == pytest.approx(1)
     assert row.fractions["attack"] > 0 and row.fractions["verify"] > 0
+
+
+def test_end_to_end_counts_what_the_verifiers_score(tiny_clip: str, cache: bench.ModelCache,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verification work of an e2e row (its FLOP share on a GPU) is the images the
+    verifiers score: every view on admission and on delivery, one view per lazy pass."""
+    from advx.export import OnnxVerifier
+
+    scored: list[int] = []
+    call = OnnxVerifier.__call__
+
+    @functools.wraps(call)
+    def counting(self, images, *args, **kwargs):
+        scored.append(len(images))
+        return call(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(OnnxVerifier, "__call__", counting)
+    monkeypatch.setattr(bench.e2e, "device_peak", lambda _dev: 1.0)  # as if on a known GPU
+    cfg = HardenConfig(attack="pgd", transforms="delivery", diversity_prob=0.0, verify_every=2,
+                       patience=1)  # patience is turned off: every image takes every step
+    work = bench.prepare_end_to_end(3, [tiny_clip], [TINY_TIMM], 3, "cpu", batch_size=2,
+                                    image_size=40, config=cfg, cache=cache)
+    scored.clear()  # the warm-up run
+    work.run()
+    views = 3  # own, jpeg75, resize0.75
+    assert sum(scored) == bench.verifier_forwards([3, 3, 3], views, 2) == 3 * (2 * views + 2)
+    row = work.row(1.0, 1)
+    assert row.image_steps_per_s == 9
+    assert row.fractions["attack"] > 0 and row.fractions["verify"] > 0
+    assert positive(row.flop_fraction)
 
 
 # --- FLOPs and the hardware limit --------------------------------------------------------------

@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from advx.cli import records as rec
 from advx.cli.evaluate import evaluate
 from advx.cli.main import cli
 from advx.engine.challenge import Grid, grid_solve_rate, sample_grids
+from advx.engine.folder import records as rec
 
 FAST = ["--steps", "3", "--transforms", "none", "--batch-size", "4", "--quiet"]
 ONE_SURROGATE = ["--surrogates", "effnet-lite0"]  # cheaper where the defaults are not the point
@@ -150,17 +150,25 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_cli_constants_match_the_engine():
-    from advx.cli import harden, pipeline
-    from advx.engine import api
-    from advx.engine.views import PRESETS, presets_help
-    from advx.engine.zoo import TEMPLATE_SETS
+def test_defaults_have_one_home():
+    """The CLI shows the engine's defaults (read from advx.engine.defaults and HardenConfig,
+    never copied), and the views and templates the engine builds are the ones named there."""
+    from advx.engine.config import HardenConfig
+    from advx.engine.defaults import PRESET_VIEWS, TEMPLATE_SETS, view_matrices
+    from advx.engine.views import PRESETS
+    from advx.engine.zoo.zeroshot import _templates
 
-    assert pipeline.DEFAULT_SURROGATES == api.DEFAULT_SURROGATES
-    assert pipeline.DEFAULT_VERIFIERS == api.DEFAULT_VERIFIERS
-    assert tuple(PRESETS) == harden.TRANSFORM_PRESETS
-    assert harden.VIEW_MATRICES.replace(", \\\n", ", ").startswith(presets_help() + "\n")
-    assert set(harden.TEMPLATE_SETS) == set(TEMPLATE_SETS)
+    assert {n: tuple(v.name for v in p.views) for n, p in PRESETS.items()} == PRESET_VIEWS
+    assert set(_templates()) == set(TEMPLATE_SETS)
+    help_text = " ".join(invoke("harden", "--help").output.split())
+    d = HardenConfig()
+    for opt, value in (("--eps", d.eps), ("--steps", d.steps), ("--transforms", d.transforms),
+                       ("--batch-size", d.batch_size), ("--ssim-floor", d.ssim_floor),
+                       ("--surrogates", "effnet-lite0,effnet-lite1")):
+        option_help = help_text.split("Options:", 1)[1].split(opt + " ", 1)[1].split(" --", 1)[0]
+        assert f"[default:{value}" in option_help.replace(" ", ""), opt
+    for line in view_matrices().splitlines():
+        assert line in help_text
 
 
 def test_models_lists_entries_and_grammar():
@@ -287,7 +295,7 @@ NOTES = {
 def test_odd_inputs(tmp_path):
     import torch
 
-    from advx.engine.io import load_image
+    from advx.engine.images import load_image
     from advx.export import OnnxVerifier, export_cached
 
     inp = tmp_path / "odd"
@@ -334,13 +342,13 @@ def test_odd_inputs(tmp_path):
 def test_large_image_policy_keeps_the_budget_and_metrics_match_the_engine():
     import torch
 
-    from advx.cli.resample import (
+    from advx.engine import metrics
+    from advx.engine.folder.resample import (
         downscale,
         full_size_metrics,
         upsample_perturbation,
         working_size,
     )
-    from advx.engine import metrics
 
     rng = np.random.default_rng(0)
     original = rng.integers(0, 256, (203, 301, 3), dtype=np.uint8)
@@ -384,6 +392,8 @@ def test_usage_errors_exit_2(tmp_path):
     assert invoke("harden", inp, "--out", tmp_path / "o", "--eps", "0").exit_code == 2
     assert invoke("harden", inp, "--out", tmp_path / "o", "--attack", "fgsm").exit_code == 2
     assert invoke("harden", inp).exit_code == 2  # --out missing
+    result = invoke("harden", inp, "--out", tmp_path / "o", "--ray-workers", "2")
+    assert result.exit_code == 2 and "--ray-workers needs --ray" in result.output
     result = invoke("harden", inp, "--out", inp / "hardened", *FAST)
     assert result.exit_code == 1 and "INPUT is never modified" in result.output
 
@@ -550,17 +560,18 @@ def test_demo_missing_packages_say_how_to_install(monkeypatch, tmp_path):
 def test_demo_command(monkeypatch, tmp_path):
     """The demo's plumbing (the hardening itself is tested above): checked tiles are written
     under OUT/input/<label>/, harden runs on them into OUT/hardened, the report is named."""
-    from advx.cli import demo, pipeline
-    from advx.cli.records import summarize
+    from advx.cli import demo
+    from advx.engine import folder
+    from advx.engine.folder.records import summarize
 
     jobs = []
 
     def fake_run(job, **kw):
         jobs.append(job)
         summary = {**summarize([], total=0), "images_per_s": None, "seconds": 0.0}
-        return pipeline.Outcome(summary, False, "")
+        return folder.Outcome(summary, False, "")
 
-    monkeypatch.setattr(pipeline, "run_harden", fake_run)
+    monkeypatch.setattr(folder, "run_harden", fake_run)
     monkeypatch.setattr(demo, "correctly_classified",
                         lambda tiles, labels: [i != 0 for i in range(len(tiles))])
     out = tmp_path / "d"

@@ -36,6 +36,8 @@ def test_tiny_export_parity(tiny_models, backend, precision, tmp_path):
     (inp,), (out,) = model.graph.input, model.graph.output
     assert inp.name == "images" and out.name == "logits"
     assert inp.type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch
+    assert out.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert m.batch_axis == "batch"
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 IO at every precision
     if precision == "fp16":
         assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
@@ -84,6 +86,77 @@ def test_spec_validation():
         ExportSpec(precision="int8")
     with pytest.raises(ValueError, match="opset"):
         ExportSpec(opset=7)
+    spec = ExportSpec()
+    assert spec.io_names == ("images", "logits", "batch")  # the names of every export so far
+    assert spec.dynamic_axes == {"images": {0: "batch"}, "logits": {0: "batch"}}
+    custom = ExportSpec(input_name="pixel_values", output_name="scores", batch_axis="n")
+    assert custom.dynamic_axes == {"pixel_values": {0: "n"}, "scores": {0: "n"}}
+    for field in ("input_name", "output_name", "batch_axis"):
+        for bad in ("", "0x", "a b", "in-put", "x.1", None, 3):
+            with pytest.raises(ValueError, match=f"{field} must be a non-empty identifier"):
+                ExportSpec(**{field: bad})
+    with pytest.raises(ValueError, match="input_name and output_name must differ"):
+        ExportSpec(input_name="x", output_name="x")
+    with pytest.raises(ValueError, match="parity_batch"):
+        ExportSpec(parity_batch=0)
+    with pytest.raises(ValueError, match="no entry for precision 'fp16'"):
+        ExportSpec(precision="fp16", tolerances={"fp32": spec.tolerance})
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_declared_interface_round_trips(tiny_models, precision, tmp_path):
+    """Non-default input, output and batch-axis names reach the graph, the manifest and the
+    verifier (onnxruntime); a manifest that no longer matches its graph is refused."""
+    import onnx
+
+    spec = ExportSpec(precision=precision, input_name="pixel_values", output_name="scores",
+                      batch_axis="n")
+    clf = create_classifier(tiny_models["timm"], LABELS)
+    m = export_classifier(clf, tmp_path, spec)
+    assert (m.input_name, m.output_name, m.batch_axis) == ("pixel_values", "scores", "n")
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    (inp,), (out,) = graph.input, graph.output
+    assert (inp.name, out.name) == ("pixel_values", "scores")
+    assert inp.type.tensor_type.shape.dim[0].dim_param == "n"
+    assert out.type.tensor_type.shape.dim[0].dim_param == "n"
+    v = OnnxVerifier(tmp_path, device="cpu")
+    x = torch.rand(3, 3, 37, 51)
+    tol = spec.tolerance
+    np.testing.assert_allclose(v(x).numpy(), clf(x).detach().numpy(), atol=tol.atol * 2 + 1e-4,
+                               rtol=tol.rtol)
+    # a manifest edited to other names (its sha256 covers only the graph) fails at load
+    path = tmp_path / "manifest.json"
+    for key, value in (("input_name", "images"), ("output_name", "logits"), ("batch_axis", "b")):
+        edited = {**json.loads(path.read_text()), key: value}
+        bad = tmp_path / key
+        bad.mkdir()
+        (bad / "model.onnx").write_bytes((tmp_path / "model.onnx").read_bytes())
+        (bad / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(ManifestError, match="not the declared"):
+            OnnxVerifier(bad, device="cpu")
+
+
+def test_manifest_without_batch_axis_loads(tiny_models, tmp_path):
+    """Manifests written before the batch axis was declarable still load (as 'batch')."""
+    export_classifier(create_classifier(tiny_models["timm"], LABELS), tmp_path)
+    path = tmp_path / "manifest.json"
+    old = json.loads(path.read_text())
+    assert old.pop("batch_axis") == "batch"
+    path.write_text(json.dumps(old))
+    assert load_manifest(tmp_path).batch_axis == "batch"
+    assert OnnxVerifier(tmp_path, device="cpu")(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_cache_key_of_the_interface(tiny_models):
+    from advx.export.onnx_export import cache_key
+
+    def key(**kw):
+        return cache_key(tiny_models["timm"], LABELS, "fp32", "simple", ExportSpec(**kw))
+
+    default = key()
+    assert key(tolerances={"fp32": ExportSpec().tolerance}) == default  # validation only
+    others = {key(input_name="x"), key(output_name="y"), key(batch_axis="n")}
+    assert default not in others and len(others) == 3
 
 
 def test_export_cache_reuses(tiny_models, tmp_path, monkeypatch):
@@ -102,6 +175,11 @@ def test_export_cache_reuses(tiny_models, tmp_path, monkeypatch):
         export_cached(name, ("cat", "dog"), cache_dir=tmp_path)
     with pytest.raises(AssertionError):
         export_cached(name, LABELS, precision="fp16", cache_dir=tmp_path)
+    with pytest.raises(AssertionError):  # other graph names: another entry
+        export_cached(name, LABELS, spec=ExportSpec(input_name="pixels"), cache_dir=tmp_path)
+    assert export_cached(name, LABELS, spec=ExportSpec(), cache_dir=tmp_path) == first
+    with pytest.raises(ValueError, match="contradicts"):
+        export_cached(name, LABELS, precision="fp16", spec=ExportSpec(), cache_dir=tmp_path)
     monkeypatch.undo()
     with open(first / "model.onnx", "ab") as f:  # a tampered cache entry is rebuilt
         f.write(b"\0")

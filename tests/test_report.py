@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advx.cli import report
-from advx.cli.records import REPORT_FILES, summarize
-from advx.cli.report import fooled_rate_svg, write_report
+from advx.engine.folder import report
+from advx.engine.folder.records import REPORT_FILES, summarize
+from advx.engine.folder.report import fooled_rate_svg, write_report
 
 
 class _Page(HTMLParser):
@@ -176,7 +176,7 @@ def _view_records() -> list[dict]:
 
 
 def test_per_view_figures_exact():
-    from advx.cli.records import distribution, per_view
+    from advx.engine.folder.records import distribution, per_view
 
     stats = per_view(_view_records(), grids=50)
     assert list(stats["v"]) == ["own", "jpeg75"]
@@ -207,7 +207,7 @@ def test_report_shows_views_ssim_and_the_smoothest_region(tmp_path):
     zoom = np.asarray(Image.open(out / unquote(zooms[0])))
     assert zoom.shape == (report.REGION * report.ZOOM, report.REGION * report.ZOOM, 3)
     assert zoom.std() < 1.0, "the smoothest region of a.png is its flat part"
-    from advx.cli.report import smoothest_region
+    from advx.engine.folder.report import smoothest_region
 
     _y, x, side = smoothest_region(flat, 48)
     assert x >= 10 and side == 48

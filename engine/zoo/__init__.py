@@ -1,10 +1,18 @@
-"""The model zoo: one registry, one interface (images in [0, 1] -> label logits)."""
+"""The model zoo: one registry, one interface (images in [0, 1] -> label logits).
+
+:mod:`.registry` holds the name grammar and the register decorators and imports no builder;
+:mod:`.backends` registers the builders with them. This package imports the backends module,
+here and nowhere else: importing any ``advx.engine.zoo.*`` module runs this file first, so every
+lookup sees every backend whatever the order of imports.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+# The one import of the builders (it imports the registry itself and runs its decorators, once).
+from . import backends  # noqa: F401
 from .labels import (
     CAPTCHA_LABEL_MAP,
     LabelMap,

@@ -1,8 +1,11 @@
 """Backend builders: open_clip, Hugging Face transformers, timm, and the offline EfficientNet-Lite.
 
-Each builder turns a :class:`ModelRef` into a :class:`Backbone`. Weights load safely: safetensors
-or ``torch.load(weights_only=True)``; the one legacy pickle (EfficientNet-Lite2) is unpickled only
-after its full sha256 matches the published value.
+Each builder turns a :class:`ModelRef` into a :class:`Backbone` and is registered with the
+decorators of :mod:`.registry` (which imports nothing from here). The package imports this module
+once, when ``advx.engine.zoo`` is imported; registering a name twice fails.
+
+Weights load safely: safetensors or ``torch.load(weights_only=True)``; the one legacy pickle
+(EfficientNet-Lite2) is unpickled only after its full sha256 matches the published value.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import sha256_file
+from ..files import sha256_file
 from .model import Backbone, PreprocessCfg
 from .registry import (
     ModelNameError,

@@ -1,4 +1,10 @@
-"""One registry of models: the name grammar, the backends and the named entries.
+"""One registry of models: the name grammar, the register decorators and the lookups.
+
+This module holds the registry (backends, aliases, named entries), the decorators that fill it
+and the name parser; it imports no builder. The builders live in :mod:`.backends`, which
+registers them with these decorators when it is imported, exactly once, by the package
+(``advx.engine.zoo``), so that any import of this module (which runs the package first) sees
+every backend, whatever the order of imports.
 
 Grammar (``advx models`` prints it)::
 
@@ -119,9 +125,15 @@ def _looks_like_path(s: str) -> bool:
     )
 
 
+def _require_backends() -> None:
+    if not _BACKENDS:  # only if this file is loaded outside its package
+        raise RuntimeError("no model backends are registered: import advx.engine.zoo, which "
+                           "registers them (advx.engine.zoo.backends)")
+
+
 def parse_name(name: str) -> ModelRef:
     """Parse a model name; raise ModelNameError that says how to fix a bad one."""
-    _ensure_loaded()
+    _require_backends()
     name = name.strip()
     if not name:
         raise ModelNameError(f"empty model name; expected {GRAMMAR}")
@@ -156,22 +168,17 @@ def parse_name(name: str) -> ModelRef:
 def build_backbone(ref: ModelRef, device: str = "cpu") -> Backbone | Solver:
     """Build what a parsed name refers to: a backbone (an image tower to put a head on) or a
     foreign solver (which brings its own preprocessing and answer)."""
-    _ensure_loaded()
+    _require_backends()
     fn = _ALIASES[ref.arch] if ref.backend == "alias" else _BACKENDS[ref.backend]
     return fn(ref, device)
 
 
 def list_entries() -> list[Entry]:
     """The named entries, offline ones first."""
-    _ensure_loaded()
+    _require_backends()
     return sorted(_ENTRIES.values(), key=lambda e: (not e.offline, e.name))
 
 
 def list_backends() -> list[str]:
-    _ensure_loaded()
+    _require_backends()
     return sorted(_BACKENDS)
-
-
-def _ensure_loaded() -> None:
-    # Importing the backends module runs the register_* decorators exactly once.
-    from . import backends  # noqa: F401

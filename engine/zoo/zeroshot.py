@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..defaults import DEFAULT_TEMPLATES as DEFAULT_TEMPLATES  # re-exported
+from ..defaults import TEMPLATE_SETS as TEMPLATE_SETS  # re-exported
 from .model import Backbone
 
 
@@ -23,8 +25,7 @@ def _templates() -> dict[str, tuple[str, ...]]:
     }
 
 
-TEMPLATE_SETS: tuple[str, ...] = ("simple", "openai", "photo")
-DEFAULT_TEMPLATES = "simple"
+
 
 _CACHE: dict[tuple[str, tuple[str, ...], str], torch.Tensor] = {}
 

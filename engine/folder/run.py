@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import shlex
 import time
@@ -14,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..engine.config import HardenConfig
+from ... import __version__
+from ..config import HardenConfig
+from ..defaults import DEFAULT_MAX_SIDE, DEFAULT_SURROGATES, DEFAULT_TEMPLATES, DEFAULT_VERIFIERS
+from ..errors import RunError
 from . import records as rec
-from .common import RunError
+from .distributed import RayOptions
 from .resample import MIN_SIDE, downscale, full_size_metrics, upsample_perturbation, working_size
-
-# kept equal to advx.engine.api's defaults by tests (importing it here would load torch)
-DEFAULT_SURROGATES = ("effnet-lite0", "effnet-lite1")
-DEFAULT_VERIFIERS = ("effnet-lite2",)
 
 
 @dataclass(frozen=True)
@@ -34,11 +33,12 @@ class HardenJob:
     surrogates: tuple[str, ...] = DEFAULT_SURROGATES
     verifiers: tuple[str, ...] = DEFAULT_VERIFIERS
     config: HardenConfig = field(default_factory=HardenConfig)
-    templates: str = "simple"
+    templates: str = DEFAULT_TEMPLATES
     resume: bool = False
-    max_side: int = 1024  # longer sides above this are attacked on a downscaled copy
+    max_side: int = DEFAULT_MAX_SIDE  # longer sides above this are attacked on a downscaled copy
     label_map: Path | None = None  # JSON labels -> ImageNet classes, before the built-in map
     decoy: str | None = None  # push tiles of other labels to be selected as this one
+    ray: RayOptions | None = None  # spread the images over Ray workers
 
 
 @dataclass
@@ -97,7 +97,7 @@ def resolve_label_set(labels_seen: Sequence[str], given: Sequence[str] | None,
     """--label-set, or the sorted labels seen; one label alone is a binary challenge ("select
     all X") against the built-in negatives."""
     if not given:
-        from ..engine.api import default_label_set
+        from ..api import default_label_set
 
         return default_label_set(labels_seen, label_map)
     unknown = sorted(set(labels_seen) - set(given))
@@ -146,13 +146,13 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     """Harden every input of ``job`` not yet done; write results.jsonl, summary.json and
     report.html. Raises RunError / DatasetError / model errors before touching ``out_dir``;
     returns with ``interrupted`` set on Ctrl-C (what is finished is kept)."""
-    from ..engine.io import discover
+    from ..dataset import discover
 
     if job.labels_csv is None and (job.input_dir / rec.RESULTS).exists():
         raise RunError(f"{job.input_dir} is an advx output folder (it has {rec.RESULTS}); its "
                        f"{rec.REPORT_FILES}/ would be read as a label. To harden its images "
                        f"again, list them in a --labels CSV")
-    from ..engine.zoo import load_label_map
+    from ..zoo import load_label_map
 
     items = discover(job.input_dir, job.labels_csv)
     label_map = load_label_map(job.label_map)
@@ -183,11 +183,19 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
 
     t_setup = time.perf_counter()
     asked = sorted({it.label for it in pending} | ({job.decoy} if job.decoy else set()))
-    hardener = _build_hardener(job, label_set, label_map, asked) if pending else None
+    hardener = pool = None
+    if pending and job.ray is not None:
+        from .distributed import RayPool
+
+        pool = RayPool(job.ray, functools.partial(_build_hardener, job, label_set, label_map,
+                                                  asked))
+        info["ray_workers"] = pool.size
+    elif pending:
+        hardener = _build_hardener(job, label_set, label_map, asked)
     info["setup_seconds"] = round(time.perf_counter() - t_setup, 3)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     rec.remove_temp_files(job.out_dir)
-    from ..engine.io import write_text_atomic
+    from ..files import write_text_atomic
 
     write_text_atomic(results, "".join(rec.dumps(r) + "\n" for r in ordered_kept))
 
@@ -196,8 +204,21 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     interrupted = False
     try:
         with rec.RecordWriter(results) as writer:
-            for chunk in chunked(pending, 2 * job.config.batch_size):
-                _run_chunk(job, hardener, chunk, outputs, writer, progress)
+            def record(r: dict) -> None:
+                writer.append(r)
+                progress.update(r)
+
+            def deliver(batch, result) -> None:
+                record(_deliver(job, batch.context[result.index], result, outputs))
+
+            batches = (b for c in chunked(pending, 2 * job.config.batch_size)
+                       if (b := _prepare(job, c, record)) is not None)
+            if pool is not None:
+                pool.run(batches, deliver)
+            else:
+                for b in batches:
+                    hardener.run(b.images, b.labels, b.targets,
+                                 on_result=lambda r, b=b: deliver(b, r))
     except KeyboardInterrupt:
         interrupted = True
     except BaseException as exc:
@@ -206,6 +227,9 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
             _finish(job, len(items), info, time.perf_counter() - t0, progress.new, False,
                     error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if pool is not None:
+            pool.close()
     progress.close()
     summary = _finish(job, len(items), info, time.perf_counter() - t0, progress.new,
                       interrupted)
@@ -217,7 +241,7 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
 def _build_hardener(job: HardenJob, label_set: Sequence[str], label_map,
                     asked: Sequence[str]):
     """The models, checked to know every label the run asks about (before OUT is touched)."""
-    from ..engine.api import Hardener, check_known
+    from ..api import Hardener, check_known
 
     hardener = Hardener(label_set, surrogates=job.surrogates, verifiers=job.verifiers,
                         config=job.config, templates=job.templates, label_map=label_map)
@@ -225,16 +249,13 @@ def _build_hardener(job: HardenJob, label_set: Sequence[str], label_map,
     return hardener
 
 
-def _run_chunk(job: HardenJob, hardener, chunk, outputs: dict[str, str],
-               writer: rec.RecordWriter, progress: Progress) -> None:
-    from ..engine.io import ImageLoadError, load_image
+def _prepare(job: HardenJob, chunk, record: Callable[[dict], None]):
+    """Load a chunk of inputs (large ones downscaled to their working copy); unreadable or
+    too-small ones get their error record at once. None when nothing is left to attack."""
+    from ..images import ImageLoadError, load_image
+    from .distributed import Batch
 
     images, labels, pending = [], [], []
-
-    def record(r: dict) -> None:
-        writer.append(r)
-        progress.update(r)
-
     for it in chunk:
         try:
             loaded = load_image(job.input_dir / it.path)
@@ -258,19 +279,15 @@ def _run_chunk(job: HardenJob, hardener, chunk, outputs: dict[str, str],
         labels.append(it.label)
         pending.append(p)
     if not images:
-        return
-
-    def on_result(result) -> None:
-        record(_deliver(job, pending[result.index], result, outputs))
-
+        return None
     targets = None if job.decoy is None else [None if y == job.decoy else job.decoy
                                               for y in labels]
-    hardener.run(images, labels, targets, on_result=on_result)
+    return Batch(images, labels, targets, pending)
 
 
 def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> dict:
     """Write the hardened image (atomically) and return its record."""
-    from ..engine.io import (
+    from ..images import (
         ImageLoadError,
         decode_image_bytes,
         encode_image,
@@ -305,7 +322,7 @@ def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> di
 def _finish(job: HardenJob, total: int, info: dict, seconds: float, new: int,
             interrupted: bool, error: str | None = None) -> dict:
     """Write summary.json and report.html for what results.jsonl holds now."""
-    from ..engine.io import write_text_atomic
+    from ..files import write_text_atomic
     from .report import write_report
 
     records, _ = rec.read_records(job.out_dir / rec.RESULTS)
@@ -327,3 +344,37 @@ def _finish(job: HardenJob, total: int, info: dict, seconds: float, new: int,
     write_text_atomic(job.out_dir / rec.SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_report(job.out_dir, records, summary, job.input_dir)
     return summary
+
+
+def harden_folder(input_dir: str | Path, out_dir: str | Path, *,
+                  labels_csv: str | Path | None = None,
+                  label_set: Sequence[str] | None = None,
+                  surrogates: Sequence[str] = DEFAULT_SURROGATES,
+                  verifiers: Sequence[str] = DEFAULT_VERIFIERS,
+                  config: HardenConfig | None = None,
+                  templates: str = DEFAULT_TEMPLATES,
+                  label_map: str | Path | None = None,
+                  decoy: str | None = None,
+                  max_side: int = DEFAULT_MAX_SIDE,
+                  resume: bool = False,
+                  ray: str | RayOptions | None = None,
+                  show_progress: bool = False,
+                  warn: Callable[[str], None] = print) -> Outcome:
+    """Harden a labelled folder into ``out_dir`` exactly as ``advx harden`` does: images at
+    their relative paths, ``results.jsonl`` (a record per input, appended as each finishes),
+    ``summary.json`` and ``report.html``; ``resume=True`` finishes an interrupted run.
+
+    ``ray``: ``"local"``, ``"auto"``, a cluster address or :class:`RayOptions` to spread the
+    images over Ray workers (records are the same as in one process with the same seed).
+    Returns the summary; raises :class:`~advx.engine.errors.RunError` and the typed dataset
+    and model errors before anything is written.
+    """
+    job = HardenJob(
+        input_dir=Path(input_dir), out_dir=Path(out_dir),
+        labels_csv=Path(labels_csv) if labels_csv else None,
+        label_set=tuple(label_set) if label_set else None,
+        surrogates=tuple(surrogates), verifiers=tuple(verifiers),
+        config=config or HardenConfig(), templates=templates,
+        label_map=Path(label_map) if label_map else None, decoy=decoy, max_side=max_side,
+        resume=resume, ray=RayOptions(ray) if isinstance(ray, str) else ray)
+    return run_harden(job, show_progress=show_progress, warn=warn)

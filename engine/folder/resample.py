@@ -39,16 +39,21 @@ def upsample_perturbation(original: np.ndarray, working: np.ndarray, adversarial
     delta = (adversarial.astype(np.float32) - working.astype(np.float32)) / 255.0
     delta_t = torch.from_numpy(delta).permute(2, 0, 1)[None]
     up = F.interpolate(delta_t, size=(h, w), mode="bilinear", align_corners=False)[0]
-    base = torch.from_numpy(original.astype(np.float32)).permute(2, 0, 1) / 255.0
-    out = (base + up).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
-    return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+    up = up.permute(1, 2, 0)  # H x W x 3, a view
+    out = np.empty_like(original)
+    for top in range(0, h, 512):  # in strips of rows: no full-size float copies of the image
+        rows = slice(top, top + 512)
+        base = torch.from_numpy(original[rows].astype(np.float32)).div_(255.0)
+        px = base.add_(up[rows]).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+        out[rows] = px.numpy()
+    return out
 
 
 def full_size_metrics(delivered: np.ndarray, original: np.ndarray, *, strip: int = 512
                       ) -> dict[str, float | None]:
     """linf (/255), l2, psnr (None when identical) and ssim of two uint8 HxWx3 images, as
     advx.engine.metrics computes them, in strips of rows so memory stays small."""
-    from ..engine import metrics
+    from .. import metrics
 
     h, w = original.shape[:2]
     win = 11

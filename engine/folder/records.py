@@ -205,7 +205,7 @@ def distribution(values: Iterable[float | None]) -> dict | None:
 def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
     """Per verifier and per view of the matrix: the share of tiles it gets wrong (fooling
     margin >= 0: its own decision is wrong) and its 3x3 grid solve rate, before and after."""
-    from ..engine.challenge import grid_solve_rate_sets, sample_grids
+    from ..challenge import grid_solve_rate_sets, sample_grids
 
     rows = [r for r in records if isinstance(r.get("margins_by_view"), dict)
             and isinstance(r.get("selected_by_view_after"), dict)]
@@ -239,7 +239,7 @@ def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[s
 def per_model(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
     """Per model, by its own decision rule: how often it selects a tile for the tile's label,
     and how many seeded 3x3 grids ("select all X") it solves, before and after hardening."""
-    from ..engine.challenge import grid_solve_rate_sets, sample_grids
+    from ..challenge import grid_solve_rate_sets, sample_grids
 
     rows = [r for r in records if isinstance(r.get("selected_before"), dict)
             and isinstance(r.get("selected_after"), dict)]

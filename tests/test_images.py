@@ -1,4 +1,4 @@
-"""Tests for advx.engine.io: robust loading, atomic writes, dataset discovery."""
+"""Tests for advx.engine.images, files and dataset: loading, atomic writes, discovery."""
 
 from __future__ import annotations
 
@@ -11,19 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from advx.engine import io as aio
-from advx.engine.io import (
+from advx.engine import files as afiles
+from advx.engine import images as aimages
+from advx.engine.dataset import DatasetError, Item, discover
+from advx.engine.files import write_text_atomic
+from advx.engine.images import (
     IMAGE_EXTENSIONS,
-    DatasetError,
     ImageLoadError,
-    Item,
     LoadedImage,
     decode_image_bytes,
-    discover,
     encode_image,
     load_image,
     save_image_atomic,
-    write_text_atomic,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -182,16 +181,16 @@ def test_16bit_gray_png_exact(tmp_path: Path) -> None:
 def test_16bit_big_endian_array_and_int32() -> None:
     be = Image.new("I;16B", (3, 1), 0x1234)
     notes: list[str] = []
-    rgb = aio._to_rgb(be, notes)
+    rgb = aimages._to_rgb(be, notes)
     assert rgb.shape == (1, 3, 3) and int(rgb[0, 0, 0]) == 0x12
     i32 = Image.fromarray(np.array([[0, 40000, 65535]], dtype=np.int32))
     assert i32.mode == "I"
     notes = []
-    assert aio._to_rgb(i32, notes)[0, :, 1].tolist() == [0, 156, 255]
+    assert aimages._to_rgb(i32, notes)[0, :, 1].tolist() == [0, 156, 255]
     assert notes[0] == "16-bit image reduced to 8 bits"
     wide = Image.fromarray(np.array([[-55, 0, 200]], dtype=np.int32))
     notes = []
-    assert aio._to_rgb(wide, notes)[0, :, 0].tolist() == [0, 55, 255]
+    assert aimages._to_rgb(wide, notes)[0, :, 0].tolist() == [0, 55, 255]
     assert notes[0] == "32-bit integer image rescaled from [-55, 200] to 8 bits"
 
 
@@ -245,7 +244,7 @@ def test_float_tiff(tmp_path: Path, values: list[float], expected: list[int], no
 def test_float_non_finite() -> None:
     notes: list[str] = []
     im = Image.fromarray(np.array([[np.nan, 0.25, np.inf]], dtype=np.float32))
-    assert aio._to_rgb(im, notes)[0, :, 0].tolist() == [0, 64, 0]
+    assert aimages._to_rgb(im, notes)[0, :, 0].tolist() == [0, 64, 0]
     assert notes[0] == "non-finite float values set to 0"
 
 
@@ -427,7 +426,7 @@ def test_failing_replace_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     def fail(*_a: object, **_k: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(aio.os, "replace", fail)
+    monkeypatch.setattr(afiles.os, "replace", fail)
     with pytest.raises(OSError, match="disk on fire"):
         save_image_atomic(out, _rgb())
     assert out.read_bytes() == b"old"
@@ -446,7 +445,7 @@ def test_failing_fsync_and_bad_pixels(tmp_path: Path, monkeypatch: pytest.Monkey
     def fail(_fd: int) -> None:
         raise OSError("fsync failed")
 
-    monkeypatch.setattr(aio.os, "fsync", fail)
+    monkeypatch.setattr(afiles.os, "fsync", fail)
     with pytest.raises(OSError, match="fsync failed"):
         save_image_atomic(tmp_path / "y.png", _rgb())
     assert list(tmp_path.iterdir()) == []

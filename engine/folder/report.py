@@ -38,7 +38,7 @@ th{background:#f4f4f4}
 def write_report(out_dir: Path, records: Sequence[dict], summary: dict,
                  input_root: Path) -> Path:
     """Write ``out_dir/report.html`` (and its thumbnails) for ``records``; returns its path."""
-    from ..engine.io import write_text_atomic
+    from ..files import write_text_atomic
 
     out_dir, input_root = Path(out_dir), Path(input_root)
     records = sorted(records, key=lambda r: r["path"])
@@ -277,7 +277,7 @@ def _gallery_row(out_dir: Path, input_root: Path, r: dict) -> str:
 
 def _thumbnails(out_dir: Path, input_root: Path, r: dict) -> dict[str, str]:
     """kind -> thumbnail path relative to out_dir (written unless already up to date)."""
-    from ..engine.io import ImageLoadError, load_image, save_image_atomic
+    from ..images import ImageLoadError, load_image, save_image_atomic
 
     key = hashlib.sha1(r["path"].encode("utf-8")).hexdigest()[:16]
     names = {k: f"{REPORT_FILES}/{key}_{k}.png" for k in ("original", "hardened", "difference",
@@ -295,7 +295,10 @@ def _thumbnails(out_dir: Path, input_root: Path, r: dict) -> dict[str, str]:
         return {}
     out = {"original": _thumb(original), "hardened": _thumb(hardened)}
     if original.shape == hardened.shape:
-        diff = 0.5 + DIFF_GAIN * (hardened.astype(np.float32) - original.astype(np.float32)) / 255
+        # the difference keeps its texture (nearest neighbour), taken from every k-th pixel
+        k = max(1, max(original.shape[:2]) // THUMB)
+        a, b = original[::k, ::k].astype(np.float32), hardened[::k, ::k].astype(np.float32)
+        diff = 0.5 + DIFF_GAIN * (b - a) / 255
         out["difference"] = _thumb(np.clip(np.rint(diff * 255), 0, 255).astype(np.uint8),
                                    nearest=True)
         y, x, side = smoothest_region(original, REGION)
@@ -308,9 +311,15 @@ def _thumbnails(out_dir: Path, input_root: Path, r: dict) -> dict[str, str]:
 
 
 def smoothest_region(pixels: np.ndarray, side: int) -> tuple[int, int, int]:
-    """(y, x, side) of the square whose luminance varies least: where noise shows most."""
+    """(y, x, side) of the square whose luminance varies least: where noise shows most.
+    Large images are searched on every k-th row and column (k keeps it near 1 MP); the
+    square keeps its full-resolution side."""
     h, w = pixels.shape[:2]
     side = min(side, h, w)
+    k = max(1, int((h * w / 1_000_000) ** 0.5))
+    if k > 1 and side // k >= 4:
+        y, x, _ = smoothest_region(pixels[::k, ::k], side // k)
+        return min(y * k, h - side), min(x * k, w - side), side
     lum = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
     def box(a: np.ndarray) -> np.ndarray:  # sums over every side x side window (integral image)

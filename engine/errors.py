@@ -1,0 +1,7 @@
+"""Errors shared by the library's runs (torch-free, so the CLI can import them cheaply)."""
+
+from __future__ import annotations
+
+
+class RunError(RuntimeError):
+    """A run cannot start or go on; the message says why and what to do."""

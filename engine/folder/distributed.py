@@ -1,0 +1,190 @@
+"""Folder runs spread over Ray: one actor per GPU (or per group of CPU cores), each holding one
+Hardener with its models built once. The driver keeps everything that must happen exactly
+once: it reads the inputs, hands batches to the actors, and writes every image and record
+itself (one writer), so results.jsonl, the atomic writes and ``--resume`` keep their
+guarantees. Inputs and outputs travel through Ray's object store: the workers need no shared
+filesystem.
+
+An actor that dies (its process killed, its node lost) is restarted by Ray and its batch is
+run again; only the driver writes, so nothing is duplicated. If the driver dies, ``--resume``
+goes on from what results.jsonl holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ACTOR_PREFIX = "advx-hardener"
+NAMESPACE = "advx"
+_CPUS_PER_WORKER = 4  # CPU-only clusters: one actor per this many cores (at least one actor)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide: ``address`` is ``local`` (start a Ray instance in this process),
+    ``auto`` (join the cluster this machine belongs to, ``ray start --head``) or a cluster
+    address (``ray://HOST:10001`` or ``HOST:6379``)."""
+
+    address: str = "local"
+    workers: int | None = None  # None: one per GPU, else one per 4 CPU cores
+    cpus_per_worker: float | None = None  # None: the cluster's CPUs shared evenly
+    max_retries: int = 2  # restarts of a dead actor, and re-runs of the batch it held
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            raise ValueError("ray address must be 'local', 'auto' or a cluster address")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"ray workers must be >= 1, got {self.workers}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as e:
+        from ..errors import RunError
+
+        raise RunError("--ray needs Ray: pip install 'advx[ray]'") from e
+    return ray
+
+
+def connect(options: RayOptions):
+    """Join (or start) the cluster once per process; a session already connected is reused
+    (a test or a service may have called ``ray.init`` itself)."""
+    ray = _ray()
+    if not ray.is_initialized():
+        address = None if options.address == "local" else options.address
+        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    return ray
+
+
+def plan(resources: dict[str, float], options: RayOptions) -> tuple[int, float, float]:
+    """(workers, CPUs per worker, GPUs per worker) for a cluster's total resources."""
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    if gpus:
+        workers = options.workers or gpus
+        gpu_each = gpus / workers if workers > gpus else 1.0
+    else:
+        workers = options.workers or max(1, int(cpus // _CPUS_PER_WORKER))
+        gpu_each = 0.0
+    cpu_each = options.cpus_per_worker or max(1.0, float(int(cpus // workers)))
+    return workers, cpu_each, gpu_each
+
+
+class _HardenerActor:
+    """One worker: builds the Hardener once, then hardens the batches it is handed."""
+
+    def __init__(self, build: Callable[[], Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.hardener = build()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def harden(self, images, labels, targets) -> list:
+        return self.hardener.run(images, labels, targets)
+
+
+@dataclass
+class Batch:
+    """Inputs prepared by the driver; ``context`` comes back with each result."""
+
+    images: list
+    labels: list[str]
+    targets: list[str | None] | None
+    context: Sequence[Any]
+
+
+class RayPool:
+    """Hardener actors on a Ray cluster, fed batches and drained as they finish."""
+
+    def __init__(self, options: RayOptions, build: Callable[[], Any]) -> None:
+        ray = connect(options)
+        self.ray = ray
+        workers, cpu_each, gpu_each = plan(ray.cluster_resources(), options)
+        self.run_id = uuid.uuid4().hex[:8]
+        actor = ray.remote(_HardenerActor)
+        self.actors = [actor.options(
+            name=f"{ACTOR_PREFIX}-{self.run_id}-{i}", num_cpus=cpu_each, num_gpus=gpu_each,
+            max_restarts=options.max_retries, max_task_retries=options.max_retries,
+        ).remote(build, int(cpu_each)) for i in range(workers)]
+        try:  # model errors (a bad name, an unknown label) surface here, before OUT is touched
+            ray.get([a.pid.remote() for a in self.actors])
+        except Exception as e:
+            self.close()
+            raise _cause(e) from None
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def run(self, batches: Iterable[Batch], deliver: Callable[[Batch, Any], None]) -> None:
+        """Each batch hardened on a free actor; ``deliver(batch, result)`` on the driver as
+        each batch completes. At most two batches wait per actor (inputs are read lazily)."""
+        ray = self.ray
+        in_flight: dict[Any, Batch] = {}
+        load = {i: 0 for i in range(len(self.actors))}
+        owner: dict[Any, int] = {}
+        source = iter(batches)
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < 2 * len(self.actors):
+                batch = next(source, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                i = min(load, key=load.get)
+                ref = self.actors[i].harden.remote(batch.images, batch.labels, batch.targets)
+                in_flight[ref], owner[ref] = batch, i
+                load[i] += 1
+            if not in_flight:
+                return
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                batch = in_flight.pop(ref)
+                load[owner.pop(ref)] -= 1
+                try:
+                    results = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    from ..errors import RunError
+
+                    raise RunError(f"a Ray worker died and its restarts are spent ({e}); "
+                                   f"finished images are kept: run again with --resume") from e
+                except Exception as e:
+                    raise _cause(e) from None
+                for result in results:
+                    deliver(batch, result)
+
+    def pids(self) -> list[int]:
+        return self.ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for a in self.actors:
+            with contextlib.suppress(Exception):  # already gone
+                self.ray.kill(a, no_restart=True)
+        self.actors = []
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The worker's own exception (a ModelNameError, a ValueError) rather than Ray's wrapper,
+    so that the CLI reports it as it would in one process."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def worker_pids(run_id: str | None = None) -> dict[str, int]:
+    """The process ids of this cluster's advx actors (for operators and tests)."""
+    ray = _ray()
+    found = [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(ACTOR_PREFIX) and (run_id is None or run_id in a["name"])]
+    return {n: ray.get(ray.get_actor(n, namespace=ns).pid.remote()) for n, ns in found}

@@ -1,0 +1,160 @@
+"""Folder runs on Ray: a local cluster started here (2 CPUs, 2 workers), real weights.
+
+The records must equal a single-process run's (same seed, same thread count: floating-point
+results depend on how many threads a convolution uses), and a worker killed mid-run must lose
+nothing and duplicate nothing (Ray re-runs its batch, or ``resume`` finishes the run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiles
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+LABELS = ("cat", "espresso", "motorcycle")
+SURROGATES = ("effnet-lite0",)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="advx-test",
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(photos, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ray-in")
+    for name in ("chelsea", "coffee", "stereo_motorcycle"):
+        image, label = photos[name]
+        (root / label).mkdir()
+        for i, tile in enumerate(tiles(image, n=2, size=160)):
+            Image.fromarray(tile).save(root / label / f"{i}.png")
+    return root
+
+
+def _config(steps: int = 2):
+    from advx.engine.config import HardenConfig
+
+    return HardenConfig(steps=steps, batch_size=1, transforms="jpeg", eps_rungs=1, seed=3)
+
+
+def _records(out: Path) -> dict[str, dict]:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    paths = Counter(json.loads(line)["path"] for line in lines)
+    assert all(n == 1 for n in paths.values()), paths  # nothing duplicated
+    recs = {}
+    for line in lines:
+        r = json.loads(line)
+        r.pop("seconds")  # wall time
+        recs[r["path"]] = r
+    return recs
+
+
+def _harden(inp: Path, out: Path, ray_opts=None, **kw):
+    import advx
+
+    return advx.harden_folder(inp, out, label_set=LABELS, surrogates=SURROGATES,
+                              config=kw.pop("config", _config()), ray=ray_opts, **kw)
+
+
+def test_ray_records_equal_a_single_process_run(cluster, folder, tmp_path):
+    import advx
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each 1-CPU worker uses
+    try:
+        one = _harden(folder, tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    out = _harden(folder, tmp_path / "ray", advx.RayOptions("auto", workers=2))
+    assert out.summary["ray_workers"] == 2 and out.summary["complete"]
+    a, b = _records(tmp_path / "one"), _records(tmp_path / "ray")
+    assert len(a) == 6 and a == b
+    for r in a.values():  # the very same delivered bytes
+        assert (tmp_path / "one" / r["output"]).read_bytes() == (
+            tmp_path / "ray" / r["output"]).read_bytes()
+    assert one.summary["fooled"] == out.summary["fooled"]
+
+
+def _kill_a_worker_when_up(killed: list[int]) -> threading.Thread:
+    from advx.engine.folder.distributed import worker_pids
+
+    def kill() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pids = worker_pids()
+            if len(pids) == 2:
+                pid = pids[sorted(pids)[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=kill, daemon=True)
+    t.start()
+    return t
+
+
+def test_killed_worker_is_restarted_and_its_batch_rerun(cluster, folder, tmp_path):
+    import advx
+
+    killed: list[int] = []
+    t = _kill_a_worker_when_up(killed)
+    out = _harden(folder, tmp_path / "out", advx.RayOptions("auto", workers=2),
+                  config=_config(steps=3))
+    t.join()
+    assert killed, "no worker was killed"
+    assert out.summary["complete"] and out.summary["done"] == 6
+    recs = _records(tmp_path / "out")
+    assert len(recs) == 6
+    for r in recs.values():
+        assert np.asarray(Image.open(tmp_path / "out" / r["output"])).shape == (160, 160, 3)
+
+
+def test_killed_worker_without_restarts_then_resume(cluster, folder, tmp_path):
+    import advx
+    from advx.engine.errors import RunError
+
+    killed: list[int] = []
+    t = _kill_a_worker_when_up(killed)
+    opts = advx.RayOptions("auto", workers=2, max_retries=0)
+    with pytest.raises(RunError, match="--resume"):
+        _harden(folder, tmp_path / "out", opts, config=_config(steps=3))
+    t.join()
+    assert killed
+    before = _records(tmp_path / "out")
+    assert len(before) < 6
+    done = _harden(folder, tmp_path / "out", opts, config=_config(steps=3), resume=True)
+    assert done.summary["complete"]
+    after = _records(tmp_path / "out")
+    assert len(after) == 6
+    assert all(after[p] == r for p, r in before.items())  # kept as they were
+
+
+def test_worker_plan_follows_the_cluster():
+    from advx.engine.folder.distributed import RayOptions, plan
+
+    assert plan({"CPU": 2.0}, RayOptions()) == (1, 2.0, 0.0)  # one per 4 cores, at least one
+    assert plan({"CPU": 16.0}, RayOptions()) == (4, 4.0, 0.0)
+    assert plan({"CPU": 2.0}, RayOptions(workers=2)) == (2, 1.0, 0.0)
+    assert plan({"CPU": 32.0, "GPU": 4.0}, RayOptions()) == (4, 8.0, 1.0)  # one per GPU
+    assert plan({"CPU": 8.0, "GPU": 1.0}, RayOptions(workers=2)) == (2, 4.0, 0.5)
+    with pytest.raises(ValueError, match="workers"):
+        RayOptions(workers=0)
