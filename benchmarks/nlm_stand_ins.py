@@ -50,7 +50,7 @@ def main() -> None:
     }
     for name, t in stand_ins.items():
         preset = Preset("probe", eot=(t,), views=(View("own"),))
-        attack = PGD(lite0, eps=8 / 255, alpha=1 / 255, steps=20, eot=preset,
+        attack = PGD(lite0, eps_01=8 / 255, alpha_01=1 / 255, steps=20, eot=preset,
                      generator=torch.Generator().manual_seed(0))
         t0 = time.time()
         adv = quantise(attack(x, y))

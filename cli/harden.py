@@ -74,7 +74,7 @@ VIEW_MATRICES = view_matrices() + "\n" + VIEW_GLOSSARY
 @click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size, show_default=True,
               help="Images attacked together.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
-@click.option("--margin", type=float, default=D.margin, show_default=True,
+@click.option("--margin", type=float, default=D.required_margin, show_default=True,
               help="Logit margin by which every verifier must be wrong.")
 @click.option("--ssim-floor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=D.ssim_floor, show_default=True,
@@ -139,7 +139,8 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
     try:
         config = HardenConfig(eps=eps, steps=steps, attack=attack, transforms=transforms,
                               output_format=output_format, jpeg_quality=quality,
-                              batch_size=batch_size, device=device, seed=seed, margin=margin,
+                              batch_size=batch_size, device=device, seed=seed,
+                              required_margin=margin,
                               ssim_floor=ssim_floor, eps_rungs=eps_rungs,
                               texture_mask=None if texture_mask >= 1 else texture_mask)
     except ValueError as e:

@@ -145,8 +145,8 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
         kwargs["decay"] = config.momentum
     return cls(
         ensemble,
-        eps=config.eps_l2 if config.attack == "pgd-l2" else config.eps / 255,
-        alpha=config.step_size,
+        eps_01=config.eps_01,
+        alpha_01=config.alpha_01,
         steps=config.steps,
         random_start=config.random_start,
         loss=config.loss,

@@ -36,7 +36,8 @@ class HardenConfig:
     # at full eps, stop after this many passes fooling no new view (0: never; the efficacy
     # benchmark measured 2 saving 3% of the time and losing a third of the transfer)
     patience: int = 0
-    margin: float = 0.5  # a verifier counts as fooled when its fooling margin (logits) >= this
+    # a verifier counts as fooled when its fooling margin (logits, see losses.py) >= this
+    required_margin: float = 0.5
     ssim_floor: float | None = 0.90  # the delivered file's SSIM never falls below this
     eps_rungs: int = 3  # minimal perturbation: eps/4, eps/2, eps, widened only while unfooled
     texture_mask: float | None = 0.35  # budget in flat regions (a share of eps); None: uniform
@@ -98,8 +99,13 @@ class HardenConfig:
                        relax_mask=relax)
 
     @property
-    def step_size(self) -> float:
-        """alpha in the attack's own units ([0, 1] pixels)."""
+    def eps_01(self) -> float:
+        """The budget in the attacks' units ([0, 1] pixels): eps / 255, or eps_l2 for pgd-l2."""
+        return self.eps_l2 if self.attack == "pgd-l2" else self.eps / 255
+
+    @property
+    def alpha_01(self) -> float:
+        """The step size in the attacks' units ([0, 1] pixels)."""
         if self.attack == "pgd-l2":
             return self.alpha if self.alpha is not None else self.eps_l2 / 8
         return (self.alpha if self.alpha is not None else self.eps / 4) / 255

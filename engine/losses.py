@@ -9,6 +9,15 @@ Two decision rules exist (``decision`` of a model):
   all X" is fooled on an X tile by a margin m when ``-z_X >= m``.
 
 A targeted (decoy) row asks the opposite: that the model picks / selects the decoy label.
+
+Words kept apart: the **logit gap** (:func:`logit_gap`, :func:`multilabel_logit_gap`) is the
+raw quantity of one decision rule; the **fooling margin** (:func:`fooling_margin`) is the gap a
+model's own rule and the row's target call for, positive exactly when the model is fooled; the
+**required margin** (``HardenConfig.required_margin``, ``--margin``) is how large a fooling
+margin must be to count as fooled; the **margin loss** (``loss="margin"``) is the fooling
+margin capped at ``kappa``. The scheduler's candidate **score** sums fooling margins capped at
+the required margin (scoring.Verdict); an export's parity **decisive gap** is unrelated (the
+top-1 - top-2 logit gap above which fp16 must agree with fp32).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ def _best_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(mask, float("-inf")).amax(dim=-1)
 
 
-def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """max_{j != y} z_j - z_y: positive exactly when the prediction is not ``labels``."""
     return _best_other(logits, labels) - logits.gather(1, labels[:, None]).squeeze(1)
 
@@ -41,7 +50,7 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
     """Untargeted CW margin loss, capped at ``kappa`` so fooled samples stop dominating."""
-    return margin(logits.float(), labels).clamp(max=kappa)
+    return logit_gap(logits.float(), labels).clamp(max=kappa)
 
 
 def targeted_ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -52,7 +61,7 @@ def targeted_ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 def targeted_margin_loss(logits: torch.Tensor, targets: torch.Tensor,
                          kappa: float = 50.0) -> torch.Tensor:
     """Targeted CW margin loss: z_t - max_{j != t} z_j, capped at ``kappa``."""
-    return (-margin(logits.float(), targets)).clamp(max=kappa)
+    return (-logit_gap(logits.float(), targets)).clamp(max=kappa)
 
 
 # --- multi-label decisions (P(label) >= threshold, per label) ----------------------------------
@@ -62,7 +71,7 @@ def _pick(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, labels[:, None]).squeeze(1)
 
 
-def multilabel_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def multilabel_logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """-z_y: positive exactly when the solver no longer selects the tile for ``labels``."""
     return -_pick(logits.float(), labels)
 
@@ -70,7 +79,7 @@ def multilabel_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 def multilabel_margin_loss(logits: torch.Tensor, labels: torch.Tensor,
                            kappa: float = 50.0) -> torch.Tensor:
     """Untargeted: push logit(P(y)) below the threshold's logit, capped at ``kappa``."""
-    return multilabel_margin(logits, labels).clamp(max=kappa)
+    return multilabel_logit_gap(logits, labels).clamp(max=kappa)
 
 
 def multilabel_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,8 +139,8 @@ def fooling_margin(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
     (>= 0: fooled). ``targets`` holds a decoy label per row, or -1 for none."""
     logits = logits.float()
     if decision == "multilabel":
-        return _per_row(multilabel_margin(logits, labels), lambda t: _pick(logits, t), targets)
-    return _per_row(margin(logits, labels), lambda t: -margin(logits, t), targets)
+        return _per_row(multilabel_logit_gap(logits, labels), lambda t: _pick(logits, t), targets)
+    return _per_row(logit_gap(logits, labels), lambda t: -logit_gap(logits, t), targets)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Continuous batching: k torch attack steps, then ONNX verification of what would be delivered.
 
-An image leaves the batch as soon as every verifier is fooled by at least ``config.margin`` (in
-logits, by its own decision rule: a wrong argmax, or a label no longer selected) under every view
-of the preset's view matrix, and a waiting image takes its place. Images of different sizes are
+An image leaves the batch as soon as every verifier is fooled by at least
+``config.required_margin`` (in logits, by its own decision rule: a wrong argmax, or a label no
+longer selected) under every view of the preset's view matrix, and a waiting image takes its
+place. Images of different sizes are
 attacked in separate size buckets.
 
 Each image spends only what it needs: its budget starts at eps / 2^(rungs - 1) and widens one
@@ -51,7 +52,7 @@ class _Slot:
     before: dict[str, torch.Tensor]  # model -> logits on the clean image
     before_views: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> clean logits
     best_q: torch.Tensor  # best quantised candidate so far (the clean image to begin with)
-    best_margin: float  # its min fooling margin over verifiers x views
+    best_fooling_margin: float  # its min fooling margin over verifiers x views
     best_score: float  # its capped margin sum (Verdict.score)
     steps: int = 0
     rung: int = 0
@@ -91,12 +92,12 @@ class Scheduler:
         self.time = {"attack": 0.0, "verify": 0.0, "ssim": 0.0}
         self.pgd_l2 = config.attack == "pgd-l2"
         rungs = 1 if self.pgd_l2 else config.eps_rungs
-        self.rung_eps = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
+        self.rung_eps_01 = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
         self.rung_masked = [config.texture_mask is not None] * rungs
         if config.texture_mask is not None and config.relax_mask and not self.pgd_l2:
-            self.rung_eps.append(config.eps / 255)
+            self.rung_eps_01.append(config.eps / 255)
             self.rung_masked.append(False)
-        per = max(1, (config.steps // 2) // len(self.rung_eps))
+        per = max(1, (config.steps // 2) // len(self.rung_eps_01))
         self.rung_steps = config.verify_every * math.ceil(per / config.verify_every)
 
     # --- delivery and verification ----------------------------------------------------------
@@ -120,7 +121,7 @@ class Scheduler:
         others cannot be this pass); rows left out get NaN, and count as missed in the score."""
         self._sync()
         t0 = time.perf_counter()
-        n, cap = len(delivered), self.config.margin
+        n, cap = len(delivered), self.config.required_margin
         mins = torch.full((n,), math.inf)
         score_sum = torch.zeros(n)
         count = torch.zeros(n, dtype=torch.long)
@@ -185,13 +186,13 @@ class Scheduler:
         """One rung up: a larger eps (and step) for an image that is still not fooled."""
         slot.rung += 1
         slot.rung_steps = 0
-        eps = self.rung_eps[slot.rung] * slot.cap
-        state.budget[j] = mask * eps if self.rung_masked[slot.rung] else eps
-        state.alpha[j] = self._alpha(eps)
+        eps_01 = self.rung_eps_01[slot.rung] * slot.cap
+        state.budget[j] = mask * eps_01 if self.rung_masked[slot.rung] else eps_01
+        state.alpha_01[j] = self._alpha_01(eps_01)
 
-    def _alpha(self, eps: float) -> float:
+    def _alpha_01(self, eps_01: float) -> float:
         cfg = self.config
-        return cfg.step_size if self.pgd_l2 else cfg.step_size * eps / (cfg.eps / 255)
+        return cfg.alpha_01 if self.pgd_l2 else cfg.alpha_01 * eps_01 / cfg.eps_01
 
     # --- attack steps with out-of-memory back-off ------------------------------------------
 
@@ -248,7 +249,7 @@ class Scheduler:
             views = {v: {w: z[j] for w, z in d.items()} for v, d in verdict.logits.items()}
             slot = _Slot(i, time.perf_counter(), before, views, q[j], float(verdict.mins[j]),
                          float(verdict.score[j]), most_fooled=int(verdict.fooled_views[j]))
-            if slot.best_margin >= cfg.margin:
+            if slot.best_fooling_margin >= cfg.required_margin:
                 slot.fooled_at = 0
                 done.append(slot)
             else:
@@ -259,9 +260,9 @@ class Scheduler:
             xs = x[keep]
             mask = (texture_mask(xs, cfg.texture_mask) if cfg.texture_mask is not None
                     and not self.pgd_l2 else torch.ones_like(xs[:, :1]))
-            eps0 = self.rung_eps[0]
+            eps0 = self.rung_eps_01[0]
             state = self.attack.init(xs, mask * eps0,
-                                     torch.full((len(keep),), self._alpha(eps0)))
+                                     torch.full((len(keep),), self._alpha_01(eps0)))
         return [s for _, s in slots], done, state, mask
 
     def _run_bucket(self, images, labels, targets, indices):
@@ -309,12 +310,13 @@ class Scheduler:
                     m, sc = float(verdict.mins[j]), float(verdict.score[j])
                     better = int(verdict.fooled_views[j]) > s.most_fooled
                     s.most_fooled = max(s.most_fooled, int(verdict.fooled_views[j]))
-                    if (m >= cfg.margin) or (s.best_margin < cfg.margin and sc >= s.best_score):
+                    need = cfg.required_margin
+                    if m >= need or (s.best_fooling_margin < need and sc >= s.best_score):
                         # fooled beats everything; else the most views fooled (ties: later)
-                        s.best_q, s.best_margin, s.best_score = q[j], m, sc
-                    top = s.rung + 1 == len(self.rung_eps)
+                        s.best_q, s.best_fooling_margin, s.best_score = q[j], m, sc
+                    top = s.rung + 1 == len(self.rung_eps_01)
                     s.stale = 0 if better or not top else s.stale + 1
-                    if m >= cfg.margin:
+                    if m >= cfg.required_margin:
                         s.fooled_at, reason = s.steps, "verifiers_fooled"
                     elif not top and s.rung_steps >= self.rung_steps:
                         self.widen(state, j, s, masks[j])
@@ -364,7 +366,7 @@ class Scheduler:
         pred_b, sel_b, prob_b = self._readouts(s.before)
         pred_a, sel_a, prob_a = self._readouts(after)
         margin = float(verdict.mins[0])
-        fooled = margin >= self.config.margin
+        fooled = margin >= self.config.required_margin
         return HardenResult(
             index=s.index,
             image=to_uint8(s.best_q),

@@ -22,7 +22,7 @@ class Parity:
     max_abs_diff: float  # max |onnx - torch| over all logits
     top1_agreement: float  # fraction of samples with the same top-1
     n: int  # samples in the parity batch
-    decisive: int  # samples whose torch top-1 margin was decisive
+    decisive: int  # samples whose torch top-1 - top-2 gap was decisive
     decisive_flips: int  # decisive samples whose top-1 changed (0 for a valid export)
 
 

@@ -55,8 +55,8 @@ def check_parity(clf: ImageClassifier, onnx_path: Path, spec: ExportSpec,
     over = diff > tol.atol + tol.rtol * np.abs(ref)
     top_ref, top_got = ref.argmax(1), got.argmax(1)
     srt = np.sort(ref, axis=1)
-    margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.full(len(ref), np.inf)
-    decisive = margin > tol.decisive_margin
+    gap = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.full(len(ref), np.inf)
+    decisive = gap > tol.decisive_gap
     flips = int(((top_ref != top_got) & decisive).sum())
     parity = Parity(
         max_abs_diff=float(diff.max()), top1_agreement=float((top_ref == top_got).mean()),

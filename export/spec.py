@@ -14,8 +14,9 @@ class Tolerance:
 
     atol: float  # |onnx - torch| <= atol + rtol * |torch| for every logit
     rtol: float
-    # top-1 must agree on every sample whose torch top-1 margin exceeds this (near-ties may flip)
-    decisive_margin: float
+    # top-1 must agree on every sample whose torch top-1 - top-2 logit gap exceeds this
+    # (near-ties may flip)
+    decisive_gap: float
 
 
 # ONNX value and dimension names: an identifier (what every ONNX runtime and tool accepts as is)
@@ -40,8 +41,8 @@ class ExportSpec:
     parity_batch: int = 8  # images in the parity batch
     tolerances: dict[str, Tolerance] = field(
         default_factory=lambda: {
-            "fp32": Tolerance(atol=1e-3, rtol=1e-3, decisive_margin=1e-2),
-            "fp16": Tolerance(atol=6e-2, rtol=3e-2, decisive_margin=0.25),
+            "fp32": Tolerance(atol=1e-3, rtol=1e-3, decisive_gap=1e-2),
+            "fp16": Tolerance(atol=6e-2, rtol=3e-2, decisive_gap=0.25),
         }
     )
 

@@ -59,7 +59,7 @@ def rand_images(n: int, size: int = 24, seed: int = 0) -> torch.Tensor:
 def test_losses_exact():
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
     y = torch.tensor([0, 1])
-    assert torch.equal(losses.margin(logits, y), torch.tensor([-2.0, 3.0]))
+    assert torch.equal(losses.logit_gap(logits, y), torch.tensor([-2.0, 3.0]))
     assert torch.equal(losses.targeted_margin_loss(logits, torch.tensor([1, 2])),
                        torch.tensor([-2.0, 3.0]))
     ce = losses.ce_loss(logits, y)
@@ -142,7 +142,7 @@ def test_attack_invariants(cls, kw):
 
     def run(seed):
         g = torch.Generator().manual_seed(seed)
-        return cls(model, eps=eps, alpha=2 / 255, steps=10, generator=g, **kw)(x, y)
+        return cls(model, eps_01=eps, alpha_01=2 / 255, steps=10, generator=g, **kw)(x, y)
 
     adv = run(0)
     assert (adv - x).abs().max() <= eps + 1e-6
@@ -155,20 +155,21 @@ def test_attack_invariants(cls, kw):
 
 def test_pgd_l2_invariants():
     model, x, y = TinyNet(), rand_images(3), torch.tensor([0, 1, 2])
-    attack = PGDL2(model, eps=0.5, alpha=0.1, steps=10, generator=torch.Generator().manual_seed(0))
+    attack = PGDL2(model, eps_01=0.5, alpha_01=0.1, steps=10,
+                   generator=torch.Generator().manual_seed(0))
     adv = attack(x, y)
     assert ((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
     assert adv.min() >= 0 and adv.max() <= 1
-    assert losses.margin(model(adv), y).mean() > losses.margin(model(x), y).mean()
+    assert losses.logit_gap(model(adv), y).mean() > losses.logit_gap(model(x), y).mean()
 
 
 def test_targeted_attack_moves_towards_target():
     model, x = TinyNet(), rand_images(4)
     y, t = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 0, 2])
-    adv = PGD(model, eps=16 / 255, alpha=2 / 255, steps=20, targeted=True)(x, y, t)
-    assert (losses.margin(model(adv), t) < losses.margin(model(x), t)).all()
+    adv = PGD(model, eps_01=16 / 255, alpha_01=2 / 255, steps=20, targeted=True)(x, y, t)
+    assert (losses.logit_gap(model(adv), t) < losses.logit_gap(model(x), t)).all()
     with pytest.raises(ValueError, match="target for every row"):
-        PGD(model, eps=0.1, alpha=0.01, targeted=True)(x, y)
+        PGD(model, eps_01=0.1, alpha_01=0.01, targeted=True)(x, y)
 
 
 def test_ensemble_gradients_normalised_per_model():
@@ -299,7 +300,7 @@ def test_every_view_scored_on_exactly_the_delivered_pixels():
     from advx.engine.scheduler import Scheduler, quantise
 
     rec = ViewRecorder()
-    sched = Scheduler(PGD(TinyNet(), eps=8 / 255, alpha=2 / 255), [TinyNet()], [rec], LABELS,
+    sched = Scheduler(PGD(TinyNet(), eps_01=8 / 255, alpha_01=2 / 255), [TinyNet()], [rec], LABELS,
                       cfg(transforms="solver"), torch.device("cpu"))
     delivered = quantise(rand_images(3, 32))
     y, t = torch.tensor([0, 1, 2]), torch.tensor([-1, -1, -1])
@@ -320,8 +321,9 @@ def test_every_view_scored_on_exactly_the_delivered_pixels():
     nlm = lazy.by_view["views"]["nlmeans"]
     cheap = torch.stack([torch.nan_to_num(m, nan=float("inf"))
                          for k, m in lazy.by_view["views"].items() if k != "nlmeans"]).amin(0)
-    assert torch.equal(torch.isnan(nlm), cheap < sched.config.margin)
-    assert torch.equal(lazy.mins < sched.config.margin, verdict.mins < sched.config.margin)
+    assert torch.equal(torch.isnan(nlm), cheap < sched.config.required_margin)
+    need = sched.config.required_margin
+    assert torch.equal(lazy.mins < need, verdict.mins < need)
 
 
 def test_a_view_smaller_than_the_graph_goes_through_its_own_preprocessing(tiny_models):
@@ -500,3 +502,28 @@ def test_no_progress_stops_an_image_early():
     for r in res:
         assert r.stop_reason == "no_progress" and r.status == "unfooled"
         assert r.steps == 2 * 2  # two passes (of 2 steps) find nothing better than clean
+
+
+def test_micro_batches_give_the_batch_gradient():
+    """Members run their backward passes a few rows at a time (bounded memory on the CPU): the
+    loss and gradient, through a shared input transform, equal the whole batch's."""
+    from advx.engine.ensemble import micro_batch_size
+
+    torch.manual_seed(0)
+    ens = Ensemble([TinyNet(), TinyNet()], [1.0, 2.0])
+    x = rand_images(5, 24)
+    y = torch.tensor([0, 1, 2, 0, 1])
+
+    def transform(z: torch.Tensor) -> torch.Tensor:  # nonlinear and size-changing, like DI
+        return torch.nn.functional.interpolate(z.pow(1.1), size=(28, 28), mode="bilinear")
+
+    ens.micro_batch = 64
+    loss_all, grad_all = ens.loss_and_grad(x, y, transform=transform)
+    for chunk in (1, 2, 3):
+        ens.micro_batch = chunk
+        loss, grad = ens.loss_and_grad(x, y, transform=transform)
+        assert torch.allclose(loss, loss_all, atol=1e-6)
+        assert torch.allclose(grad, grad_all, atol=1e-6, rtol=1e-5)
+    assert micro_batch_size((3, 224, 224), torch.device("cpu")) == 4
+    assert micro_batch_size((3, 683, 1024), torch.device("cpu")) == 1
+    assert micro_batch_size((3, 224, 224), torch.device("cuda")) > 1000

@@ -59,7 +59,7 @@ def test_tiny_export_parity(tiny_models, backend, precision, tmp_path):
 def test_parity_error_names_worst_difference(tiny_models, tmp_path):
     clf = create_classifier(tiny_models["open_clip"], LABELS)
     strict = ExportSpec(precision="fp16",
-                        tolerances={"fp16": Tolerance(atol=0.0, rtol=0.0, decisive_margin=0.0)})
+                        tolerances={"fp16": Tolerance(atol=0.0, rtol=0.0, decisive_gap=0.0)})
     with pytest.raises(ParityError, match=r"differs from torch by up to [0-9.e-]+ \(sample \d+, "
                                           r"label \d+\)") as err:
         export_classifier(clf, tmp_path, strict)

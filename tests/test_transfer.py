@@ -76,7 +76,7 @@ def test_transfer_to_held_out_verifier(tile_set, verifier, preset):
         x = torch.from_numpy(r.image.copy()).permute(2, 0, 1)[None].float() / 255
         if r.fooled:
             assert LABEL_SET[int(verifier(x).argmax())] != r.label
-            assert r.margins[verifier.name] >= config.margin
+            assert r.margins[verifier.name] >= config.required_margin
         assert r.ssim >= 0.90 - 1e-4  # the default SSIM floor, on the delivered file
     assert own_wrong >= clean_err + 0.5, figures
     if preset != "solver":

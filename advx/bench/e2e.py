@@ -73,7 +73,8 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
     dev = resolve_device(device)
     labels = bench_labels(n_labels)
     cfg = dataclasses.replace(config or HardenConfig(), steps=steps, device=str(dev),
-                              margin=math.inf, patience=0, batch_size=batch_size, seed=seed)
+                              required_margin=math.inf, patience=0, batch_size=batch_size,
+                              seed=seed)
     # models from the cache: built once per run, ONNX verifiers checked to be on CUDA there
     onnx_precision = "fp16" if dev.type == "cuda" else "fp32"  # as Hardener would export them
     scorers = [cache.verifier(v, n_labels, onnx_precision, dev) for v in verifiers]

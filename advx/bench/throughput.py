@@ -90,8 +90,8 @@ def make_attack(models: Sequence[nn.Module], impl: str, *, steps: int, device: t
         from ..engine.ensemble import Ensemble
 
         amp = torch.bfloat16 if device.type == "cuda" else None
-        return PGD(Ensemble(list(models)), eps=eps, alpha=alpha, steps=steps, random_start=True,
-                   amp_dtype=amp)
+        return PGD(Ensemble(list(models)), eps_01=eps, alpha_01=alpha, steps=steps,
+                   random_start=True, amp_dtype=amp)
     if impl == "torchattacks":
         try:
             import torchattacks

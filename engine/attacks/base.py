@@ -19,15 +19,16 @@ class AttackState:
     """Per-image attack state; rows can be taken out and put back (continuous batching).
 
     ``budget`` is each pixel's L-inf bound (a perceptual mask times the image's current eps:
-    smooth regions get less than textured ones) and ``alpha`` each image's step size."""
+    smooth regions get less than textured ones) and ``alpha_01`` each image's step size, both
+    in [0, 1] pixel units (the config's ``eps`` and ``alpha`` are in /255)."""
 
     images: torch.Tensor  # originals, [N, 3, H, W] in [0, 1]
     adv: torch.Tensor  # current candidates
     momentum: torch.Tensor  # accumulated gradient (MI-FGSM), zeros otherwise
     budget: torch.Tensor  # [N, 1, H, W] per-pixel L-inf bound, [0, 1] units
-    alpha: torch.Tensor  # [N, 1, 1, 1] step size
+    alpha_01: torch.Tensor  # [N, 1, 1, 1] step size, [0, 1] units
 
-    _FIELDS = ("images", "adv", "momentum", "budget", "alpha")
+    _FIELDS = ("images", "adv", "momentum", "budget", "alpha_01")
 
     def take(self, idx: torch.Tensor | slice) -> AttackState:
         return AttackState(*(getattr(self, f)[idx] for f in self._FIELDS))
@@ -51,7 +52,7 @@ class Attack:
     models; attacks see images in [0, 1] only.
     """
 
-    def __init__(self, model: nn.Module, *, eps: float, alpha: float, steps: int = 10,
+    def __init__(self, model: nn.Module, *, eps_01: float, alpha_01: float, steps: int = 10,
                  random_start: bool = True, loss: str = "margin", targeted: bool = False,
                  eot: Preset | None = None, eot_samples: int = 1,
                  diversity: InputDiversity | None = None, ti_size: int = 0,
@@ -59,7 +60,7 @@ class Attack:
                  amp_dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.model = model if isinstance(model, Ensemble) else Ensemble([model])
-        self.eps, self.alpha, self.steps = eps, alpha, steps
+        self.eps_01, self.alpha_01, self.steps = eps_01, alpha_01, steps
         self.random_start = random_start
         self.targeted = targeted  # every row needs a decoy target
         self.objective = Objective(loss)
@@ -90,9 +91,9 @@ class Attack:
         (per image, default the attack's) let a scheduler spend less on some images."""
         images = images.detach()
         n, _, h, w = images.shape
-        budget = (torch.full((n, 1, h, w), float(self.eps), device=images.device)
+        budget = (torch.full((n, 1, h, w), float(self.eps_01), device=images.device)
                   if budget is None else budget.to(images.device).expand(n, 1, h, w).clone())
-        alpha = (torch.full((n, 1, 1, 1), float(self.alpha), device=images.device)
+        alpha = (torch.full((n, 1, 1, 1), float(self.alpha_01), device=images.device)
                  if alpha is None else alpha.to(images.device).view(n, 1, 1, 1).clone())
         adv = self.random_init(images, budget) if self.random_start else images.clone()
         return AttackState(images, adv, torch.zeros_like(images), budget, alpha)

@@ -18,4 +18,4 @@ class MIFGSM(Attack):
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
         g = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
         state.momentum = self.decay * state.momentum + g
-        return self.project(state, state.adv + state.alpha * state.momentum.sign())
+        return self.project(state, state.adv + state.alpha_01 * state.momentum.sign())

@@ -8,7 +8,7 @@ from .base import Attack, AttackState
 
 
 class PGD(Attack):
-    """L-inf PGD with random start. ``eps`` and ``alpha`` in [0, 1] pixel units."""
+    """L-inf PGD with random start. ``eps_01`` and ``alpha_01`` in [0, 1] pixel units."""
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
-        return self.project(state, state.adv + state.alpha * grad.sign())
+        return self.project(state, state.adv + state.alpha_01 * grad.sign())

@@ -29,14 +29,16 @@ def downscale(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
 
 
-def upsample_perturbation(original: np.ndarray, working: np.ndarray, adversarial: np.ndarray
-                          ) -> np.ndarray:
-    """original + bilinear_upsample(adversarial - working), clipped and quantised to uint8."""
+def upsample_perturbation(original: np.ndarray, working: np.ndarray, adversarial: np.ndarray,
+                          scale: float = 1.0) -> np.ndarray:
+    """original + scale * bilinear_upsample(adversarial - working), clipped and quantised."""
     import torch
     import torch.nn.functional as F
 
     h, w = original.shape[:2]
     delta = (adversarial.astype(np.float32) - working.astype(np.float32)) / 255.0
+    if scale != 1.0:
+        delta *= scale
     delta_t = torch.from_numpy(delta).permute(2, 0, 1)[None]
     up = F.interpolate(delta_t, size=(h, w), mode="bilinear", align_corners=False)[0]
     up = up.permute(1, 2, 0)  # H x W x 3, a view
@@ -47,6 +49,35 @@ def upsample_perturbation(original: np.ndarray, working: np.ndarray, adversarial
         px = base.add_(up[rows]).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
         out[rows] = px.numpy()
     return out
+
+
+def full_size_delivery(original: np.ndarray, working: np.ndarray, adversarial: np.ndarray,
+                       config) -> tuple[np.ndarray, dict, float]:
+    """(full-size image to write, its metrics, the perturbation's scale): the upsampled
+    perturbation, scaled back by bisection if the delivered file (after JPEG when that is the
+    format) would fall below ``config.ssim_floor`` at full size."""
+    from ..images import decode_image_bytes, encode_image
+
+    def at(scale: float) -> tuple[np.ndarray, dict]:
+        image = upsample_perturbation(original, working, adversarial, scale)
+        delivered = image if config.output_format == "png" else decode_image_bytes(
+            encode_image(image, "jpeg", config.jpeg_quality))
+        return image, full_size_metrics(delivered, original)
+
+    image, metrics = at(1.0)
+    floor = config.ssim_floor
+    if floor is None or metrics["ssim"] >= floor:
+        return image, metrics, 1.0
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(6):
+        mid = (lo + hi) / 2
+        cand = at(mid)
+        if cand[1]["ssim"] >= floor:
+            lo, best = mid, cand
+        else:
+            hi = mid
+    image, metrics = best or at(0.0)
+    return image, metrics, lo
 
 
 def full_size_metrics(delivered: np.ndarray, original: np.ndarray, *, strip: int = 512

@@ -21,7 +21,7 @@ from ..defaults import DEFAULT_MAX_SIDE, DEFAULT_SURROGATES, DEFAULT_TEMPLATES, 
 from ..errors import RunError
 from . import records as rec
 from .distributed import RayOptions
-from .resample import MIN_SIDE, downscale, full_size_metrics, upsample_perturbation, working_size
+from .resample import MIN_SIDE, downscale, full_size_delivery, working_size
 
 
 @dataclass(frozen=True)
@@ -289,8 +289,6 @@ def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> di
     """Write the hardened image (atomically) and return its record."""
     from ..images import (
         ImageLoadError,
-        decode_image_bytes,
-        encode_image,
         load_image,
         save_image_atomic,
     )
@@ -304,10 +302,10 @@ def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> di
             return rec.error_record(p.path, p.label, f"unreadable on reload: {e.reason}", notes)
         if original.shape[1::-1] != p.full_size:
             return rec.error_record(p.path, p.label, "the input changed during the run", notes)
-        image = upsample_perturbation(original, p.working, result.image)
-        delivered = image if cfg.output_format == "png" else decode_image_bytes(
-            encode_image(image, "jpeg", cfg.jpeg_quality))
-        extra = full_size_metrics(delivered, original)
+        image, extra, scale = full_size_delivery(original, p.working, result.image, cfg)
+        if scale < 1:  # rare: the floor holds at full size too
+            notes.append(f"perturbation scaled by {scale:.3f} at full size to hold SSIM >= "
+                         f"{cfg.ssim_floor}")
         wh, ww = p.working.shape[:2]
         notes.append(f"attacked at {ww}x{wh}; perturbation upsampled to full size "
                      f"{p.full_size[0]}x{p.full_size[1]}; status, predictions and margins refer "
