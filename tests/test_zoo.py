@@ -234,3 +234,61 @@ def test_effnet_real_photos(name, photos):
             x = torch.from_numpy(tile.copy()).permute(2, 0, 1)[None].float() / 255
             assert clf.labels[int(clf(x).argmax())] == label, (name, key)
 
+
+
+def _with_stats(bn: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n = bn.num_features
+    bn.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+    bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    bn.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+    bn.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+def test_batchnorm_folding_is_exact_or_undone():
+    import copy
+
+    import timm
+    from torch import nn
+
+    from advx.engine.zoo.fold import fold_batchnorm
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    # a timm EfficientNet (BatchNormAct2d after each conv): logits and input gradients kept
+    net = timm.create_model("test_efficientnet", pretrained=False).eval()
+    for i, m in enumerate(net.modules()):
+        if isinstance(m, nn.BatchNorm2d):
+            _with_stats(m, i)
+    folded = copy.deepcopy(net)
+    assert fold_batchnorm(folded, x) > 10
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    grads = []
+    for model in (net, folded):
+        xi = x.clone().requires_grad_(True)
+        out = model(xi)
+        out[:, 0].sum().backward()
+        grads.append((out.detach(), xi.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-3)
+    assert fold_batchnorm(folded, x) == 0  # nothing left: folding twice changes nothing
+
+    class Liar(nn.Module):  # conv registered before a norm that reads the input instead
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.bn(z))
+
+    liar = Liar().eval()
+    _with_stats(liar.bn, 7)
+    ref, weight = liar(x), liar.conv.weight
+    assert fold_batchnorm(liar, x) == 0
+    assert isinstance(liar.bn, nn.BatchNorm2d) and liar.conv.weight is weight
+    assert torch.equal(liar(x), ref)
+
+
+def test_offline_surrogates_run_folded():
+    from advx.engine.zoo import create_classifier
+
+    assert create_classifier("effnet-lite0", ("cat", "dog"), device="cpu").folded_layers == 49

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fold import fold_batchnorm
+
 
 @dataclass(frozen=True)
 class PreprocessCfg:
@@ -153,6 +155,13 @@ class ImageClassifier(nn.Module):
             Normalize(backbone.preprocess.mean, backbone.preprocess.std), backbone.visual, head
         )
         self.eval().requires_grad_(False)
+        # frozen for good: batch norms fold into their convolutions (checked on a probe)
+        param = next(self.core.parameters(), None)
+        if param is not None:
+            g = torch.Generator().manual_seed(0)
+            size = self.input_size
+            probe = torch.rand(2, 3, size, size, generator=g).to(param.device)
+            self.folded_layers = fold_batchnorm(self.core, probe)
 
     @property
     def input_size(self) -> int:
