@@ -174,18 +174,19 @@ class Solver:
 
     def run_graph(self, session, x: torch.Tensor) -> torch.Tensor:
         """Run the graph on a preprocessed batch (float, graph layout) -> answer tensor."""
-        from ...export.verifier import cpu_run_options
+        from ...export.verifier import cpu_run_size
 
         arr = to_graph_array(x, self.spec.input.dtype)
-        step = self.fixed_batch or max(1, len(arr))
+        on_cuda = "CUDA" in session.get_providers()[0]
+        step = self.fixed_batch or max(1, len(arr) if on_cuda
+                                       else min(len(arr), cpu_run_size(arr.shape)))
         outs = []
         for i in range(0, len(arr), step):
             chunk = arr[i : i + step]
             pad = step - len(chunk) if self.fixed_batch else 0
             if pad:  # a graph with a fixed batch size: fill the last batch
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-            (out,) = session.run([self.output_info.name], {self.input_info.name: chunk},
-                                 cpu_run_options())
+            (out,) = session.run([self.output_info.name], {self.input_info.name: chunk})
             outs.append(torch.from_numpy(np.asarray(out, dtype=np.float32))[: step - pad])
         return torch.cat(outs)
 
