@@ -37,9 +37,10 @@ from .scoring import (
     as_float,
     is_oom,
     quantise,
-    readout,
+    readouts,
     texture_mask,
     to_uint8,
+    view_selections,
 )
 from .transforms import jpeg_roundtrip
 from .views import View, get_preset, score
@@ -277,8 +278,9 @@ class Scheduler:
             if n_new:
                 new_slots, done, fresh, mask = self._admit(
                     images, y_all, t_all, [pending.popleft() for _ in range(n_new)])
-                for s in done:
-                    yield self._finish(s, images[s.index], labels, targets, "already_fooled")
+                if done:
+                    yield from self._finish([(s, "already_fooled") for s in done], images,
+                                            labels, targets)
                 if fresh is not None:
                     slots += new_slots
                     masks = mask if masks is None else torch.cat([masks, mask])
@@ -326,9 +328,9 @@ class Scheduler:
                     reason = "max_steps"
                 if reason:
                     done.append((j, reason))
-            for j, reason in done:
-                s = slots[j]
-                yield self._finish(s, images[s.index], labels, targets, reason)
+            if done:
+                yield from self._finish([(slots[j], reason) for j, reason in done], images,
+                                        labels, targets)
             if done:
                 gone = {j for j, _ in done}
                 keep_rows = [j for j in range(len(slots)) if j not in gone]
@@ -339,34 +341,30 @@ class Scheduler:
                 else:
                     state, masks = None, None
 
-    def _readouts(self, logits: dict[str, torch.Tensor]):
-        preds, selected, probs = {}, {}, {}
-        for name, z in logits.items():
-            top, sel, p = readout(self.models[name], self.label_set, z)
-            preds[name], selected[name] = top, sel
-            if p is not None:
-                probs[name] = p
-        return preds, selected, probs
-
-    def _view_selections(self, logits: dict[str, dict[str, torch.Tensor]], row: int | None
-                         ) -> dict[str, dict[str, list[str]]]:
-        return {v: {w: readout(self.models[v], self.label_set,
-                               z if row is None else z[row])[1] for w, z in d.items()}
-                for v, d in logits.items()}
-
-    def _finish(self, s: _Slot, original: torch.Tensor, labels, targets, reason: str
-                ) -> HardenResult:
-        orig = as_float(original.to(self.device)[None])
-        delivered = self.deliver(s.best_q[None])
-        y = torch.tensor([labels[s.index]])
-        t = torch.tensor([targets[s.index]])
+    def _finish(self, finished: list[tuple[_Slot, str]], images, labels, targets
+                ) -> list[HardenResult]:
+        """Results of images leaving together (one size bucket): their best candidates are
+        verified under every view, on exactly what is delivered, in one batch."""
+        orig = as_float(torch.stack([images[s.index] for s, _ in finished]).to(self.device))
+        delivered = self.deliver(torch.stack([s.best_q for s, _ in finished]))
+        y = torch.tensor([labels[s.index] for s, _ in finished])
+        t = torch.tensor([targets[s.index] for s, _ in finished])
         verdict = self.verify(delivered, y, t)  # every view, on exactly what is delivered
-        after = {n: z[0] for n, z in self.surrogate_logits(delivered).items()}
-        after.update({n: z[0] for n, z in verdict.own.items()})
-        pred_b, sel_b, prob_b = self._readouts(s.before)
-        pred_a, sel_a, prob_a = self._readouts(after)
-        margin = float(verdict.mins[0])
-        fooled = margin >= self.config.required_margin
+        slog = self.surrogate_logits(delivered)
+        linf, l2 = metrics.linf(delivered, orig), metrics.l2(delivered, orig)
+        psnr, ssim = metrics.psnr(delivered, orig), metrics.ssim(delivered, orig)
+        return [self._result(s, reason, i, verdict, slog, labels, targets,
+                             (linf[i], l2[i], psnr[i], ssim[i]))
+                for i, (s, reason) in enumerate(finished)]
+
+    def _result(self, s: _Slot, reason: str, i: int, verdict, slog, labels, targets,
+                figures) -> HardenResult:
+        after = {n: z[i] for n, z in slog.items()}
+        after.update({n: z[i] for n, z in verdict.own.items()})
+        pred_b, sel_b, prob_b = readouts(self.models, self.label_set, s.before)
+        pred_a, sel_a, prob_a = readouts(self.models, self.label_set, after)
+        fooled = float(verdict.mins[i]) >= self.config.required_margin
+        linf, l2, psnr, ssim = (float(v) for v in figures)
         return HardenResult(
             index=s.index,
             image=to_uint8(s.best_q),
@@ -382,15 +380,17 @@ class Scheduler:
             selected_after=sel_a,
             probabilities_before=prob_b,
             probabilities_after=prob_a,
-            margins={n: float(m[0]) for n, m in verdict.per_verifier.items()},
-            margins_by_view={n: {w: float(m[0]) for w, m in d.items()}
+            margins={n: float(m[i]) for n, m in verdict.per_verifier.items()},
+            margins_by_view={n: {w: float(m[i]) for w, m in d.items()}
                              for n, d in verdict.by_view.items()},
-            selected_by_view_before=self._view_selections(s.before_views, None),
-            selected_by_view_after=self._view_selections(verdict.logits, 0),
-            linf=float(metrics.linf(delivered, orig)) * 255,
-            l2=float(metrics.l2(delivered, orig)),
-            psnr=float(metrics.psnr(delivered, orig)),
-            ssim=float(metrics.ssim(delivered, orig)),
+            selected_by_view_before=view_selections(self.models, self.label_set,
+                                                    s.before_views, None),
+            selected_by_view_after=view_selections(self.models, self.label_set,
+                                                   verdict.logits, i),
+            linf=linf * 255,
+            l2=l2,
+            psnr=psnr,
+            ssim=ssim,
             seconds=time.perf_counter() - s.t0,
             notes=s.notes,
         )

@@ -43,6 +43,26 @@ def readout(model, label_set: Sequence[str], logits: torch.Tensor
                            zip(label_set, probs.tolist(), known, strict=True) if k}
 
 
+def readouts(models, label_set: Sequence[str], logits: dict[str, torch.Tensor]):
+    """model name -> one image's logits, read out: (top labels, selections, probabilities of
+    the multi-label models), each a dict by model name."""
+    preds, selected, probs = {}, {}, {}
+    for name, z in logits.items():
+        top, sel, p = readout(models[name], label_set, z)
+        preds[name], selected[name] = top, sel
+        if p is not None:
+            probs[name] = p
+    return preds, selected, probs
+
+
+def view_selections(models, label_set: Sequence[str],
+                    logits: dict[str, dict[str, torch.Tensor]], row: int | None
+                    ) -> dict[str, dict[str, list[str]]]:
+    """verifier -> view -> the labels it selects (``row`` of a batch, or one image's logits)."""
+    return {v: {w: readout(models[v], label_set, z if row is None else z[row])[1]
+                for w, z in d.items()} for v, d in logits.items()}
+
+
 def accepts_geometry(scorer) -> bool:
     """Whether ``scorer(images, geometry=...)`` works."""
     import inspect
