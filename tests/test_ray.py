@@ -158,3 +158,13 @@ def test_worker_plan_follows_the_cluster():
     assert plan({"CPU": 8.0, "GPU": 1.0}, RayOptions(workers=2)) == (2, 4.0, 0.5)
     with pytest.raises(ValueError, match="workers"):
         RayOptions(workers=0)
+
+
+def test_a_model_error_in_the_workers_is_the_error_raised(cluster, folder, tmp_path):
+    import advx
+    from advx.engine.zoo import ModelNameError
+
+    with pytest.raises(ModelNameError, match="effnet-lite9"):
+        advx.harden_folder(folder, tmp_path / "out", label_set=LABELS,
+                           surrogates=["effnet-lite9"], ray=advx.RayOptions("auto", workers=2))
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -86,7 +86,18 @@ class _HardenerActor:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.hardener = build()
+        # a model error (a bad name, an unknown label) is kept and raised by ready(): an actor
+        # whose creation fails would be restarted and retried in vain
+        self.hardener, self.error = None, None
+        try:
+            self.hardener = build()
+        except Exception as e:
+            self.error = e
+
+    def ready(self) -> int:
+        if self.error is not None:
+            raise self.error
+        return os.getpid()
 
     def pid(self) -> int:
         return os.getpid()
@@ -119,7 +130,7 @@ class RayPool:
             max_restarts=options.max_retries, max_task_retries=options.max_retries,
         ).remote(build, int(cpu_each)) for i in range(workers)]
         try:  # model errors (a bad name, an unknown label) surface here, before OUT is touched
-            ray.get([a.pid.remote() for a in self.actors])
+            ray.get([a.ready.remote() for a in self.actors])
         except Exception as e:
             self.close()
             raise _cause(e) from None
