@@ -324,6 +324,7 @@ def harden(
     templates: str = "simple",
     label_map: LabelMap | str | Mapping | None = None,
     on_result: Callable[[HardenResult], None] | None = None,
+    ray: Any = None,
 ) -> list[HardenResult]:
     """Perturb ``images`` so that the held-out ``verifiers`` get their ``labels`` wrong.
 
@@ -347,12 +348,26 @@ def harden(
             (``{"label": ["ImageNet class name or index", ...]}``), consulted before the
             built-in map.
         on_result: called with each result as soon as its image is finished.
+        ray: ``"local"``, ``"auto"``, a cluster address or an ``advx.RayOptions``: the images
+            go to Ray workers in runs of ``2 * config.batch_size`` (each the same as
+            ``Hardener.run`` on that run in one process).
 
     Returns:
         One :class:`HardenResult` per image, in input order.
     """
     lmap = load_label_map(label_map)
     label_set = tuple(label_set) if label_set is not None else default_label_set(labels, lmap)
+    if ray is not None:
+        import functools
+
+        from .folder.distributed import run_in_memory
+
+        build = functools.partial(Hardener, label_set, surrogates=surrogates,
+                                  verifiers=verifiers, config=config,
+                                  surrogate_weights=surrogate_weights, templates=templates,
+                                  label_map=lmap)
+        return run_in_memory(ray, build, images, labels, targets,
+                             2 * (config or HardenConfig()).batch_size, on_result)
     hardener = Hardener(label_set, surrogates=surrogates, verifiers=verifiers, config=config,
                         surrogate_weights=surrogate_weights, templates=templates, label_map=lmap)
     return hardener.run(images, labels, targets, on_result)

@@ -168,3 +168,29 @@ def test_a_model_error_in_the_workers_is_the_error_raised(cluster, folder, tmp_p
         advx.harden_folder(folder, tmp_path / "out", label_set=LABELS,
                            surrogates=["effnet-lite9"], ray=advx.RayOptions("auto", workers=2))
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_api_harden_on_ray_equals_its_runs_in_one_process(cluster, folder):
+    import advx
+    from advx.engine.api import Hardener
+
+    paths = sorted(folder.rglob("*.png"))
+    images = [np.asarray(Image.open(p)) for p in paths]
+    labels = [p.parent.name for p in paths]
+    cfg = _config()
+    got = advx.harden(images, labels, label_set=LABELS, surrogates=SURROGATES, config=cfg,
+                      ray=advx.RayOptions("auto", workers=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        h = Hardener(LABELS, surrogates=SURROGATES, config=cfg)
+        chunk = 2 * cfg.batch_size
+        want = [r for i in range(0, len(images), chunk)
+                for r in h.run(images[i : i + chunk], labels[i : i + chunk])]
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.label for r in got] == labels  # in input order
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a.image, b.image)
+        assert (a.status, a.steps, a.predictions_after) == (b.status, b.steps,
+                                                             b.predictions_after)

@@ -186,6 +186,35 @@ class RayPool:
         self.actors = []
 
 
+def run_in_memory(ray: str | RayOptions, build: Callable[[], Any], images: Sequence,
+                  labels: Sequence[str], targets: Sequence[str | None] | None, chunk: int,
+                  on_result: Callable[[Any], None] | None = None) -> list:
+    """``advx.harden(..., ray=...)``: in-memory images hardened by Ray workers in runs of
+    ``chunk``; results in input order (``on_result`` as each run completes)."""
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if targets is not None and len(targets) != len(images):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    results: list = [None] * len(images)
+    batches = (Batch(list(images[i : i + chunk]), list(labels[i : i + chunk]),
+                     None if targets is None else list(targets[i : i + chunk]),
+                     range(i, min(i + chunk, len(images))))
+               for i in range(0, len(images), chunk))
+
+    def deliver(batch: Batch, result) -> None:
+        result.index = batch.context[result.index]
+        results[result.index] = result
+        if on_result is not None:
+            on_result(result)
+
+    pool = RayPool(RayOptions(ray) if isinstance(ray, str) else ray, build)
+    try:
+        pool.run(batches, deliver)
+    finally:
+        pool.close()
+    return results
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The worker's own exception (a ModelNameError, a ValueError) rather than Ray's wrapper,
     so that the CLI reports it as it would in one process."""
