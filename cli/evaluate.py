@@ -135,7 +135,7 @@ def load_eval_set(input_dir: Path, labels_csv: Path | None,
 
 
 def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
-                templates: str = "simple", label_map=None) -> tuple[str, Scorer]:
+                templates: str = DEFAULT_TEMPLATES, label_map=None) -> tuple[str, Scorer]:
     """A zoo model name (torch), a foreign solver ``onnx:SPEC.json`` (its graph, in
     onnxruntime) or an ``advx export`` folder (ONNX), as (name, scorer) with logits over
     ``label_set`` in its order."""

@@ -13,7 +13,7 @@ from torch import nn
 from .attacks import ATTACK_CLASSES, Attack
 from .checks import check_surrogate
 from .config import HardenConfig
-from .defaults import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
+from .defaults import DEFAULT_SURROGATES, DEFAULT_TEMPLATES, DEFAULT_VERIFIERS
 from .ensemble import Ensemble
 from .results import HardenResult
 from .scheduler import Scheduler, Scorer
@@ -60,7 +60,7 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
 
 
 def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[str],
-                     device: torch.device, templates: str = "simple",
+                     device: torch.device, templates: str = DEFAULT_TEMPLATES,
                      label_map: LabelMap | None = None,
                      no_gradient: list[str] | None = None) -> list[nn.Module]:
     """Surrogate models over ``label_set``. A foreign solver whose graph has no torch
@@ -89,7 +89,7 @@ def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[
 
 
 def build_verifiers(verifiers: Sequence[str | Scorer], label_set: Sequence[str],
-                    device: torch.device, templates: str = "simple",
+                    device: torch.device, templates: str = DEFAULT_TEMPLATES,
                     label_map: LabelMap | None = None) -> list[Scorer]:
     """Names become cached ONNX exports (fp16 on CUDA, fp32 on CPU); foreign solvers
     (``onnx:SPEC.json``) run their own graph in onnxruntime."""
@@ -183,7 +183,7 @@ class Hardener:
                  verifiers: Sequence[str | Scorer] = DEFAULT_VERIFIERS,
                  config: HardenConfig | None = None,
                  surrogate_weights: Sequence[float] | None = None,
-                 templates: str = "simple",
+                 templates: str = DEFAULT_TEMPLATES,
                  label_map: LabelMap | str | Mapping | None = None) -> None:
         from .zoo import is_solver_name
 
@@ -321,7 +321,7 @@ def harden(
     config: HardenConfig | None = None,
     targets: Sequence[str | None] | None = None,
     surrogate_weights: Sequence[float] | None = None,
-    templates: str = "simple",
+    templates: str = DEFAULT_TEMPLATES,
     label_map: LabelMap | str | Mapping | None = None,
     on_result: Callable[[HardenResult], None] | None = None,
     ray: Any = None,

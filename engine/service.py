@@ -23,6 +23,7 @@ import numpy as np
 
 from .api import Hardener
 from .config import HardenConfig
+from .defaults import DEFAULT_TEMPLATES
 from .results import HardenResult
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class HardenService:
 
     def __init__(self, label_set: Sequence[str], *, surrogates: Sequence[str],
                  verifiers: Sequence[str], config: HardenConfig | None = None,
-                 templates: str = "simple", label_map=None, max_batch: int = 16,
+                 templates: str = DEFAULT_TEMPLATES, label_map=None, max_batch: int = 16,
                  window_s: float = 0.05, max_label_sets: int = 4) -> None:
         self.config = config or HardenConfig()
         self.surrogates, self.verifiers = tuple(surrogates), tuple(verifiers)

@@ -157,6 +157,7 @@ class ImageClassifier(nn.Module):
         self.eval().requires_grad_(False)
         # frozen for good: batch norms fold into their convolutions (checked on a probe)
         param = next(self.core.parameters(), None)
+        self.folded_layers = 0
         if param is not None:
             g = torch.Generator().manual_seed(0)
             size = self.input_size
