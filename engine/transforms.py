@@ -53,23 +53,24 @@ def differentiable_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     return jpeg_codec_differentiable(x, q)
 
 
-class _JpegBPDA(torch.autograd.Function):
-    """Forward: the real codec, exactly. Backward: the vector-Jacobian product of kornia's
-    differentiable JPEG at the same input."""
+class BPDA(torch.autograd.Function):
+    """Backward-pass differentiable approximation. Forward: ``real(x)``, exactly (a codec, a
+    filter). Backward: the vector-Jacobian product of the differentiable ``soft`` at the same
+    input."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, quality: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, real, soft) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.quality = quality
-        return jpeg_roundtrip(x, quality)
+        ctx.soft = soft
+        return real(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(differentiable_jpeg(xx, ctx.quality), xx, grad)
-        return g, None
+            (g,) = torch.autograd.grad(ctx.soft(xx), xx, grad)
+        return g, None, None
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class Jpeg:
         q = round(_uniform(self.lo, self.hi, g))
         if not x.requires_grad:
             return jpeg_roundtrip(x, q)
-        return _JpegBPDA.apply(x, q)
+        return BPDA.apply(x, lambda t: jpeg_roundtrip(t, q),
+                          lambda t: differentiable_jpeg(t, q))
 
     def __str__(self) -> str:
         return f"jpeg{self.lo}" if self.lo == self.hi else f"jpeg{self.lo}-{self.hi}"

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .defaults import DEFAULT_PRESET as DEFAULT_PRESET  # re-exported
 from .defaults import PRESET_VIEWS, view_matrices
 from .transforms import (
+    BPDA,
     CropShift,
     GaussianBlur,
     Identity,
@@ -194,33 +195,11 @@ class SoftDenoise:
 
 
 @dataclass(frozen=True)
-class StraightThrough:
+class StraightThrough(Identity):
     """The identity, as a denoiser's gradient stand-in (BPDA)."""
-
-    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        return x
 
     def __str__(self) -> str:
         return "straight-through"
-
-
-class _DenoiseBPDA(torch.autograd.Function):
-    """Forward: the real filter (OpenCV), exactly. Backward: the vector-Jacobian product of a
-    differentiable stand-in at the same input."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, real, soft) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.soft = soft
-        return real(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            xx = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(ctx.soft(xx), xx, grad)
-        return g, None, None
 
 
 @dataclass(frozen=True)
@@ -234,7 +213,7 @@ class RealDenoise:
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if not x.requires_grad:
             return self.real(x)
-        return _DenoiseBPDA.apply(x, self.real, lambda t: self.soft(t, g))
+        return BPDA.apply(x, self.real, lambda t: self.soft(t, g))
 
     def __str__(self) -> str:
         return f"real-{self.real}"

@@ -202,18 +202,26 @@ def distribution(values: Iterable[float | None]) -> dict | None:
                           "counts": [int(c) for c in counts]}}
 
 
+def _grids(rows: Sequence[dict], grids: int, seed: int):
+    """(label -> index, each row's label index, the seeded 3x3 grids) of ``rows``; the index
+    grows as selections name further labels."""
+    from ..challenge import sample_grids
+
+    index: dict[str, int] = {}
+    y = [index.setdefault(r["label"], len(index)) for r in rows]
+    return index, y, sample_grids(y, grids, seed)
+
+
 def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
     """Per verifier and per view of the matrix: the share of tiles it gets wrong (fooling
     margin >= 0: its own decision is wrong) and its 3x3 grid solve rate, before and after."""
-    from ..challenge import grid_solve_rate_sets, sample_grids
+    from ..challenge import grid_solve_rate_sets
 
     rows = [r for r in records if isinstance(r.get("margins_by_view"), dict)
             and isinstance(r.get("selected_by_view_after"), dict)]
     if not rows:
         return {}
-    index: dict[str, int] = {}
-    y = [index.setdefault(r["label"], len(index)) for r in rows]
-    challenge = sample_grids(y, grids, seed)
+    index, y, challenge = _grids(rows, grids, seed)
     out: dict[str, dict] = {}
     verifiers = sorted({v for r in rows for v in r["margins_by_view"]})
     for v in verifiers:
@@ -239,15 +247,13 @@ def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[s
 def per_model(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
     """Per model, by its own decision rule: how often it selects a tile for the tile's label,
     and how many seeded 3x3 grids ("select all X") it solves, before and after hardening."""
-    from ..challenge import grid_solve_rate_sets, sample_grids
+    from ..challenge import grid_solve_rate_sets
 
     rows = [r for r in records if isinstance(r.get("selected_before"), dict)
             and isinstance(r.get("selected_after"), dict)]
     if not rows:
         return {}
-    index: dict[str, int] = {}
-    y = [index.setdefault(r["label"], len(index)) for r in rows]
-    challenge = sample_grids(y, grids, seed)
+    index, y, challenge = _grids(rows, grids, seed)
     models = sorted({m for r in rows for m in r["selected_before"]})
     out = {}
     for m in models:
