@@ -9,8 +9,9 @@ EfficientNet-Lite weights. Two settings:
   and by lite0 / lite1 as they are.
 - ``transfer``: surrogate lite0 alone, verifier lite1; lite2 never seen, judged the same way.
 
-Each setting runs with ``--engine`` configurations (``current``: today's defaults; ``baseline``:
-the engine as it was before solver views, without ladder, texture mask or SSIM floor).
+Each setting runs with ``--engine`` configurations (``current``: today's defaults; ``no-sgm``:
+today's defaults without skip gradients; ``baseline``: the engine as it was before solver views,
+without ladder, texture mask, SSIM floor or SGM), or a JSON object of HardenConfig fields.
 
     .venv/bin/python benchmarks/efficacy.py --setting defaults --engine current \\
         --json benchmarks/efficacy/defaults-current.json
@@ -130,7 +131,9 @@ ENGINES = {
     "current": {},
     # the engine before solver views: JPEG preset, no ladder, no texture mask, no SSIM floor
     "baseline": {"transforms": "jpeg", "eps_rungs": 1, "texture_mask": None,
-                 "ssim_floor": None, "patience": 0},
+                 "ssim_floor": None, "patience": 0, "skip_gamma": 1.0},
+    # today's defaults before the skip gradient (SGM) became one for transfer
+    "no-sgm": {"skip_gamma": 1.0},
 }
 
 

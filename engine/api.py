@@ -141,7 +141,7 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
                 generator: torch.Generator) -> Attack:
     cls = ATTACK_CLASSES[config.attack]
     kwargs: dict[str, Any] = {}
-    if config.attack == "mifgsm":
+    if config.attack in ("mifgsm", "svre"):
         kwargs["decay"] = config.momentum
     return cls(
         ensemble,
@@ -155,6 +155,8 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
         eot_samples=config.eot_samples,
         diversity=InputDiversity(config.diversity_prob) if config.diversity_prob > 0 else None,
         augments=tuple(AUGMENTS[a]() for a in config.augments),
+        fia_copies=config.fia,
+        skip_gamma=None if config.skip_gamma in (None, 1.0) else config.skip_gamma,
         ti_size=config.ti_kernel,
         amp_dtype=amp_dtype(config, device),
         generator=generator,

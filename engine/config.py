@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 from .defaults import DEFAULT_PRESET
 
-ATTACKS = ("auto", "mifgsm", "pgd", "pgd-l2")
+ATTACKS = ("auto", "mifgsm", "pgd", "pgd-l2", "svre")
 LOSSES = ("margin", "ce")
 OUTPUT_FORMATS = ("png", "jpeg")
+# SGM's gamma for transfer runs: on the efficacy benchmark it raised the held-out lite2's fooled
+# rate at no cost (benchmarks/EFFICACY.md, "Transfer methods tried")
+TRANSFER_SKIP_GAMMA = 0.5
 AMP = ("auto", "bf16", "fp16", "off")
 
 
@@ -17,7 +20,8 @@ class HardenConfig:
     eps: float = 8.0  # L-inf budget in /255 units (8 means 8/255)
     eps_l2: float = 2.0  # L2 budget in [0, 1] pixel units (pgd-l2 only)
     # "auto": pgd when every verifier is also a surrogate (white-box, e.g. a solver spec as
-    # both), mifgsm (momentum, for transfer) otherwise; or "mifgsm", "pgd" (L-inf), "pgd-l2"
+    # both), mifgsm (momentum, for transfer) otherwise; or "mifgsm", "pgd" (L-inf), "pgd-l2",
+    # "svre" (MI-FGSM with ensemble variance reduction: about twice the surrogate passes)
     attack: str = "auto"
     steps: int = 40  # step limit per image
     alpha: float | None = None  # step size, /255 for L-inf (default eps / 4), L2 units for pgd-l2
@@ -29,6 +33,11 @@ class HardenConfig:
     diversity_prob: float | None = None
     ti_kernel: int = 0  # translation-invariance kernel size (odd), 0 disables
     augments: tuple[str, ...] = ()  # transfer augmentations: "ssa" (spectrum), "admix"
+    # feature-level loss (FIA): masked clean copies per guide, 0 keeps the logit loss
+    fia: int = 0
+    # skip gradient (SGM): residual-branch gradients scaled by this, in (0, 1] (1: off);
+    # None: TRANSFER_SKIP_GAMMA for transfer, off when white-box
+    skip_gamma: float | None = None
     transforms: str = DEFAULT_PRESET  # the solver views: what EOT samples and verification checks
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
@@ -69,6 +78,9 @@ class HardenConfig:
         need(self.eot_samples is None or self.eot_samples >= 1, "eot_samples must be >= 1")
         need(all(a in ("ssa", "admix") for a in self.augments),
              f"augments must be among ssa, admix; got {self.augments}")
+        need(self.fia >= 0, "fia must be >= 0 (0 disables the feature-level loss)")
+        need(self.skip_gamma is None or 0 < self.skip_gamma <= 1,
+             "skip_gamma must be in (0, 1]")
         need(self.verify_every >= 1, "verify_every must be >= 1")
         need(self.patience >= 0, "patience must be >= 0")
         need(self.ssim_floor is None or 0 < self.ssim_floor < 1, "ssim_floor must be in (0, 1)")
@@ -86,8 +98,9 @@ class HardenConfig:
     def resolved(self, white_box: bool) -> HardenConfig:
         """``auto`` choices made: white-box runs (every verifier is also a surrogate) attack
         with plain PGD, no input diversity, two EOT samples per step (the gradient of the very
-        model that verifies, averaged over its views) and a last unmasked rung; transfer runs
-        with MI-FGSM, DI 0.5, one EOT sample and the mask throughout."""
+        model that verifies, averaged over its views), their true gradient (no SGM) and a last
+        unmasked rung; transfer runs with MI-FGSM, DI 0.5, one EOT sample, SGM and the mask
+        throughout."""
         from dataclasses import replace
 
         attack = self.attack if self.attack != "auto" else ("pgd" if white_box else "mifgsm")
@@ -95,8 +108,10 @@ class HardenConfig:
             0.0 if white_box else 0.5)
         eot = self.eot_samples if self.eot_samples is not None else (2 if white_box else 1)
         relax = self.relax_mask if self.relax_mask is not None else white_box
+        skip = self.skip_gamma if self.skip_gamma is not None else (
+            1.0 if white_box else TRANSFER_SKIP_GAMMA)
         return replace(self, attack=attack, diversity_prob=di, eot_samples=eot,
-                       relax_mask=relax)
+                       relax_mask=relax, skip_gamma=skip)
 
     @property
     def eps_01(self) -> float:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .features import capture, feature_layer, feature_loss
 from .losses import Objective
 
 ObjectiveFn = Callable[..., torch.Tensor]  # (logits, labels, targets, decision) -> [N]
@@ -58,11 +59,14 @@ class Ensemble(nn.Module):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
         targets: torch.Tensor | None = None,
+        guides: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image weighted loss [N] and its gradient w.r.t. ``images`` [N, 3, H, W].
 
         ``objective(logits, labels, targets, decision)`` is read with each member's own decision
-        rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`)."""
+        rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`). A
+        member with a guide (features.py, one per member or None) is attacked at its middle
+        layer instead of its logits."""
         objective = objective or Objective()
         x = images.detach().requires_grad_(True)
         xt = transform(x) if transform is not None else x
@@ -77,13 +81,20 @@ class Ensemble(nn.Module):
         for i, (w, model) in enumerate(zip(self.weights, self.members, strict=True)):
             loss = torch.empty(n, device=images.device)
             g_in = torch.empty_like(xin)
+            guide = None if guides is None else guides[i]
+            layer = feature_layer(model) if guide is not None else None
             for lo in range(0, n, chunk):
                 rows = slice(lo, lo + chunk)
                 xr = xin[rows].detach().requires_grad_(True)
-                with autocast or contextlib.nullcontext():
+                with (autocast or contextlib.nullcontext(),
+                      capture(layer) if layer is not None else contextlib.nullcontext() as seen):
                     logits = model(xr)
-                part = objective(logits.float(), labels[rows],
-                                 None if targets is None else targets[rows], decision_of(model))
+                if layer is not None:
+                    part = feature_loss(seen[-1], guide[rows])
+                else:
+                    part = objective(logits.float(), labels[rows],
+                                     None if targets is None else targets[rows],
+                                     decision_of(model))
                 (g_in[rows],) = torch.autograd.grad(part.sum(), xr)
                 loss[rows] = part.detach()
                 del logits, part

@@ -262,8 +262,11 @@ class Scheduler:
             mask = (texture_mask(xs, cfg.texture_mask) if cfg.texture_mask is not None
                     and not self.pgd_l2 else torch.ones_like(xs[:, :1]))
             eps0 = self.rung_eps_01[0]
+            ids = [new[j] for j in keep]
+            tk = t_all[ids].to(dev) if bool((t_all[ids] >= 0).any()) else None
             state = self.attack.init(xs, mask * eps0,
-                                     torch.full((len(keep),), self._alpha_01(eps0)))
+                                     torch.full((len(keep),), self._alpha_01(eps0)),
+                                     labels=y_all[ids].to(dev), targets=tk)
         return [s for _, s in slots], done, state, mask
 
     def _run_bucket(self, images, labels, targets, indices):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..ensemble import Ensemble
+from ..features import skip_gradient
 from ..losses import Objective
 from ..transforms import InputDiversity, smooth_gradient, ti_kernel
 from ..views import Preset, sample_eot
@@ -27,19 +28,24 @@ class AttackState:
     momentum: torch.Tensor  # accumulated gradient (MI-FGSM), zeros otherwise
     budget: torch.Tensor  # [N, 1, H, W] per-pixel L-inf bound, [0, 1] units
     alpha_01: torch.Tensor  # [N, 1, 1, 1] step size, [0, 1] units
+    # per surrogate, its feature-level guide [N, C, h, w] (features.py) or None; () when off
+    guides: tuple[torch.Tensor | None, ...] = ()
 
     _FIELDS = ("images", "adv", "momentum", "budget", "alpha_01")
 
     def take(self, idx: torch.Tensor | slice) -> AttackState:
-        return AttackState(*(getattr(self, f)[idx] for f in self._FIELDS))
+        return AttackState(*(getattr(self, f)[idx] for f in self._FIELDS),
+                           guides=tuple(None if g is None else g[idx] for g in self.guides))
 
     def put(self, idx: torch.Tensor | slice, part: AttackState) -> None:
         self.adv[idx], self.momentum[idx] = part.adv, part.momentum
 
     @staticmethod
     def cat(parts: list[AttackState]) -> AttackState:
+        guides = tuple(None if gs[0] is None else torch.cat(gs)
+                       for gs in zip(*(p.guides for p in parts), strict=True))
         return AttackState(*(torch.cat([getattr(p, f) for p in parts])
-                             for f in AttackState._FIELDS))
+                             for f in AttackState._FIELDS), guides=guides)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,7 +62,8 @@ class Attack:
                  random_start: bool = True, loss: str = "margin", targeted: bool = False,
                  eot: Preset | None = None, eot_samples: int = 1,
                  diversity: InputDiversity | None = None, ti_size: int = 0,
-                 augments: tuple = (),
+                 augments: tuple = (), fia_copies: int = 0, fia_drop: float = 0.3,
+                 skip_gamma: float | None = None,
                  amp_dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.model = model if isinstance(model, Ensemble) else Ensemble([model])
@@ -68,6 +75,9 @@ class Attack:
         self.diversity = diversity
         self.augments = tuple(augments)  # transfer augmentations (SSA, Admix), in order
         self.kernel = ti_kernel(ti_size) if ti_size else None
+        # feature-level loss (FIA): this many randomly masked clean copies make each guide
+        self.fia_copies, self.fia_drop = fia_copies, fia_drop
+        self.skip_gamma = skip_gamma  # SGM: residual-branch gradients scaled by this
         self.amp_dtype = amp_dtype
         self.generator = generator
 
@@ -76,7 +86,7 @@ class Attack:
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
                 targets: torch.Tensor | None = None) -> torch.Tensor:
         """``targets``: a decoy label per row (-1: none, push away from ``labels``)."""
-        state = self.init(images)
+        state = self.init(images, labels=labels, targets=targets)
         for _ in range(self.steps):
             self.step(state, labels, targets)
         return state.adv
@@ -86,9 +96,11 @@ class Attack:
     # --- step-wise API (used by the scheduler) ---------------------------------------------
 
     def init(self, images: torch.Tensor, budget: torch.Tensor | None = None,
-             alpha: torch.Tensor | None = None) -> AttackState:
+             alpha: torch.Tensor | None = None, *, labels: torch.Tensor | None = None,
+             targets: torch.Tensor | None = None) -> AttackState:
         """State for ``images``; ``budget`` (per pixel, default eps everywhere) and ``alpha``
-        (per image, default the attack's) let a scheduler spend less on some images."""
+        (per image, default the attack's) let a scheduler spend less on some images. A
+        feature-level attack needs the ``labels`` (and decoy ``targets``) for its guides."""
         images = images.detach()
         n, _, h, w = images.shape
         budget = (torch.full((n, 1, h, w), float(self.eps_01), device=images.device)
@@ -96,28 +108,51 @@ class Attack:
         alpha = (torch.full((n, 1, 1, 1), float(self.alpha_01), device=images.device)
                  if alpha is None else alpha.to(images.device).view(n, 1, 1, 1).clone())
         adv = self.random_init(images, budget) if self.random_start else images.clone()
-        return AttackState(images, adv, torch.zeros_like(images), budget, alpha)
+        guides: tuple[torch.Tensor | None, ...] = ()
+        if self.fia_copies:
+            if labels is None:
+                raise ValueError("a feature-level (FIA) attack needs the labels at init")
+            guides = self.guides(images, labels, targets)
+        return AttackState(images, adv, torch.zeros_like(images), budget, alpha, guides)
+
+    def guides(self, images: torch.Tensor, labels: torch.Tensor,
+               targets: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """Each surrogate's FIA guide for ``images`` (None for a model without a known layer)."""
+        from ..ensemble import decision_of, micro_batch_size
+        from ..features import guides
+
+        chunk = micro_batch_size(tuple(images.shape[1:]), images.device)
+        return tuple(guides(m, images, labels.to(images.device),
+                            None if targets is None else targets.to(images.device),
+                            copies=self.fia_copies, drop=self.fia_drop,
+                            generator=self.generator, chunk=chunk, decision=decision_of(m))
+                     for m in self.model.members)
 
     def step(self, state: AttackState, labels: torch.Tensor,
              targets: torch.Tensor | None = None) -> torch.Tensor:
         """One update of every row of ``state``; returns the loss before the update."""
         if self.targeted and (targets is None or bool((targets < 0).any())):
             raise ValueError("a targeted attack needs a target for every row")
-        loss, grad = self.gradient(state.adv, labels, targets)
+        loss, grad = self.gradient(state.adv, labels, targets, state.guides or None)
         if self.kernel is not None:
             grad = smooth_gradient(grad, self.kernel)
         state.adv = self.update(state, grad).detach()
         return loss
 
     def gradient(self, adv: torch.Tensor, labels: torch.Tensor,
-                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 targets: torch.Tensor | None = None,
+                 guides: tuple[torch.Tensor | None, ...] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradient, averaged over EOT samples, through DI."""
         autocast = (torch.autocast(adv.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else contextlib.nullcontext())
         loss_sum, grad_sum = 0.0, torch.zeros_like(adv)
         for _ in range(self.eot_samples):
-            loss, grad = self.model.loss_and_grad(adv, labels, self.objective,
-                                                  self._input_transform, autocast, targets)
+            with (skip_gradient(self.model, self.skip_gamma) if self.skip_gamma is not None
+                  else contextlib.nullcontext()):
+                loss, grad = self.model.loss_and_grad(adv, labels, self.objective,
+                                                      self._input_transform, autocast, targets,
+                                                      guides)
             loss_sum, grad_sum = loss_sum + loss, grad_sum + grad
         return loss_sum / self.eot_samples, grad_sum / self.eot_samples
 

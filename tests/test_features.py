@@ -1,0 +1,130 @@
+"""Transfer methods: skip gradients (SGM), feature-level loss (FIA), variance reduction (SVRE)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_engine import TinyNet, rand_images
+
+from advx.engine import features
+from advx.engine.attacks import MIFGSM, AttackState
+from advx.engine.config import HardenConfig
+from advx.engine.ensemble import Ensemble
+from advx.engine.zoo import create_classifier
+
+LABELS = ("cat", "dog", "bus")
+TINY_TIMM = "timm:test_efficientnet/none"
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    return create_classifier(TINY_TIMM, LABELS)
+
+
+def test_the_middle_stage_is_the_layer(effnet):
+    blocks = effnet.core.visual.blocks
+    assert features.feature_layer(effnet) is blocks[len(blocks) // 2]
+    assert features.feature_layer(TinyNet()) is None  # no known layer: logit loss kept
+
+
+def test_guides_are_unit_norm_and_seeded(effnet):
+    x, y = rand_images(3, 32), torch.tensor([0, 1, 2])
+
+    def guide(seed):
+        return features.guides(effnet, x, y, None, copies=3, drop=0.3, chunk=2,
+                               generator=torch.Generator().manual_seed(seed))
+
+    g = guide(0)
+    with features.capture(features.feature_layer(effnet)) as seen:
+        effnet(x)
+    assert g.shape == seen[-1].shape
+    assert torch.allclose(g.flatten(1).norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.equal(g, guide(0)) and not torch.equal(g, guide(1))
+    assert features.guides(TinyNet(), x, y, None, copies=2, drop=0.3, chunk=2,
+                           generator=None) is None
+
+
+def test_fia_attack_stays_in_budget_and_lowers_the_guided_features(effnet):
+    x, y = rand_images(4, 32), torch.tensor([0, 1, 2, 0])
+    eps = 8 / 255
+    attack = MIFGSM(Ensemble([effnet, TinyNet()]), eps_01=eps, alpha_01=2 / 255, steps=8,
+                    fia_copies=2, generator=torch.Generator().manual_seed(0))
+    state = attack.init(x, labels=y)
+    guide, none = state.guides
+    assert guide is not None and none is None and len(guide) == 4
+    # rows leave and come back with their own guides (continuous batching)
+    part = AttackState.cat([state.take(slice(2, 4)), state.take(slice(0, 2))])
+    assert torch.equal(part.guides[0], torch.cat([guide[2:], guide[:2]]))
+
+    def guided(images):
+        with features.capture(features.feature_layer(effnet)) as seen:
+            effnet(images)
+        return features.feature_loss(seen[-1], guide)
+
+    start = guided(state.adv)
+    for _ in range(8):
+        attack.step(state, y)
+    assert (state.adv - x).abs().max() <= eps + 1e-6
+    assert state.adv.min() >= 0 and state.adv.max() <= 1
+    assert guided(state.adv).mean() > start.mean(), "the feature loss rises"
+    with pytest.raises(ValueError, match="labels"):
+        attack.init(x)
+    with pytest.raises(ValueError, match="fia"):
+        HardenConfig(fia=-1)
+
+
+def test_svre_stays_in_budget_repeats_and_fools_the_ensemble():
+    from advx.engine.attacks import SVRE
+    from advx.engine.losses import margin_loss
+
+    a, b = TinyNet(0, "a"), TinyNet(1, "b")
+    x, y = rand_images(4), torch.tensor([0, 1, 2, 0])
+    eps = 8 / 255
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return SVRE(Ensemble([a, b]), eps_01=eps, alpha_01=2 / 255, steps=6, generator=g)(x, y)
+
+    adv = run(0)
+    assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(adv, run(0)) and not torch.equal(adv, run(1))
+    for m in (a, b):
+        assert margin_loss(m(adv), y).mean() > margin_loss(m(x), y).mean()
+
+
+def test_skip_gradient_scales_only_the_residual_gradients():
+    vit = create_classifier("timm:test_vit/none", LABELS)
+    x = rand_images(2, 32).requires_grad_(True)
+
+    def run(gamma):
+        with features.skip_gradient(vit, gamma) as n:
+            out = vit(x)
+            (g,) = torch.autograd.grad(out[:, 0].sum(), x)
+        return n, out.detach(), g
+
+    n, plain_out, plain = run(1.0)
+    assert n == len(features.residual_branches(vit)) == 2 * len(vit.core.visual.blocks)
+    _, out, g = run(0.5)
+    assert torch.equal(out, plain_out), "forward values unchanged"
+    assert not torch.allclose(g, plain, atol=1e-6)
+    _, _, again = run(1.0)
+    assert torch.equal(again, plain)
+    assert not any(b._forward_hooks for b in features.residual_branches(vit)), "hooks removed"
+    with pytest.raises(ValueError, match="skip_gamma"):
+        HardenConfig(skip_gamma=0)
+
+
+def test_sgm_is_on_for_transfer_and_off_white_box():
+    from advx.engine.config import TRANSFER_SKIP_GAMMA
+
+    assert HardenConfig().resolved(white_box=False).skip_gamma == TRANSFER_SKIP_GAMMA < 1
+    assert HardenConfig().resolved(white_box=True).skip_gamma == 1.0
+    assert HardenConfig(skip_gamma=0.3).resolved(white_box=True).skip_gamma == 0.3
+    import advx
+
+    def attack(verifier):
+        return advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[verifier],
+                             config=HardenConfig(transforms="none")).scheduler.attack
+
+    assert attack(TinyNet(0, "v")).skip_gamma == TRANSFER_SKIP_GAMMA
+    assert attack(TinyNet(0, "s")).skip_gamma is None  # the verifier is the surrogate
