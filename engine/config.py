@@ -9,8 +9,8 @@ from .defaults import DEFAULT_PRESET
 ATTACKS = ("auto", "mifgsm", "pgd", "pgd-l2", "svre")
 LOSSES = ("margin", "ce")
 OUTPUT_FORMATS = ("png", "jpeg")
-# SGM's gamma for transfer runs: on the efficacy benchmark it raised the held-out lite2's fooled
-# rate at no cost (benchmarks/EFFICACY.md, "Transfer methods tried")
+# SGM's gamma for transfer runs: on the efficacy benchmark it raised the held-out models' fooled
+# rates with no extra arithmetic (benchmarks/EFFICACY.md, "Skip gradients, ...")
 TRANSFER_SKIP_GAMMA = 0.5
 AMP = ("auto", "bf16", "fp16", "off")
 

@@ -1,6 +1,7 @@
-"""Feature-level transfer (FIA, Wang et al. 2021, "Feature Importance-aware Transferable
-Adversarial Attacks"): instead of a surrogate's logits, attack the features of one of its middle
-layers that the decision rests on.
+"""Transfer through a surrogate's insides: the skip gradient method (SGM, Wu et al. 2020, at the
+end of this module; on by default for transfer runs) and a feature-level loss (FIA, Wang et al.
+2021, "Feature Importance-aware Transferable Adversarial Attacks"; an option): instead of a
+surrogate's logits, attack the features of one of its middle layers that the decision rests on.
 
 The *guide* of an image is the aggregate gradient of the decision (minus the fooling margin,
 losses.py) with respect to a middle layer's activations, summed over copies of the clean image
