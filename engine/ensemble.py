@@ -25,6 +25,11 @@ def decision_of(model: nn.Module) -> str:
 CPU_MICRO_BATCH_PIXELS = 4 * 224 * 224
 
 
+def unit_mean_abs(g: torch.Tensor) -> torch.Tensor:
+    """``g`` scaled per image so that its mean absolute value is 1 (L1 normalisation)."""
+    return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (g.ndim - 1))
+
+
 def micro_batch_size(shape: tuple[int, ...], device: torch.device) -> int:
     """Rows per member backward pass for inputs of ``shape`` [3, H, W]: bounded on the CPU,
     the whole batch on accelerators (whose out-of-memory back-off halves the batch)."""
@@ -103,7 +108,7 @@ class Ensemble(nn.Module):
             else:
                 (g,) = torch.autograd.grad(xt, x, g_in, retain_graph=i < last)
             if self.normalize_grads:
-                g = g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                g = unit_mean_abs(g)
             total_loss += w * loss
             total_grad += w * g
         return total_loss, total_grad

@@ -221,6 +221,11 @@ class Scheduler:
 
     # --- the loop ---------------------------------------------------------------------------
 
+    def _decoys(self, t_all: torch.Tensor, ids: list[int]) -> torch.Tensor | None:
+        """The decoy label of each of these images on the device, or None when none has one."""
+        t = t_all[ids]
+        return t.to(self.device) if bool((t >= 0).any()) else None
+
     def run(self, images: Sequence[torch.Tensor], labels: Sequence[int],
             targets: Sequence[int] | None = None,
             on_result: Callable[[HardenResult], None] | None = None) -> list[HardenResult]:
@@ -263,10 +268,9 @@ class Scheduler:
                     and not self.pgd_l2 else torch.ones_like(xs[:, :1]))
             eps0 = self.rung_eps_01[0]
             ids = [new[j] for j in keep]
-            tk = t_all[ids].to(dev) if bool((t_all[ids] >= 0).any()) else None
             state = self.attack.init(xs, mask * eps0,
                                      torch.full((len(keep),), self._alpha_01(eps0)),
-                                     labels=y_all[ids].to(dev), targets=tk)
+                                     labels=y_all[ids].to(dev), targets=self._decoys(t_all, ids))
         return [s for _, s in slots], done, state, mask
 
     def _run_bucket(self, images, labels, targets, indices):
@@ -294,8 +298,7 @@ class Scheduler:
             verdict = None
             if k > 0:
                 ids = [s.index for s in slots]
-                tt = t_all[ids].to(dev) if bool((t_all[ids] >= 0).any()) else None
-                self.attack_steps(state, y_all[ids].to(dev), tt, k)
+                self.attack_steps(state, y_all[ids].to(dev), self._decoys(t_all, ids), k)
                 for s in slots:
                     s.steps += k
                     s.rung_steps += k

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ensemble import Ensemble
+from ..ensemble import Ensemble, decision_of, micro_batch_size
+from ..features import guides as feature_guides
 from ..features import skip_gradient
 from ..losses import Objective
 from ..transforms import InputDiversity, smooth_gradient, ti_kernel
@@ -118,11 +119,8 @@ class Attack:
     def guides(self, images: torch.Tensor, labels: torch.Tensor,
                targets: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         """Each surrogate's FIA guide for ``images`` (None for a model without a known layer)."""
-        from ..ensemble import decision_of, micro_batch_size
-        from ..features import guides
-
         chunk = micro_batch_size(tuple(images.shape[1:]), images.device)
-        return tuple(guides(m, images, labels.to(images.device),
+        return tuple(feature_guides(m, images, labels.to(images.device),
                             None if targets is None else targets.to(images.device),
                             copies=self.fia_copies, drop=self.fia_drop,
                             generator=self.generator, chunk=chunk, decision=decision_of(m))
@@ -131,28 +129,32 @@ class Attack:
     def step(self, state: AttackState, labels: torch.Tensor,
              targets: torch.Tensor | None = None) -> torch.Tensor:
         """One update of every row of ``state``; returns the loss before the update."""
-        if self.targeted and (targets is None or bool((targets < 0).any())):
-            raise ValueError("a targeted attack needs a target for every row")
+        self.check_targets(targets)
         loss, grad = self.gradient(state.adv, labels, targets, state.guides or None)
         if self.kernel is not None:
             grad = smooth_gradient(grad, self.kernel)
         state.adv = self.update(state, grad).detach()
         return loss
 
+    def check_targets(self, targets: torch.Tensor | None) -> None:
+        if self.targeted and (targets is None or bool((targets < 0).any())):
+            raise ValueError("a targeted attack needs a target for every row")
+
     def gradient(self, adv: torch.Tensor, labels: torch.Tensor,
                  targets: torch.Tensor | None = None,
                  guides: tuple[torch.Tensor | None, ...] | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and gradient, averaged over EOT samples, through DI."""
+                 model: Ensemble | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradient, averaged over EOT samples, through DI, of ``model`` (default:
+        the attack's ensemble; ``guides`` one per member of it)."""
+        model = model or self.model
         autocast = (torch.autocast(adv.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else contextlib.nullcontext())
         loss_sum, grad_sum = 0.0, torch.zeros_like(adv)
         for _ in range(self.eot_samples):
-            with (skip_gradient(self.model, self.skip_gamma) if self.skip_gamma is not None
+            with (skip_gradient(model, self.skip_gamma) if self.skip_gamma is not None
                   else contextlib.nullcontext()):
-                loss, grad = self.model.loss_and_grad(adv, labels, self.objective,
-                                                      self._input_transform, autocast, targets,
-                                                      guides)
+                loss, grad = model.loss_and_grad(adv, labels, self.objective,
+                                                 self._input_transform, autocast, targets, guides)
             loss_sum, grad_sum = loss_sum + loss, grad_sum + grad
         return loss_sum / self.eot_samples, grad_sum / self.eot_samples
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ensemble import unit_mean_abs
 from .base import Attack, AttackState
 
 
@@ -16,6 +17,5 @@ class MIFGSM(Attack):
         self.decay = decay
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
-        g = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        state.momentum = self.decay * state.momentum + g
+        state.momentum = self.decay * state.momentum + unit_mean_abs(grad)
         return self.project(state, state.adv + state.alpha_01 * state.momentum.sign())

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..ensemble import Ensemble
+from ..ensemble import Ensemble, unit_mean_abs
 from .base import AttackState
 from .mifgsm import MIFGSM
-
-
-def _l1_unit(g: torch.Tensor) -> torch.Tensor:
-    return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
 
 
 class SVRE(MIFGSM):
@@ -28,18 +24,13 @@ class SVRE(MIFGSM):
         self.inner = len(members) if inner is None else inner
 
     def _grad(self, k: int, adv: torch.Tensor, labels, targets, guides) -> torch.Tensor:
-        model, saved = self.singles[k], self.model
-        self.model = model  # Attack.gradient reads self.model (EOT, DI and AMP as usual)
-        try:
-            g = None if not guides else (guides[k],)
-            return self.gradient(adv, labels, targets, g)[1]
-        finally:
-            self.model = saved
+        """Surrogate ``k``'s gradient alone (EOT, DI and AMP as usual)."""
+        g = None if not guides else (guides[k],)
+        return self.gradient(adv, labels, targets, g, model=self.singles[k])[1]
 
     def step(self, state: AttackState, labels: torch.Tensor,
              targets: torch.Tensor | None = None) -> torch.Tensor:
-        if self.targeted and (targets is None or bool((targets < 0).any())):
-            raise ValueError("a targeted attack needs a target for every row")
+        self.check_targets(targets)
         guides = state.guides or None
         outer = [self._grad(k, state.adv, labels, targets, guides)
                  for k in range(len(self.singles))]
@@ -49,8 +40,8 @@ class SVRE(MIFGSM):
                                  generator=self.generator)
         for k in pick.tolist():
             g = self._grad(k, x, labels, targets, guides) - outer[k] + g_ens
-            acc = self.decay * acc + _l1_unit(g)
+            acc = self.decay * acc + unit_mean_abs(g)
             x = self.project(state, x + state.alpha_01 * acc.sign()).detach()
-        state.momentum = self.decay * state.momentum + _l1_unit(acc)
+        state.momentum = self.decay * state.momentum + unit_mean_abs(acc)
         state.adv = self.project(state, state.adv + state.alpha_01 * state.momentum.sign()).detach()
         return torch.zeros(len(state.adv), device=state.adv.device)
