@@ -84,6 +84,10 @@ def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[
         if tuple(getattr(m, "labels", label_set)) != tuple(label_set):
             raise ValueError(f"surrogate {getattr(m, 'name', m)} is not over the label set")
         check_surrogate(m, device=device)
+        if device.type == "cpu" and getattr(m, "kind", None) == "imagenet":
+            # oneDNN's convolutions run forward and backward ~5% faster per attack step
+            # (2 cores, EfficientNet-Lite), same values to float rounding
+            m.core.visual.to(memory_format=torch.channels_last)
         models.append(m)
     return models
 
@@ -157,6 +161,7 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
         augments=tuple(AUGMENTS[a]() for a in config.augments),
         fia_copies=config.fia,
         skip_gamma=None if config.skip_gamma in (None, 1.0) else config.skip_gamma,
+        ghost=config.ghost,
         ti_size=config.ti_kernel,
         amp_dtype=amp_dtype(config, device),
         generator=generator,

@@ -38,6 +38,8 @@ class HardenConfig:
     # skip gradient (SGM): residual-branch gradients scaled by this, in (0, 1] (1: off);
     # None: TRANSFER_SKIP_GAMMA for transfer, off when white-box
     skip_gamma: float | None = None
+    # ghost networks: each residual branch scaled by U[1 - ghost, 1 + ghost] per pass (0: off)
+    ghost: float = 0.0
     transforms: str = DEFAULT_PRESET  # the solver views: what EOT samples and verification checks
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
@@ -79,6 +81,7 @@ class HardenConfig:
         need(all(a in ("ssa", "admix") for a in self.augments),
              f"augments must be among ssa, admix; got {self.augments}")
         need(self.fia >= 0, "fia must be >= 0 (0 disables the feature-level loss)")
+        need(0 <= self.ghost < 1, f"ghost must be in [0, 1), got {self.ghost}")
         need(self.skip_gamma is None or 0 < self.skip_gamma <= 1,
              "skip_gamma must be in (0, 1]")
         need(self.verify_every >= 1, "verify_every must be >= 1")

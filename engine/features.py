@@ -116,6 +116,27 @@ def residual_branches(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
+def ghost_branches(model: nn.Module, tau: float, generator: torch.Generator | None = None
+                   ) -> Iterator[int]:
+    """Ghost networks (Li et al. 2020), residual erosion: while open, every residual branch's
+    output is scaled by its own factor drawn from U[1 - tau, 1 + tau] at each forward pass, so
+    that each pass (each micro-batch, each step) attacks another nearby network. Yields the
+    number of branches."""
+    branches = residual_branches(model)
+
+    def erode(_m, _i, out: torch.Tensor) -> torch.Tensor:
+        u = float(torch.rand((), generator=generator))
+        return out * (1 - tau + 2 * tau * u)
+
+    handles = [b.register_forward_hook(erode) for b in branches]
+    try:
+        yield len(branches)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
 def skip_gradient(model: nn.Module, gamma: float) -> Iterator[int]:
     """SGM: while open, gradients through residual branches are scaled by ``gamma`` (< 1), so
     more of the gradient flows through the skip connections (forward values unchanged).

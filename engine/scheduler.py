@@ -3,8 +3,7 @@
 An image leaves the batch as soon as every verifier is fooled by at least
 ``config.required_margin`` (in logits, by its own decision rule: a wrong argmax, or a label no
 longer selected) under every view of the preset's view matrix, and a waiting image takes its
-place. Images of different sizes are
-attacked in separate size buckets.
+place. Images of different sizes are attacked in separate size buckets.
 
 Each image spends only what it needs: its budget starts at eps / 2^(rungs - 1) and widens one
 rung at a time while it stays unfooled, shaped per pixel by a texture mask (flat regions, where
@@ -337,7 +336,6 @@ class Scheduler:
             if done:
                 yield from self._finish([(slots[j], reason) for j, reason in done], images,
                                         labels, targets)
-            if done:
                 gone = {j for j, _ in done}
                 keep_rows = [j for j in range(len(slots)) if j not in gone]
                 slots = [slots[j] for j in keep_rows]

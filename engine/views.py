@@ -20,6 +20,10 @@ median, random resampling.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,6 +119,26 @@ def _to_uint8_bgr(x: torch.Tensor) -> list[np.ndarray]:
     return [np.ascontiguousarray(a[..., ::-1]) for a in arr]
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of their threads
+
+
+def per_frame(fn: Callable[[np.ndarray], np.ndarray], frames: list[np.ndarray]
+              ) -> list[np.ndarray]:
+    """``fn`` on each frame, in order, on as many threads as torch may use. OpenCV's filters
+    release the GIL but barely parallelise a 224 px tile inside one call (non-local means on 16
+    tiles, 2 cores: 2.1 s on one thread or on OpenCV's two, 1.1 s with two tiles at a time)."""
+    workers = max(1, torch.get_num_threads())
+    if workers == 1 or len(frames) < 2:
+        return [fn(f) for f in frames]
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="advx-frames")
+    return list(pool.map(fn, frames))
+
+
 def _from_bgr(frames: list[np.ndarray], like: torch.Tensor) -> torch.Tensor:
     arr = np.stack([f[..., ::-1] for f in frames])
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(
@@ -134,8 +158,8 @@ class NonLocalMeans:
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         import cv2
 
-        out = [cv2.fastNlMeansDenoisingColored(f, None, self.h, self.h_color, self.template,
-                                               self.search) for f in _to_uint8_bgr(x)]
+        out = per_frame(lambda f: cv2.fastNlMeansDenoisingColored(
+            f, None, self.h, self.h_color, self.template, self.search), _to_uint8_bgr(x))
         return _from_bgr(out, x)
 
     def __str__(self) -> str:

@@ -34,6 +34,11 @@ def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_thr
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
     if not cuda:
+        # idle pool threads block instead of spinning: on a small CPU shared with torch's attack
+        # steps and the OpenCV filters, spinning took the cores from them (2 cores, lite2 runs
+        # alternating with lite0 forward and backward: torch 2.5-2.9 s spinning off, 3.0-3.2 s
+        # on; onnxruntime itself as fast)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN libraries from the torch / nvidia wheels
         ort.preload_dlls()

@@ -527,3 +527,58 @@ def test_micro_batches_give_the_batch_gradient():
     assert micro_batch_size((3, 224, 224), torch.device("cpu")) == 4
     assert micro_batch_size((3, 683, 1024), torch.device("cpu")) == 1
     assert micro_batch_size((3, 224, 224), torch.device("cuda")) > 1000
+
+
+def test_denoisers_on_threads_give_opencv_s_own_output():
+    """Non-local means runs a few tiles at a time on threads: exactly OpenCV's output for each
+    tile called alone, in order."""
+    import cv2
+
+    x = rand_images(5, 40)
+    frames = views._to_uint8_bgr(x)
+    alone = views._from_bgr([cv2.fastNlMeansDenoisingColored(f, None, 10, 10, 7, 21)
+                             for f in frames], x)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(views.NonLocalMeans()(x), alone)
+        torch.set_num_threads(1)
+        assert torch.equal(views.NonLocalMeans()(x), alone)
+    finally:
+        torch.set_num_threads(threads)
+    assert views.per_frame(lambda f: f * 2, [np.full(3, i) for i in range(7)])[6][0] == 12
+
+
+def test_cpu_surrogate_towers_run_channels_last_with_the_same_values(tiny_models):
+    """On the CPU, an ImageNet tower is put in channels_last (faster oneDNN kernels): logits and
+    input gradients equal those of the same weights in the default layout."""
+    from advx.engine.api import build_surrogates
+    from advx.engine.zoo import create_classifier
+
+    (m,) = build_surrogates([tiny_models["timm"]], LABELS, torch.device("cpu"))
+    ref = create_classifier(tiny_models["timm"], LABELS)
+    conv = next(p for p in m.core.visual.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not next(p for p in ref.core.visual.parameters()
+                    if p.ndim == 4).is_contiguous(memory_format=torch.channels_last)
+    x = rand_images(3, 64).requires_grad_(True)
+    (g,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
+    (g_ref,) = torch.autograd.grad(ref(x)[:, 0].sum(), x)
+    assert torch.allclose(m(x), ref(x), atol=1e-5)
+    assert torch.allclose(g, g_ref, atol=1e-6, rtol=1e-3)
+
+
+def test_denoiser_threads_work_in_a_forked_child():
+    """A child forked after the denoiser threads exist gets threads of its own instead of
+    waiting forever on the parent's (which a fork does not copy)."""
+    import os
+    import signal
+
+    views.per_frame(np.negative, [np.ones(2)] * 3)  # the parent's threads now exist
+    pid = os.fork()
+    if pid == 0:  # the child: the thread pool only (torch's OpenMP is not fork-safe itself)
+        signal.alarm(30)
+        out = views.per_frame(np.negative, [np.full(2, i) for i in range(3)])
+        os._exit(0 if out[2][0] == -2 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -187,6 +187,16 @@ def test_export_cache_reuses(tiny_models, tmp_path, monkeypatch):
     load_manifest(first)
 
 
+def test_cpu_sessions_block_instead_of_spinning(tiny_models, tmp_path):
+    """CPU verifier sessions share two cores with torch: their idle threads must not spin."""
+    from advx.export import OnnxVerifier
+
+    v = OnnxVerifier(export_cached(tiny_models["timm"], LABELS, cache_dir=tmp_path),
+                     device="cpu")
+    opts = v.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_effnet_export_real_photos(precision, photos, tmp_path):
     """Real EfficientNet-Lite weights: torch and the exported ONNX agree on the photos."""

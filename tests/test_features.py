@@ -114,6 +114,27 @@ def test_skip_gradient_scales_only_the_residual_gradients():
         HardenConfig(skip_gamma=0)
 
 
+def test_ghost_networks_erode_every_pass_seeded_and_leave_no_hooks():
+    vit = create_classifier("timm:test_vit/none", LABELS)  # the tiny EfficientNet has no skips
+    x = rand_images(2, 32)
+    plain = vit(x)
+
+    def two_passes(seed):
+        with features.ghost_branches(vit, 0.2, torch.Generator().manual_seed(seed)) as n:
+            return n, vit(x), vit(x)
+
+    n, a, b = two_passes(0)
+    assert n == len(features.residual_branches(vit)) > 0
+    assert not torch.allclose(a, plain, atol=1e-5) and not torch.allclose(a, b, atol=1e-5)
+    _, a2, b2 = two_passes(0)
+    assert torch.equal(a, a2) and torch.equal(b, b2), "seeded"
+    assert torch.equal(vit(x), plain), "hooks removed"
+    with features.ghost_branches(vit, 1e-9):
+        assert torch.allclose(vit(x), plain, atol=1e-5)
+    with pytest.raises(ValueError, match="ghost"):
+        HardenConfig(ghost=1.0)
+
+
 def test_sgm_is_on_for_transfer_and_off_white_box():
     from advx.engine.config import TRANSFER_SKIP_GAMMA
 

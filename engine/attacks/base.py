@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..ensemble import Ensemble, decision_of, micro_batch_size
+from ..features import ghost_branches, skip_gradient
 from ..features import guides as feature_guides
-from ..features import skip_gradient
 from ..losses import Objective
 from ..transforms import InputDiversity, smooth_gradient, ti_kernel
 from ..views import Preset, sample_eot
@@ -64,7 +64,7 @@ class Attack:
                  eot: Preset | None = None, eot_samples: int = 1,
                  diversity: InputDiversity | None = None, ti_size: int = 0,
                  augments: tuple = (), fia_copies: int = 0, fia_drop: float = 0.3,
-                 skip_gamma: float | None = None,
+                 skip_gamma: float | None = None, ghost: float = 0.0,
                  amp_dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.model = model if isinstance(model, Ensemble) else Ensemble([model])
@@ -79,6 +79,7 @@ class Attack:
         # feature-level loss (FIA): this many randomly masked clean copies make each guide
         self.fia_copies, self.fia_drop = fia_copies, fia_drop
         self.skip_gamma = skip_gamma  # SGM: residual-branch gradients scaled by this
+        self.ghost = ghost  # ghost networks: residual branches scaled by U[1 -+ ghost] per pass
         self.amp_dtype = amp_dtype
         self.generator = generator
 
@@ -152,6 +153,8 @@ class Attack:
         loss_sum, grad_sum = 0.0, torch.zeros_like(adv)
         for _ in range(self.eot_samples):
             with (skip_gradient(model, self.skip_gamma) if self.skip_gamma is not None
+                  else contextlib.nullcontext(),
+                  ghost_branches(model, self.ghost, self.generator) if self.ghost
                   else contextlib.nullcontext()):
                 loss, grad = model.loss_and_grad(adv, labels, self.objective,
                                                  self._input_transform, autocast, targets, guides)
