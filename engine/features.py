@@ -34,18 +34,24 @@ def feature_layer(model: nn.Module) -> nn.Module | None:
 
 
 @contextlib.contextmanager
+def forward_hooks(modules: list[nn.Module], hook) -> Iterator[int]:
+    """``hook`` registered as a forward hook on each of ``modules`` while the context is open
+    (its return value, when not None, replaces the module's output); yields their number."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield len(handles)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
 def capture(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
     """The layer's outputs, appended on each forward pass while the context is open."""
     seen: list[torch.Tensor] = []
-
-    def hook(_module, _inputs, output):
-        seen.append(output[0] if isinstance(output, tuple) else output)
-
-    handle = layer.register_forward_hook(hook)
-    try:
+    with forward_hooks([layer], lambda _m, _i, out: seen.append(
+            out[0] if isinstance(out, tuple) else out)):
         yield seen
-    finally:
-        handle.remove()
 
 
 def feature_loss(features: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
@@ -115,37 +121,23 @@ def residual_branches(model: nn.Module) -> list[nn.Module]:
     return out
 
 
-@contextlib.contextmanager
 def ghost_branches(model: nn.Module, tau: float, generator: torch.Generator | None = None
-                   ) -> Iterator[int]:
+                   ) -> contextlib.AbstractContextManager[int]:
     """Ghost networks (Li et al. 2020), residual erosion: while open, every residual branch's
     output is scaled by its own factor drawn from U[1 - tau, 1 + tau] at each forward pass, so
     that each pass (each micro-batch, each step) attacks another nearby network. Yields the
     number of branches."""
-    branches = residual_branches(model)
 
     def erode(_m, _i, out: torch.Tensor) -> torch.Tensor:
         u = float(torch.rand((), generator=generator))
         return out * (1 - tau + 2 * tau * u)
 
-    handles = [b.register_forward_hook(erode) for b in branches]
-    try:
-        yield len(branches)
-    finally:
-        for h in handles:
-            h.remove()
+    return forward_hooks(residual_branches(model), erode)
 
 
-@contextlib.contextmanager
-def skip_gradient(model: nn.Module, gamma: float) -> Iterator[int]:
+def skip_gradient(model: nn.Module, gamma: float) -> contextlib.AbstractContextManager[int]:
     """SGM: while open, gradients through residual branches are scaled by ``gamma`` (< 1), so
     more of the gradient flows through the skip connections (forward values unchanged).
     Yields the number of branches."""
-    branches = residual_branches(model)
-    handles = [b.register_forward_hook(lambda _m, _i, out: _ScaleGrad.apply(out, gamma))
-               for b in branches]
-    try:
-        yield len(branches)
-    finally:
-        for h in handles:
-            h.remove()
+    return forward_hooks(residual_branches(model),
+                         lambda _m, _i, out: _ScaleGrad.apply(out, gamma))
