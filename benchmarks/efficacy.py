@@ -1,13 +1,16 @@
 """Efficacy benchmark: how often hardened tiles fool solvers that see them their own way.
 
 Not part of the test command (minutes of CPU). Real photos shipped in packages, real offline
-EfficientNet-Lite weights. Two settings:
+EfficientNet-Lite weights. Three settings:
 
 - ``defaults``: the engine's defaults (surrogates lite0 + lite1, verifier lite2); judged by an
   independent lite2 that preprocesses differently (the whole tile resized to 260 px, bicubic
   with antialias, no centre crop) under every view of the default matrix and views outside it,
   and by lite0 / lite1 as they are.
 - ``transfer``: surrogate lite0 alone, verifier lite1; lite2 never seen, judged the same way.
+- ``whitebox``: lite2 as surrogate and verifier (a solver attacked with its own gradients, as
+  ``--surrogates onnx:S --verifiers onnx:S`` does with a foreign solver); judged the same way,
+  so the views and the independent preprocessing are what is measured.
 
 Each setting runs with ``--engine`` configurations (``current``: today's defaults; ``no-sgm``:
 today's defaults without skip gradients; ``baseline``: the engine as it was before solver views,
@@ -137,6 +140,13 @@ ENGINES = {
 }
 
 
+SETTINGS = {  # surrogates, verifiers
+    "defaults": (("effnet-lite0", "effnet-lite1"), ("effnet-lite2",)),
+    "transfer": (("effnet-lite0",), ("effnet-lite1",)),
+    "whitebox": (("effnet-lite2",), ("effnet-lite2",)),
+}
+
+
 def render(paths: list[Path]) -> str:
     """Markdown tables of result files (for EFFICACY.md)."""
     runs = [json.loads(p.read_text()) for p in paths]
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render([Path(a) for a in sys.argv[2:]]))
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=("defaults", "transfer"), default="defaults")
+    p.add_argument("--setting", choices=tuple(SETTINGS), default="defaults")
     p.add_argument("--engine", default="current",
                    help=f"{', '.join(ENGINES)}, or a JSON object of HardenConfig fields")
     p.add_argument("--tiles", type=int, default=60, help="clean-correct tiles to harden")
@@ -199,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             keep.append(i)
             seen[key] = seen.get(key, 0) + 1
     images, labels = [images[i] for i in keep], [labels[i] for i in keep]
-    surrogates, verifiers = ((("effnet-lite0", "effnet-lite1"), ("effnet-lite2",))
-                             if args.setting == "defaults"
-                             else (("effnet-lite0",), ("effnet-lite1",)))
+    surrogates, verifiers = SETTINGS[args.setting]
     config = dataclasses.replace(HardenConfig(eps=args.eps, steps=args.steps), **overrides)
     t0 = time.perf_counter()
     hardener = Hardener(label_set, surrogates=surrogates, verifiers=verifiers, config=config)

@@ -66,7 +66,8 @@ VIEW_MATRICES = view_matrices() + "\n" + VIEW_GLOSSARY
 @click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default=D.transforms,
               show_default=True, help="The solver views: what a solver may do to a tile before "
               "its network answers (attacked in expectation, every view verified exactly on "
-              "the delivered file). The view matrices are listed below.")
+              "the delivered file; solver and robust also attack each surrogate through "
+              "other solvers' resize and crop). The view matrices are listed below.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
               default=D.output_format,
               show_default=True, help="Output image format (verification scores exactly it).")

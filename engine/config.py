@@ -40,6 +40,8 @@ class HardenConfig:
     skip_gamma: float | None = None
     # ghost networks: each residual branch scaled by U[1 - ghost, 1 + ghost] per pass (0: off)
     ghost: float = 0.0
+    # surrogates drawn at random for each step's gradient (None: all of them every step)
+    members_per_step: int | None = None
     transforms: str = DEFAULT_PRESET  # the solver views: what EOT samples and verification checks
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
@@ -82,6 +84,8 @@ class HardenConfig:
              f"augments must be among ssa, admix; got {self.augments}")
         need(self.fia >= 0, "fia must be >= 0 (0 disables the feature-level loss)")
         need(0 <= self.ghost < 1, f"ghost must be in [0, 1), got {self.ghost}")
+        need(self.members_per_step is None or self.members_per_step >= 1,
+             "members_per_step must be None or >= 1")
         need(self.skip_gamma is None or 0 < self.skip_gamma <= 1,
              "skip_gamma must be in (0, 1]")
         need(self.verify_every >= 1, "verify_every must be >= 1")

@@ -30,6 +30,17 @@ def unit_mean_abs(g: torch.Tensor) -> torch.Tensor:
     return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (g.ndim - 1))
 
 
+def takes_geometry(model: nn.Module) -> bool:
+    """Whether ``model(images, geometry=...)`` replaces its preprocessing (advx's zoo models
+    and solvers do; a plain module keeps its own)."""
+    import inspect
+
+    try:
+        return "geometry" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def micro_batch_size(shape: tuple[int, ...], device: torch.device) -> int:
     """Rows per member backward pass for inputs of ``shape`` [3, H, W]: bounded on the CPU,
     the whole batch on accelerators (whose out-of-memory back-off halves the batch)."""
@@ -65,13 +76,17 @@ class Ensemble(nn.Module):
         autocast: contextlib.AbstractContextManager | None = None,
         targets: torch.Tensor | None = None,
         guides: Sequence[torch.Tensor | None] | None = None,
+        members: Sequence[int] | None = None,
+        geometry: object | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image weighted loss [N] and its gradient w.r.t. ``images`` [N, 3, H, W].
 
         ``objective(logits, labels, targets, decision)`` is read with each member's own decision
         rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`). A
         member with a guide (features.py, one per member or None) is attacked at its middle
-        layer instead of its logits."""
+        layer instead of its logits. ``members``: the indices of the members that take part
+        (default all), their weights renormalised. ``geometry`` (views.Geometry) replaces the
+        preprocessing of the members that take one (a ``geometry`` argument)."""
         objective = objective or Objective()
         x = images.detach().requires_grad_(True)
         xt = transform(x) if transform is not None else x
@@ -82,8 +97,16 @@ class Ensemble(nn.Module):
         chunk = self.micro_batch or micro_batch_size(tuple(xin.shape[1:]), xin.device)
         total_loss = torch.zeros(n, device=images.device)
         total_grad = torch.zeros_like(images)
-        last = len(self.members) - 1
-        for i, (w, model) in enumerate(zip(self.weights, self.members, strict=True)):
+        chosen = list(range(len(self.members))) if members is None else list(members)
+        if (not chosen or len(set(chosen)) != len(chosen)
+                or any(not 0 <= i < len(self.members) for i in chosen)):
+            raise ValueError(f"members must be distinct indices of the ensemble's "
+                             f"{len(self.members)} members, got {chosen}")
+        scale = sum(self.weights[i] for i in chosen)
+        if scale <= 0:
+            raise ValueError(f"members {chosen} all have weight 0")
+        for i in chosen:
+            w, model = self.weights[i] / scale, self.members[i]
             loss = torch.empty(n, device=images.device)
             g_in = torch.empty_like(xin)
             guide = None if guides is None else guides[i]
@@ -93,7 +116,8 @@ class Ensemble(nn.Module):
                 xr = xin[rows].detach().requires_grad_(True)
                 with (autocast or contextlib.nullcontext(),
                       capture(layer) if layer is not None else contextlib.nullcontext() as seen):
-                    logits = model(xr)
+                    logits = (model(xr, geometry=geometry)
+                              if geometry is not None and takes_geometry(model) else model(xr))
                 if layer is not None:
                     part = feature_loss(seen[-1], guide[rows])
                 else:
@@ -106,7 +130,7 @@ class Ensemble(nn.Module):
             if xt is x:
                 g = g_in
             else:
-                (g,) = torch.autograd.grad(xt, x, g_in, retain_graph=i < last)
+                (g,) = torch.autograd.grad(xt, x, g_in, retain_graph=i != chosen[-1])
             if self.normalize_grads:
                 g = unit_mean_abs(g)
             total_loss += w * loss

@@ -15,7 +15,8 @@ real filters on the delivered bytes. Expectation over transformation (EOT) sampl
 and filters forward with differentiable stand-ins backward (kornia's JPEG; the identity behind
 non-local means, which beat a bilateral or Gaussian stand-in: a surrogate attacked through the
 real filter is fooled after it on 12 of 12 tiles, through the bilateral alone on 2 of 12), kornia's
-median, random resampling.
+median, random resampling, and (:class:`GeometryDraw`, in the ``solver`` and ``robust`` presets)
+random geometries in place of a surrogate's own preprocessing.
 """
 
 from __future__ import annotations
@@ -109,6 +110,34 @@ class Geometry:
                  "aa" if self.antialias and self.interpolation in ("bilinear", "bicubic")
                  else ""]
         return "-".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class GeometryDraw:
+    """EOT over how solvers bring a tile to their input: with probability ``p`` a random
+    geometry replaces a surrogate's own preprocessing for one gradient (the whole tile or a
+    centre crop down to ``crop``, squashed or now and then letterboxed, any interpolation,
+    antialiased or not). A solver attacked only through its own export's resize and crop is
+    fooled under it and much less when the same weights see the whole tile (benchmarks/
+    EFFICACY.md)."""
+
+    p: float = 0.5
+    crop: float = 0.8
+    letterbox: float = 0.15
+
+    def __call__(self, g: torch.Generator | None = None) -> Geometry | None:
+        if self.p <= 0 or float(torch.rand((), generator=g)) >= self.p:
+            return None
+        crop = 1.0 if float(torch.rand((), generator=g)) < 0.5 else _uniform(self.crop, 1.0, g)
+        fit_mode = "letterbox" if float(torch.rand((), generator=g)) < self.letterbox else "squash"
+        modes = ("bilinear", "bicubic", "area")
+        mode = modes[int(torch.randint(len(modes), (), generator=g))]
+        antialias = bool(torch.rand((), generator=g) < 0.5)
+        return Geometry(crop=round(crop, 3), fit=fit_mode, interpolation=mode,
+                        antialias=antialias)
+
+    def __str__(self) -> str:
+        return f"geometry{self.p:g}"
 
 
 # --- solver-side denoisers -----------------------------------------------------------------------
@@ -325,6 +354,7 @@ class Preset:
     eot: tuple[EotTransform, ...]  # one is drawn per EOT sample
     views: tuple[View, ...]  # the candidate must fool every verifier under each of these
     help: str = ""
+    geometry: GeometryDraw | None = None  # EOT over the surrogates' preprocessing too
 
     def describe(self) -> str:
         return "; ".join(f"{v.name} ({v.describe()})" for v in self.views)
@@ -355,8 +385,11 @@ _HELP = {"none": "the delivered tile as is", "jpeg": "and after JPEG 75",
          "solver": "each verifier's own preprocessing and a whole-tile resize, JPEG 75 and 50, "
                    "resize 0.75, a 3x3 median and non-local means (h 10)",
          "robust": "solver's views, a 128 px solver, crop/shift and blur 0.7"}
+# the presets that model solvers (and their own preprocessing) also draw the geometry
+_GEOMETRY = {"solver": GeometryDraw(), "robust": GeometryDraw()}
 PRESETS: dict[str, Preset] = {
-    name: Preset(name, eot=_EOT[name], views=tuple(VIEWS[v] for v in views), help=_HELP[name])
+    name: Preset(name, eot=_EOT[name], views=tuple(VIEWS[v] for v in views), help=_HELP[name],
+                 geometry=_GEOMETRY.get(name))
     for name, views in PRESET_VIEWS.items()
 }
 

@@ -149,3 +149,76 @@ def test_sgm_is_on_for_transfer_and_off_white_box():
 
     assert attack(TinyNet(0, "v")).skip_gamma == TRANSFER_SKIP_GAMMA
     assert attack(TinyNet(0, "s")).skip_gamma is None  # the verifier is the surrogate
+
+
+def test_members_per_step_draws_seeded_subsets_with_the_members_own_gradient():
+    from advx.engine import losses
+
+    a, b, c = TinyNet(0, "a"), TinyNet(1, "b"), TinyNet(2, "c")
+    x, y = rand_images(2), torch.tensor([0, 1])
+    obj = losses.Objective("margin")
+    ens = Ensemble([a, b, c])
+    _, only_b = ens.loss_and_grad(x, y, obj, members=[1])
+    _, alone = Ensemble([b]).loss_and_grad(x, y, obj)
+    assert torch.equal(only_b, alone), "one member: exactly its own normalised gradient"
+    _, ab = ens.loss_and_grad(x, y, obj, members=[0, 1])
+    _, pair = Ensemble([a, b]).loss_and_grad(x, y, obj)
+    assert torch.allclose(ab, pair, atol=1e-6), "weights renormalised over the chosen members"
+    for bad in ([], [3], [0, 0]):
+        with pytest.raises(ValueError, match="members"):
+            ens.loss_and_grad(x, y, obj, members=bad)
+
+    def draws(seed, k):
+        atk = MIFGSM(ens, eps_01=0.03, alpha_01=0.01, members_per_step=k,
+                     generator=torch.Generator().manual_seed(seed))
+        return [atk.draw_members(ens) for _ in range(30)]
+
+    d = draws(0, 1)
+    assert d == draws(0, 1), "seeded"
+    assert all(len(m) == 1 for m in d) and {m[0] for m in d} == {0, 1, 2}
+    assert all(len(m) == 2 and m[0] < m[1] for m in draws(0, 2))
+    assert draws(0, 3) == [None] * 30 and draws(0, None) == [None] * 30  # everyone, every step
+    with pytest.raises(ValueError, match="members_per_step"):
+        HardenConfig(members_per_step=0)
+
+
+def test_geometry_eot_replaces_the_preprocessing_of_members_that_take_one(effnet):
+    from advx.engine import losses
+    from advx.engine.views import Geometry, GeometryDraw, get_preset
+
+    x, y = rand_images(2, 40), torch.tensor([0, 1])
+    obj = losses.Objective("margin")
+    geo = Geometry(crop=1.0, interpolation="bicubic", antialias=False)
+    ens = Ensemble([effnet, TinyNet(0, "plain")])  # TinyNet has no geometry: keeps its own
+    _, g_own = ens.loss_and_grad(x, y, obj, members=[0])
+    _, g_geo = ens.loss_and_grad(x, y, obj, members=[0], geometry=geo)
+    _, g_ref = Ensemble([lambda_geometry(effnet, geo)]).loss_and_grad(x, y, obj)
+    assert torch.allclose(g_geo, g_ref, atol=1e-6) and not torch.allclose(g_geo, g_own)
+    _, t_own = ens.loss_and_grad(x, y, obj, members=[1])
+    _, t_geo = ens.loss_and_grad(x, y, obj, members=[1], geometry=geo)
+    assert torch.equal(t_own, t_geo)
+
+    draw = GeometryDraw(p=0.5)
+    got = [draw(torch.Generator().manual_seed(s)) for s in range(200)]
+    assert got == [draw(torch.Generator().manual_seed(s)) for s in range(200)], "seeded"
+    geos = [d for d in got if d is not None]
+    assert 60 < len(geos) < 140
+    assert {d.crop == 1.0 for d in geos} == {True, False} and all(d.crop >= 0.8 for d in geos)
+    assert {d.interpolation for d in geos} == {"bilinear", "bicubic", "area"}
+    assert {d.fit for d in geos} == {"squash", "letterbox"}
+    assert GeometryDraw(p=0)(None) is None
+    assert get_preset("solver").geometry is not None and get_preset("jpeg").geometry is None
+
+
+def lambda_geometry(model, geometry):
+    """``model`` with ``geometry`` fixed as its preprocessing (a reference for the test)."""
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, images):
+            return self.inner(images, geometry=geometry)
+
+    return Fixed()

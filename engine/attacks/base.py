@@ -65,6 +65,7 @@ class Attack:
                  diversity: InputDiversity | None = None, ti_size: int = 0,
                  augments: tuple = (), fia_copies: int = 0, fia_drop: float = 0.3,
                  skip_gamma: float | None = None, ghost: float = 0.0,
+                 members_per_step: int | None = None,
                  amp_dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.model = model if isinstance(model, Ensemble) else Ensemble([model])
@@ -80,6 +81,8 @@ class Attack:
         self.fia_copies, self.fia_drop = fia_copies, fia_drop
         self.skip_gamma = skip_gamma  # SGM: residual-branch gradients scaled by this
         self.ghost = ghost  # ghost networks: residual branches scaled by U[1 -+ ghost] per pass
+        # surrogates drawn at random for each gradient (None: every member every time)
+        self.members_per_step = members_per_step
         self.amp_dtype = amp_dtype
         self.generator = generator
 
@@ -157,9 +160,24 @@ class Attack:
                   ghost_branches(model, self.ghost, self.generator) if self.ghost
                   else contextlib.nullcontext()):
                 loss, grad = model.loss_and_grad(adv, labels, self.objective,
-                                                 self._input_transform, autocast, targets, guides)
+                                                 self._input_transform, autocast, targets, guides,
+                                                 self.draw_members(model), self.draw_geometry())
             loss_sum, grad_sum = loss_sum + loss, grad_sum + grad
         return loss_sum / self.eot_samples, grad_sum / self.eot_samples
+
+    def draw_members(self, model: Ensemble) -> list[int] | None:
+        """The members that take part in one gradient: ``members_per_step`` of them drawn
+        without replacement from the attack's generator, or None (all)."""
+        n, k = len(model.members), self.members_per_step
+        if k is None or k >= n:
+            return None
+        return sorted(torch.randperm(n, generator=self.generator)[:k].tolist())
+
+    def draw_geometry(self):
+        """A geometry drawn for one gradient (the preset's EOT over solvers' preprocessing),
+        or None: the surrogates' own."""
+        draw = getattr(self.eot, "geometry", None)
+        return draw(self.generator) if draw is not None else None
 
     def _input_transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.eot is not None:
