@@ -181,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=8.0)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--no-geometry", action="store_true",
+                   help="ablation: the presets without their geometry draw (the engine "
+                        "before geometry EOT, same random stream otherwise)")
     args = p.parse_args(argv)
+    if args.no_geometry:
+        from advx.engine import views
+
+        for name, preset in list(views.PRESETS.items()):
+            views.PRESETS[name] = dataclasses.replace(preset, geometry=None)
 
     from advx import HardenConfig, Hardener
     from advx.engine import metrics
@@ -220,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     hardened = [r.image for r in results]
     inside, outside = judge_views()
     figures = {
-        "setting": args.setting, "engine": args.engine, "config": dataclasses.asdict(
+        "setting": args.setting, "engine": args.engine,
+        "geometry_eot": not args.no_geometry, "config": dataclasses.asdict(
             hardener.config), "surrogates": list(surrogates), "verifiers": list(verifiers),
         "tiles": len(images), "per_photo": seen, "labels": list(label_set),
         "fooled_by_engine": round(sum(r.fooled for r in results) / len(results), 4),
