@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .features import capture, feature_layer, feature_loss
 from .losses import Objective
+
+if TYPE_CHECKING:
+    from .views import Geometry
 
 ObjectiveFn = Callable[..., torch.Tensor]  # (logits, labels, targets, decision) -> [N]
 
@@ -77,7 +81,7 @@ class Ensemble(nn.Module):
         targets: torch.Tensor | None = None,
         guides: Sequence[torch.Tensor | None] | None = None,
         members: Sequence[int] | None = None,
-        geometry: object | None = None,
+        geometry: Geometry | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image weighted loss [N] and its gradient w.r.t. ``images`` [N, 3, H, W].
 

@@ -13,7 +13,7 @@ from ..features import ghost_branches, skip_gradient
 from ..features import guides as feature_guides
 from ..losses import Objective
 from ..transforms import InputDiversity, smooth_gradient, ti_kernel
-from ..views import Preset, sample_eot
+from ..views import Geometry, Preset, sample_eot
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Attack:
             return None
         return sorted(torch.randperm(n, generator=self.generator)[:k].tolist())
 
-    def draw_geometry(self):
+    def draw_geometry(self) -> Geometry | None:
         """A geometry drawn for one gradient (the preset's EOT over solvers' preprocessing),
         or None: the surrogates' own."""
         draw = getattr(self.eot, "geometry", None)
