@@ -140,6 +140,15 @@ ENGINES = {
 }
 
 
+def drop_geometry_draws() -> None:
+    """Ablation: every preset without its geometry draw (the engine before geometry EOT; the
+    random stream is otherwise the same)."""
+    from advx.engine import views
+
+    for name, preset in list(views.PRESETS.items()):
+        views.PRESETS[name] = dataclasses.replace(preset, geometry=None)
+
+
 SETTINGS = {  # surrogates, verifiers
     "defaults": (("effnet-lite0", "effnet-lite1"), ("effnet-lite2",)),
     "transfer": (("effnet-lite0",), ("effnet-lite1",)),
@@ -186,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                         "before geometry EOT, same random stream otherwise)")
     args = p.parse_args(argv)
     if args.no_geometry:
-        from advx.engine import views
-
-        for name, preset in list(views.PRESETS.items()):
-            views.PRESETS[name] = dataclasses.replace(preset, geometry=None)
+        drop_geometry_draws()
 
     from advx import HardenConfig, Hardener
     from advx.engine import metrics

@@ -19,7 +19,6 @@ motorcycles" against bus and car, eps 4/255, at most 30 steps. Writes the clean 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -46,11 +45,11 @@ def main() -> int:
     from PIL import Image
 
     from advx import HardenConfig, Hardener
-    from advx.engine import views
 
-    if mode == "off":  # ablation: the presets without their geometry draw
-        for name, preset in list(views.PRESETS.items()):
-            views.PRESETS[name] = dataclasses.replace(preset, geometry=None)
+    if mode == "off":
+        from efficacy import drop_geometry_draws  # benchmarks/, beside this script
+
+        drop_geometry_draws()
     images = tiles()
     solver = f"onnx:{spec}"
     hardener = Hardener(["motorcycle", "bus", "car"], surrogates=[solver], verifiers=[solver],

@@ -13,7 +13,7 @@ from .features import capture, feature_layer, feature_loss
 from .losses import Objective
 
 if TYPE_CHECKING:
-    from .views import Geometry
+    from .geometry import Geometry
 
 ObjectiveFn = Callable[..., torch.Tensor]  # (logits, labels, targets, decision) -> [N]
 
@@ -69,6 +69,8 @@ class Ensemble(nn.Module):
         self.micro_batch: int | None = None  # rows per backward pass; None: micro_batch_size
         self.weights = [w / sum(weights) for w in weights]
         self.normalize_grads = normalize_grads
+        # which members take a geometry in place of their own preprocessing
+        self.takes_geometry = [takes_geometry(m) for m in models]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Weighted mean of the members' logits."""
@@ -89,7 +91,7 @@ class Ensemble(nn.Module):
         rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`). A
         member with a guide (features.py, one per member or None) is attacked at its middle
         layer instead of its logits. ``members``: the indices of the members that take part
-        (default all), their weights renormalised. ``geometry`` (views.Geometry) replaces the
+        (default all), their weights renormalised. ``geometry`` (a Geometry) replaces the
         preprocessing of the members that take one (a ``geometry`` argument)."""
         objective = objective or Objective()
         x = images.detach().requires_grad_(True)
@@ -121,7 +123,7 @@ class Ensemble(nn.Module):
                 with (autocast or contextlib.nullcontext(),
                       capture(layer) if layer is not None else contextlib.nullcontext() as seen):
                     logits = (model(xr, geometry=geometry)
-                              if geometry is not None and takes_geometry(model) else model(xr))
+                              if geometry is not None and self.takes_geometry[i] else model(xr))
                 if layer is not None:
                     part = feature_loss(seen[-1], guide[rows])
                 else:

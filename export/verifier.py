@@ -109,7 +109,8 @@ class OnnxVerifier:
 
     def __call__(self, images: torch.Tensor, geometry=None) -> torch.Tensor:
         """Logits of ``images`` (any size); ``geometry`` replaces the export's own resize and
-        crop (a solver that preprocesses differently, see :class:`advx.engine.views.Geometry`)."""
+        crop (a solver that preprocesses differently, see
+        :class:`advx.engine.geometry.Geometry`)."""
         size = self.manifest.input_size
         x = (self.resize(images.detach().float()) if geometry is None
              else geometry.apply(images.detach().float(), (size, size))).contiguous()

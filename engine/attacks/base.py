@@ -11,9 +11,10 @@ from torch import nn
 from ..ensemble import Ensemble, decision_of, micro_batch_size
 from ..features import ghost_branches, skip_gradient
 from ..features import guides as feature_guides
+from ..geometry import Geometry
 from ..losses import Objective
 from ..transforms import InputDiversity, smooth_gradient, ti_kernel
-from ..views import Geometry, Preset, sample_eot
+from ..views import Preset, sample_eot
 
 
 @dataclass
@@ -176,8 +177,9 @@ class Attack:
     def draw_geometry(self) -> Geometry | None:
         """A geometry drawn for one gradient (the preset's EOT over solvers' preprocessing),
         or None: the surrogates' own."""
-        draw = getattr(self.eot, "geometry", None)
-        return draw(self.generator) if draw is not None else None
+        if self.eot is None or self.eot.geometry is None:
+            return None
+        return self.eot.geometry(self.generator)
 
     def _input_transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.eot is not None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..views import Geometry, fit
+from ..geometry import Geometry, fit
 from .spec import InputSpec, SolverSpec
 
 UNKNOWN = -1.0e4  # decision logit of a label the solver does not know

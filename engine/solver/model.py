@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..views import Geometry
+from ..geometry import Geometry
 from .convert import ConversionError, ConvertedGraph, convert
 from .ends import Decoder, Preprocess, _logit_of, to_graph_array
 from .graph import GraphIO, TensorInfo, check_output_shape, graph_io, load_graph, resolve_io

@@ -169,7 +169,7 @@ class ImageClassifier(nn.Module):
         return self.preprocess_cfg.size
 
     def forward(self, images: torch.Tensor, geometry=None) -> torch.Tensor:
-        """``geometry`` (a :class:`advx.engine.views.Geometry`) replaces the weights' own resize
+        """``geometry`` (a :class:`advx.engine.geometry.Geometry`) replaces the weights' own resize
         and crop: the same network behind another solver's preprocessing."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
