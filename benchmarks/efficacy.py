@@ -149,6 +149,16 @@ def drop_geometry_draws() -> None:
         views.PRESETS[name] = dataclasses.replace(preset, geometry=None)
 
 
+def set_geometry_p(p: float) -> None:
+    """Probe: the presets that draw geometries draw one for a share ``p`` of the gradients."""
+    from advx.engine import views
+
+    for name, preset in list(views.PRESETS.items()):
+        if preset.geometry is not None:
+            views.PRESETS[name] = dataclasses.replace(
+                preset, geometry=dataclasses.replace(preset.geometry, p=p))
+
+
 SETTINGS = {  # surrogates, verifiers
     "defaults": (("effnet-lite0", "effnet-lite1"), ("effnet-lite2",)),
     "transfer": (("effnet-lite0",), ("effnet-lite1",)),
@@ -193,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-geometry", action="store_true",
                    help="ablation: the presets without their geometry draw (the engine "
                         "before geometry EOT, same random stream otherwise)")
+    p.add_argument("--geometry-p", type=float,
+                   help="probe: the share of gradients through a drawn geometry "
+                        "(default: the presets', 0.75)")
     args = p.parse_args(argv)
     if args.no_geometry:
         drop_geometry_draws()
+    if args.geometry_p is not None:
+        set_geometry_p(args.geometry_p)
 
     from advx import HardenConfig, Hardener
     from advx.engine import metrics
@@ -235,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     inside, outside = judge_views()
     figures = {
         "setting": args.setting, "engine": args.engine,
-        "geometry_eot": not args.no_geometry, "config": dataclasses.asdict(
-            hardener.config), "surrogates": list(surrogates), "verifiers": list(verifiers),
+        "geometry_eot": not args.no_geometry, "geometry_p": args.geometry_p,
+        "config": dataclasses.asdict(hardener.config),
+        "surrogates": list(surrogates), "verifiers": list(verifiers),
         "tiles": len(images), "per_photo": seen, "labels": list(label_set),
         "fooled_by_engine": round(sum(r.fooled for r in results) / len(results), 4),
         "ssim": {"mean": round(float(np.mean([r.ssim for r in results])), 4),

@@ -32,7 +32,8 @@ class HardenConfig:
     # input diversity (DI) probability, 0 disables; None: 0.5 for transfer, 0 when white-box
     diversity_prob: float | None = None
     ti_kernel: int = 0  # translation-invariance kernel size (odd), 0 disables
-    augments: tuple[str, ...] = ()  # transfer augmentations: "ssa" (spectrum), "admix"
+    # transfer augmentations: "ssa" (spectrum), "admix", "si" (scale invariance)
+    augments: tuple[str, ...] = ()
     # feature-level loss (FIA): masked clean copies per guide, 0 keeps the logit loss
     fia: int = 0
     # skip gradient (SGM): residual-branch gradients scaled by this, in (0, 1] (1: off);
@@ -45,6 +46,10 @@ class HardenConfig:
     transforms: str = DEFAULT_PRESET  # the solver views: what EOT samples and verification checks
     # transforms drawn per step (gradients averaged); None: 2 when white-box, 1 for transfer
     eot_samples: int | None = None
+    # adaptive EOT: transforms whose views the batch still fails are drawn up to 1 + this
+    # times as often as those it fools (0: uniform). It raises the verifiers' own views and
+    # lowers views they do not check (benchmarks/EFFICACY.md, "Adaptive EOT"): not a default
+    eot_focus: float = 0.0
     verify_every: int = 5  # torch attack steps between verification passes
     # at full eps, stop after this many passes fooling no new view (0: never; the efficacy
     # benchmark measured 2 saving 3% of the time and losing a third of the transfer)
@@ -80,14 +85,15 @@ class HardenConfig:
         need(self.ti_kernel == 0 or (self.ti_kernel % 2 == 1 and self.ti_kernel >= 3),
              "ti_kernel must be 0 or an odd size >= 3")
         need(self.eot_samples is None or self.eot_samples >= 1, "eot_samples must be >= 1")
-        need(all(a in ("ssa", "admix") for a in self.augments),
-             f"augments must be among ssa, admix; got {self.augments}")
+        need(all(a in ("ssa", "admix", "si") for a in self.augments),
+             f"augments must be among ssa, admix, si; got {self.augments}")
         need(self.fia >= 0, "fia must be >= 0 (0 disables the feature-level loss)")
         need(0 <= self.ghost < 1, f"ghost must be in [0, 1), got {self.ghost}")
         need(self.members_per_step is None or self.members_per_step >= 1,
              "members_per_step must be None or >= 1")
         need(self.skip_gamma is None or 0 < self.skip_gamma <= 1,
              "skip_gamma must be in (0, 1]")
+        need(self.eot_focus >= 0, f"eot_focus must be >= 0, got {self.eot_focus}")
         need(self.verify_every >= 1, "verify_every must be >= 1")
         need(self.patience >= 0, "patience must be >= 0")
         need(self.ssim_floor is None or 0 < self.ssim_floor < 1, "ssim_floor must be in (0, 1)")

@@ -34,6 +34,7 @@ from .scoring import (
     Verdict,
     accepts_geometry,
     as_float,
+    failing_shares,
     is_oom,
     quantise,
     readouts,
@@ -42,7 +43,7 @@ from .scoring import (
     view_selections,
 )
 from .transforms import jpeg_roundtrip
-from .views import View, get_preset, score
+from .views import View, eot_weights, get_preset, score
 
 
 @dataclass
@@ -230,6 +231,7 @@ class Scheduler:
             on_result: Callable[[HardenResult], None] | None = None) -> list[HardenResult]:
         """Harden ``images``; ``targets`` holds a decoy label index per image, or -1 for none."""
         targets = list(targets) if targets is not None else [-1] * len(images)
+        self.attack.eot_weights = None  # adaptive EOT starts uniform: a run repeats exactly
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             buckets.setdefault(tuple(img.shape[-2:]), []).append(i)
@@ -310,6 +312,10 @@ class Scheduler:
                         delivered[rows] = self.deliver(quantise(state.adv[rows]))
                 q = quantise(state.adv)
                 verdict = self.verify(delivered, y_all[ids], t_all[ids], lazy=True)
+                if cfg.eot_focus and self.attack.eot is not None:
+                    self.attack.eot_weights = eot_weights(
+                        self.attack.eot, failing_shares(verdict, cfg.required_margin),
+                        cfg.eot_focus)
             done: list[tuple[int, str]] = []
             for j, s in enumerate(slots):
                 reason = None

@@ -4,6 +4,7 @@ shared by the scheduler (8-bit quantisation, the texture mask of the perceptual 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -105,6 +106,17 @@ class Verdict:
     # candidate fooling the most views, by the most, scores highest
     score: torch.Tensor
     fooled_views: torch.Tensor  # [N] (verifier, view) pairs fooled by the margin
+
+
+def failing_shares(verdict: Verdict, required: float) -> dict[str, float]:
+    """Per view, the share of the batch that some verifier is not known to be fooled by
+    (margin below ``required``, or not scored in a lazy pass)."""
+    shares: dict[str, float] = {}
+    for views in verdict.by_view.values():
+        for name, m in views.items():
+            f = float((torch.nan_to_num(m, nan=-math.inf) < required).float().mean())
+            shares[name] = max(shares.get(name, 0.0), f)
+    return shares
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

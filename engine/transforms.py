@@ -208,7 +208,19 @@ class Admix:
         return (x + self.eta * x.roll(shift, 0).detach()) / (1 + self.eta)
 
 
-AUGMENTS = {"ssa": SpectrumSim, "admix": Admix}
+@dataclass(frozen=True)
+class ScaleInvariance:
+    """SIM (Lin et al. 2020): the input's intensities scaled by 1 / 2^k, k drawn from
+    0..copies-1 per gradient (the paper averages all copies; one drawn per step costs no pass)."""
+
+    copies: int = 5
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        k = int(torch.randint(self.copies, (), generator=g))
+        return x / 2**k
+
+
+AUGMENTS = {"ssa": SpectrumSim, "admix": Admix, "si": ScaleInvariance}
 
 
 def ti_kernel(size: int, sigma: float | None = None) -> torch.Tensor:

@@ -310,10 +310,42 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def sample_eot(preset: Preset, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-    """Apply one transform drawn from the preset's EOT distribution."""
-    i = int(torch.randint(len(preset.eot), (), generator=g))
+def sample_eot(preset: Preset, x: torch.Tensor, g: torch.Generator | None,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply one transform drawn from the preset's EOT distribution: uniformly, or in
+    proportion to ``weights`` (one per transform, see :func:`eot_weights`)."""
+    if weights is None:
+        i = int(torch.randint(len(preset.eot), (), generator=g))
+    else:
+        i = int(torch.multinomial(weights, 1, generator=g))
     return preset.eot[i](x, g)
+
+
+def stands_for(t: EotTransform, view: View) -> bool:
+    """Whether the EOT transform ``t`` models what ``view`` does to a tile."""
+    if isinstance(t, Identity) and not isinstance(t, StraightThrough):
+        return (isinstance(view.delivery, Identity) and view.denoise is None
+                and view.prescale is None)
+    if isinstance(t, Jpeg | ResizeDownUp | CropShift | GaussianBlur):
+        return isinstance(view.delivery, type(t))
+    if isinstance(t, SoftMedian):
+        return isinstance(view.denoise, Median)
+    if isinstance(t, SoftDenoise):
+        return isinstance(view.denoise, NonLocalMeans)
+    if isinstance(t, RealDenoise):
+        return isinstance(view.denoise, type(t.real))
+    if isinstance(t, Resample):
+        return view.prescale is not None or view.geometry is not None
+    return False
+
+
+def eot_weights(preset: Preset, failing: dict[str, float], focus: float) -> torch.Tensor:
+    """Adaptive EOT: each transform's weight is ``1 + focus * f``, f the largest share of the
+    batch that a view it stands for still fails (``failing``: view name -> share in [0, 1])."""
+    w = [1 + focus * max((failing.get(v.name, 0.0) for v in preset.views if stands_for(t, v)),
+                         default=0.0)
+         for t in preset.eot]
+    return torch.tensor(w)
 
 
 def presets_help() -> str:

@@ -582,3 +582,17 @@ def test_denoiser_threads_work_in_a_forked_child():
         os._exit(0 if out[2][0] == -2 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_adaptive_eot_is_steered_by_verification_and_repeats_exactly():
+    images, labels = uint8_images(3, 32), ["cat", "dog", "bus"]
+    hardener = advx.Hardener(LABELS, surrogates=[TinyNet()], verifiers=[TinyNet(1, "v")],
+                             config=cfg(transforms="jpeg", steps=6, eps=8, seed=3,
+                                        eot_focus=2.0))
+    a = hardener.run(images, labels)
+    weights = hardener.scheduler.attack.eot_weights
+    assert weights is not None and len(weights) == len(views.get_preset("jpeg").eot)
+    assert float(weights.min()) >= 1.0 and float(weights.max()) <= 3.0
+    b = hardener.run(images, labels)  # the weights start uniform again: the same run
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.image, y.image) and x.margins_by_view == y.margins_by_view

@@ -222,3 +222,54 @@ def lambda_geometry(model, geometry):
             return self.inner(images, geometry=geometry)
 
     return Fixed()
+
+
+def test_adaptive_eot_weights_follow_the_views_still_failing():
+    from advx.engine.scoring import Verdict, failing_shares
+    from advx.engine.views import eot_weights, get_preset, sample_eot, stands_for
+
+    p = get_preset("solver")
+    names = {str(t): [v.name for v in p.views if stands_for(t, v)] for t in p.eot}
+    assert names["identity"] == ["own", "whole-tile"]
+    assert names["jpeg50-95"] == ["jpeg75", "jpeg50"] and names["real-nlmeans10"] == ["nlmeans"]
+    assert names["softmedian3"] == ["median3"] and names["resize0.5-1"] == ["resize0.75"]
+
+    # 4 rows, one verifier: own fooled by all, jpeg50 by half, nlmeans never scored (lazy)
+    nan, hi, lo = float("nan"), 5.0, -1.0
+    by_view = {"v": {"own": torch.tensor([hi, hi, hi, hi]),
+                     "jpeg50": torch.tensor([hi, lo, hi, lo]),
+                     "nlmeans": torch.tensor([nan, nan, nan, nan])}}
+    verdict = Verdict(torch.zeros(4), {}, {}, by_view, {}, torch.zeros(4), torch.zeros(4))
+    shares = failing_shares(verdict, 0.5)
+    assert shares == {"own": 0.0, "jpeg50": 0.5, "nlmeans": 1.0}
+    w = dict(zip(names, eot_weights(p, shares, 2.0).tolist(), strict=True))
+    assert w["identity"] == 1.0 and w["jpeg50-95"] == 2.0 and w["real-nlmeans10"] == 3.0
+    assert w["crop0.06shift0.03"] == 1.0  # stands for no view of the matrix: the floor
+    assert eot_weights(p, shares, 0.0).tolist() == [1.0] * len(p.eot)
+
+    # a draw follows the weights (all on the median: always the median, which is deterministic)
+    x = rand_images(2, 16)
+    only = torch.zeros(len(p.eot))
+    only[[str(t) for t in p.eot].index("softmedian3")] = 1.0
+    median = p.eot[[str(t) for t in p.eot].index("softmedian3")]
+    g = torch.Generator().manual_seed(0)
+    assert all(torch.equal(sample_eot(p, x, g, only), median(x)) for _ in range(5))
+    with pytest.raises(ValueError, match="eot_focus"):
+        HardenConfig(eot_focus=-1)
+    assert HardenConfig().eot_focus == 0.0 == HardenConfig().resolved(white_box=True).eot_focus
+
+
+def test_scale_invariance_scales_intensities_by_a_power_of_two():
+    from advx.engine.transforms import AUGMENTS
+
+    x = rand_images(2, 8)
+    si = AUGMENTS["si"]()
+    seen = set()
+    for s in range(20):
+        y = si(x, torch.Generator().manual_seed(s))
+        k = round(float((x.sum() / y.sum()).log2()))
+        assert 0 <= k < si.copies and torch.equal(y, x / 2**k)
+        assert torch.equal(y, si(x, torch.Generator().manual_seed(s))), "seeded"
+        seen.add(k)
+    assert len(seen) > 2
+    assert HardenConfig(augments=("si",)).augments == ("si",)

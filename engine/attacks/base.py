@@ -86,6 +86,9 @@ class Attack:
         self.members_per_step = members_per_step
         self.amp_dtype = amp_dtype
         self.generator = generator
+        # adaptive EOT: one weight per transform of the preset (None: uniform), set by the
+        # scheduler from what the last verification found still failing
+        self.eot_weights: torch.Tensor | None = None
 
     # --- one public call -----------------------------------------------------------------
 
@@ -183,7 +186,7 @@ class Attack:
 
     def _input_transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.eot is not None:
-            x = sample_eot(self.eot, x, self.generator)
+            x = sample_eot(self.eot, x, self.generator, self.eot_weights)
         for aug in self.augments:
             x = aug(x, self.generator)
         if self.diversity is not None:
