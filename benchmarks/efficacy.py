@@ -141,12 +141,9 @@ ENGINES = {
 
 
 def drop_geometry_draws() -> None:
-    """Ablation: every preset without its geometry draw (the engine before geometry EOT; the
-    random stream is otherwise the same)."""
-    from advx.engine import views
-
-    for name, preset in list(views.PRESETS.items()):
-        views.PRESETS[name] = dataclasses.replace(preset, geometry=None)
+    """Ablation: every preset without its geometry draw (the engine before geometry EOT). A
+    draw with p 0 takes nothing from the random stream, so the stream is otherwise the same."""
+    set_geometry_p(0.0)
 
 
 def set_geometry_p(p: float) -> None:

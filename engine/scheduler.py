@@ -26,8 +26,6 @@ from torch import nn
 from . import metrics
 from .attacks import Attack, AttackState
 from .config import HardenConfig
-from .ensemble import decision_of
-from .losses import fooling_margin
 from .results import HardenResult
 from .scoring import (
     Scorer,
@@ -38,12 +36,13 @@ from .scoring import (
     is_oom,
     quantise,
     readouts,
+    score_views,
     texture_mask,
     to_uint8,
     view_selections,
 )
 from .transforms import jpeg_roundtrip
-from .views import View, eot_weights, get_preset, score
+from .views import View, eot_weights, get_preset
 
 
 @dataclass
@@ -116,42 +115,15 @@ class Scheduler:
     @torch.no_grad()
     def verify(self, delivered: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
                lazy: bool = False) -> Verdict:
-        """Score the delivered images under every view of the matrix. ``t`` holds a decoy label
-        per row, or -1. ``lazy`` (during the attack): views run cheapest first, each only for
-        the rows every earlier view found fooled (an image is done only when all are, so the
-        others cannot be this pass); rows left out get NaN, and count as missed in the score."""
+        """Score the delivered images under every view of the matrix (:func:`score_views`,
+        timed); ``lazy`` during the attack."""
         self._sync()
         t0 = time.perf_counter()
-        n, cap = len(delivered), self.config.required_margin
-        mins = torch.full((n,), math.inf)
-        score_sum = torch.zeros(n)
-        count = torch.zeros(n, dtype=torch.long)
-        per_v = {v.name: torch.full((n,), math.inf) for v in self.verifiers}
-        by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
-        logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in self.verifiers}
-        order = sorted(range(len(self.views)), key=lambda i: (self.views[i].cost, i))
-        for i in order:
-            view = self.views[i]
-            rows = (torch.nonzero(mins >= cap).flatten() if lazy and i != order[0]
-                    else torch.arange(n))
-            for v, perm in zip(self.verifiers, self.perms, strict=True):
-                m = torch.full((n,), math.nan)
-                if len(rows):
-                    z = score(v, delivered[rows], view).float().cpu()[:, perm]
-                    m[rows] = fooling_margin(z, y[rows], t[rows], decision_of(v))
-                    if len(rows) == n:
-                        logits[v.name][view.name] = z
-                by_view[v.name][view.name] = m
-                scored = torch.nan_to_num(m, nan=math.inf)
-                per_v[v.name] = torch.minimum(per_v[v.name], scored)
-                mins = torch.minimum(mins, scored)
-                score_sum += torch.nan_to_num(m, nan=-cap).clamp(max=cap)
-                count += torch.nan_to_num(m, nan=-cap) >= cap
-        # the first view is the verifier's own, scored for every row
-        own = {v.name: logits[v.name][self.views[order[0]].name] for v in self.verifiers}
+        verdict = score_views(self.verifiers, self.perms, self.views, delivered, y, t,
+                              self.config.required_margin, lazy)
         self._sync()
         self.time["verify"] += time.perf_counter() - t0
-        return Verdict(mins, per_v, own, by_view, logits, score_sum, count)
+        return verdict
 
     @torch.no_grad()
     def surrogate_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

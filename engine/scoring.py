@@ -1,6 +1,7 @@
 """What verifiers answer, and how it is read: the scorer protocol, a model's readout of its
-logits (by its own decision rule), one verification pass's verdict, and the pixel helpers
-shared by the scheduler (8-bit quantisation, the texture mask of the perceptual budget)."""
+logits (by its own decision rule), one verification pass over the view matrix and its verdict,
+and the pixel helpers shared by the scheduler (8-bit quantisation, the texture mask of the
+perceptual budget)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ensemble import decision_of
+from .losses import fooling_margin
+from .views import View, score
 
 
 class Scorer(Protocol):
@@ -106,6 +109,46 @@ class Verdict:
     # candidate fooling the most views, by the most, scores highest
     score: torch.Tensor
     fooled_views: torch.Tensor  # [N] (verifier, view) pairs fooled by the margin
+
+
+@torch.no_grad()
+def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
+                views: Sequence[View], delivered: torch.Tensor, y: torch.Tensor,
+                t: torch.Tensor, required: float, lazy: bool = False) -> Verdict:
+    """One verification pass: each verifier (its logits reordered by ``perms`` into the label
+    set) scores the delivered images under every view. ``t`` holds a decoy label per row, or
+    -1; a verifier is fooled by a margin >= ``required``. ``lazy`` (during the attack): views
+    run cheapest first, each only for the rows every earlier view found fooled (an image is
+    done only when all are, so the others cannot be this pass); rows left out get NaN, and
+    count as missed in the score."""
+    n, cap = len(delivered), required  # cap: a margin counts up to the one required
+    mins = torch.full((n,), math.inf)
+    score_sum = torch.zeros(n)
+    count = torch.zeros(n, dtype=torch.long)
+    per_v = {v.name: torch.full((n,), math.inf) for v in verifiers}
+    by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
+    logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
+    order = sorted(range(len(views)), key=lambda i: (views[i].cost, i))
+    for i in order:
+        view = views[i]
+        rows = (torch.nonzero(mins >= cap).flatten() if lazy and i != order[0]
+                else torch.arange(n))
+        for v, perm in zip(verifiers, perms, strict=True):
+            m = torch.full((n,), math.nan)
+            if len(rows):
+                z = score(v, delivered[rows], view).float().cpu()[:, perm]
+                m[rows] = fooling_margin(z, y[rows], t[rows], decision_of(v))
+                if len(rows) == n:
+                    logits[v.name][view.name] = z
+            by_view[v.name][view.name] = m
+            scored = torch.nan_to_num(m, nan=math.inf)
+            per_v[v.name] = torch.minimum(per_v[v.name], scored)
+            mins = torch.minimum(mins, scored)
+            score_sum += torch.nan_to_num(m, nan=-cap).clamp(max=cap)
+            count += torch.nan_to_num(m, nan=-cap) >= cap
+    # the first view is the verifier's own, scored for every row
+    own = {v.name: logits[v.name][views[order[0]].name] for v in verifiers}
+    return Verdict(mins, per_v, own, by_view, logits, score_sum, count)
 
 
 def failing_shares(verdict: Verdict, required: float) -> dict[str, float]:
