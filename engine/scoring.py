@@ -16,7 +16,7 @@ from torch import nn
 
 from .ensemble import decision_of
 from .losses import fooling_margin
-from .views import View, score
+from .views import View, look
 
 
 class Scorer(Protocol):
@@ -129,14 +129,16 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
     by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     order = sorted(range(len(views)), key=lambda i: (views[i].cost, i))
+    seen = _Seen(delivered)
     for i in order:
         view = views[i]
         rows = (torch.nonzero(mins >= cap).flatten() if lazy and i != order[0]
                 else torch.arange(n))
+        x = seen(view, rows) if len(rows) else None
         for v, perm in zip(verifiers, perms, strict=True):
             m = torch.full((n,), math.nan)
-            if len(rows):
-                z = score(v, delivered[rows], view).float().cpu()[:, perm]
+            if x is not None:
+                z = look(v, x, view).float().cpu()[:, perm]
                 m[rows] = fooling_margin(z, y[rows], t[rows], decision_of(v))
                 if len(rows) == n:
                     logits[v.name][view.name] = z
@@ -149,6 +151,30 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
     # the first view is the verifier's own, scored for every row
     own = {v.name: logits[v.name][views[order[0]].name] for v in verifiers}
     return Verdict(mins, per_v, own, by_view, logits, score_sum, count)
+
+
+class _Seen:
+    """The delivered tiles as each view's solver has them (before its geometry), computed once
+    per row and source however many verifiers and views share it (non-local means is the
+    costly one: its views differ only in geometry)."""
+
+    def __init__(self, delivered: torch.Tensor) -> None:
+        self.delivered = delivered
+        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, view: View, rows: torch.Tensor) -> torch.Tensor:
+        n = len(self.delivered)
+        out, done = self.cache.get(view.source, (self.delivered.new_empty(0),
+                                                 torch.zeros(n, dtype=torch.bool)))
+        need = rows[~done[rows]]
+        if len(need):
+            x = view.images(self.delivered[need])
+            if out.numel() == 0:
+                out = x.new_empty((n, *x.shape[1:]))
+            out[need.to(out.device)] = x
+            done[need] = True
+            self.cache[view.source] = (out, done)
+        return out[rows.to(out.device)]
 
 
 def failing_shares(verdict: Verdict, required: float) -> dict[str, float]:

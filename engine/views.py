@@ -12,9 +12,9 @@ A :class:`View` composes
 
 Verification scores every view of a preset's fixed *view matrix* exactly: the real codec and the
 real filters on the delivered bytes. Expectation over transformation (EOT) samples the real codec
-and filters forward with differentiable stand-ins backward (kornia's JPEG; the identity behind
-non-local means, which beat a bilateral or Gaussian stand-in: a surrogate attacked through the
-real filter is fooled after it on 12 of 12 tiles, through the bilateral alone on 2 of 12), kornia's
+and filters forward with differentiable stand-ins backward (kornia's JPEG; behind non-local means
+the filter's own Jacobian with its weights frozen, :mod:`advx.engine.nlm_jacobian`, which beat the
+identity, a bilateral and a Gaussian stand-in, see benchmarks/EFFICACY.md), kornia's
 median, random resampling, and (:class:`~.geometry.GeometryDraw`, in the ``solver`` and ``robust``
 presets) random geometries in place of a surrogate's own preprocessing. Geometries themselves live
 in :mod:`advx.engine.geometry`.
@@ -39,6 +39,7 @@ from .geometry import Geometry as Geometry
 from .geometry import GeometryDraw as GeometryDraw
 from .geometry import fit as fit
 from .geometry import resize as resize
+from .nlm_jacobian import LinearizedNLM
 from .transforms import (
     BPDA,
     CropShift,
@@ -171,7 +172,8 @@ class RealDenoise:
     stand-in's gradient backward (BPDA)."""
 
     real: NonLocalMeans | Median = field(default_factory=NonLocalMeans)
-    soft: SoftDenoise | SoftMedian | StraightThrough = field(default_factory=StraightThrough)
+    soft: SoftDenoise | SoftMedian | StraightThrough | LinearizedNLM = field(
+        default_factory=StraightThrough)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if not x.requires_grad:
@@ -240,6 +242,11 @@ class View:
             x = resize(x, (max(1, round(h * k)), max(1, round(w * k))), "bilinear", True)
         return x
 
+    @property
+    def source(self) -> tuple:
+        """What :meth:`images` depends on: views with the same source see the same tiles."""
+        return self.delivery, self.denoise, self.prescale
+
     def describe(self) -> str:
         parts = [str(self.delivery) if not isinstance(self.delivery, Identity) else "",
                  str(self.denoise) if self.denoise else "",
@@ -250,10 +257,14 @@ class View:
 
 def score(scorer, images: torch.Tensor, view: View) -> torch.Tensor:
     """A scorer's logits for ``images`` seen through ``view``."""
-    x = view.images(images)
+    return look(scorer, view.images(images), view)
+
+
+def look(scorer, seen: torch.Tensor, view: View) -> torch.Tensor:
+    """A scorer's logits for tiles already through ``view.images`` (its geometry follows)."""
     if view.geometry is None:
-        return scorer(x)
-    return scorer(x, geometry=view.geometry)
+        return scorer(seen)
+    return scorer(seen, geometry=view.geometry)
 
 
 @dataclass(frozen=True)
@@ -283,7 +294,7 @@ BLUR = View("blur0.7", GaussianBlur(0.7, 0.7))
 
 _DELIVERY_EOT = (Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 1.0))
 _SOLVER_EOT = (Identity(), Jpeg(50, 95), ResizeDownUp(0.5, 1.0), Resample(96, 384, 0.8),
-               SoftMedian(3), RealDenoise(NonLocalMeans(), StraightThrough()),
+               SoftMedian(3), RealDenoise(NonLocalMeans(), LinearizedNLM()),
                CropShift(0.06, 0.03))
 
 VIEWS: dict[str, View] = {v.name: v for v in (OWN, WHOLE, JPEG75, JPEG50, RESIZE75, NLM, MEDIAN,

@@ -326,6 +326,42 @@ def test_every_view_scored_on_exactly_the_delivered_pixels():
     assert torch.equal(lazy.mins < need, verdict.mins < need)
 
 
+def test_views_sharing_a_denoiser_filter_each_row_once(monkeypatch):
+    """Two verifiers and two views of non-local means (one with a geometry of its own): the
+    filter runs once per row, and every logit equals scoring that view alone (to float
+    rounding: the network runs on another copy of the same pixels)."""
+    from advx.engine.geometry import Geometry
+    from advx.engine.scheduler import quantise
+    from advx.engine.scoring import score_views
+
+    rows: list[int] = []
+    real = views.NonLocalMeans.__call__
+
+    def counting(self, x, g=None):
+        rows.append(len(x))
+        return real(self, x, g)
+
+    monkeypatch.setattr(views.NonLocalMeans, "__call__", counting)
+    a, b = ViewRecorder(), ViewRecorder()
+    b.name = "b"
+    nlm_whole = views.View("nlm-whole", denoise=views.NonLocalMeans(),
+                           geometry=Geometry(crop=1.0, interpolation="bilinear"))
+    matrix = (views.OWN, views.NLM, nlm_whole, views.JPEG75)
+    delivered = quantise(rand_images(4, 32))
+    y, t = torch.tensor([0, 1, 2, 0]), torch.full((4,), -1)
+    perms = [torch.arange(len(LABELS))] * 2
+    verdict = score_views([a, b], perms, matrix, delivered, y, t, required=0.5)
+    assert rows == [4]
+    for v in (a, b):
+        for view in matrix:
+            torch.testing.assert_close(verdict.logits[v.name][view.name],
+                                       views.score(v, delivered, view).float())
+    # lazily, the second view of the filter reuses the rows the first one filtered
+    rows.clear()
+    score_views([a, b], perms, matrix, delivered, y, t, required=-1e9, lazy=True)
+    assert rows == [4]
+
+
 def test_a_view_smaller_than_the_graph_goes_through_its_own_preprocessing(tiny_models):
     """A 96 px solver view into a fixed-size export: resized by the export's own preprocessing,
     never skipped."""
