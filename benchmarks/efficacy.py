@@ -156,6 +156,34 @@ def set_geometry_p(p: float) -> None:
                 preset, geometry=dataclasses.replace(preset.geometry, p=p))
 
 
+def set_nlm_grad(spec: str) -> None:
+    """Probe: the gradient stand-in behind the real non-local means in every preset's EOT:
+    "identity" (straight-through, before 2026-11-30's fifth session), or "frozen:S/K" (the
+    frozen-weight Jacobian over S x S offsets every K pixels; the default is frozen:21/2)."""
+    from advx.engine import views
+    from advx.engine.nlm_jacobian import LinearizedNLM
+
+    if spec == "identity":
+        soft = views.StraightThrough()
+    else:
+        search, stride = spec.removeprefix("frozen:").split("/")
+        soft = LinearizedNLM(search=int(search), stride=int(stride))
+    for name, preset in list(views.PRESETS.items()):
+        eot = tuple(views.RealDenoise(t.real, soft)
+                    if isinstance(t, views.RealDenoise) and isinstance(t.real, views.NonLocalMeans)
+                    else t for t in preset.eot)
+        views.PRESETS[name] = dataclasses.replace(preset, eot=eot)
+
+
+def nlm_grad_in_use() -> str:
+    """The solver preset's stand-in behind the real non-local means, as --nlm-grad spells it."""
+    from advx.engine import views
+
+    soft = next(t.soft for t in views.PRESETS["solver"].eot if isinstance(t, views.RealDenoise))
+    return (f"frozen:{soft.search}/{soft.stride}" if hasattr(soft, "stride")
+            else "identity" if isinstance(soft, views.StraightThrough) else str(soft))
+
+
 SETTINGS = {  # surrogates, verifiers
     "defaults": (("effnet-lite0", "effnet-lite1"), ("effnet-lite2",)),
     "transfer": (("effnet-lite0",), ("effnet-lite1",)),
@@ -203,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--geometry-p", type=float,
                    help="probe: the share of gradients through a drawn geometry "
                         "(default: the presets', 0.75)")
+    p.add_argument("--nlm-grad", help="probe: the gradient behind the real non-local means in "
+                   "EOT, identity or frozen:SEARCH/STRIDE (default: the presets', frozen:21/2)")
     args = p.parse_args(argv)
+    if args.nlm_grad:
+        set_nlm_grad(args.nlm_grad)
     if args.no_geometry:
         drop_geometry_draws()
     if args.geometry_p is not None:
@@ -248,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "setting": args.setting, "engine": args.engine,
         "geometry_eot": not args.no_geometry, "geometry_p": args.geometry_p,
+        "nlm_grad": nlm_grad_in_use(),
         "config": dataclasses.asdict(hardener.config),
         "surrogates": list(surrogates), "verifiers": list(verifiers),
         "tiles": len(images), "per_photo": seen, "labels": list(label_set),
