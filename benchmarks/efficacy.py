@@ -158,16 +158,18 @@ def set_geometry_p(p: float) -> None:
 
 def set_nlm_grad(spec: str) -> None:
     """Probe: the gradient stand-in behind the real non-local means in every preset's EOT:
-    "identity" (straight-through, before 2026-11-30's fifth session), or "frozen:S/K" (the
-    frozen-weight Jacobian over S x S offsets every K pixels; the default is frozen:21/2)."""
+    "identity" (straight-through, before 2026-11-30's fifth session), or "frozen:S/K[/HC]" (the
+    frozen-weight Jacobian over S x S offsets every K pixels, with colour weights of strength
+    HC if given; the default is frozen:21/2)."""
     from advx.engine import views
     from advx.engine.nlm_jacobian import LinearizedNLM
 
     if spec == "identity":
         soft = views.StraightThrough()
     else:
-        search, stride = spec.removeprefix("frozen:").split("/")
-        soft = LinearizedNLM(search=int(search), stride=int(stride))
+        search, stride, *colour = spec.removeprefix("frozen:").split("/")
+        soft = LinearizedNLM(search=int(search), stride=int(stride),
+                             h_color=float(colour[0]) if colour else None)
     for name, preset in list(views.PRESETS.items()):
         eot = tuple(views.RealDenoise(t.real, soft)
                     if isinstance(t, views.RealDenoise) and isinstance(t.real, views.NonLocalMeans)
@@ -180,7 +182,8 @@ def nlm_grad_in_use() -> str:
     from advx.engine import views
 
     soft = next(t.soft for t in views.PRESETS["solver"].eot if isinstance(t, views.RealDenoise))
-    return (f"frozen:{soft.search}/{soft.stride}" if hasattr(soft, "stride")
+    colour = f"/{soft.h_color:g}" if getattr(soft, "h_color", None) is not None else ""
+    return (f"frozen:{soft.search}/{soft.stride}{colour}" if hasattr(soft, "stride")
             else "identity" if isinstance(soft, views.StraightThrough) else str(soft))
 
 
@@ -232,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="probe: the share of gradients through a drawn geometry "
                         "(default: the presets', 0.75)")
     p.add_argument("--nlm-grad", help="probe: the gradient behind the real non-local means in "
-                   "EOT, identity or frozen:SEARCH/STRIDE (default: the presets', frozen:21/2)")
+                   "EOT, identity or frozen:SEARCH/STRIDE[/H_COLOR] (default: the presets', "
+                   "frozen:21/2)")
     args = p.parse_args(argv)
     if args.nlm_grad:
         set_nlm_grad(args.nlm_grad)

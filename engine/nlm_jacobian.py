@@ -21,6 +21,8 @@ steps, 36 tiles; fooled after the filter, ``benchmarks/nlm_stand_ins.py``): the 
 and 9 x 9 94%, 7 x 7 92%. In the engine (60 tiles, white-box, benchmarks/EFFICACY.md) 21 x 21
 every other offset did as well as 11 x 11 dense for the same work (the engine's verdict 77%
 against 70%, non-local means 57% against 52% for the whole-tile judge), so it is the default.
+Colour weights as OpenCV takes them (``h_color``) did worse there (verdict 68%, non-local means
+47%): an option.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ import torch
 import torch.nn.functional as F
 
 CHUNK = 4  # tiles at a time (the weight maps of one chunk: 60 x 4 x H x W floats)
+
+
+_RGB_TO_XYZ = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                            [0.0193, 0.1192, 0.9505]])
+_WHITE = torch.tensor([0.9505, 1.0, 1.089])
+# linear opponent axes that the CIELAB lightness and a, b follow near a grey: Y, X/Xn - Y, Y - Z/Zn
+_OPPONENT = torch.stack([_RGB_TO_XYZ[1], _RGB_TO_XYZ[0] / _WHITE[0] - _RGB_TO_XYZ[1],
+                         _RGB_TO_XYZ[1] - _RGB_TO_XYZ[2] / _WHITE[2]])
+
+
+def lab8(x: torch.Tensor) -> torch.Tensor:
+    """CIELAB of linear RGB in [0, 1] on OpenCV's 8-bit scale (L 0..255, a and b offset by 128;
+    OpenCV's filter converts with COLOR_LBGR2Lab, no gamma), [N, 3, H, W]."""
+    xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(x), x) / _WHITE.to(x).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-6) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
+    return torch.cat([(116 * fy - 16) * 2.55, 500 * (fx - fy) + 128, 200 * (fy - fz) + 128], 1)
 
 
 def lightness8(x: torch.Tensor) -> torch.Tensor:
@@ -47,15 +66,16 @@ def _box(t: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(t, (0, 0, p, p), mode="replicate"), (k, 1), stride=1)
 
 
-def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
-            search: int = 21, stride: int = 2) -> torch.Tensor:
-    """``grad`` (at the filter's output) times the frozen-weight Jacobian of non-local means at
-    ``x``: ``dx_q = sum_o w_o(q - o) grad_{q-o} / Z_{q-o}``. The patch distance is symmetric
-    (``w_{-o}(p + o) = w_o(p)``), so each pair of opposite offsets costs one weight map."""
+def average_vjp(guide: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
+                search: int = 21, stride: int = 2) -> torch.Tensor:
+    """``grad`` times the transpose of the patch-weighted average that non-local means takes
+    with weights from ``guide`` (``w_o(p) = exp(-mean((guide(p + t) - guide(p + o + t))^2)
+    / h^2)``, the mean over the patch and the guide's channels): ``dx_q = sum_o w_o(q - o)
+    grad_{q-o} / Z_{q-o}``. The patch distance is symmetric (``w_{-o}(p + o) = w_o(p)``), so
+    each pair of opposite offsets costs one weight map."""
     r = search // 2
-    hh, ww = x.shape[-2:]
-    lum = lightness8(x.float())
-    pad = F.pad(lum, (r, r, r, r), mode="reflect")
+    hh, ww = guide.shape[-2:]
+    pad = F.pad(guide, (r, r, r, r), mode="reflect")
     span = range(-(r // stride) * stride, r + 1, stride)
     half = [(dy, dx) for dy in span for dx in span if (dy, dx) > (0, 0)]
     inner = (slice(None), slice(None), slice(r, r + hh), slice(r, r + ww))
@@ -64,9 +84,10 @@ def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int 
         return slice(None), slice(None), slice(r + dy, r + dy + hh), slice(r + dx, r + dx + ww)
 
     weights = []
-    z = F.pad(torch.ones_like(lum), (r, r, r, r))  # the centre's weight is 1
+    z = F.pad(torch.ones_like(guide[:, :1]), (r, r, r, r))  # the centre's weight is 1
     for dy, dx in half:
-        w = torch.exp(_box((lum - pad[at(dy, dx)]) ** 2, template).mul_(-1 / (h * h)))
+        d2 = ((guide - pad[at(dy, dx)]) ** 2).mean(1, keepdim=True)
+        w = torch.exp(_box(d2, template).mul_(-1 / (h * h)))
         w.masked_fill_(w < 1e-3, 0.0)  # OpenCV drops weights under 0.001 too
         weights.append(w)
         z[inner] += w
@@ -78,6 +99,22 @@ def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int 
         out[at(dy, dx)] += w * centre  # offset o: pixel p + o feeds y_p
         out[inner] += w * gz[at(dy, dx)]  # offset -o: pixel p feeds y_{p+o}
     return out[inner].to(grad.dtype)
+
+
+def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
+            search: int = 21, stride: int = 2, h_color: float | None = None) -> torch.Tensor:
+    """``grad`` (at the filter's output) times the frozen-weight Jacobian of non-local means at
+    ``x``. ``h_color`` None: every channel averaged with the lightness's weights. Else as
+    OpenCV does it: the lightness with its weights (``h``) and the colour (a, b) with weights
+    from both colour channels (``h_color``), on linear opponent axes near a grey."""
+    if h_color is None:
+        return average_vjp(lightness8(x.float()), grad, h, template, search, stride)
+    lab = lab8(x.float())
+    m = _OPPONENT.to(grad.device)
+    g = torch.einsum("ij,njhw->nihw", torch.linalg.inv(m).t(), grad.float())  # M^-T g
+    g = torch.cat([average_vjp(lab[:, :1], g[:, :1], h, template, search, stride),
+                   average_vjp(lab[:, 1:], g[:, 1:], h_color, template, search, stride)], 1)
+    return torch.einsum("ij,nihw->njhw", m, g).to(grad.dtype)  # M^T g
 
 
 class _FrozenNLM(torch.autograd.Function):
@@ -93,8 +130,8 @@ class _FrozenNLM(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         s = ctx.stand_in
-        parts = [nlm_vjp(x[i:i + CHUNK], grad[i:i + CHUNK], s.h, s.template, s.search, s.stride)
-                 for i in range(0, len(x), CHUNK)]
+        parts = [nlm_vjp(x[i:i + CHUNK], grad[i:i + CHUNK], s.h, s.template, s.search, s.stride,
+                         s.h_color) for i in range(0, len(x), CHUNK)]
         return torch.cat(parts), None
 
 
@@ -106,6 +143,7 @@ class LinearizedNLM:
     template: int = 7
     search: int = 21  # offsets searched, as OpenCV's filter (see the module docstring)
     stride: int = 2  # every other one
+    h_color: float | None = None  # None: the lightness's weights for every channel
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         return _FrozenNLM.apply(x, self)
