@@ -6,6 +6,7 @@ perceptual budget)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -129,12 +130,12 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
     by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     order = sorted(range(len(views)), key=lambda i: (views[i].cost, i))
-    seen = _Seen(delivered)
+    seen = _Seen(delivered, views)
     for i in order:
         view = views[i]
         rows = (torch.nonzero(mins >= cap).flatten() if lazy and i != order[0]
                 else torch.arange(n))
-        x = seen(view, rows) if len(rows) else None
+        x = seen(view, rows)
         for v, perm in zip(verifiers, perms, strict=True):
             m = torch.full((n,), math.nan)
             if x is not None:
@@ -156,25 +157,29 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
 class _Seen:
     """The delivered tiles as each view's solver has them (before its geometry), computed once
     per row and source however many verifiers and views share it (non-local means is the
-    costly one: its views differ only in geometry)."""
+    costly one: its views differ only in geometry). Each view is asked once; a source is let
+    go after the last view that uses it, so large images are not all held at once."""
 
-    def __init__(self, delivered: torch.Tensor) -> None:
+    def __init__(self, delivered: torch.Tensor, views: Sequence[View]) -> None:
         self.delivered = delivered
+        self.left = Counter(v.source for v in views)  # views still to ask, per source
         self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, view: View, rows: torch.Tensor) -> torch.Tensor:
-        n = len(self.delivered)
-        out, done = self.cache.get(view.source, (self.delivered.new_empty(0),
-                                                 torch.zeros(n, dtype=torch.bool)))
+    def __call__(self, view: View, rows: torch.Tensor) -> torch.Tensor | None:
+        """``view``'s tiles for ``rows`` (None when there are none)."""
+        key, n = view.source, len(self.delivered)
+        self.left[key] -= 1
+        out, done = self.cache.pop(key, (None, torch.zeros(n, dtype=torch.bool)))
         need = rows[~done[rows]]
         if len(need):
             x = view.images(self.delivered[need])
-            if out.numel() == 0:
+            if out is None:
                 out = x.new_empty((n, *x.shape[1:]))
             out[need.to(out.device)] = x
             done[need] = True
-            self.cache[view.source] = (out, done)
-        return out[rows.to(out.device)]
+        if out is not None and self.left[key] > 0:
+            self.cache[key] = (out, done)
+        return out[rows.to(out.device)] if len(rows) else None
 
 
 def failing_shares(verdict: Verdict, required: float) -> dict[str, float]:
