@@ -156,20 +156,26 @@ def set_geometry_p(p: float) -> None:
                 preset, geometry=dataclasses.replace(preset.geometry, p=p))
 
 
+def nlm_stand_in(spec: str):
+    """The stand-in that ``spec`` names: "identity" or "frozen:S/K[/HC]"."""
+    from advx.engine import views
+    from advx.engine.nlm_jacobian import LinearizedNLM
+
+    if spec == "identity":
+        return views.StraightThrough()
+    search, stride, *colour = spec.removeprefix("frozen:").split("/")
+    return LinearizedNLM(search=int(search), stride=int(stride),
+                         h_color=float(colour[0]) if colour else None)
+
+
 def set_nlm_grad(spec: str) -> None:
     """Probe: the gradient stand-in behind the real non-local means in every preset's EOT:
     "identity" (straight-through, before 2026-11-30's fifth session), or "frozen:S/K[/HC]" (the
     frozen-weight Jacobian over S x S offsets every K pixels, with colour weights of strength
     HC if given; the default is frozen:21/2)."""
     from advx.engine import views
-    from advx.engine.nlm_jacobian import LinearizedNLM
 
-    if spec == "identity":
-        soft = views.StraightThrough()
-    else:
-        search, stride, *colour = spec.removeprefix("frozen:").split("/")
-        soft = LinearizedNLM(search=int(search), stride=int(stride),
-                             h_color=float(colour[0]) if colour else None)
+    soft = nlm_stand_in(spec)
     for name, preset in list(views.PRESETS.items()):
         eot = tuple(views.RealDenoise(t.real, soft)
                     if isinstance(t, views.RealDenoise) and isinstance(t.real, views.NonLocalMeans)

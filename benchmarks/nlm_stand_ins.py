@@ -21,10 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from efficacy import LABELS, photo_tiles, to_tensor
+from efficacy import LABELS, nlm_stand_in, photo_tiles, to_tensor
 
 from advx.engine.attacks import PGD
-from advx.engine.nlm_jacobian import LinearizedNLM
 from advx.engine.scheduler import quantise
 from advx.engine.transforms import GaussianBlur
 from advx.engine.views import (
@@ -47,11 +46,10 @@ STAND_INS = {
 
 
 def stand_in(name: str):
-    """A named stand-in, or "frozen:S/K": the real filter forward, its frozen-weight Jacobian
-    over S x S offsets every K pixels backward (the engine's default: frozen:21/2)."""
+    """A named stand-in, or "frozen:S/K[/HC]": the real filter forward, its frozen-weight
+    Jacobian over S x S offsets every K pixels backward (the engine's default: frozen:21/2)."""
     if name.startswith("frozen:"):
-        search, stride = name.removeprefix("frozen:").split("/")
-        return RealDenoise(NonLocalMeans(), LinearizedNLM(search=int(search), stride=int(stride)))
+        return RealDenoise(NonLocalMeans(), nlm_stand_in(name))
     return STAND_INS[name]()
 
 
