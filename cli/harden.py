@@ -59,8 +59,8 @@ VIEW_MATRICES = view_matrices() + "\n" + VIEW_GLOSSARY
               help="Attack step limit per image.")
 @click.option("--attack", type=click.Choice(ATTACKS), default=D.attack, show_default=True,
               help="auto: pgd when every verifier is also a surrogate (white-box, e.g. a "
-                   "solver spec as both), else mifgsm with input diversity and skip gradients "
-                   "through residual blocks (for transfer); "
+                   "solver spec as both), else mifgsm with a Nesterov look-ahead, input "
+                   "diversity and skip gradients through residual blocks (for transfer); "
                    "svre: mifgsm with ensemble variance reduction (about twice the surrogate "
                    "passes; see benchmarks/EFFICACY.md before choosing it).")
 @click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default=D.transforms,

@@ -147,6 +147,8 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
     kwargs: dict[str, Any] = {}
     if config.attack in ("mifgsm", "svre"):
         kwargs["decay"] = config.momentum
+    if config.attack == "mifgsm":
+        kwargs["nesterov"] = config.nesterov
     return cls(
         ensemble,
         eps_01=config.eps_01,

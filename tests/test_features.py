@@ -273,3 +273,34 @@ def test_scale_invariance_scales_intensities_by_a_power_of_two():
         seen.add(k)
     assert len(seen) > 2
     assert HardenConfig(augments=("si",)).augments == ("si",)
+
+
+def test_nesterov_takes_the_gradient_at_the_momentum_s_look_ahead():
+    model, x, y = TinyNet(), rand_images(3), torch.tensor([0, 1, 2])
+    attack = MIFGSM(model, eps_01=8 / 255, alpha_01=2 / 255, decay=0.9, nesterov=True,
+                    random_start=False)
+    seen = []
+    gradient = attack.gradient
+
+    def spy(adv, *args, **kwargs):
+        seen.append(adv.clone())
+        return gradient(adv, *args, **kwargs)
+
+    attack.gradient = spy
+    state = attack.init(x)
+    attack.step(state, y)
+    assert torch.equal(seen[0], x), "no momentum yet: the look-ahead is the point itself"
+    adv, momentum = state.adv.clone(), state.momentum.clone()
+    assert momentum.abs().sum() > 0
+    attack.step(state, y)
+    ahead = torch.minimum(torch.maximum(adv + (2 / 255) * momentum.sign(), x - 8 / 255),
+                          x + 8 / 255).clamp(0, 1)
+    assert torch.allclose(seen[1], ahead)
+    assert (state.adv - x).abs().max() <= 8 / 255 + 1e-6
+    plain = MIFGSM(model, eps_01=8 / 255, alpha_01=2 / 255, decay=0.9, nesterov=False,
+                   random_start=False)
+    plain_state = plain.init(x)
+    for _ in range(2):
+        plain.step(plain_state, y)
+    assert not torch.equal(plain_state.adv, state.adv), "the look-ahead changes the second step"
+    assert HardenConfig().nesterov and HardenConfig().resolved(white_box=False).attack == "mifgsm"

@@ -1,6 +1,11 @@
 """MI-FGSM (Dong et al. 2018): momentum over L1-normalised gradients, for transferability.
 
 With ``diversity`` it is DI-MI-FGSM, with ``ti_size`` TI-DI-MI-FGSM (both options of Attack).
+With ``nesterov`` it is NI-FGSM (Lin et al. 2020): the gradient is taken at the point the
+momentum is about to reach. NI's own look-ahead, ``adv + decay * alpha * momentum``, is sized
+for 10 steps of eps / 10; over 40 steps of eps / 4 the accumulated momentum carries it up to
+ten budgets away (60-tile benchmark: lite2 fooled 75% -> 22%), so here the look-ahead is the
+next sign step itself, projected into the budget.
 """
 
 from __future__ import annotations
@@ -12,9 +17,20 @@ from .base import Attack, AttackState
 
 
 class MIFGSM(Attack):
-    def __init__(self, *args, decay: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, decay: float = 1.0, nesterov: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.decay = decay
+        self.nesterov = nesterov
+
+    def step(self, state: AttackState, labels: torch.Tensor,
+             targets: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.nesterov:
+            return super().step(state, labels, targets)
+        self.check_targets(targets)
+        ahead = self.project(state, state.adv + state.alpha_01 * state.momentum.sign())
+        loss, grad = self.gradient(ahead, labels, targets, state.guides or None)
+        state.adv = self.update(state, grad).detach()
+        return loss
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
         state.momentum = self.decay * state.momentum + unit_mean_abs(grad)
