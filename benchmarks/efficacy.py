@@ -134,7 +134,7 @@ ENGINES = {
     "current": {},
     # the engine before solver views: JPEG preset, no ladder, no texture mask, no SSIM floor
     "baseline": {"transforms": "jpeg", "eps_rungs": 1, "texture_mask": None,
-                 "ssim_floor": None, "patience": 0, "skip_gamma": 1.0},
+                 "ssim_floor": None, "patience": 0, "skip_gamma": 1.0, "nesterov": False},
     # today's defaults before the skip gradient (SGM) became one for transfer
     "no-sgm": {"skip_gamma": 1.0},
 }
