@@ -128,7 +128,7 @@ def test_input_diversity_and_ti_shapes():
 ATTACKS = [
     (PGD, {}),
     (MIFGSM, {"decay": 1.0}),
-    (MIFGSM, {"nesterov": True, "diversity": transforms.InputDiversity(0.5)}),
+    (MIFGSM, {"nesterov": True, "diversity": transforms.InputDiversity(0.5), "ti_size": 5}),
     (MIFGSM, {"diversity": transforms.InputDiversity(1.0), "ti_size": 5}),
     (PGD, {"eot": views.get_preset("robust"), "eot_samples": 2}),
     (PGD, {"loss": "ce"}),

@@ -138,11 +138,16 @@ class Attack:
              targets: torch.Tensor | None = None) -> torch.Tensor:
         """One update of every row of ``state``; returns the loss before the update."""
         self.check_targets(targets)
-        loss, grad = self.gradient(state.adv, labels, targets, state.guides or None)
+        loss, grad = self.gradient(self.look_ahead(state), labels, targets,
+                                   state.guides or None)
         if self.kernel is not None:
             grad = smooth_gradient(grad, self.kernel)
         state.adv = self.update(state, grad).detach()
         return loss
+
+    def look_ahead(self, state: AttackState) -> torch.Tensor:
+        """Where this step's gradient is taken: the current candidates (NI-FGSM looks ahead)."""
+        return state.adv
 
     def check_targets(self, targets: torch.Tensor | None) -> None:
         if self.targeted and (targets is None or bool((targets < 0).any())):

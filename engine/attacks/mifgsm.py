@@ -22,15 +22,10 @@ class MIFGSM(Attack):
         self.decay = decay
         self.nesterov = nesterov
 
-    def step(self, state: AttackState, labels: torch.Tensor,
-             targets: torch.Tensor | None = None) -> torch.Tensor:
+    def look_ahead(self, state: AttackState) -> torch.Tensor:
         if not self.nesterov:
-            return super().step(state, labels, targets)
-        self.check_targets(targets)
-        ahead = self.project(state, state.adv + state.alpha_01 * state.momentum.sign())
-        loss, grad = self.gradient(ahead, labels, targets, state.guides or None)
-        state.adv = self.update(state, grad).detach()
-        return loss
+            return state.adv
+        return self.project(state, state.adv + state.alpha_01 * state.momentum.sign())
 
     def update(self, state: AttackState, grad: torch.Tensor) -> torch.Tensor:
         state.momentum = self.decay * state.momentum + unit_mean_abs(grad)
