@@ -186,11 +186,13 @@ def set_nlm_grad(spec: str) -> None:
 def nlm_grad_in_use() -> str:
     """The solver preset's stand-in behind the real non-local means, as --nlm-grad spells it."""
     from advx.engine import views
+    from advx.engine.nlm_jacobian import LinearizedNLM
 
     soft = next(t.soft for t in views.PRESETS["solver"].eot if isinstance(t, views.RealDenoise))
-    colour = f"/{soft.h_color:g}" if getattr(soft, "h_color", None) is not None else ""
-    return (f"frozen:{soft.search}/{soft.stride}{colour}" if hasattr(soft, "stride")
-            else "identity" if isinstance(soft, views.StraightThrough) else str(soft))
+    if isinstance(soft, LinearizedNLM):
+        colour = f"/{soft.h_color:g}" if soft.h_color is not None else ""
+        return f"frozen:{soft.search}/{soft.stride}{colour}"
+    return "identity" if isinstance(soft, views.StraightThrough) else str(soft)
 
 
 SETTINGS = {  # surrogates, verifiers

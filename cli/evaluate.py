@@ -45,7 +45,8 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
     multi-label solver); grids are solved when exactly the target's tiles are selected."""
     import torch
 
-    from ..engine.views import get_preset, score
+    from ..engine.scoring import SeenTiles
+    from ..engine.views import get_preset, look
 
     label_set = tuple(label_set)
     y = np.array([label_set.index(lab) for lab in labels])
@@ -63,10 +64,12 @@ def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
             idx = [i for i, _ in group]
             x = torch.from_numpy(np.stack([px for _, px in group])).permute(0, 3, 1, 2)
             x = x.float() / 255
+            seen, rows = SeenTiles(x, views), torch.arange(len(x))
             for view in views:
+                xs = seen(view, rows)  # each filter once per batch, whatever the scorers
                 for name, scorer in scorers.items():
                     with torch.no_grad():
-                        logits = torch.as_tensor(score(scorer, x, view)).float().cpu()
+                        logits = torch.as_tensor(look(scorer, xs, view)).float().cpu()
                     for i, sel in zip(idx, _selected(scorer, logits), strict=True):
                         preds[(name, view.name)][i] = sel
         batch.clear()

@@ -43,20 +43,24 @@ _OPPONENT = torch.stack([_RGB_TO_XYZ[1], _RGB_TO_XYZ[0] / _WHITE[0] - _RGB_TO_XY
                          _RGB_TO_XYZ[1] - _RGB_TO_XYZ[2] / _WHITE[2]])
 
 
+def _lab_f(t: torch.Tensor) -> torch.Tensor:
+    """CIELAB's companding of a white-normalised tristimulus value."""
+    return torch.where(t > 0.008856, t.clamp_min(1e-6) ** (1 / 3), 7.787 * t + 16 / 116)
+
+
 def lab8(x: torch.Tensor) -> torch.Tensor:
     """CIELAB of linear RGB in [0, 1] on OpenCV's 8-bit scale (L 0..255, a and b offset by 128;
     OpenCV's filter converts with COLOR_LBGR2Lab, no gamma), [N, 3, H, W]."""
     xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(x), x) / _WHITE.to(x).view(1, 3, 1, 1)
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-6) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    f = _lab_f(xyz)
     fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
     return torch.cat([(116 * fy - 16) * 2.55, 500 * (fx - fy) + 128, 200 * (fy - fz) + 128], 1)
 
 
 def lightness8(x: torch.Tensor) -> torch.Tensor:
     """CIELAB lightness of linear RGB in [0, 1], on OpenCV's 8-bit scale (0..255), [N,1,H,W]."""
-    y = 0.2126 * x[:, 0:1] + 0.7152 * x[:, 1:2] + 0.0722 * x[:, 2:3]
-    f = torch.where(y > 0.008856, y.clamp_min(1e-6) ** (1 / 3), 7.787 * y + 16 / 116)
-    return (116 * f - 16) * 2.55
+    y = torch.einsum("j,njhw->nhw", _RGB_TO_XYZ[1].to(x), x)[:, None]  # Y (white's Y is 1)
+    return (116 * _lab_f(y) - 16) * 2.55
 
 
 def _box(t: torch.Tensor, k: int) -> torch.Tensor:

@@ -130,7 +130,7 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
     by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     order = sorted(range(len(views)), key=lambda i: (views[i].cost, i))
-    seen = _Seen(delivered, views)
+    seen = SeenTiles(delivered, views)
     for i in order:
         view = views[i]
         rows = (torch.nonzero(mins >= cap).flatten() if lazy and i != order[0]
@@ -154,7 +154,7 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
     return Verdict(mins, per_v, own, by_view, logits, score_sum, count)
 
 
-class _Seen:
+class SeenTiles:
     """The delivered tiles as each view's solver has them (before its geometry), computed once
     per row and source however many verifiers and views share it (non-local means is the
     costly one: its views differ only in geometry). Each view is asked once; a source is let
