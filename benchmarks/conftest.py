@@ -1,13 +1,15 @@
 """The pytest-benchmark suite of advx. Not part of the test command (testpaths is tests/).
 
-    pytest benchmarks --benchmark-json=benchmarks/results-h100.json   # on a GPU: the full matrix
-    pytest benchmarks --benchmark-json=benchmarks/cpu.json            # no GPU: a reduced matrix
+    pytest benchmarks --benchmark-json=benchmarks/results/throughput-cpu.json  # no GPU
+    pytest benchmarks --benchmark-json=throughput-gpu.json                     # on a GPU
 
 Each test module lists GPU_CASES and CPU_CASES (advx.bench.Case). On a machine with CUDA the
 GPU cases run and the CPU-only ones are skipped; without CUDA the reverse, each skip with its
-reason, so the IDs of what a CPU run leaves out are in its report. Every benchmark stores its
-figures (images/s, image-steps/s, share of the bf16 peak, ...) in ``extra_info`` of the JSON,
-and the session ends with the table that ``advx bench`` prints.
+reason, so the IDs of what a run leaves out are in its report; so is a case whose packages are
+missing. Every benchmark stores its figures (images/s, image-steps/s, share of the bf16 peak,
+...) in ``extra_info`` of the JSON, and the session ends with the table that ``advx bench``
+prints. The workloads and their timing are advx.bench's; this file only maps them onto
+pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ SIZES = bench.default_sizes("cuda" if CUDA else "cpu")
 ROWS: list[bench.BenchRow] = []
 
 SKIP_ON_GPU = "CPU matrix only: a GPU machine runs the GPU matrix instead"
-SKIP_ON_CPU = "GPU matrix: needs CUDA (run `pytest benchmarks` on the GPU machine, see " \
-              "benchmarks/RESULTS.md)"
+SKIP_ON_CPU = "GPU matrix: needs CUDA (see benchmarks/README.md, GPU run)"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,23 +1,21 @@
 """Efficacy benchmark: how often hardened tiles fool solvers that see them their own way.
 
-Not part of the test command (minutes of CPU). Real photos shipped in packages, real offline
-EfficientNet-Lite weights. Three settings:
+Not part of the test command (minutes of CPU per run). Real photos shipped in packages
+(scikit-image, matplotlib, scikit-learn), real offline EfficientNet-Lite weights. Settings:
 
-- ``defaults``: the engine's defaults (surrogates lite0 + lite1, verifier lite2); judged by an
-  independent lite2 that preprocesses differently (the whole tile resized to 260 px, bicubic
-  with antialias, no centre crop) under every view of the default matrix and views outside it,
-  and by lite0 / lite1 as they are.
-- ``transfer``: surrogate lite0 alone, verifier lite1; lite2 never seen, judged the same way.
+- ``defaults``: the engine's default ensemble (surrogates lite0 + lite1, verifier lite2).
+- ``transfer``: surrogate lite0 alone, verifier lite1; lite2 never takes part.
 - ``whitebox``: lite2 as surrogate and verifier (a solver attacked with its own gradients, as
-  ``--surrogates onnx:S --verifiers onnx:S`` does with a foreign solver); judged the same way,
-  so the views and the independent preprocessing are what is measured.
+  ``--surrogates onnx:S --verifiers onnx:S`` does with a foreign solver).
 
-Each setting runs with ``--engine`` configurations (``current``: today's defaults; ``no-sgm``:
-today's defaults without skip gradients; ``baseline``: the engine as it was before solver views,
-without ladder, texture mask, SSIM floor or SGM), or a JSON object of HardenConfig fields.
+Every setting is judged the same way, on the delivered PNG pixels: by an independent lite2 that
+preprocesses differently (the whole tile resized to 260 px, bicubic with antialias, no centre
+crop), by lite2, lite1 and lite0 with their own preprocessing, under every view of the default
+matrix and views outside it. ``--engine`` picks the HardenConfig: a name of ENGINES or a JSON
+object of HardenConfig fields. See benchmarks/README.md for the figures.
 
-    .venv/bin/python benchmarks/efficacy.py --setting defaults --engine current \\
-        --json benchmarks/efficacy/defaults-current.json
+    .venv/bin/python benchmarks/efficacy.py --setting transfer --json transfer.json
+    .venv/bin/python benchmarks/efficacy.py --markdown benchmarks/results/transfer.json
 """
 
 from __future__ import annotations
@@ -37,6 +35,23 @@ PHOTOS = (("chelsea", "cat"), ("coffee", "espresso"), ("stereo_motorcycle", "mot
 LABELS = ("cat", "espresso", "motorcycle", "suit", "palace")
 TILE = 224
 
+SETTINGS = {  # surrogates, verifiers
+    "defaults": (("effnet-lite0", "effnet-lite1"), ("effnet-lite2",)),
+    "transfer": (("effnet-lite0",), ("effnet-lite1",)),
+    "whitebox": (("effnet-lite2",), ("effnet-lite2",)),
+}
+
+ENGINES = {
+    # the engine's defaults
+    "current": {},
+    # the engine without solver views and perceptual budget: the JPEG preset, one eps rung, a
+    # uniform budget and no SSIM floor (the reference of the cost ratio)
+    "baseline": {"transforms": "jpeg", "eps_rungs": 1, "texture_mask": None, "ssim_floor": None},
+}
+
+
+# --- tiles -------------------------------------------------------------------------------------
+
 
 def load_photos() -> dict[str, np.ndarray]:
     import matplotlib.cbook as cbook
@@ -53,8 +68,8 @@ def load_photos() -> dict[str, np.ndarray]:
 
 def photo_tiles(per_photo: int, seed: int = 0
                 ) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """Seeded square crops (60-100% of the short side, anywhere) resized to TILE px: images,
-    labels, photo keys."""
+    """Seeded square crops (60-100% of the short side, anywhere) resized to TILE px, three
+    candidates per wanted tile: images, labels, photo keys."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -63,7 +78,7 @@ def photo_tiles(per_photo: int, seed: int = 0
     for key, label in PHOTOS:
         im = photos[key]
         h, w = im.shape[:2]
-        for _ in range(per_photo * 3):  # more than needed; the clean-correct ones are kept
+        for _ in range(per_photo * 3):
             s = int(min(h, w) * rng.uniform(0.6, 1.0))
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
             crop = Image.fromarray(np.ascontiguousarray(im[y : y + s, x : x + s]))
@@ -77,10 +92,36 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
+def predict(model, x: torch.Tensor, geometry) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + 16], geometry).argmax(1) for i in range(0, len(x), 16)])
+
+
+def clean_correct(images: list[np.ndarray], labels: list[str], keys: list[str], judges,
+                  per_photo: int) -> tuple[list[int], dict[str, int]]:
+    """The first ``per_photo`` tiles of each photo that every judge reads right when clean."""
+    x = to_tensor(images)
+    y = torch.tensor([LABELS.index(lab) for lab in labels])
+    ok = torch.ones(len(images), dtype=torch.bool)
+    for model, geometry in judges.values():
+        ok &= predict(model, x, geometry) == y
+    keep, seen = [], {}
+    for i in np.flatnonzero(ok.numpy()).tolist():
+        if seen.get(keys[i], 0) < per_photo:
+            keep.append(i)
+            seen[keys[i]] = seen.get(keys[i], 0) + 1
+    return keep, seen
+
+
+# --- judges ------------------------------------------------------------------------------------
+
+
 def judge_views():
-    """The default matrix plus views outside it."""
+    """The default matrix (``none`` is the file as delivered) and views outside it."""
+    from advx.engine.denoise import Median, NonLocalMeans
+    from advx.engine.geometry import Geometry
     from advx.engine.transforms import CropShift, GaussianBlur, Jpeg, ResizeDownUp
-    from advx.engine.views import Geometry, Median, NonLocalMeans, View
+    from advx.engine.views import View
 
     inside = [View("none"), View("jpeg75", Jpeg(75, 75)), View("jpeg50", Jpeg(50, 50)),
               View("resize0.75", ResizeDownUp(0.75, 0.75)), View("median3", denoise=Median(3)),
@@ -93,35 +134,33 @@ def judge_views():
     return inside, outside
 
 
-def build_judges(label_set):
-    from advx.engine.views import Geometry
+def build_judges():
+    """name -> (classifier, geometry); geometry None is the classifier's own preprocessing."""
+    from advx.engine.geometry import Geometry
     from advx.engine.zoo import create_classifier
 
     whole = Geometry(crop=1.0, interpolation="bicubic", antialias=True)
-    lite2 = create_classifier("effnet-lite2", label_set)
+    lite2 = create_classifier("effnet-lite2", LABELS)
     return {
         "lite2-whole-tile": (lite2, whole),
         "lite2-own": (lite2, None),
-        "lite1": (create_classifier("effnet-lite1", label_set), None),
-        "lite0": (create_classifier("effnet-lite0", label_set), None),
+        "lite1": (create_classifier("effnet-lite1", LABELS), None),
+        "lite0": (create_classifier("effnet-lite0", LABELS), None),
     }
 
 
-@torch.no_grad()
-def judge(images: list[np.ndarray], labels: list[str], label_set, judges, views) -> dict:
+def judge(images: list[np.ndarray], labels: list[str], judges, views) -> dict:
+    """judge -> view -> share of tiles answered wrong, and the solve rate of 3x3 grids."""
     from advx.engine.challenge import grid_solve_rate, sample_grids
 
     x = to_tensor(images)
-    y = torch.tensor([label_set.index(lab) for lab in labels])
+    y = torch.tensor([LABELS.index(lab) for lab in labels])
     grids = sample_grids(y.tolist(), 200, seed=0)
     out: dict = {}
     for name, (model, geometry) in judges.items():
         row = {}
         for view in views:
-            xv = view.images(x)
-            g = view.geometry or geometry
-            preds = torch.cat([model(xv[i : i + 16], g).argmax(1)
-                               for i in range(0, len(xv), 16)])
+            preds = predict(model, view.images(x), view.geometry or geometry)
             row[view.name] = {"fooled": round(float((preds != y).float().mean()), 4),
                               "grid_solve_rate": grid_solve_rate(preds.tolist(), y.tolist(),
                                                                  grids)}
@@ -129,81 +168,79 @@ def judge(images: list[np.ndarray], labels: list[str], label_set, judges, views)
     return out
 
 
-ENGINES = {
-    # today's defaults
-    "current": {},
-    # the engine before solver views: JPEG preset, no ladder, no texture mask, no SSIM floor
-    "baseline": {"transforms": "jpeg", "eps_rungs": 1, "texture_mask": None,
-                 "ssim_floor": None, "patience": 0, "skip_gamma": 1.0, "nesterov": False},
-    # today's defaults before the skip gradient (SGM) became one for transfer
-    "no-sgm": {"skip_gamma": 1.0},
-}
+# --- the run -----------------------------------------------------------------------------------
 
 
-def drop_geometry_draws() -> None:
-    """Ablation: every preset without its geometry draw (the engine before geometry EOT). A
-    draw with p 0 takes nothing from the random stream, so the stream is otherwise the same."""
-    set_geometry_p(0.0)
+def engine_overrides(engine: str) -> dict:
+    """The HardenConfig fields that ``--engine`` names, checked against HardenConfig."""
+    from advx import HardenConfig
+
+    if engine in ENGINES:
+        overrides = ENGINES[engine]
+    else:
+        try:
+            overrides = json.loads(engine)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--engine: not one of {', '.join(ENGINES)} nor a JSON object "
+                             f"({e})") from e
+        if not isinstance(overrides, dict):
+            raise SystemExit("--engine: a JSON object of HardenConfig fields, e.g. "
+                             "'{\"eps_rungs\": 2}'")
+    fields = {f.name for f in dataclasses.fields(HardenConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise SystemExit(f"--engine: unknown HardenConfig fields {unknown}; "
+                         f"known: {', '.join(sorted(fields))}")
+    return overrides
 
 
-def set_geometry_p(p: float) -> None:
-    """Probe: the presets that draw geometries draw one for a share ``p`` of the gradients."""
-    from advx.engine import views
+def run(setting: str, engine: str, per_photo: int, eps: float, steps: int) -> dict:
+    """Harden the clean-correct tiles in ``setting`` with the ``engine`` config; the figures."""
+    from advx import HardenConfig, Hardener
+    from advx.engine import metrics
 
-    for name, preset in list(views.PRESETS.items()):
-        if preset.geometry is not None:
-            views.PRESETS[name] = dataclasses.replace(
-                preset, geometry=dataclasses.replace(preset.geometry, p=p))
-
-
-def nlm_stand_in(spec: str):
-    """The stand-in that ``spec`` names: "identity" or "frozen:S/K[/HC]"."""
-    from advx.engine import views
-    from advx.engine.nlm_jacobian import LinearizedNLM
-
-    if spec == "identity":
-        return views.StraightThrough()
-    search, stride, *colour = spec.removeprefix("frozen:").split("/")
-    return LinearizedNLM(search=int(search), stride=int(stride),
-                         h_color=float(colour[0]) if colour else None)
-
-
-def set_nlm_grad(spec: str) -> None:
-    """Probe: the gradient stand-in behind the real non-local means in every preset's EOT:
-    "identity" (straight-through, before 2026-11-30's fifth session), or "frozen:S/K[/HC]" (the
-    frozen-weight Jacobian over S x S offsets every K pixels, with colour weights of strength
-    HC if given; the default is frozen:21/2)."""
-    from advx.engine import views
-
-    soft = nlm_stand_in(spec)
-    for name, preset in list(views.PRESETS.items()):
-        eot = tuple(views.RealDenoise(t.real, soft)
-                    if isinstance(t, views.RealDenoise) and isinstance(t.real, views.NonLocalMeans)
-                    else t for t in preset.eot)
-        views.PRESETS[name] = dataclasses.replace(preset, eot=eot)
-
-
-def nlm_grad_in_use() -> str:
-    """The solver preset's stand-in behind the real non-local means, as --nlm-grad spells it."""
-    from advx.engine import views
-    from advx.engine.nlm_jacobian import LinearizedNLM
-
-    soft = next(t.soft for t in views.PRESETS["solver"].eot if isinstance(t, views.RealDenoise))
-    if isinstance(soft, LinearizedNLM):
-        colour = f"/{soft.h_color:g}" if soft.h_color is not None else ""
-        return f"frozen:{soft.search}/{soft.stride}{colour}"
-    return "identity" if isinstance(soft, views.StraightThrough) else str(soft)
-
-
-SETTINGS = {  # surrogates, verifiers
-    "defaults": (("effnet-lite0", "effnet-lite1"), ("effnet-lite2",)),
-    "transfer": (("effnet-lite0",), ("effnet-lite1",)),
-    "whitebox": (("effnet-lite2",), ("effnet-lite2",)),
-}
+    overrides = engine_overrides(engine)
+    judges = build_judges()
+    images, labels, keys = photo_tiles(per_photo + 1)
+    keep, seen = clean_correct(images, labels, keys, judges, per_photo)
+    images, labels = [images[i] for i in keep], [labels[i] for i in keep]
+    surrogates, verifiers = SETTINGS[setting]
+    config = dataclasses.replace(HardenConfig(eps=eps, steps=steps), **overrides)
+    t0 = time.perf_counter()
+    hardener = Hardener(LABELS, surrogates=surrogates, verifiers=verifiers, config=config)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = hardener.run(images, labels)
+    seconds = time.perf_counter() - t0
+    hardened = [r.image for r in results]
+    ssim = [r.ssim for r in results]
+    inside, outside = judge_views()
+    figures = {
+        "setting": setting, "engine": engine, "config": dataclasses.asdict(hardener.config),
+        "surrogates": list(surrogates), "verifiers": list(verifiers),
+        "tiles": len(images), "per_photo": seen, "labels": list(LABELS),
+        "fooled_by_engine": round(sum(r.fooled for r in results) / len(results), 4),
+        "ssim": {"mean": round(float(np.mean(ssim)), 4), "min": round(float(np.min(ssim)), 4),
+                 "p10": round(float(np.percentile(ssim, 10)), 4)},
+        "psnr_mean": round(float(np.mean([r.psnr for r in results])), 2),
+        "linf_mean": round(float(np.mean([r.linf for r in results])), 2),
+        "steps_mean": round(float(np.mean([r.steps for r in results])), 2),
+        "seconds_per_image": round(seconds / len(results), 3),
+        "seconds": round(seconds, 1), "setup_seconds": round(setup, 1),
+        "scheduler_time": {k: round(v, 1) for k, v in hardener.scheduler.time.items()},
+        "clean": judge(images, labels, judges, inside[:1]),
+        "inside": judge(hardened, labels, judges, inside),
+        "outside": judge(hardened, labels, judges, outside),
+    }
+    # SSIM recomputed on the delivered pixels, independently of the engine's own figure
+    recomputed = metrics.ssim(to_tensor(hardened), to_tensor(images))
+    figures["ssim"]["recomputed_min"] = round(float(recomputed.min()), 4)
+    return figures
 
 
 def render(paths: list[Path]) -> str:
-    """Markdown tables of result files (for EFFICACY.md)."""
+    """Markdown tables of result files: the run's figures, then each judge's fooled share per
+    view (the views of the first file)."""
     runs = [json.loads(p.read_text()) for p in paths]
     lines = ["| run | engine fooled | SSIM mean / min | PSNR | L-inf | steps | s / image | "
              "wall (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -218,101 +255,48 @@ def render(paths: list[Path]) -> str:
                   "| run | judge | " + " | ".join(views) + " |",
                   "|---|---|" + "---:|" * len(views)]
         for p, d in zip(paths, runs, strict=True):
-            for judge, row in d[part].items():
-                lines.append(f"| `{p.stem}` | {judge} | "
-                             + " | ".join(f"{row[v]['fooled']:.0%}" for v in views) + " |")
+            for name, row in d[part].items():
+                cells = [f"{row[v]['fooled']:.0%}" if v in row else "-" for v in views]
+                lines.append(f"| `{p.stem}` | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--markdown":
-        print(render([Path(a) for a in sys.argv[2:]]))
-        return 0
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=tuple(SETTINGS), default="defaults")
+    p.add_argument("--setting", choices=tuple(SETTINGS), default="defaults",
+                   help="defaults: lite0 + lite1 -> lite2; transfer: lite0 -> lite1, lite2 "
+                        "held out; whitebox: lite2 -> lite2 (default: %(default)s)")
     p.add_argument("--engine", default="current",
-                   help=f"{', '.join(ENGINES)}, or a JSON object of HardenConfig fields")
-    p.add_argument("--tiles", type=int, default=60, help="clean-correct tiles to harden")
-    p.add_argument("--eps", type=float, default=8.0)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--json", type=Path, help="write the figures here")
-    p.add_argument("--no-geometry", action="store_true",
-                   help="ablation: the presets without their geometry draw (the engine "
-                        "before geometry EOT, same random stream otherwise)")
-    p.add_argument("--geometry-p", type=float,
-                   help="probe: the share of gradients through a drawn geometry "
-                        "(default: the presets', 0.75)")
-    p.add_argument("--nlm-grad", help="probe: the gradient behind the real non-local means in "
-                   "EOT, identity or frozen:SEARCH/STRIDE[/H_COLOR] (default: the presets', "
-                   "frozen:21/2)")
+                   help=f"{' or '.join(ENGINES)}, or a JSON object of HardenConfig fields, "
+                        "e.g. '{\"eps_rungs\": 2}' (default: %(default)s)")
+    p.add_argument("--per-photo", type=int, default=10,
+                   help="clean-correct tiles per photo, six photos (default: %(default)s: "
+                        "60 tiles; 4 gives the 24-tile probes)")
+    p.add_argument("--eps", type=float, default=8.0, help="L-inf budget in /255 "
+                   "(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=40, help="step limit (default: %(default)s)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's; the kept figures ran on 2)")
+    p.add_argument("--json", type=Path, help="write the figures here as well as to stdout")
+    p.add_argument("--markdown", type=Path, nargs="+", metavar="RESULT",
+                   help="print the tables of these result files and exit (runs nothing)")
     args = p.parse_args(argv)
-    if args.nlm_grad:
-        set_nlm_grad(args.nlm_grad)
-    if args.no_geometry:
-        drop_geometry_draws()
-    if args.geometry_p is not None:
-        set_geometry_p(args.geometry_p)
+    if args.per_photo < 1:
+        p.error("--per-photo must be >= 1")
+    return args
 
-    from advx import HardenConfig, Hardener
-    from advx.engine import metrics
 
-    torch.set_num_threads(2)
-    overrides = ENGINES.get(args.engine)
-    if overrides is None:
-        overrides = json.loads(args.engine)
-    label_set = LABELS
-    judges = build_judges(label_set)
-    # keep the tiles every judge reads right when clean (under its own preprocessing)
-    per_label = max(1, args.tiles // len(PHOTOS))
-    images, labels, keys = photo_tiles(per_label + 1)
-    x = to_tensor(images)
-    y = torch.tensor([label_set.index(lab) for lab in labels])
-    ok = torch.ones(len(images), dtype=torch.bool)
-    with torch.no_grad():
-        for model, geometry in judges.values():
-            ok &= torch.cat([model(x[i : i + 16], geometry).argmax(1)
-                             for i in range(0, len(x), 16)]) == y
-    keep, seen = [], {}
-    for i in np.flatnonzero(ok.numpy()).tolist():
-        key = keys[i]
-        if seen.get(key, 0) < per_label:
-            keep.append(i)
-            seen[key] = seen.get(key, 0) + 1
-    images, labels = [images[i] for i in keep], [labels[i] for i in keep]
-    surrogates, verifiers = SETTINGS[args.setting]
-    config = dataclasses.replace(HardenConfig(eps=args.eps, steps=args.steps), **overrides)
-    t0 = time.perf_counter()
-    hardener = Hardener(label_set, surrogates=surrogates, verifiers=verifiers, config=config)
-    setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results = hardener.run(images, labels)
-    seconds = time.perf_counter() - t0
-    hardened = [r.image for r in results]
-    inside, outside = judge_views()
-    figures = {
-        "setting": args.setting, "engine": args.engine,
-        "geometry_eot": not args.no_geometry, "geometry_p": args.geometry_p,
-        "nlm_grad": nlm_grad_in_use(),
-        "config": dataclasses.asdict(hardener.config),
-        "surrogates": list(surrogates), "verifiers": list(verifiers),
-        "tiles": len(images), "per_photo": seen, "labels": list(label_set),
-        "fooled_by_engine": round(sum(r.fooled for r in results) / len(results), 4),
-        "ssim": {"mean": round(float(np.mean([r.ssim for r in results])), 4),
-                 "min": round(float(np.min([r.ssim for r in results])), 4),
-                 "p10": round(float(np.percentile([r.ssim for r in results], 10)), 4)},
-        "psnr_mean": round(float(np.mean([r.psnr for r in results])), 2),
-        "linf_mean": round(float(np.mean([r.linf for r in results])), 2),
-        "steps_mean": round(float(np.mean([r.steps for r in results])), 2),
-        "seconds_per_image": round(seconds / len(results), 3),
-        "seconds": round(seconds, 1), "setup_seconds": round(setup, 1),
-        "scheduler_time": {k: round(v, 1) for k, v in hardener.scheduler.time.items()},
-        "clean": judge(images, labels, label_set, judges, inside[:1]),
-        "inside": judge(hardened, labels, label_set, judges, inside),
-        "outside": judge(hardened, labels, label_set, judges, outside),
-    }
-    # SSIM recomputed on the delivered PNG pixels, independently of the engine's figure
-    ssim = metrics.ssim(to_tensor(hardened), to_tensor(images))
-    figures["ssim"]["recomputed_min"] = round(float(ssim.min()), 4)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.markdown:
+        runs = [p for p in args.markdown if "inside" in json.loads(p.read_text())]
+        for p in sorted(set(args.markdown) - set(runs)):
+            print(f"skipped {p}: not an efficacy result", file=sys.stderr)
+        print(render(runs))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    figures = run(args.setting, args.engine, args.per_photo, args.eps, args.steps)
     text = json.dumps(figures, indent=1)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -322,5 +306,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     raise SystemExit(main())

@@ -9,19 +9,25 @@ from collections.abc import Iterator
 import click
 
 from ..engine.errors import RunError
+from ..engine.onnx.spec import ExportError, ManifestError, ParityError
 
 __all__ = ["RunError", "describe", "fail_cleanly", "list_option", "split_list"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-EXIT_CODES_EPILOG = (
-    "\b\nExit codes:\n"
-    "  0    the run completed (some images may stay unfooled or be unreadable;\n"
-    "       see results.jsonl)\n"
-    "  1    the run failed (bad model name, no images, unusable labels, ...)\n"
-    "  2    usage error (bad option)\n"
-    "  130  interrupted (Ctrl-C); finished images are kept, --resume goes on"
-)
+def exit_codes(done: str, interrupted: str = "interrupted (Ctrl-C)") -> str:
+    """A command's exit-code epilog: what 0 and 130 mean for it."""
+    return ("\b\nExit codes:\n"
+            f"  0    {done}\n"
+            "  1    failed (bad model name, no images, unusable labels, ...)\n"
+            "  2    usage error (bad option)\n"
+            f"  130  {interrupted}")
+
+
+EXIT_CODES_EPILOG = exit_codes(
+    "the run completed (some images may stay unfooled or be unreadable;\n"
+    "       see results.jsonl)",
+    "interrupted (Ctrl-C); finished images are kept, --resume goes on")
 
 
 
@@ -47,12 +53,12 @@ def list_option(_ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def _typed_errors() -> tuple[type[BaseException], ...]:
-    """The errors that carry a message meant for the user (imported lazily: torch is heavy)."""
+    """The errors that carry a message meant for the user (the modules that define the others
+    import torch or the image code, so they load on the first error)."""
     from ..engine.dataset import DatasetError
     from ..engine.images import ImageLoadError
     from ..engine.solver import ConversionError, SolverParityError, SolverSpecError
     from ..engine.zoo import LabelMapError, ModelNameError, ModelUnavailableError
-    from ..export import ExportError, ManifestError, ParityError
 
     return (DatasetError, ImageLoadError, ModelNameError, ModelUnavailableError, LabelMapError,
             ExportError, ParityError, ManifestError, SolverSpecError, ConversionError,

@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, RunError, fail_cleanly
+from ..engine.config import HardenConfig
+from .common import EXIT_INTERRUPTED, RunError, exit_codes, fail_cleanly
+from .harden import summary_table
 
 TILE = 224
 CHECK_MODEL = "effnet-lite2"  # the default verifier: tiles it gets wrong clean are dropped
@@ -143,7 +145,7 @@ def write_demo_input(input_dir: Path, per_photo: int, echo: Callable[[str], None
     return len(kept)
 
 
-@click.command("demo", epilog=EXIT_CODES_EPILOG)
+@click.command("demo", epilog=exit_codes("the demo ran and wrote its report"))
 @click.option("--out", "out_dir", default="advx-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Demo folder: tiles go to OUT/input, hardened tiles to OUT/hardened.")
@@ -166,9 +168,7 @@ def demo_cmd(out_dir: Path, steps: int, tiles_per_photo: int, quiet: bool) -> No
       advx demo --out /tmp/advx-demo
       advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms solver
     """
-    from ..engine.config import HardenConfig
     from ..engine.folder import HardenJob, run_harden
-    from .harden import summary_table
 
     def echo(msg: str) -> None:
         if not quiet:

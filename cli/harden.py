@@ -15,17 +15,15 @@ from ..engine.defaults import (
     DEFAULT_TEMPLATES,
     DEFAULT_VERIFIERS,
     TEMPLATE_SETS,
-    TRANSFORM_PRESETS,
-    VIEW_GLOSSARY,
-    view_matrices,
 )
+from ..engine.presets import TRANSFORM_PRESETS, VIEW_GLOSSARY, get_preset, view_matrices
 from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, fail_cleanly, list_option
 
-D = HardenConfig  # the engine's defaults, read from the (torch-free) config class
-VIEW_MATRICES = view_matrices() + "\n" + VIEW_GLOSSARY
+DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-free)
 
 
-@click.command("harden", epilog="\b\nView matrices (--transforms):\n" + view_matrices() + "\n\n"
+@click.command("harden", epilog="\b\nView matrices and roles (--transforms, --decide):\n"
+               + view_matrices() + "\n\n"
                + VIEW_GLOSSARY + "\n\n" + EXIT_CODES_EPILOG)
 @click.argument("input_dir", metavar="INPUT",
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -53,41 +51,52 @@ VIEW_MATRICES = view_matrices() + "\n" + VIEW_GLOSSARY
               callback=list_option,
               help="Comma list of models that must be fooled, run as ONNX (a foreign solver "
                    "runs its own graph).")
-@click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=D.eps,
+@click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=DEFAULTS.eps,
               show_default=True, help="L-inf budget in /255 units.")
-@click.option("--steps", type=click.IntRange(min=0), default=D.steps, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=DEFAULTS.steps, show_default=True,
               help="Attack step limit per image.")
-@click.option("--attack", type=click.Choice(ATTACKS), default=D.attack, show_default=True,
+@click.option("--attack", type=click.Choice(ATTACKS), default=DEFAULTS.attack, show_default=True,
               help="auto: pgd when every verifier is also a surrogate (white-box, e.g. a "
                    "solver spec as both), else mifgsm with a Nesterov look-ahead, input "
-                   "diversity and skip gradients through residual blocks (for transfer); "
-                   "svre: mifgsm with ensemble variance reduction (about twice the surrogate "
-                   "passes; see benchmarks/EFFICACY.md before choosing it).")
-@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default=D.transforms,
+                   "diversity and skip gradients through residual blocks (for transfer). "
+                   "Choose one yourself only to compare them.")
+@click.option("--transforms", type=click.Choice(TRANSFORM_PRESETS), default=DEFAULTS.transforms,
               show_default=True, help="The solver views: what a solver may do to a tile before "
               "its network answers (attacked in expectation, every view verified exactly on "
               "the delivered file; solver and robust also attack each surrogate through "
               "other solvers' resize and crop). The view matrices are listed below.")
+@click.option("--decide", callback=list_option, metavar="VIEWS|all",
+              help="Comma list of the views an image must beat before it is done (the others "
+                   "of --transforms are reported: scored, never blocking), or 'all' for every "
+                   "view of the matrix [default: the preset's deciding views, listed below]. A "
+                   "verifier that is also a surrogate is held to every view.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
-              default=D.output_format,
+              default=DEFAULTS.output_format,
               show_default=True, help="Output image format (verification scores exactly it).")
-@click.option("--quality", type=click.IntRange(1, 100), default=D.jpeg_quality, show_default=True,
+@click.option("--quality", type=click.IntRange(1, 100), default=DEFAULTS.jpeg_quality,
+              show_default=True,
               help="JPEG quality of --format jpeg.")
-@click.option("--device", default=D.device, show_default=True,
+@click.option("--device", default=DEFAULTS.device, show_default=True,
               help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-@click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
+              show_default=True,
               help="Images attacked together.")
-@click.option("--seed", type=int, default=D.seed, show_default=True)
-@click.option("--margin", type=float, default=D.required_margin, show_default=True,
-              help="Logit margin by which every verifier must be wrong.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--required-margin", type=float, default=DEFAULTS.required_margin,
+              show_default=True,
+              help="Logit margin by which every verifier must be wrong; raise it when the "
+                   "solvers you face may differ a little from your verifiers (e.g. other "
+                   "versions of a solver).")
 @click.option("--ssim-floor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=D.ssim_floor, show_default=True,
+              default=DEFAULTS.ssim_floor, show_default=True,
               help="The delivered file's SSIM never falls below this (the perturbation is "
                    "scaled back where a step would cross it).")
-@click.option("--eps-rungs", type=click.IntRange(1, 6), default=D.eps_rungs, show_default=True,
+@click.option("--eps-rungs", type=click.IntRange(1, 6), default=DEFAULTS.eps_rungs,
+              show_default=True,
               help="Minimal perturbation: start at eps / 2^(rungs-1) and widen only images "
                    "still unfooled (1 = the whole eps at once).")
-@click.option("--texture-mask", type=click.FloatRange(0, 1, min_open=True), default=D.texture_mask,
+@click.option("--texture-mask", type=click.FloatRange(0, 1, min_open=True),
+              default=DEFAULTS.texture_mask,
               show_default=True, help="Share of eps that flat regions may use (textured "
                                       "ones use all of it); 1 = uniform.")
 @click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=DEFAULT_TEMPLATES,
@@ -111,8 +120,9 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
                label_set: tuple[str, ...] | None, label_map: Path | None, decoy: str | None,
                surrogates: tuple[str, ...],
                verifiers: tuple[str, ...], eps: float, steps: int, attack: str, transforms: str,
-               output_format: str, quality: int, device: str, batch_size: int, seed: int,
-               margin: float, ssim_floor: float | None, eps_rungs: int, texture_mask: float,
+               decide: tuple[str, ...] | None, output_format: str, quality: int, device: str,
+               batch_size: int, seed: int, required_margin: float, ssim_floor: float | None,
+               eps_rungs: int, texture_mask: float,
                templates: str, max_side: int, ray_address: str | None,
                ray_workers: int | None, resume: bool, quiet: bool, as_json: bool) -> None:
     """Harden the labelled images in INPUT so that AI solvers misclassify them.
@@ -121,10 +131,15 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
     any layout with --labels CSV; a folder with one label is a binary challenge ("select all
     X") against built-in negatives. Each image is attacked on the --surrogates until every
     --verifier is fooled by its own decision rule (a wrong top label; for a multi-label
-    solver, P(X) below its threshold) under every --transforms view (or --steps run out),
-    then written to OUT at the same relative path. Unreadable inputs get an error record; the
-    run goes on. Resumable: records are written as images finish; Ctrl-C and --resume lose
-    nothing.
+    solver, P(X) below its threshold) under each deciding view of --transforms (--decide),
+    or until more steps stop helping or --steps run out. The reported views are scored on the
+    delivered file and shown in every figure. Images are written to OUT at the same relative
+    path as PNG (the extension becomes .png; --format jpeg writes JPEG). Unreadable inputs get
+    an error record; the run goes on. Resumable: records are written as images finish;
+    Ctrl-C and --resume lose nothing.
+
+    The summary opens, per verifier, with the share of tiles it gets wrong under all its
+    deciding views and its 3x3 grid solve rate before and after under each view.
 
     \b
     Example:
@@ -141,10 +156,13 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
         raise click.UsageError("--ray-workers needs --ray")
 
     try:
+        if decide == ("all",):
+            decide = get_preset(transforms).views
         config = HardenConfig(eps=eps, steps=steps, attack=attack, transforms=transforms,
+                              decide=decide,
                               output_format=output_format, jpeg_quality=quality,
                               batch_size=batch_size, device=device, seed=seed,
-                              required_margin=margin,
+                              required_margin=required_margin,
                               ssim_floor=ssim_floor, eps_rungs=eps_rungs,
                               texture_mask=None if texture_mask >= 1 else texture_mask)
     except ValueError as e:
@@ -174,6 +192,25 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
         sys.exit(EXIT_INTERRUPTED)
 
 
+def headline_lines(s: dict) -> list[str]:
+    """Per verifier: the share of tiles beaten under all its deciding views, and its 3x3 grid
+    solve rate before -> after under each view (reported views marked)."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0%}"
+
+    lines = []
+    for v, h in (s.get("headline") or {}).items():
+        deciding = h.get("deciding") or []
+        lines.append(f"  {v}: wrong under all deciding views ({', '.join(deciding)}) on "
+                     f"{pct(h.get('beaten_rate'))} of the tiles")
+        grids = ", ".join(f"{w}{'' if w in deciding else ' (reported)'} "
+                          f"{pct(g.get('before'))} -> {pct(g.get('after'))}"
+                          for w, g in (h.get("grid_solve_rate") or {}).items())
+        if grids:
+            lines.append(f"    3x3 grids solved: {grids}")
+    return lines
+
+
 def summary_table(s: dict, out_dir: Path) -> str:
     def num(v: float | None, spec: str, unit: str = "") -> str:
         return "-" if v is None else f"{v:{spec}}{unit}"
@@ -181,7 +218,10 @@ def summary_table(s: dict, out_dir: Path) -> str:
     rows = [
         ("inputs", f"{s['total']}" + (f" ({s['pending']} pending)" if s["pending"] else "")),
         ("fooled", s["fooled"]), ("unfooled", s["unfooled"]), ("errors", s["errors"]),
-        ("fooled rate", num(s["fooled_rate"], ".1%")),
+        ("fooled rate", num(s["fooled_rate"], ".1%") + "  (every verifier wrong under its "
+                                                         "deciding views, by the margin)"),
+        ("strict rate", num(s.get("fooled_every_view_rate"), ".1%")
+         + "  (wrong under every view, the reported ones too)"),
         ("mean PSNR", num(s["mean_psnr"], ".2f", " dB")),
         ("mean SSIM", num(s["mean_ssim"], ".4f")),
         ("mean L-inf", num(s["mean_linf"], ".2f", "/255")),
@@ -202,4 +242,4 @@ def summary_table(s: dict, out_dir: Path) -> str:
         ("report", str(out_dir / "report.html")),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    return "\n".join([*headline_lines(s), *(f"  {k:<{width}}  {v}" for k, v in rows)])

@@ -1,5 +1,9 @@
-"""The ``advx`` command line. Heavy modules (torch, the engine) load inside the commands, so
-``advx --help`` stays fast."""
+"""The ``advx`` command line.
+
+The commands import the engine's models, images and folder runs inside their functions: at
+import the CLI loads only click, numpy and the engine's torch-free declarations (defaults,
+presets, config, errors) its options name, so ``advx --help`` is fast and never imports torch
+(checked by tests/test_cli.py)."""
 
 from __future__ import annotations
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from ..engine.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
-from .common import EXIT_CODES_EPILOG, fail_cleanly, list_option
-
-PRECISIONS = ("fp32", "fp16")
+from ..engine.onnx.spec import PRECISIONS
+from .common import exit_codes, fail_cleanly, list_option
 
 
 @click.command("models")
@@ -43,7 +42,7 @@ def models_cmd(show_all: bool) -> None:
             click.echo(f"open_clip:{arch}/{tag}")
 
 
-@click.command("export", epilog=EXIT_CODES_EPILOG)
+@click.command("export", epilog=exit_codes("the export was written and passed its checks"))
 @click.argument("model")
 @click.option("--labels", "labels", required=True, callback=list_option,
               help="Comma list of the labels the exported classifier scores.")
@@ -70,16 +69,11 @@ def export_cmd(model: str, labels: tuple[str, ...], precision: str, out_dir: Pat
       advx export effnet-lite2 --labels bus,car,bicycle --precision fp16 --out lite2-fp16/
     """
     with fail_cleanly():
-        from ..engine.zoo import create_classifier, is_solver_name, load_label_map
-        from ..export import ExportSpec, export_classifier
-        from .common import RunError
+        from ..engine.zoo import load_label_map
+        from ..export import ExportSpec, export_model
 
-        if ":" in model and is_solver_name(model):
-            raise RunError(f"{model} is already an ONNX graph: name it directly in "
-                           f"--verifiers / advx eval --models")
-        clf = create_classifier(model, labels, templates=templates,
-                                label_map=load_label_map(label_map))
-        manifest = export_classifier(clf, out_dir, ExportSpec(precision=precision))
+        manifest = export_model(model, labels, out_dir, ExportSpec(precision=precision),
+                                templates=templates, label_map=load_label_map(label_map))
     p = manifest.parity
     click.echo(f"exported {manifest.source_model} ({manifest.precision}, opset {manifest.opset}, "
                f"{len(manifest.labels)} labels, input {manifest.input_size} px)")

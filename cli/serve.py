@@ -1,113 +1,56 @@
-"""``advx serve``: hardening over HTTP (FastAPI + uvicorn), for backends in any language.
+"""``advx serve``: hardening over HTTP, for backends in any language. The application is
+:func:`advx.engine.http.create_app`; this command builds the models and runs it (uvicorn in
+this process, or Ray Serve replicas with ``--ray``)."""
 
-    POST /harden   multipart: image (file), label, [label_set], [eps], [steps]
-                   -> 200 image/png (the hardened image); the result record (status, steps,
-                      margins per verifier and view, SSIM, ...) as JSON in the X-Advx-Result
-                      header
-    GET  /healthz  -> {"status": "ok", "queued": n, "served": n}
-    GET  /models   -> the models loaded and the registry's names
+from __future__ import annotations
 
-Every bad request gets a 4xx JSON body {"error": "..."}; the server stays up. Uploads are
-capped in bytes and in decoded pixels (decompression bombs), each request in time.
-"""
-
-# no `from __future__ import annotations`: FastAPI reads the endpoint's annotations, whose
-# types are imported inside create_app (fastapi stays out of `advx --help`)
-import asyncio
-import json
+import importlib
+import os
 from pathlib import Path
 
 import click
 
 from ..engine.defaults import (
+    DEFAULT_MAX_SIDE,
     DEFAULT_SURROGATES,
     DEFAULT_TEMPLATES,
     DEFAULT_VERIFIERS,
+    SERVE_MAX_LABEL_SETS,
+    SERVE_MAX_PIXELS,
+    SERVE_MAX_QUEUE,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_TIMEOUT_S,
+    SERVE_TOKEN_ENV,
     TEMPLATE_SETS,
 )
-from .common import fail_cleanly, list_option
+from .common import fail_cleanly, list_option, split_list
 
-MAX_UPLOAD_MB = 20
-MAX_PIXELS = 40_000_000
-TIMEOUT_S = 600.0
+SERVE_EXTRAS = ("fastapi", "uvicorn", "python_multipart")
 
 
-def create_app(service, *, max_upload: int = MAX_UPLOAD_MB << 20,
-               max_pixels: int = MAX_PIXELS, timeout_s: float = TIMEOUT_S):
-    """The FastAPI application around a :class:`advx.engine.service.HardenService`."""
-    from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-
-    from .. import __version__
-    from ..engine.images import ImageLoadError, decode_image_bytes, encode_image
-
-    app = FastAPI(title="advx", version=__version__,
-                  description="Harden image-CAPTCHA tiles against AI solvers.")
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError):
-        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) or "body"
-                           for e in exc.errors())
-        return error(422, f"missing or invalid fields: {fields}")
-
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "queued": service.pending(), "served": service.served,
-                "batches": service.batches, "busy": service.busy}
-
-    @app.get("/models")
-    async def models():
-        from ..engine.zoo import list_entries
-
-        return {"surrogates": list(service.surrogates), "verifiers": list(service.verifiers),
-                "label_set": list(service.default_label_set),
-                "transforms": service.config.transforms,
-                "registry": [e.name for e in list_entries()]}
-
-    @app.post("/harden")
-    async def harden(image: UploadFile = File(...), label: str = Form(...),  # noqa: B008
-                     label_set: str | None = Form(None), eps: float | None = Form(None),
-                     steps: int | None = Form(None)):
-        data = await image.read(max_upload + 1)
-        if len(data) > max_upload:
-            return error(413, f"upload over {max_upload >> 20} MB")
-        if not data:
-            return error(400, "empty file (0 bytes)")
-        if eps is not None and not 0 < eps <= 64:
-            return error(422, f"eps must be in (0, 64] (/255 units), got {eps}")
-        if steps is not None and not 0 <= steps <= 1000:
-            return error(422, f"steps must be in [0, 1000], got {steps}")
+def missing_extras(modules=SERVE_EXTRAS) -> list[str]:
+    missing = []
+    for name in modules:
         try:
-            pixels = decode_image_bytes(data, max_pixels=max_pixels)
-        except ImageLoadError as e:
-            status = 413 if "decompression bomb" in e.reason else 400
-            return error(status, f"not a usable image: {e.reason}")
-        if min(pixels.shape[:2]) < 8:
-            return error(400, f"image too small to harden: {pixels.shape[1]}x{pixels.shape[0]}")
-        labels = [p.strip() for p in label_set.split(",") if p.strip()] if label_set else None
-        try:
-            future = service.submit(pixels, label.strip(), label_set=labels, eps=eps,
-                                    steps=steps)
-        except ValueError as e:
-            return error(400, str(e))
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
-        except TimeoutError:
-            future.cancel()
-            return error(504, f"not hardened within {timeout_s:g} s")
-        except Exception as e:  # a model error for this request's label set
-            return error(400, f"{type(e).__name__}: {e}")
-        from ..engine.service import result_header
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name.replace("_", "-"))
+    return missing
 
-        record = json.dumps(result_header(result), allow_nan=False, default=str)
-        return Response(encode_image(result.image, "png"), media_type="image/png",
-                        headers={"X-Advx-Result": record})
 
-    return app
+def _label_sets(_ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
+    out = []
+    for v in values:
+        items = split_list(v)
+        if len(items) < 2 or len(set(items)) != len(items):
+            raise click.BadParameter(f"{v!r}: two or more distinct labels, comma separated",
+                                     param=param)
+        out.append(items)
+    return tuple(out) or None
+
+
+def _loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
 @click.command("serve")
@@ -115,7 +58,7 @@ def create_app(service, *, max_upload: int = MAX_UPLOAD_MB << 20,
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--label-set", required=True, callback=list_option,
               help="Comma list of the labels a solver chooses among (requests may send "
-                   "another label_set).")
+                   "another label_set; order does not matter).")
 @click.option("--surrogates", default=",".join(DEFAULT_SURROGATES), show_default=True,
               callback=list_option)
 @click.option("--verifiers", default=",".join(DEFAULT_VERIFIERS), show_default=True,
@@ -132,42 +75,86 @@ def create_app(service, *, max_upload: int = MAX_UPLOAD_MB << 20,
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Requests hardened together.")
-@click.option("--max-upload-mb", type=click.IntRange(min=1), default=MAX_UPLOAD_MB,
-              show_default=True)
-@click.option("--max-pixels", type=click.IntRange(min=64), default=MAX_PIXELS,
-              show_default=True, help="Decoded pixels per image (decompression bombs).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=TIMEOUT_S,
-              show_default=True, help="Seconds per request before a 504.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=SERVE_MAX_QUEUE, show_default=True,
+              help="Requests waiting for the worker; beyond it 429 with Retry-After.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=SERVE_TIMEOUT_S,
+              show_default=True, help="Seconds per request, from its arrival, before a 504; "
+                                      "its work stops then.")
+@click.option("--max-upload-mb", type=click.IntRange(min=1), default=SERVE_MAX_UPLOAD_MB,
+              show_default=True, help="Image upload cap, enforced while the body streams.")
+@click.option("--max-pixels", type=click.IntRange(min=64), default=SERVE_MAX_PIXELS,
+              show_default=True, help="Pixels per image, read from its header before "
+                                      "decoding (decompression bombs).")
+@click.option("--max-side", type=click.IntRange(min=32), default=DEFAULT_MAX_SIDE,
+              show_default=True, help="Longer sides above this are attacked on a downscaled "
+                                      "copy; the result comes back at the input's size.")
+@click.option("--max-label-sets", type=click.IntRange(min=1), default=SERVE_MAX_LABEL_SETS,
+              show_default=True, help="Label sets whose models and ONNX exports are kept "
+                                      "(least recently used out, exports deleted).")
+@click.option("--allow-label-set", "allowed", multiple=True, callback=_label_sets,
+              help="Only these label sets (and --label-set) may be requested (repeatable; "
+                   "default: any).")
+@click.option("--token", envvar=SERVE_TOKEN_ENV, show_envvar=True, default=None,
+              help="Require `Authorization: Bearer TOKEN` on every path (401 otherwise).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Serve from Ray Serve replicas: 'local' (a Ray instance on loopback), "
+                   "'auto' or a cluster address.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: hardening replicas (each holds the models).")
 def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tuple[str, ...],
               verifiers: tuple[str, ...], eps: float, steps: int, transforms: str,
               label_map: Path | None, templates: str, device: str, batch_size: int,
-              max_upload_mb: int, max_pixels: int, timeout_s: float) -> None:
+              max_queue: int, timeout_s: float, max_upload_mb: int, max_pixels: int,
+              max_side: int, max_label_sets: int, allowed, token: str | None,
+              ray_address: str | None, replicas: int) -> None:
     """Serve hardening over HTTP: models load once, concurrent requests are hardened together.
 
     \b
     POST /harden   multipart: image, label, [label_set], [eps], [steps]
                    -> the hardened PNG; the result record as JSON in the
                       X-Advx-Result header
-    GET  /healthz, GET /models
+    GET  /healthz, GET /models (and /docs)
 
     \b
     Example:
       advx serve --label-set bus,car,bicycle --port 8000
       curl -F image=@tile.jpg -F label=bus http://127.0.0.1:8000/harden -o hardened.png -D -
     """
+    missing = missing_extras()
+    if missing:
+        raise click.ClickException(f"advx serve needs the serve extras ({', '.join(missing)} "
+                                   f"missing): pip install 'advx[serve]'")
+    if ray_address is not None and missing_extras(("ray.serve",)):
+        raise click.ClickException("advx serve --ray needs Ray Serve: pip install 'advx[ray]'")
+    if not token and not _loopback(host):
+        click.echo(f"warning: serving on {host} without --token (or ${SERVE_TOKEN_ENV}): "
+                   f"anyone who can reach it may use it", err=True)
     with fail_cleanly():
-        import uvicorn
-
         from ..engine.config import HardenConfig
-        from ..engine.service import HardenService
+        from ..engine.http import Limits, create_app, serve_forever
         from ..engine.zoo import load_label_map
 
         config = HardenConfig(eps=eps, steps=steps, transforms=transforms, device=device,
                               batch_size=batch_size)
-        service = HardenService(label_set, surrogates=surrogates, verifiers=verifiers,
-                                config=config, templates=templates,
-                                label_map=load_label_map(label_map), max_batch=batch_size)
-        app = create_app(service, max_upload=max_upload_mb << 20, max_pixels=max_pixels,
-                         timeout_s=timeout_s)
-    click.echo(f"advx serve: models loaded; listening on http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+        limits = Limits(max_upload=max_upload_mb << 20, max_pixels=max_pixels,
+                        max_side=max_side, timeout_s=timeout_s)
+        service_args = dict(surrogates=surrogates, verifiers=verifiers, config=config,
+                            templates=templates, label_map=load_label_map(label_map),
+                            max_batch=batch_size, max_label_sets=max_label_sets,
+                            max_queue=max_queue, max_side=max_side,
+                            allowed_label_sets=allowed)
+        if ray_address is not None:
+            from ..engine.ray_serve import serve_on_ray
+
+            serve_on_ray(ray_address, label_set, service_args, limits, token=token, host=host,
+                         port=port, replicas=replicas,
+                         echo=lambda m: click.echo(m, err=True))
+            return
+        from ..engine.service import HardenService
+
+        service = HardenService(label_set, **service_args)
+        app = create_app(service, limits=limits, token=token)
+    click.echo(f"advx serve: models loaded; listening on http://{host}:{port}"
+               + (" (bearer token required)" if token else ""), err=True)
+    os.environ.pop(SERVE_TOKEN_ENV, None)  # not inherited by anything started from here
+    serve_forever(app, host, port)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_CODES_EPILOG, RunError, fail_cleanly
+from ..engine.files import write_text_atomic
+from .common import RunError, exit_codes, fail_cleanly, split_list
 
 SPEC_HELP = """\b
 A solver spec (schema v1) is a JSON file; `model` is relative to it:
@@ -47,7 +48,7 @@ def solver_cmd() -> None:
     """
 
 
-@solver_cmd.command("init", epilog=EXIT_CODES_EPILOG)
+@solver_cmd.command("init", epilog=exit_codes("the spec was written"))
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the spec (JSON).")
@@ -64,7 +65,6 @@ def init_cmd(model: Path, out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise click.UsageError(f"{out} exists; pass --force to overwrite it")
     with fail_cleanly():
-        from ..engine.files import write_text_atomic
         from ..engine.solver.template import dumps_spec, init_template
 
         spec, todo = init_template(model, out)
@@ -81,7 +81,7 @@ def init_cmd(model: Path, out: Path, force: bool) -> None:
     click.echo(f"Then: advx solver check {out}")
 
 
-@solver_cmd.command("check", epilog=EXIT_CODES_EPILOG)
+@solver_cmd.command("check", epilog=exit_codes("the spec and its graph passed every check"))
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--labels", "labels", default=None,
@@ -94,8 +94,6 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
     Exit code 1 names the field of the spec to fix. A graph that cannot be converted is
     reported (it can still verify, but not be attacked with its own gradients).
     """
-    from .common import split_list
-
     with fail_cleanly():
         import torch
 

@@ -10,15 +10,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attacks import ATTACK_CLASSES, Attack
+from .attacks import ATTACKS, Attack
 from .checks import check_surrogate
-from .config import HardenConfig
+from .config import HardenConfig, Plan
 from .defaults import DEFAULT_SURROGATES, DEFAULT_TEMPLATES, DEFAULT_VERIFIERS
 from .ensemble import Ensemble
+from .onnx.cache import export_cached
+from .onnx.verifier import OnnxVerifier
+from .pixels import as_float
 from .results import HardenResult
 from .scheduler import Scheduler, Scorer
-from .transforms import AUGMENTS, InputDiversity
-from .views import get_preset
+from .solver import ConversionError, SolverParityError
+from .transforms import InputDiversity
+from .views import eot_of
+from .zoo import create_classifier, create_verifier, is_solver_name
 from .zoo.labels import LabelMap, LabelMapError, load_label_map
 
 log = logging.getLogger(__name__)
@@ -66,9 +71,6 @@ def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[
     """Surrogate models over ``label_set``. A foreign solver whose graph has no torch
     equivalent (or fails parity) is left out with one warning naming why, and its name is
     appended to ``no_gradient`` (it still verifies); other errors raise."""
-    from .solver import ConversionError, SolverParityError
-    from .zoo import create_classifier
-
     models = []
     for s in surrogates:
         try:
@@ -85,8 +87,8 @@ def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[
             raise ValueError(f"surrogate {getattr(m, 'name', m)} is not over the label set")
         check_surrogate(m, device=device)
         if device.type == "cpu" and getattr(m, "kind", None) == "imagenet":
-            # oneDNN's convolutions run forward and backward ~5% faster per attack step
-            # (2 cores, EfficientNet-Lite), same values to float rounding
+            # oneDNN's convolutions run forward and backward faster in this layout, with
+            # the same values to float rounding
             m.core.visual.to(memory_format=torch.channels_last)
         models.append(m)
     return models
@@ -97,9 +99,6 @@ def build_verifiers(verifiers: Sequence[str | Scorer], label_set: Sequence[str],
                     label_map: LabelMap | None = None) -> list[Scorer]:
     """Names become cached ONNX exports (fp16 on CUDA, fp32 on CPU); foreign solvers
     (``onnx:SPEC.json``) run their own graph in onnxruntime."""
-    from ..export import OnnxVerifier, export_cached
-    from .zoo import create_verifier, is_solver_name
-
     precision = "fp16" if device.type == "cuda" else "fp32"
     out = []
     for v in verifiers:
@@ -141,34 +140,20 @@ def default_label_set(labels: Sequence[str], label_map: LabelMap | None = None
     return seen
 
 
-def make_attack(ensemble: Ensemble, config: HardenConfig, device: torch.device,
+def make_attack(ensemble: Ensemble, config: HardenConfig, plan: Plan, device: torch.device,
                 generator: torch.Generator) -> Attack:
-    cls = ATTACK_CLASSES[config.attack]
-    kwargs: dict[str, Any] = {}
-    if config.attack in ("mifgsm", "svre"):
-        kwargs["decay"] = config.momentum
-    if config.attack == "mifgsm":
-        kwargs["nesterov"] = config.nesterov
-    return cls(
+    return ATTACKS[plan.attack](
         ensemble,
         eps_01=config.eps_01,
         alpha_01=config.alpha_01,
         steps=config.steps,
-        random_start=config.random_start,
-        loss=config.loss,
         targeted=config.targeted,
-        eot=get_preset(config.transforms),
-        eot_samples=config.eot_samples,
-        diversity=InputDiversity(config.diversity_prob) if config.diversity_prob > 0 else None,
-        augments=tuple(AUGMENTS[a]() for a in config.augments),
-        fia_copies=config.fia,
-        skip_gamma=None if config.skip_gamma in (None, 1.0) else config.skip_gamma,
-        ghost=config.ghost,
-        members_per_step=config.members_per_step,
-        ti_size=config.ti_kernel,
+        eot=eot_of(config.transforms),
+        eot_samples=plan.eot_samples,
+        diversity=InputDiversity(plan.diversity_prob) if plan.diversity_prob > 0 else None,
+        skip_gamma=plan.skip_gamma,
         amp_dtype=amp_dtype(config, device),
         generator=generator,
-        **kwargs,
     )
 
 
@@ -230,29 +215,30 @@ class Hardener:
         surrogate_names = {getattr(m, "name", None) for m in members}
         self.white_box = bool(self.verifiers) and all(
             getattr(v, "name", None) in surrogate_names for v in self.verifiers)
-        self.config = config = config.resolved(self.white_box)
-        self.scheduler = Scheduler(
-            make_attack(self.ensemble, config, self.device, self.generator),
-            list(self.ensemble.members), self.verifiers, self.label_set, config, self.device,
-        )
+        self.plan = Plan.of(config, self.white_box)
+        self.scheduler = self._scheduler()
         self._real_parity_checked = False
 
     def with_config(self, config: HardenConfig) -> Hardener:
         """Another schedule (budget, steps, views) on the same models, built at no cost."""
         other = object.__new__(Hardener)
         other.__dict__.update(self.__dict__)
-        other.config = config = config.resolved(self.white_box)
+        other.config = config
+        other.plan = Plan.of(config, self.white_box)
         other.generator = torch.Generator().manual_seed(config.seed)
-        other.scheduler = Scheduler(
-            make_attack(self.ensemble, config, self.device, other.generator),
-            list(self.ensemble.members), self.verifiers, self.label_set, config, self.device)
+        other.scheduler = other._scheduler()
         return other
+
+    def _scheduler(self) -> Scheduler:
+        return Scheduler(make_attack(self.ensemble, self.config, self.plan, self.device,
+                                     self.generator),
+                         list(self.ensemble.members), self.verifiers, self.label_set,
+                         self.config, self.device, relax_mask=self.plan.relax_mask)
 
     def _check_real_parity(self, images: Sequence[torch.Tensor]) -> None:
         """Converted solvers against their own onnxruntime graph on the first real tiles. One
         that disagrees there would attack with wrong gradients: it is left out of the ensemble
         (still verifying), with a warning."""
-        from .scheduler import as_float
         from .solver import SolverClassifier, SolverParityError
 
         self._real_parity_checked = True
@@ -281,13 +267,14 @@ class Hardener:
         self.verifiers += [m.solver.verifier(self.label_set, device=self.device.type)
                            for m in failed if m.name not in names]
         self.ensemble = Ensemble(keep)
-        self.scheduler = Scheduler(
-            make_attack(self.ensemble, self.config, self.device, self.generator),
-            keep, self.verifiers, self.label_set, self.config, self.device)
+        self.scheduler = self._scheduler()
 
     def run(self, images: Sequence[ImageLike], labels: Sequence[str],
             targets: Sequence[str | None] | None = None,
-            on_result: Callable[[HardenResult], None] | None = None) -> list[HardenResult]:
+            on_result: Callable[[HardenResult], None] | None = None,
+            should_stop: Callable[[int], bool] | None = None) -> list[HardenResult]:
+        """``should_stop(i)``: once true, image ``i`` leaves before the next attack step and
+        its result is None (the service's abandoned requests)."""
         labels = list(labels)
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -317,7 +304,7 @@ class Hardener:
         return self.scheduler.run(
             tensors, [index[y] for y in labels],
             [-1 if t is None else index[t] for t in targets] if targets is not None else None,
-            on_result,
+            on_result, should_stop,
         )
 
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .features import capture, feature_layer, feature_loss
 from .losses import Objective
 
 if TYPE_CHECKING:
@@ -23,9 +22,8 @@ def decision_of(model: nn.Module) -> str:
     return getattr(model, "decision", "closed")
 
 
-# CPU backward passes run on this many 224 px images at a time (fewer for larger ones): the
-# activations of a batch of 16 through EfficientNet-Lite1 alone take 2 GB; 4 at a time run as
-# fast (measured on 2 cores) in a quarter of that
+# CPU backward passes run on this many 224 px images at a time (fewer for larger ones): a
+# whole batch's activations would take gigabytes, and small runs are as fast per image
 CPU_MICRO_BATCH_PIXELS = 4 * 224 * 224
 
 
@@ -81,18 +79,14 @@ class Ensemble(nn.Module):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
         targets: torch.Tensor | None = None,
-        guides: Sequence[torch.Tensor | None] | None = None,
-        members: Sequence[int] | None = None,
         geometry: Geometry | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image weighted loss [N] and its gradient w.r.t. ``images`` [N, 3, H, W].
 
         ``objective(logits, labels, targets, decision)`` is read with each member's own decision
-        rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`). A
-        member with a guide (features.py, one per member or None) is attacked at its middle
-        layer instead of its logits. ``members``: the indices of the members that take part
-        (default all), their weights renormalised. ``geometry`` (a Geometry) replaces the
-        preprocessing of the members that take one (a ``geometry`` argument)."""
+        rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`).
+        ``geometry`` (a Geometry) replaces the preprocessing of the members that take one (a
+        ``geometry`` argument)."""
         objective = objective or Objective()
         x = images.detach().requires_grad_(True)
         xt = transform(x) if transform is not None else x
@@ -103,40 +97,25 @@ class Ensemble(nn.Module):
         chunk = self.micro_batch or micro_batch_size(tuple(xin.shape[1:]), xin.device)
         total_loss = torch.zeros(n, device=images.device)
         total_grad = torch.zeros_like(images)
-        chosen = list(range(len(self.members))) if members is None else list(members)
-        if (not chosen or len(set(chosen)) != len(chosen)
-                or any(not 0 <= i < len(self.members) for i in chosen)):
-            raise ValueError(f"members must be distinct indices of the ensemble's "
-                             f"{len(self.members)} members, got {chosen}")
-        scale = sum(self.weights[i] for i in chosen)
-        if scale <= 0:
-            raise ValueError(f"members {chosen} all have weight 0")
-        for i in chosen:
-            w, model = self.weights[i] / scale, self.members[i]
+        last = len(self.members) - 1
+        for i, (w, model) in enumerate(zip(self.weights, self.members, strict=True)):
             loss = torch.empty(n, device=images.device)
             g_in = torch.empty_like(xin)
-            guide = None if guides is None else guides[i]
-            layer = feature_layer(model) if guide is not None else None
             for lo in range(0, n, chunk):
                 rows = slice(lo, lo + chunk)
                 xr = xin[rows].detach().requires_grad_(True)
-                with (autocast or contextlib.nullcontext(),
-                      capture(layer) if layer is not None else contextlib.nullcontext() as seen):
+                with autocast or contextlib.nullcontext():
                     logits = (model(xr, geometry=geometry)
                               if geometry is not None and self.takes_geometry[i] else model(xr))
-                if layer is not None:
-                    part = feature_loss(seen[-1], guide[rows])
-                else:
-                    part = objective(logits.float(), labels[rows],
-                                     None if targets is None else targets[rows],
-                                     decision_of(model))
+                part = objective(logits.float(), labels[rows],
+                                 None if targets is None else targets[rows], decision_of(model))
                 (g_in[rows],) = torch.autograd.grad(part.sum(), xr)
                 loss[rows] = part.detach()
                 del logits, part
             if xt is x:
                 g = g_in
             else:
-                (g,) = torch.autograd.grad(xt, x, g_in, retain_graph=i != chosen[-1])
+                (g,) = torch.autograd.grad(xt, x, g_in, retain_graph=i != last)
             if self.normalize_grads:
                 g = unit_mean_abs(g)
             total_loss += w * loss

@@ -82,8 +82,8 @@ class GeometryDraw:
     geometry replaces a surrogate's own preprocessing for one gradient (the whole tile or a
     centre crop down to ``crop``, squashed or now and then letterboxed, any interpolation,
     antialiased or not). A solver attacked only through its own export's resize and crop is
-    fooled under it and much less when the same weights see the whole tile; 0.75 beat 0.5 on
-    the worse of the two views (benchmarks/EFFICACY.md)."""
+    fooled under it and much less when the same weights see the whole tile. ``p`` was chosen on
+    the efficacy benchmark (benchmarks/README.md)."""
 
     p: float = 0.75
     crop: float = 0.8

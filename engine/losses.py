@@ -13,11 +13,12 @@ A targeted (decoy) row asks the opposite: that the model picks / selects the dec
 Words kept apart: the **logit gap** (:func:`logit_gap`, :func:`multilabel_logit_gap`) is the
 raw quantity of one decision rule; the **fooling margin** (:func:`fooling_margin`) is the gap a
 model's own rule and the row's target call for, positive exactly when the model is fooled; the
-**required margin** (``HardenConfig.required_margin``, ``--margin``) is how large a fooling
-margin must be to count as fooled; the **margin loss** (``loss="margin"``) is the fooling
-margin capped at ``kappa``. The scheduler's candidate **score** sums fooling margins capped at
-the required margin (scoring.Verdict); an export's parity **decisive gap** is unrelated (the
-top-1 - top-2 logit gap above which fp16 must agree with fp32).
+**required margin** (``HardenConfig.required_margin``, ``--required-margin``) is how large a
+fooling margin must be to count as fooled; the **margin loss** (:class:`Objective`, what the
+attacks maximise) is the fooling margin capped at ``kappa``. The scheduler's candidate
+**score** sums fooling margins capped at the required margin (scoring.Verdict); an export's
+parity **decisive gap** is unrelated (the top-1 - top-2 logit gap above which fp16 must agree
+with fp32).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DECISIONS = ("closed", "multilabel")
 
 
@@ -43,19 +43,9 @@ def logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _best_other(logits, labels) - logits.gather(1, labels[:, None]).squeeze(1)
 
 
-def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Untargeted cross-entropy: push the true label's probability down."""
-    return F.cross_entropy(logits.float(), labels, reduction="none")
-
-
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
     """Untargeted CW margin loss, capped at ``kappa`` so fooled samples stop dominating."""
     return logit_gap(logits.float(), labels).clamp(max=kappa)
-
-
-def targeted_ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Targeted cross-entropy: pull the decoy label's probability up."""
-    return -F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def targeted_margin_loss(logits: torch.Tensor, targets: torch.Tensor,
@@ -82,45 +72,10 @@ def multilabel_margin_loss(logits: torch.Tensor, labels: torch.Tensor,
     return multilabel_logit_gap(logits, labels).clamp(max=kappa)
 
 
-def multilabel_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Untargeted binary cross-entropy of "selected for y": -log P(y), pushed up."""
-    return F.softplus(-_pick(logits.float(), labels))
-
-
 def targeted_multilabel_margin_loss(logits: torch.Tensor, targets: torch.Tensor,
                                     kappa: float = 50.0) -> torch.Tensor:
     """Decoy: push logit(P(t)) above the threshold's logit, capped at ``kappa``."""
     return _pick(logits.float(), targets).clamp(max=kappa)
-
-
-def targeted_multilabel_ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Decoy: log P(t), pulled up."""
-    return -F.softplus(-_pick(logits.float(), targets))
-
-
-LOSSES: dict[tuple[str, bool], LossFn] = {
-    ("ce", False): ce_loss,
-    ("margin", False): margin_loss,
-    ("ce", True): targeted_ce_loss,
-    ("margin", True): targeted_margin_loss,
-}
-
-MULTILABEL_LOSSES: dict[tuple[str, bool], LossFn] = {
-    ("ce", False): multilabel_ce_loss,
-    ("margin", False): multilabel_margin_loss,
-    ("ce", True): targeted_multilabel_ce_loss,
-    ("margin", True): targeted_multilabel_margin_loss,
-}
-
-
-def get_loss(name: str, targeted: bool, decision: str = "closed") -> LossFn:
-    table = LOSSES if decision == "closed" else MULTILABEL_LOSSES
-    if decision not in DECISIONS:
-        raise ValueError(f"unknown decision rule {decision!r}; choose one of {DECISIONS}")
-    try:
-        return table[(name, targeted)]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose 'ce' or 'margin'") from None
 
 
 def _per_row(untargeted: torch.Tensor, targeted_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -145,18 +100,11 @@ def fooling_margin(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
 
 @dataclass(frozen=True)
 class Objective:
-    """The loss an attack maximises, per row and per model decision rule."""
+    """The loss an attack maximises, per row and per model decision rule: the fooling margin
+    capped at ``kappa``, so that rows already fooled stop dominating the gradient."""
 
-    loss: str = "margin"  # "margin" (CW, capped at kappa) | "ce"
     kappa: float = 50.0
-
-    def __post_init__(self) -> None:
-        if self.loss not in ("margin", "ce"):
-            raise ValueError(f"unknown loss {self.loss!r}; choose 'ce' or 'margin'")
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor,
                  targets: torch.Tensor | None = None, decision: str = "closed") -> torch.Tensor:
-        if self.loss == "margin":
-            return fooling_margin(logits, labels, targets, decision).clamp(max=self.kappa)
-        untargeted = get_loss("ce", False, decision)(logits, labels)
-        return _per_row(untargeted, lambda t: get_loss("ce", True, decision)(logits, t), targets)
+        return fooling_margin(logits, labels, targets, decision).clamp(max=self.kappa)

@@ -13,16 +13,9 @@ assumes the filter keeps everything.
 
 The weights come from the lightness only (OpenCV averages the lightness and the colour
 channels with separate weights), over ``search`` x ``search`` offsets (OpenCV's own 21 x 21 by
-default) every ``stride`` pixels (2: a quarter of the work), with replicated borders: an
+default) every ``stride`` pixels (a quarter of the work), with replicated borders: an
 approximation of OpenCV's filter for its gradient; the forward pass is always OpenCV's own
-output. Which approximation (PGD on EfficientNet-Lite0 through the real filter, eps 3/255, 10
-steps, 36 tiles; fooled after the filter, ``benchmarks/nlm_stand_ins.py``): the identity 75%,
-21 x 21 every other offset 83%, 21 x 21 dense 94% (four times the work), 15 x 15 92%, 11 x 11
-and 9 x 9 94%, 7 x 7 92%. In the engine (60 tiles, white-box, benchmarks/EFFICACY.md) 21 x 21
-every other offset did as well as 11 x 11 dense for the same work (the engine's verdict 77%
-against 70%, non-local means 57% against 52% for the whole-tile judge), so it is the default.
-Colour weights as OpenCV takes them (``h_color``) did worse there (verdict 68%, non-local means
-47%): an option.
+output. How the approximations compare is in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -35,12 +28,7 @@ import torch.nn.functional as F
 CHUNK = 4  # tiles at a time (the weight maps of one chunk: 60 x 4 x H x W floats)
 
 
-_RGB_TO_XYZ = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
-                            [0.0193, 0.1192, 0.9505]])
-_WHITE = torch.tensor([0.9505, 1.0, 1.089])
-# linear opponent axes that the CIELAB lightness and a, b follow near a grey: Y, X/Xn - Y, Y - Z/Zn
-_OPPONENT = torch.stack([_RGB_TO_XYZ[1], _RGB_TO_XYZ[0] / _WHITE[0] - _RGB_TO_XYZ[1],
-                         _RGB_TO_XYZ[1] - _RGB_TO_XYZ[2] / _WHITE[2]])
+_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])  # linear RGB -> CIE Y
 
 
 def _lab_f(t: torch.Tensor) -> torch.Tensor:
@@ -48,18 +36,9 @@ def _lab_f(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > 0.008856, t.clamp_min(1e-6) ** (1 / 3), 7.787 * t + 16 / 116)
 
 
-def lab8(x: torch.Tensor) -> torch.Tensor:
-    """CIELAB of linear RGB in [0, 1] on OpenCV's 8-bit scale (L 0..255, a and b offset by 128;
-    OpenCV's filter converts with COLOR_LBGR2Lab, no gamma), [N, 3, H, W]."""
-    xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(x), x) / _WHITE.to(x).view(1, 3, 1, 1)
-    f = _lab_f(xyz)
-    fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
-    return torch.cat([(116 * fy - 16) * 2.55, 500 * (fx - fy) + 128, 200 * (fy - fz) + 128], 1)
-
-
 def lightness8(x: torch.Tensor) -> torch.Tensor:
     """CIELAB lightness of linear RGB in [0, 1], on OpenCV's 8-bit scale (0..255), [N,1,H,W]."""
-    y = torch.einsum("j,njhw->nhw", _RGB_TO_XYZ[1].to(x), x)[:, None]  # Y (white's Y is 1)
+    y = torch.einsum("j,njhw->nhw", _LUMA.to(x), x)[:, None]  # Y (white's Y is 1)
     return (116 * _lab_f(y) - 16) * 2.55
 
 
@@ -106,19 +85,10 @@ def average_vjp(guide: torch.Tensor, grad: torch.Tensor, h: float = 10.0, templa
 
 
 def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
-            search: int = 21, stride: int = 2, h_color: float | None = None) -> torch.Tensor:
+            search: int = 21, stride: int = 2) -> torch.Tensor:
     """``grad`` (at the filter's output) times the frozen-weight Jacobian of non-local means at
-    ``x``. ``h_color`` None: every channel averaged with the lightness's weights. Else as
-    OpenCV does it: the lightness with its weights (``h``) and the colour (a, b) with weights
-    from both colour channels (``h_color``), on linear opponent axes near a grey."""
-    if h_color is None:
-        return average_vjp(lightness8(x.float()), grad, h, template, search, stride)
-    lab = lab8(x.float())
-    m = _OPPONENT.to(grad.device)
-    g = torch.einsum("ij,njhw->nihw", torch.linalg.inv(m).t(), grad.float())  # M^-T g
-    g = torch.cat([average_vjp(lab[:, :1], g[:, :1], h, template, search, stride),
-                   average_vjp(lab[:, 1:], g[:, 1:], h_color, template, search, stride)], 1)
-    return torch.einsum("ij,nihw->njhw", m, g).to(grad.dtype)  # M^T g
+    ``x``, every channel averaged with the lightness's weights."""
+    return average_vjp(lightness8(x.float()), grad, h, template, search, stride)
 
 
 class _FrozenNLM(torch.autograd.Function):
@@ -134,8 +104,8 @@ class _FrozenNLM(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         s = ctx.stand_in
-        parts = [nlm_vjp(x[i:i + CHUNK], grad[i:i + CHUNK], s.h, s.template, s.search, s.stride,
-                         s.h_color) for i in range(0, len(x), CHUNK)]
+        parts = [nlm_vjp(x[i:i + CHUNK], grad[i:i + CHUNK], s.h, s.template, s.search, s.stride)
+                 for i in range(0, len(x), CHUNK)]
         return torch.cat(parts), None
 
 
@@ -147,7 +117,6 @@ class LinearizedNLM:
     template: int = 7
     search: int = 21  # offsets searched, as OpenCV's filter (see the module docstring)
     stride: int = 2  # every other one
-    h_color: float | None = None  # None: the lightness's weights for every channel
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         return _FrozenNLM.apply(x, self)

@@ -17,7 +17,7 @@ class HardenResult:
     image: np.ndarray  # the delivered image, uint8 HxWx3 (before JPEG encoding if jpeg output)
     label: str  # true label
     target: str | None  # decoy label of a targeted run
-    status: str  # "fooled" (every verifier wrong under every transform) | "unfooled"
+    status: str  # "fooled" (every verifier wrong under its deciding views) | "unfooled"
     stop_reason: str  # one of STOP_REASONS
     steps: int  # attack steps spent
     fooled_at: int | None  # steps when first verified fooled (0 = already misclassified)
@@ -27,7 +27,9 @@ class HardenResult:
     selected_after: dict[str, list[str]]
     probabilities_before: dict[str, dict[str, float]]  # multi-label model -> P(label)
     probabilities_after: dict[str, dict[str, float]]
-    margins: dict[str, float]  # verifier -> min over views of its fooling margin (logits)
+    fooled_every_view: bool  # every verifier wrong under every view, reported ones included
+    deciding: dict[str, list[str]]  # verifier -> the views that decide for it
+    margins: dict[str, float]  # verifier -> min over its deciding views of its fooling margin
     margins_by_view: dict[str, dict[str, float]]  # verifier -> view -> fooling margin
     selected_by_view_before: dict[str, dict[str, list[str]]]  # verifier -> view -> selected
     selected_by_view_after: dict[str, dict[str, list[str]]]

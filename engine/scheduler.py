@@ -2,8 +2,10 @@
 
 An image leaves the batch as soon as every verifier is fooled by at least
 ``config.required_margin`` (in logits, by its own decision rule: a wrong argmax, or a label no
-longer selected) under every view of the preset's view matrix, and a waiting image takes its
-place. Images of different sizes are attacked in separate size buckets.
+longer selected) under each of its deciding views (:mod:`advx.engine.presets`; reported views are
+scored on the delivered file but never keep an image), or once more steps at its full budget stop
+raising its score on those views, and a waiting image takes its place. Images of different sizes
+are attacked in separate size buckets.
 
 Each image spends only what it needs: its budget starts at eps / 2^(rungs - 1) and widens one
 rung at a time while it stays unfooled, shaped per pixel by a texture mask (flat regions, where
@@ -26,23 +28,20 @@ from torch import nn
 from . import metrics
 from .attacks import Attack, AttackState
 from .config import HardenConfig
+from .pixels import as_float, quantise, texture_mask, to_uint8
+from .presets import get_preset
 from .results import HardenResult
-from .scoring import (
-    Scorer,
-    Verdict,
-    accepts_geometry,
-    as_float,
-    failing_shares,
-    is_oom,
-    quantise,
-    readouts,
-    score_views,
-    texture_mask,
-    to_uint8,
-    view_selections,
-)
+from .scoring import Scorer, Verdict, accepts_geometry, readouts, score_views, view_selections
 from .transforms import jpeg_roundtrip
-from .views import View, eot_weights, get_preset
+from .views import View, views_of
+
+# an unbeaten image leaves after this many verification passes at its full budget that raised
+# its score on the deciding views by nothing
+NO_PROGRESS_PASSES = 2
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 @dataclass
@@ -57,8 +56,8 @@ class _Slot:
     steps: int = 0
     rung: int = 0
     rung_steps: int = 0  # steps spent at the current rung
-    stale: int = 0  # verification passes at the top rung without a newly fooled view
-    most_fooled: int = 0  # the most (verifier, view) pairs fooled by one candidate so far
+    top_score: float = -math.inf  # the best score seen at the top rung
+    stale: int = 0  # verification passes at the top rung that did not raise it
     cap: float = 1.0  # budget scale left after the SSIM floor pulled it back
     fooled_at: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -67,7 +66,9 @@ class _Slot:
 class Scheduler:
     def __init__(self, attack: Attack, surrogates: Sequence[nn.Module],
                  verifiers: Sequence[Scorer], label_set: Sequence[str], config: HardenConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, *, relax_mask: bool = False) -> None:
+        """``relax_mask``: a last rung at eps everywhere for images the masked budget cannot
+        fool (white-box runs)."""
         self.attack, self.config, self.device = attack, config, device
         self.label_set = tuple(label_set)
         self.surrogates = list(surrogates)
@@ -80,7 +81,13 @@ class Scheduler:
                                  f"not the label set {self.label_set}")
             self.perms.append(torch.tensor([v.labels.index(lab) for lab in self.label_set]))
         self.preset = get_preset(config.transforms)
-        self.views: tuple[View, ...] = self.preset.views
+        self.views: tuple[View, ...] = views_of(self.preset)
+        # the views that decide for each verifier: all of them for one that is also a
+        # surrogate (its own denoising and re-encoding are within reach of its gradients)
+        surrogate_names = {getattr(m, "name", None) for m in self.surrogates}
+        every = tuple(w.name for w in self.views)
+        self.deciding = {v.name: every if v.name in surrogate_names else config.deciding
+                         for v in self.verifiers}
         geometric = [w.name for w in self.views if w.geometry is not None]
         for v in self.verifiers:
             if geometric and not accepts_geometry(v):
@@ -90,11 +97,10 @@ class Scheduler:
                                  f"without them")
         self.chunk = config.batch_size  # halved on out-of-memory
         self.time = {"attack": 0.0, "verify": 0.0, "ssim": 0.0}
-        self.pgd_l2 = config.attack == "pgd-l2"
-        rungs = 1 if self.pgd_l2 else config.eps_rungs
+        rungs = config.eps_rungs
         self.rung_eps_01 = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
         self.rung_masked = [config.texture_mask is not None] * rungs
-        if config.texture_mask is not None and config.relax_mask and not self.pgd_l2:
+        if config.texture_mask is not None and relax_mask:
             self.rung_eps_01.append(config.eps / 255)
             self.rung_masked.append(False)
         per = max(1, (config.steps // 2) // len(self.rung_eps_01))
@@ -120,7 +126,8 @@ class Scheduler:
         self._sync()
         t0 = time.perf_counter()
         verdict = score_views(self.verifiers, self.perms, self.views, delivered, y, t,
-                              self.config.required_margin, lazy)
+                              self.config.required_margin, lazy,
+                              [self.deciding[v.name] for v in self.verifiers])
         self._sync()
         self.time["verify"] += time.perf_counter() - t0
         return verdict
@@ -164,16 +171,19 @@ class Scheduler:
         state.alpha_01[j] = self._alpha_01(eps_01)
 
     def _alpha_01(self, eps_01: float) -> float:
-        cfg = self.config
-        return cfg.alpha_01 if self.pgd_l2 else cfg.alpha_01 * eps_01 / cfg.eps_01
+        return self.config.alpha_01 * eps_01 / self.config.eps_01
 
     # --- attack steps with out-of-memory back-off ------------------------------------------
 
     def attack_steps(self, state: AttackState, y: torch.Tensor, t: torch.Tensor | None,
-                     k: int) -> None:
+                     k: int, stop: Callable[[], bool] | None = None) -> int:
+        """Up to ``k`` steps; fewer when ``stop()`` turns true before one. Returns the steps."""
         self._sync()
         t0 = time.perf_counter()
-        for _ in range(k):
+        for n in range(k):
+            if stop is not None and stop():
+                k = n
+                break
             start = 0
             while start < len(state):
                 sl = slice(start, min(len(state), start + self.chunk))
@@ -190,6 +200,7 @@ class Scheduler:
                         torch.cuda.empty_cache()
         self._sync()
         self.time["attack"] += time.perf_counter() - t0
+        return k
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -200,20 +211,22 @@ class Scheduler:
 
     def run(self, images: Sequence[torch.Tensor], labels: Sequence[int],
             targets: Sequence[int] | None = None,
-            on_result: Callable[[HardenResult], None] | None = None) -> list[HardenResult]:
-        """Harden ``images``; ``targets`` holds a decoy label index per image, or -1 for none."""
+            on_result: Callable[[HardenResult], None] | None = None,
+            should_stop: Callable[[int], bool] | None = None) -> list[HardenResult | None]:
+        """Harden ``images``; ``targets`` holds a decoy label index per image, or -1 for none.
+        An image for which ``should_stop(index)`` turns true (and stays true: a request whose
+        caller is gone) leaves before the next attack step, without a result (None)."""
         targets = list(targets) if targets is not None else [-1] * len(images)
-        self.attack.eot_weights = None  # adaptive EOT starts uniform: a run repeats exactly
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             buckets.setdefault(tuple(img.shape[-2:]), []).append(i)
         results: dict[int, HardenResult] = {}
         for idx in buckets.values():
-            for r in self._run_bucket(images, labels, targets, idx):
+            for r in self._run_bucket(images, labels, targets, idx, should_stop):
                 results[r.index] = r
                 if on_result is not None:
                     on_result(r)
-        return [results[i] for i in range(len(images))]
+        return [results.get(i) for i in range(len(images))]
 
     def _admit(self, images, y_all, t_all, new: list[int]):
         """Score the clean images; those already fooled leave at once."""
@@ -227,7 +240,7 @@ class Scheduler:
             before = {n: z[j] for n, z in {**slog, **verdict.own}.items()}
             views = {v: {w: z[j] for w, z in d.items()} for v, d in verdict.logits.items()}
             slot = _Slot(i, time.perf_counter(), before, views, q[j], float(verdict.mins[j]),
-                         float(verdict.score[j]), most_fooled=int(verdict.fooled_views[j]))
+                         float(verdict.score[j]))
             if slot.best_fooling_margin >= cfg.required_margin:
                 slot.fooled_at = 0
                 done.append(slot)
@@ -238,15 +251,13 @@ class Scheduler:
         if keep:
             xs = x[keep]
             mask = (texture_mask(xs, cfg.texture_mask) if cfg.texture_mask is not None
-                    and not self.pgd_l2 else torch.ones_like(xs[:, :1]))
+                    else torch.ones_like(xs[:, :1]))
             eps0 = self.rung_eps_01[0]
-            ids = [new[j] for j in keep]
             state = self.attack.init(xs, mask * eps0,
-                                     torch.full((len(keep),), self._alpha_01(eps0)),
-                                     labels=y_all[ids].to(dev), targets=self._decoys(t_all, ids))
+                                     torch.full((len(keep),), self._alpha_01(eps0)))
         return [s for _, s in slots], done, state, mask
 
-    def _run_bucket(self, images, labels, targets, indices):
+    def _run_bucket(self, images, labels, targets, indices, should_stop=None):
         cfg, dev = self.config, self.device
         pending = deque(indices)
         slots: list[_Slot] = []
@@ -254,6 +265,14 @@ class Scheduler:
         masks: torch.Tensor | None = None
         y_all, t_all = torch.tensor(list(labels)), torch.tensor(list(targets))
         while pending or slots:
+            if should_stop is not None:  # images the caller gave up on leave, unanswered
+                pending = deque(i for i in pending if not should_stop(i))
+                gone = {j for j, s in enumerate(slots) if should_stop(s.index)}
+                if gone:
+                    rows = torch.tensor([j for j in range(len(slots)) if j not in gone],
+                                        dtype=torch.long)
+                    slots = [s for j, s in enumerate(slots) if j not in gone]
+                    state, masks = (state.take(rows), masks[rows]) if slots else (None, None)
             n_new = min(cfg.batch_size - len(slots), len(pending))
             if n_new:
                 new_slots, done, fresh, mask = self._admit(
@@ -271,10 +290,15 @@ class Scheduler:
             verdict = None
             if k > 0:
                 ids = [s.index for s in slots]
-                self.attack_steps(state, y_all[ids].to(dev), self._decoys(t_all, ids), k)
+                stop = None if should_stop is None else (
+                    lambda live=slots: any(should_stop(s.index) for s in live))
+                n = self.attack_steps(state, y_all[ids].to(dev), self._decoys(t_all, ids), k,
+                                      stop)
                 for s in slots:
-                    s.steps += k
-                    s.rung_steps += k
+                    s.steps += n
+                    s.rung_steps += n
+                if n < k:
+                    continue  # the images given up on leave first
                 delivered = self.deliver(quantise(state.adv))
                 if cfg.ssim_floor is not None:
                     low = (self._ssim(delivered, state.images) < cfg.ssim_floor).nonzero()
@@ -284,29 +308,25 @@ class Scheduler:
                         delivered[rows] = self.deliver(quantise(state.adv[rows]))
                 q = quantise(state.adv)
                 verdict = self.verify(delivered, y_all[ids], t_all[ids], lazy=True)
-                if cfg.eot_focus and self.attack.eot is not None:
-                    self.attack.eot_weights = eot_weights(
-                        self.attack.eot, failing_shares(verdict, cfg.required_margin),
-                        cfg.eot_focus)
             done: list[tuple[int, str]] = []
             for j, s in enumerate(slots):
                 reason = None
                 if verdict is not None:
                     m, sc = float(verdict.mins[j]), float(verdict.score[j])
-                    better = int(verdict.fooled_views[j]) > s.most_fooled
-                    s.most_fooled = max(s.most_fooled, int(verdict.fooled_views[j]))
                     need = cfg.required_margin
                     if m >= need or (s.best_fooling_margin < need and sc >= s.best_score):
                         # fooled beats everything; else the most views fooled (ties: later)
                         s.best_q, s.best_fooling_margin, s.best_score = q[j], m, sc
                     top = s.rung + 1 == len(self.rung_eps_01)
-                    s.stale = 0 if better or not top else s.stale + 1
                     if m >= cfg.required_margin:
                         s.fooled_at, reason = s.steps, "verifiers_fooled"
                     elif not top and s.rung_steps >= self.rung_steps:
                         self.widen(state, j, s, masks[j])
-                    elif cfg.patience and s.stale >= cfg.patience:
-                        reason = "no_progress"
+                    elif top:  # more steps stop helping: the deciding views gain nothing
+                        s.stale = 0 if sc > s.top_score + 1e-3 else s.stale + 1
+                        s.top_score = max(s.top_score, sc)
+                        if s.stale >= NO_PROGRESS_PASSES:
+                            reason = "no_progress"
                 if reason is None and s.steps >= cfg.steps:
                     reason = "max_steps"
                 if reason:
@@ -346,6 +366,7 @@ class Scheduler:
         pred_b, sel_b, prob_b = readouts(self.models, self.label_set, s.before)
         pred_a, sel_a, prob_a = readouts(self.models, self.label_set, after)
         fooled = float(verdict.mins[i]) >= self.config.required_margin
+        every_view = float(verdict.strict[i]) >= self.config.required_margin
         linf, l2, psnr, ssim = (float(v) for v in figures)
         return HardenResult(
             index=s.index,
@@ -353,6 +374,8 @@ class Scheduler:
             label=self.label_set[labels[s.index]],
             target=self.label_set[targets[s.index]] if targets[s.index] >= 0 else None,
             status="fooled" if fooled else "unfooled",
+            fooled_every_view=every_view,
+            deciding={n: list(d) for n, d in self.deciding.items()},
             stop_reason=reason,
             steps=s.steps,
             fooled_at=s.fooled_at if fooled else None,

@@ -1,18 +1,16 @@
 """What verifiers answer, and how it is read: the scorer protocol, a model's readout of its
-logits (by its own decision rule), one verification pass over the view matrix and its verdict,
-and the pixel helpers shared by the scheduler (8-bit quantisation, the texture mask of the
-perceptual budget)."""
+logits (by its own decision rule), and one verification pass over the view matrix with its
+verdict."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .ensemble import decision_of
@@ -80,63 +78,54 @@ def accepts_geometry(scorer) -> bool:
     return "geometry" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def texture_mask(images: torch.Tensor, floor: float, lo: float = 2 / 255,
-                 hi: float = 12 / 255) -> torch.Tensor:
-    """[N, 1, H, W] share of the budget each pixel may use: ``floor`` where the luminance is
-    flat (local std <= lo), 1 where it is textured (>= hi), linear between; smoothed so the
-    mask itself draws no edges."""
-    lum = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
-    mean = F.avg_pool2d(lum, 5, 1, 2, count_include_pad=False)
-    var = F.avg_pool2d(lum * lum, 5, 1, 2, count_include_pad=False) - mean * mean
-    std = var.clamp_min(0).sqrt()
-    m = floor + (1 - floor) * ((std - lo) / (hi - lo)).clamp(0, 1)
-    return F.avg_pool2d(m, 3, 1, 1, count_include_pad=False)
-
-
 @dataclass
 class Verdict:
     """One verification pass over a batch."""
 
-    mins: torch.Tensor  # [N] min fooling margin over verifiers x views (-inf: not fooled)
-    per_verifier: dict[str, torch.Tensor]  # verifier -> [N] min over its views
+    mins: torch.Tensor  # [N] min fooling margin over the deciding (verifier, view) pairs
+    per_verifier: dict[str, torch.Tensor]  # verifier -> [N] min over its deciding views
     own: dict[str, torch.Tensor]  # verifier -> [N, L] logits under its own preprocessing
     by_view: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N] (nan: not scored)
     logits: dict[str, dict[str, torch.Tensor]]  # verifier -> view -> [N, L] (full passes)
-    # sum over verifiers x views of margins capped at the target (unscored: -target): the
+    # sum over the deciding pairs of margins capped at the target (unscored: -target): the
     # candidate fooling the most views, by the most, scores highest
     score: torch.Tensor
-    fooled_views: torch.Tensor  # [N] (verifier, view) pairs fooled by the margin
+    strict: torch.Tensor  # [N] min over every scored pair, reported views included
 
 
 @torch.no_grad()
 def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
                 views: Sequence[View], delivered: torch.Tensor, y: torch.Tensor,
-                t: torch.Tensor, required: float, lazy: bool = False) -> Verdict:
+                t: torch.Tensor, required: float, lazy: bool = False,
+                deciding: Sequence[Collection[str]] | None = None) -> Verdict:
     """One verification pass: each verifier (its logits reordered by ``perms`` into the label
-    set) scores the delivered images under every view. ``t`` holds a decoy label per row, or
-    -1; a verifier is fooled by a margin >= ``required``. ``lazy`` (during the attack): views
-    run cheapest first, each only for the rows every earlier view found fooled (an image is
-    done only when all are, so the others cannot be this pass); rows left out get NaN, and
-    count as missed in the score."""
+    set) scores the delivered images under the views. ``t`` holds a decoy label per row, or
+    -1; a verifier is fooled by a margin >= ``required``. ``deciding[k]`` names the views that
+    decide for verifier ``k`` (default: all); the others are reported. ``lazy`` (during the
+    attack): only deciding views run, cheapest first, each only for the rows every earlier view
+    found fooled (an image is done only when all are, so the others cannot be this pass); rows
+    left out get NaN, and count as missed in the score."""
     n, cap = len(delivered), required  # cap: a margin counts up to the one required
-    mins = torch.full((n,), math.inf)
+    if deciding is None:
+        deciding = [frozenset(w.name for w in views)] * len(verifiers)
+    mins, strict = torch.full((n,), math.inf), torch.full((n,), math.inf)
     score_sum = torch.zeros(n)
-    count = torch.zeros(n, dtype=torch.long)
     per_v = {v.name: torch.full((n,), math.inf) for v in verifiers}
     by_view: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     logits: dict[str, dict[str, torch.Tensor]] = {v.name: {} for v in verifiers}
     order = sorted(range(len(views)), key=lambda i: (views[i].cost, i))
-    seen = SeenTiles(delivered, views)
+    if lazy:
+        order = [i for i in order if any(views[i].name in d for d in deciding)]
+    seen = SeenTiles(delivered, [views[i] for i in order])
     for i in order:
         view = views[i]
         rows = (torch.nonzero(mins >= cap).flatten() if lazy and i != order[0]
                 else torch.arange(n))
         x = seen(view, rows)
-        for v, perm in zip(verifiers, perms, strict=True):
+        for v, perm, decides in zip(verifiers, perms, deciding, strict=True):
+            decides = view.name in decides
+            if lazy and not decides:
+                continue
             m = torch.full((n,), math.nan)
             if x is not None:
                 z = look(v, x, view).float().cpu()[:, perm]
@@ -145,13 +134,14 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
                     logits[v.name][view.name] = z
             by_view[v.name][view.name] = m
             scored = torch.nan_to_num(m, nan=math.inf)
-            per_v[v.name] = torch.minimum(per_v[v.name], scored)
-            mins = torch.minimum(mins, scored)
-            score_sum += torch.nan_to_num(m, nan=-cap).clamp(max=cap)
-            count += torch.nan_to_num(m, nan=-cap) >= cap
-    # the first view is the verifier's own, scored for every row
-    own = {v.name: logits[v.name][views[order[0]].name] for v in verifiers}
-    return Verdict(mins, per_v, own, by_view, logits, score_sum, count)
+            strict = torch.minimum(strict, scored)
+            if decides:
+                per_v[v.name] = torch.minimum(per_v[v.name], scored)
+                mins = torch.minimum(mins, scored)
+                score_sum += torch.nan_to_num(m, nan=-cap).clamp(max=cap)
+    # the first view scored is the cheapest (the verifier's own), for every row
+    own = {v.name: logits[v.name].get(views[order[0]].name) for v in verifiers}
+    return Verdict(mins, per_v, own, by_view, logits, score_sum, strict)
 
 
 class SeenTiles:
@@ -180,28 +170,3 @@ class SeenTiles:
         if out is not None and self.left[key] > 0:
             self.cache[key] = (out, done)
         return out[rows.to(out.device)] if len(rows) else None
-
-
-def failing_shares(verdict: Verdict, required: float) -> dict[str, float]:
-    """Per view, the share of the batch that some verifier is not known to be fooled by
-    (margin below ``required``, or not scored in a lazy pass)."""
-    shares: dict[str, float] = {}
-    for views in verdict.by_view.values():
-        for name, m in views.items():
-            f = float((torch.nan_to_num(m, nan=-math.inf) < required).float().mean())
-            shares[name] = max(shares.get(name, 0.0), f)
-    return shares
-
-
-def as_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float in [0, 1]; float images pass through."""
-    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
-
-
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round to the 8-bit grid that a saved image has."""
-    return x.detach().clamp(0, 1).mul(255).round().div(255)
-
-
-def to_uint8(x: torch.Tensor):
-    return x.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()

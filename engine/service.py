@@ -1,144 +1,491 @@
 """A long-lived hardening service: models built once, concurrent requests batched together.
 
-Requests are queued; one worker thread takes every request that is waiting (up to
+Requests wait in a bounded queue (``max_queue``: beyond it :meth:`HardenService.submit` raises
+:class:`QueueFull`); one worker thread takes every request that is waiting (up to
 ``max_batch``, after a short gathering window) and runs them through the scheduler together,
 so images of different requests share attack steps and verification passes. Requests with other
 budgets or label sets run as their own group, on the same models. Each request gets a
 :class:`concurrent.futures.Future` of its :class:`HardenResult`.
+
+Work is bounded per request: an image whose longer side is over ``max_side`` is attacked on a
+downscaled working copy and its perturbation carried to full size, as folder runs do
+(:func:`prepare`, :func:`deliver`). A request whose future is cancelled (its caller is gone)
+or whose deadline passes leaves its batch before the next attack step. Label sets are
+normalised (order does not matter); the models of at most ``max_label_sets`` of them are kept,
+least recently used first out, and the exports the service built for one are removed with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import queue
+import math
+import shutil
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .api import Hardener
 from .config import HardenConfig
-from .defaults import DEFAULT_TEMPLATES
+from .defaults import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_TEMPLATES,
+    SERVE_MAX_LABEL_SETS,
+    SERVE_MAX_QUEUE,
+)
 from .results import HardenResult
 
 log = logging.getLogger(__name__)
 
 
+
+class QueueFull(Exception):
+    """The service holds ``limit`` waiting requests already; try again in ``retry_after_s``."""
+
+    def __init__(self, waiting: int, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"queue full ({waiting} requests waiting, the limit is {limit}); "
+                         f"retry in {retry_after_s} s")
+        self.waiting, self.limit, self.retry_after_s = waiting, limit, retry_after_s
+
+
+class DeadlineExceeded(TimeoutError):
+    """A request's deadline passed before its image was hardened (its work was stopped)."""
+
+
+class LabelSetNotAllowed(ValueError):
+    """A request's label set is not in the service's allow-list."""
+
+
+# --- label sets -------------------------------------------------------------------------------
+
+
+class LabelSets:
+    """Which label sets a request may use, and the one spelling of each: order does not matter
+    (the default set's own order when it is the same set, else sorted), so that every ordering
+    of one set shares its models and its exports."""
+
+    def __init__(self, default: Sequence[str], allowed: Iterable[Sequence[str]] | None = None
+                 ) -> None:
+        self.default = tuple(default)
+        self.allowed = None if allowed is None else (
+            {frozenset(self.default)} | {frozenset(a) for a in allowed})
+
+    def resolve(self, label: str, label_set: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The normalised label set of a request (ValueError: unusable or not allowed)."""
+        if not label_set:
+            ls = self.default
+        else:
+            given = [str(x) for x in label_set]
+            if len(set(given)) != len(given):
+                raise ValueError(f"duplicate labels in the label set ({', '.join(given[:20])})")
+            ls = self.default if set(given) == set(self.default) else tuple(sorted(given))
+            if self.allowed is not None and frozenset(ls) not in self.allowed:
+                raise LabelSetNotAllowed(f"label set ({', '.join(ls[:20])}) is not allowed on "
+                                         f"this server")
+        if label not in ls:
+            raise ValueError(f"label {label!r} is not in the label set ({', '.join(ls[:20])})")
+        return ls
+
+
+# --- bounded images -------------------------------------------------------------------------
+
+
 @dataclass
+class Prepared:
+    """A request's image as the engine takes it: ``working`` (longer side at most
+    ``max_side``) and, when that is a downscaled copy, what :func:`deliver` needs to carry the
+    perturbation to full size: the original's ``full_size`` (W, H) and its ``source`` (the
+    encoded upload, decoded again then, or the full-size pixels)."""
+
+    working: np.ndarray
+    full_size: tuple[int, int] | None = None
+    source: bytes | np.ndarray | None = None
+    notes: tuple[str, ...] = ()
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(W, H) from an encoded image's header, without decoding its pixels."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from .images import ImageLoadError, decode_image_bytes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+        except Exception:  # let the decoder say what is wrong, as it does for files
+            decode_image_bytes(data, max_pixels=1)
+            raise ImageLoadError("not an image (content not recognised)") from None
+
+
+def prepare(image: bytes | np.ndarray, *, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
+            ) -> Prepared:
+    """Bound one image: encoded bytes are refused before decoding when their header gives more
+    than ``max_pixels`` pixels or a working copy too small to harden; an image over
+    ``max_side`` becomes a downscaled working copy. Raises ImageLoadError."""
+    from .folder.resample import MIN_SIDE, downscale, working_size
+    from .images import ImageLoadError, decode_image_bytes
+
+    def check(w: int, h: int) -> tuple[int, int] | None:
+        if w * h > max_pixels:
+            raise ImageLoadError(f"decompression bomb: {w}x{h} pixels exceeds the limit of "
+                                 f"{max_pixels}")
+        size = working_size(w, h, max_side)
+        if min(size or (w, h)) < MIN_SIDE:
+            raise ImageLoadError(f"image too small to harden: {w}x{h}" + (
+                f" (working copy {size[0]}x{size[1]})" if size else "")
+                + f"; sides must be >= {MIN_SIDE} px")
+        return size
+
+    if isinstance(image, bytes | bytearray | memoryview):
+        data = bytes(image)
+        if not data:
+            raise ImageLoadError("empty file (0 bytes)")
+        check(*image_size(data))  # from the header: nothing decoded yet
+        pixels = decode_image_bytes(data, max_pixels=max_pixels)
+        source: bytes | np.ndarray = data
+    else:
+        pixels = source = image
+    h, w = pixels.shape[:2]
+    size = check(w, h)
+    if size is None:
+        return Prepared(pixels)
+    note = (f"attacked at {size[0]}x{size[1]}; perturbation upsampled to full size {w}x{h}; "
+            f"status, predictions and margins refer to the working copy, metrics to the "
+            f"full-size image")
+    return Prepared(downscale(pixels, size), (w, h), source, (note,))
+
+
+def deliver(prepared: Prepared, result: HardenResult, config: HardenConfig,
+            max_pixels: int | None = None) -> HardenResult:
+    """The result at the input's size: the working copy's perturbation upsampled onto the
+    original (SSIM floor held at full size), metrics recomputed there, as folder runs do."""
+    if prepared.full_size is None:
+        return result
+    from .folder.resample import full_size_delivery
+    from .images import decode_image_bytes
+
+    src = prepared.source
+    original = decode_image_bytes(src, max_pixels=max_pixels or prepared.full_size[0]
+                                  * prepared.full_size[1]) if isinstance(src, bytes) else src
+    image, metrics, scale = full_size_delivery(original, prepared.working, result.image, config)
+    notes = [*result.notes, *prepared.notes]
+    if scale < 1:
+        notes.append(f"perturbation scaled by {scale:.3f} at full size to hold SSIM >= "
+                     f"{config.ssim_floor}")
+    return dataclasses.replace(
+        result, image=image, linf=metrics["linf"], l2=metrics["l2"], ssim=metrics["ssim"],
+        psnr=math.inf if metrics["psnr"] is None else metrics["psnr"], notes=notes)
+
+
+def release_memory() -> None:
+    """Give the heap's free pages back to the system (glibc): a long-lived service otherwise
+    keeps the high-water mark of its largest batch or image as its resident size."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+# --- the service ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
 class _Request:
-    image: np.ndarray
+    prepared: Prepared
     label: str
     label_set: tuple[str, ...]
     eps: float
     steps: int
     future: Future
-    t0: float
+    deadline: float | None  # time.monotonic() after which the request is given up
+
+    def abandoned(self) -> bool:
+        """Cancelled by its caller or past its deadline (once true, stays true)."""
+        return self.future.cancelled() or (
+            self.deadline is not None and time.monotonic() > self.deadline)
+
+
+def _settle(fut: Future, result: HardenResult | None = None,
+            error: BaseException | None = None) -> bool:
+    """Resolve ``fut`` unless its caller cancelled it meanwhile; True when resolved."""
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+        return True
+    return False
 
 
 class HardenService:
-    """Harden single images as they come, many at a time (see the module docstring)."""
+    """Harden single images as they come, many at a time (see the module docstring).
+
+    ``start=False`` builds the models but starts no worker (:meth:`start` does; Ray Serve
+    replicas call :meth:`run_group` themselves)."""
 
     def __init__(self, label_set: Sequence[str], *, surrogates: Sequence[str],
                  verifiers: Sequence[str], config: HardenConfig | None = None,
                  templates: str = DEFAULT_TEMPLATES, label_map=None, max_batch: int = 16,
-                 window_s: float = 0.05, max_label_sets: int = 4) -> None:
+                 window_s: float = 0.05, max_label_sets: int = SERVE_MAX_LABEL_SETS,
+                 max_queue: int = SERVE_MAX_QUEUE, max_side: int = DEFAULT_MAX_SIDE,
+                 allowed_label_sets: Iterable[Sequence[str]] | None = None,
+                 start: bool = True) -> None:
+        if max_queue < 1 or max_label_sets < 1 or max_batch < 1:
+            raise ValueError("max_queue, max_label_sets and max_batch must be >= 1")
         self.config = config or HardenConfig()
         self.surrogates, self.verifiers = tuple(surrogates), tuple(verifiers)
         self.templates, self.label_map = templates, label_map
-        self.default_label_set = tuple(label_set)
+        self.label_sets = LabelSets(label_set, allowed_label_sets)
+        self.default_label_set = self.label_sets.default
         self.max_batch, self.window_s = max_batch, window_s
-        self.max_label_sets = max_label_sets
-        self._hardeners: OrderedDict[tuple, Hardener] = OrderedDict()
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self.served = 0  # requests answered
+        self.max_label_sets, self.max_queue, self.max_side = max_label_sets, max_queue, max_side
+        self._models: OrderedDict[tuple[str, ...], object] = OrderedDict()  # LRU of label sets
+        self._schedules: dict[tuple, object] = {}  # (label set, eps, steps) -> Hardener
+        self._owned: dict[tuple[str, ...], set[Path]] = {}  # exports this service built
+        self._waiting: deque[_Request] = deque()
+        self._cv = threading.Condition()
+        self._lock = threading.RLock()
+        self._closed = False
+        self.completed = 0  # results produced (the HTTP layer counts replies delivered)
+        self.abandoned = 0  # requests given up (cancelled or past their deadline)
         self.batches = 0  # scheduler runs (requests hardened together share one)
+        self.label_set_builds = 0  # label sets whose models were built
+        self.build_seconds = 0.0  # time spent building them
+        self.running = 0  # requests in the scheduler run now
         self.busy = False
+        self._batch_s: float | None = None  # moving average of a batch's duration
+        from .onnx.cache import default_cache_dir, remove_stale_exports
+
+        self._cache_dir = default_cache_dir()
+        with contextlib.suppress(OSError):
+            if n := remove_stale_exports(self._cache_dir):
+                log.info("removed %d export temporaries left by killed exports", n)
         self.hardener(self.default_label_set, self.config.eps, self.config.steps)  # build now
-        self._worker = threading.Thread(target=self._loop, name="advx-service", daemon=True)
-        self._worker.start()
+        self._worker: threading.Thread | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._loop, name="advx-service",
+                                            daemon=True)
+            self._worker.start()
 
     # --- models --------------------------------------------------------------------------------
 
-    def hardener(self, label_set: tuple[str, ...], eps: float, steps: int) -> Hardener:
-        """The Hardener for a label set and budget: models built once per label set, a fresh
-        schedule (cheap) per budget."""
+    def hardener(self, label_set: tuple[str, ...], eps: float, steps: int):
+        """The Hardener for a label set and budget: models built once per label set (at most
+        ``max_label_sets`` kept, least recently used out), a fresh schedule (cheap) per
+        budget."""
+        from .api import Hardener
+
         key = (label_set, eps, steps)
         with self._lock:
-            if key in self._hardeners:
-                self._hardeners.move_to_end(key)
-                return self._hardeners[key]
-            base = next((h for k, h in self._hardeners.items() if k[0] == label_set), None)
-        config = dataclasses.replace(self.config, eps=eps, steps=steps)
-        h = (base.with_config(config) if base is not None else
-             Hardener(label_set, surrogates=self.surrogates, verifiers=self.verifiers,
-                      config=config, templates=self.templates, label_map=self.label_map))
+            if label_set in self._models:
+                self._models.move_to_end(label_set)
+                if key in self._schedules:
+                    return self._schedules[key]
+                config = dataclasses.replace(self.config, eps=eps, steps=steps)
+                h = self._schedules[key] = self._models[label_set].with_config(config)
+                return h
+            before = self._exports()
+            t0 = time.perf_counter()
+            config = dataclasses.replace(self.config, eps=eps, steps=steps)
+            h = Hardener(label_set, surrogates=self.surrogates, verifiers=self.verifiers,
+                         config=config, templates=self.templates, label_map=self.label_map)
+            self.build_seconds += time.perf_counter() - t0
+            self.label_set_builds += 1
+            self._owned[label_set] = {p for p in self._export_dirs(h) if p not in before}
+            self._models[label_set] = self._schedules[key] = h
+            self._evict()
+            return h
+
+    def _evict(self) -> None:
+        while len(self._models) > self.max_label_sets:
+            victim = next(ls for ls in self._models if ls != self.default_label_set)
+            del self._models[victim]
+            for k in [k for k in self._schedules if k[0] == victim]:
+                del self._schedules[k]
+            in_use = {p for h in self._models.values() for p in self._export_dirs(h)}
+            for path in self._owned.pop(victim, set()) - in_use:
+                shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def _export_dirs(h) -> set[Path]:
+        return {Path(v.path) for v in getattr(h, "verifiers", ())
+                if isinstance(getattr(v, "path", None), str | Path)}
+
+    def _exports(self) -> set[Path]:
+        try:
+            return {p for p in self._cache_dir.iterdir() if not p.name.startswith(".")}
+        except OSError:
+            return set()
+
+    def cached_label_sets(self) -> list[tuple[str, ...]]:
         with self._lock:
-            self._hardeners[key] = h
-            while len({k[0] for k in self._hardeners}) > self.max_label_sets:
-                self._hardeners.popitem(last=False)
-        return h
+            return list(self._models)
+
+    def export_bytes(self) -> int:
+        """Bytes on disk of the exports this service built and keeps."""
+        with self._lock:
+            paths = {p for s in self._owned.values() for p in s}
+        return sum(f.stat().st_size for p in paths if p.is_dir() for f in p.rglob("*")
+                   if f.is_file())
 
     # --- requests ------------------------------------------------------------------------------
 
-    def submit(self, image: np.ndarray, label: str, *, label_set: Sequence[str] | None = None,
-               eps: float | None = None, steps: int | None = None) -> Future:
-        """Queue one uint8 HxWx3 image; the future resolves to its HardenResult."""
-        ls = tuple(label_set) if label_set else self.default_label_set
-        if label not in ls:
-            raise ValueError(f"label {label!r} is not in the label set ({', '.join(ls[:20])})")
-        cfg = dataclasses.replace(self.config, eps=eps if eps is not None else self.config.eps,
-                                  steps=steps if steps is not None else self.config.steps)
+    def submit(self, image: np.ndarray | Prepared, label: str, *,
+               label_set: Sequence[str] | None = None, eps: float | None = None,
+               steps: int | None = None, timeout_s: float | None = None) -> Future:
+        """Queue one uint8 HxWx3 image (or a :class:`Prepared` one); the future resolves to its
+        HardenResult at the input's size. Raises ValueError (label, label set) and QueueFull.
+        Cancelling the future, or ``timeout_s`` passing (DeadlineExceeded), stops its work at
+        the next attack step."""
+        ls = self.label_sets.resolve(label, label_set)
+        if not isinstance(image, Prepared):
+            image = prepare(np.asarray(image), max_pixels=2**62, max_side=self.max_side)
         fut: Future = Future()
-        self._queue.put(_Request(image, label, ls, cfg.eps, cfg.steps, fut, time.perf_counter()))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        req = _Request(image, label, ls, self.config.eps if eps is None else eps,
+                       self.config.steps if steps is None else steps, fut, deadline)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the service is closed")
+            self._purge()
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(len(self._waiting), self.max_queue, self.retry_after_s())
+            self._waiting.append(req)
+            self._cv.notify()
         return fut
 
+    def full(self) -> bool:
+        """Whether a request submitted now would be refused (QueueFull)."""
+        with self._cv:
+            self._purge()
+            return len(self._waiting) >= self.max_queue
+
+    def retry_after_s(self) -> int:
+        """Seconds until a queue slot is likely free (about one batch)."""
+        return max(1, math.ceil(self._batch_s or 1.0))
+
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting for the worker (not yet in a scheduler run)."""
+        with self._cv:
+            self._purge()
+            return len(self._waiting)
+
+    def status(self) -> dict:
+        return {"queued": self.pending(), "running": self.running, "busy": self.busy,
+                "batches": self.batches, "completed": self.completed,
+                "abandoned": self.abandoned, "max_queue": self.max_queue,
+                "label_sets_cached": len(self._models),
+                "label_set_builds": self.label_set_builds}
+
+    def models(self) -> dict:
+        return {"surrogates": list(self.surrogates), "verifiers": list(self.verifiers),
+                "label_set": list(self.default_label_set),
+                "transforms": self.config.transforms}
 
     def close(self) -> None:
-        self._queue.put(None)
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _purge(self) -> None:
+        """Drop waiting requests given up on (caller holds ``_cv``)."""
+        if any(r.abandoned() for r in self._waiting):
+            keep = deque()
+            for r in self._waiting:
+                if r.abandoned():
+                    self._give_up(r)
+                else:
+                    keep.append(r)
+            self._waiting = keep
+
+    def _give_up(self, r: _Request) -> None:
+        self.abandoned += 1
+        if not r.future.cancelled():
+            _settle(r.future, error=DeadlineExceeded("deadline passed before the image was "
+                                                     "hardened"))
+
+    def _take(self) -> list[_Request] | None:
+        with self._cv:
+            while not self._waiting and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return None
+            end = time.monotonic() + self.window_s
+            while len(self._waiting) < self.max_batch and (left := end - time.monotonic()) > 0:
+                self._cv.wait(left)
+            self._purge()
+            n = min(self.max_batch, len(self._waiting))
+            return [self._waiting.popleft() for _ in range(n)]
+
+    def run_group(self, label_set: tuple[str, ...], eps: float, steps: int,
+                  images: Sequence[np.ndarray], labels: Sequence[str],
+                  should_stop: Callable[[int], bool] | None = None
+                  ) -> list[HardenResult | None]:
+        """Harden images of one label set and budget together (None: stopped)."""
+        h = self.hardener(label_set, eps, steps)
+        self.batches += 1
+        return h.run(list(images), list(labels), should_stop=should_stop)
 
     def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.perf_counter() + self.window_s
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
+        while (batch := self._take()) is not None:
+            if not batch:
+                continue
+            t0 = time.monotonic()
             groups: dict[tuple, list[_Request]] = {}
             for r in batch:
-                if r.future.set_running_or_notify_cancel():
-                    groups.setdefault((r.label_set, r.eps, r.steps), []).append(r)
-            self.busy = True
-            for (ls, eps, steps), reqs in groups.items():
-                self.batches += 1
+                groups.setdefault((r.label_set, r.eps, r.steps), []).append(r)
+            self.busy, self.running = True, len(batch)
+            for key, reqs in groups.items():
                 try:
-                    h = self.hardener(ls, eps, steps)
-                    results = h.run([r.image for r in reqs], [r.label for r in reqs])
+                    self._run(key, reqs)
                 except Exception as e:  # every request of the group learns why
                     log.exception("hardening failed")
                     for r in reqs:
-                        r.future.set_exception(e)
-                    continue
-                for r, res in zip(reqs, results, strict=True):
-                    self.served += 1
-                    r.future.set_result(res)
-            self.busy = False
+                        _settle(r.future, error=e)
+            took = time.monotonic() - t0
+            self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
+            self.busy, self.running = False, 0
+            release_memory()
+
+    def _run(self, key: tuple, reqs: list[_Request]) -> None:
+        live = []
+        for r in reqs:
+            if r.abandoned():
+                self._give_up(r)
+            else:
+                live.append(r)
+        if not live:
+            return
+        results = self.run_group(*key, [r.prepared.working for r in live], [r.label for r in live],
+                                 should_stop=lambda i: live[i].abandoned())
+        for r, res in zip(live, results, strict=True):
+            if res is None or r.abandoned():
+                self._give_up(r)
+                continue
+            try:
+                res = deliver(r.prepared, res, self.config)
+            except Exception as e:
+                _settle(r.future, error=e)
+                continue
+            self.completed += 1
+            _settle(r.future, res)
 
 
 def result_header(result: HardenResult) -> dict:

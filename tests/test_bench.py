@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from advx import bench
 from advx.cli.bench import bench_cmd
 from advx.engine.config import HardenConfig
+from advx.engine.zoo import ModelUnavailableError
 
 from tiny import register_tiny_open_clip
 
@@ -99,7 +100,7 @@ def test_mean_logits_wrapper_averages_the_members(tiny_clip: str,
 
 
 def test_end_to_end_accounts_for_the_whole_run(tiny_clip: str, cache: bench.ModelCache) -> None:
-    cheap = HardenConfig(attack="pgd", transforms="none", diversity_prob=0.0)
+    cheap = HardenConfig(attack="pgd", transforms="none")
     row = bench.end_to_end(3, [tiny_clip], [TINY_TIMM], 2, "cpu", batch_size=2, image_size=40,
                            config=cheap, cache=cache)
     assert positive(row.seconds) and positive(row.images_per_s)
@@ -126,8 +127,7 @@ def test_end_to_end_counts_what_the_verifiers_score(tiny_clip: str, cache: bench
 
     monkeypatch.setattr(OnnxVerifier, "__call__", counting)
     monkeypatch.setattr(bench.e2e, "device_peak", lambda _dev: 1.0)  # as if on a known GPU
-    cfg = HardenConfig(attack="pgd", transforms="delivery", diversity_prob=0.0, verify_every=2,
-                       patience=1)  # patience is turned off: every image takes every step
+    cfg = HardenConfig(attack="pgd", transforms="delivery", verify_every=2)
     work = bench.prepare_end_to_end(3, [tiny_clip], [TINY_TIMM], 3, "cpu", batch_size=2,
                                     image_size=40, config=cfg, cache=cache)
     scored.clear()  # the warm-up run
@@ -183,6 +183,36 @@ def test_gpu_suite_covers_the_issue() -> None:
     assert {(c.models, c.images, c.steps, len(c.verifiers)) for c in e2e} == {
         (bench.OPEN_CLIP_TOWERS, 1000, 50, 2)}
     assert not set(e2e[0].verifiers) & set(e2e[0].models)
+
+
+def test_torch_only_cases_need_no_onnx_and_no_open_clip() -> None:
+    """Part 1 of benchmarks/gpu.sh: what a GPU machine without carried packages can measure."""
+    cases = (bench.verify_cases("cuda", bench.TIMM_TOWERS, backends=bench.TORCH_BACKENDS)
+             + bench.attack_cases("cuda", bench.TIMM_TOWERS))
+    assert {c.backend for c in cases if c.name == "verify"} == set(bench.TORCH_BACKENDS)
+    assert {c.batch for c in cases if c.name == "verify"} == {1, 32, 256}
+    assert {m for c in cases for m in c.models} == set(bench.TIMM_TOWERS)
+    assert all(c.device == "cuda" for c in cases)
+    assert (bench.TIMM_TOWERS, "advx") in {(c.models, c.backend) for c in cases}
+
+
+@pytest.mark.parametrize("error", [
+    ModuleNotFoundError("No module named 'open_clip'", name="open_clip"),
+    ModelUnavailableError("open_clip:ViT-B-32 needs `pip install open_clip_torch`"),
+])
+def test_a_missing_package_skips_the_case(error: Exception, cache: bench.ModelCache,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(bench.harness, "create_classifier", missing)
+    case = bench.Case("verify", ("open_clip:ViT-B-32/none",), 1, "torch-fp32", "cpu")
+    with pytest.raises(bench.BenchUnavailable, match="open_clip"):
+        bench.prepare_case(case, cache)
+    skipped: list[str] = []
+    rows = bench.run_cases([case], bench.QUICK_SIZES, cache,
+                           on_skip=lambda _case, reason: skipped.append(reason))
+    assert rows == [] and len(skipped) == 1
 
 
 def test_format_table_lists_every_row() -> None:

@@ -20,7 +20,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from advx.cli.evaluate import evaluate
 from advx.cli.main import cli
 from advx.engine.challenge import Grid, grid_solve_rate, sample_grids
 from advx.engine.folder import records as rec
@@ -151,14 +150,17 @@ def test_help_does_not_import_torch():
 
 
 def test_defaults_have_one_home():
-    """The CLI shows the engine's defaults (read from advx.engine.defaults and HardenConfig,
-    never copied), and the views and templates the engine builds are the ones named there."""
+    """The CLI shows the engine's defaults (read from advx.engine.defaults, advx.engine.presets
+    and HardenConfig, never copied), and the views and templates the engine builds are the
+    ones named there."""
     from advx.engine.config import HardenConfig
-    from advx.engine.defaults import PRESET_VIEWS, TEMPLATE_SETS, view_matrices
-    from advx.engine.views import PRESETS
+    from advx.engine.defaults import TEMPLATE_SETS
+    from advx.engine.presets import PRESETS, view_matrices
+    from advx.engine.views import views_of
     from advx.engine.zoo.zeroshot import _templates
 
-    assert {n: tuple(v.name for v in p.views) for n, p in PRESETS.items()} == PRESET_VIEWS
+    assert {n: tuple(v.name for v in views_of(n)) for n in PRESETS} == {
+        n: p.views for n, p in PRESETS.items()}
     assert set(_templates()) == set(TEMPLATE_SETS)
     help_text = " ".join(invoke("harden", "--help").output.split())
     d = HardenConfig()
@@ -442,36 +444,6 @@ def test_records_to_keep(tmp_path):
 # --------------------------------------------------------------------------- eval
 
 
-def _label_images(labels: list[int]) -> list[np.ndarray]:
-    return [np.full((20, 20, 3), 40 * y, np.uint8) for y in labels]
-
-
-def _oracle(shift: int):
-    """A fake model reading the label off the pixel value; shift=1 makes it always wrong."""
-    import torch
-
-    def score(x):
-        y = (x.mean(dim=(1, 2, 3)) * 255 / 40).round().long()
-        return torch.nn.functional.one_hot((y + shift) % 3, 3).float()
-
-    return score
-
-
-@pytest.mark.parametrize("transforms", ["none", "jpeg"])
-def test_evaluate_exact_on_constructed_models(transforms):
-    labels = [0, 0, 1, 1, 1, 2, 2, 0, 1, 2, 2]
-    names = ["bus", "car", "cat"]
-    res = evaluate(_label_images(labels), [names[y] for y in labels],
-                   {"right": _oracle(0), "wrong": _oracle(1)}, names, transforms=transforms,
-                   grids=50, seed=3)
-    rows = {(r["model"], r["view"]): r for r in res["results"]}
-    assert len(rows) == 2 * (1 if transforms == "none" else 2)
-    for (model, _), r in rows.items():
-        expected = 1.0 if model == "right" else 0.0
-        assert r["accuracy"] == expected and r["grid_solve_rate"] == expected
-    assert res["images"] == len(labels) and res["grids"] == 50
-
-
 def test_grids_are_seeded_and_well_formed():
     labels = [0] * 3 + [1] * 10 + [2] * 5
     grids = sample_grids(labels, 100, seed=7)
@@ -676,3 +648,16 @@ def test_sigint_exits_130_and_resume_completes(eight_images, tmp_path):
     assert resumed.returncode == 0, err
     assert_one_record_and_output_each(eight_images, out, 8)
     assert json.loads((out / rec.SUMMARY).read_text())["complete"]
+
+
+def test_resume_compares_options_like_with_like(tmp_path):
+    """Options read back from summary.json (lists) equal this run's (tuples): no warning on
+    identical options, a warning naming each option that differs."""
+    from advx.engine.folder.run import _changed_options
+
+    info = {"config": {"eps": 8.0, "views": ("own", "jpeg75"), "ssim_floor": None},
+            "surrogates": ("effnet-lite0",), "label_set": ("cat", "dog"), "max_side": 1024}
+    (tmp_path / rec.SUMMARY).write_text(json.dumps(info))
+    assert _changed_options(tmp_path, info) == []
+    other = {**info, "config": {**info["config"], "views": ("own",)}, "label_set": ("cat",)}
+    assert sorted(_changed_options(tmp_path, other)) == ["config.views", "label_set"]

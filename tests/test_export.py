@@ -148,7 +148,7 @@ def test_manifest_without_batch_axis_loads(tiny_models, tmp_path):
 
 
 def test_cache_key_of_the_interface(tiny_models):
-    from advx.export.onnx_export import cache_key
+    from advx.engine.onnx.cache import cache_key
 
     def key(**kw):
         return cache_key(tiny_models["timm"], LABELS, "fp32", "simple", ExportSpec(**kw))
@@ -160,7 +160,7 @@ def test_cache_key_of_the_interface(tiny_models):
 
 
 def test_export_cache_reuses(tiny_models, tmp_path, monkeypatch):
-    from advx.export import onnx_export
+    from advx.engine.onnx import cache
 
     name = tiny_models["timm"]
     first = export_cached(name, LABELS, cache_dir=tmp_path)
@@ -169,7 +169,7 @@ def test_export_cache_reuses(tiny_models, tmp_path, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("a cached export must not be rebuilt")
 
-    monkeypatch.setattr(onnx_export, "export_classifier", fail)
+    monkeypatch.setattr(cache, "export_classifier", fail)
     assert export_cached(name, LABELS, cache_dir=tmp_path) == first
     with pytest.raises(AssertionError):  # other labels or precision: another entry
         export_cached(name, ("cat", "dog"), cache_dir=tmp_path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from advx.engine.denoise import NonLocalMeans, RealDenoise
 from advx.engine.nlm_jacobian import LinearizedNLM, lightness8, nlm_vjp
-from advx.engine.views import NonLocalMeans, RealDenoise
 
 
 def test_flat_image_spreads_a_gradient_over_the_search_grid_exactly():
@@ -75,29 +75,3 @@ def test_real_denoise_runs_opencv_forward_and_the_frozen_jacobian_backward():
     torch.testing.assert_close(gx, torch.cat(parts), rtol=0, atol=0)
     # a flat, low-noise tile: the filter averages, so the gradient is smoothed (smaller)
     assert float(gx.abs().mean()) < 0.5 * float(g.abs().mean())
-
-
-def test_colour_weights_on_a_flat_image_average_like_the_lightness_alone():
-    # one weight for every offset on both the lightness and the colour: the opponent axes
-    # go there and back, and the colour path equals the lightness-only one
-    torch.manual_seed(2)
-    x = torch.full((2, 3, 28, 28), 0.3)
-    g = torch.randn_like(x)
-    torch.testing.assert_close(nlm_vjp(x, g, h_color=10.0), nlm_vjp(x, g), rtol=1e-4, atol=1e-5)
-
-
-def test_colour_weights_keep_a_colour_gradient_on_its_side_of_an_isoluminant_edge():
-    # red | green of one lightness: the lightness-only weights average across the edge,
-    # OpenCV's colour weights (and these) do not
-    from advx.engine.nlm_jacobian import lab8
-
-    x = torch.zeros(1, 3, 24, 48)
-    x[:, 0, :, :24] = 0.6
-    x[:, 1, :, 24:] = 0.6 * 0.2126 / 0.7152
-    lab = lab8(x)
-    assert abs(float(lab[0, 0, 0, 0] - lab[0, 0, 0, 40])) < 1e-3  # the same lightness
-    g = torch.zeros_like(x)
-    g[:, :, 12, 20] = torch.tensor([1.0, -1.0, 0.0])  # a pure colour change, left side
-    plain, colour = nlm_vjp(x, g), nlm_vjp(x, g, h_color=10.0)
-    assert float(plain[..., 24:].abs().sum()) > 0.1
-    assert float(colour[..., 24:].abs().max()) < 1e-3

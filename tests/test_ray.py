@@ -194,3 +194,176 @@ def test_api_harden_on_ray_equals_its_runs_in_one_process(cluster, folder):
         assert np.array_equal(a.image, b.image)
         assert (a.status, a.steps, a.predictions_after) == (b.status, b.steps,
                                                              b.predictions_after)
+
+
+# --------------------------------------------------------------------------- local instances
+
+_DRIVER = r"""
+import json, os, sys, time
+from advx.engine.folder.distributed import RayOptions, connect
+connect(RayOptions("local"))
+import psutil  # Ray's own copy
+me = psutil.Process()
+pids = [p.pid for p in me.children(recursive=True)]
+listen = sorted({c.laddr.ip for c in psutil.net_connections(kind="inet")
+                 if c.status == "LISTEN" and c.pid in set(pids) | {me.pid}})
+print(json.dumps({"pids": pids, "listen": listen}), flush=True)
+time.sleep(600)
+"""
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            out.append(pid)
+        except ProcessLookupError:
+            pass
+    return out
+
+
+def _descendants(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_bytes()
+                kids.setdefault(int(stat[stat.rindex(b")") + 2 :].split()[1]), []).append(int(d))
+            except (OSError, ValueError):
+                pass
+    found, todo = [], [root]
+    while todo:
+        for c in kids.get(todo.pop(), ()):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="Linux /proc")
+def test_local_ray_listens_on_loopback_and_ends_with_its_driver():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        info = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()  # kill -9: no shutdown runs in the driver
+        proc.wait()
+    assert info["pids"] and set(info["listen"]) <= LOOPBACK, info["listen"]
+    t0 = time.monotonic()
+    while _alive(info["pids"]):
+        assert time.monotonic() - t0 < 15, f"Ray processes {_alive(info['pids'])} outlive it"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    import tiny
+
+    d = tmp_path_factory.mktemp("tiny-ray-serve")
+    return f"timm:test_efficientnet/{tiny.save_tiny_timm_checkpoint(d)}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, fields: dict, png: bytes, token: str | None = "tok", timeout: float = 120):
+    import io
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    b = uuid.uuid4().hex
+    body = io.BytesIO()
+    for k, v in fields.items():
+        body.write(f"--{b}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                   .encode())
+    body.write(f"--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"t.png\""
+               f"\r\n\r\n".encode() + png + f"\r\n--{b}--\r\n".encode())
+    headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body.getvalue(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="Linux /proc")
+def test_serve_on_ray_serve_answers_the_same_api(tiny_model, photos, tmp_path):
+    """`advx serve --ray local`: Ray Serve replicas behind the same app (token, error bodies,
+    429 from Ray Serve's queue limit), and nothing of Ray left once it is stopped."""
+    import io
+    import subprocess
+    import sys
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("ray.serve")
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "ADVX_TOKEN": "tok",
+           "ADVX_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "advx.cli.main", "serve", "--ray", "local", "--port", str(port),
+           "--label-set", "cat,dog,bus", "--surrogates", tiny_model, "--verifiers", tiny_model,
+           "--transforms", "none", "--steps", "2", "--batch-size", "2", "--max-queue", "1"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while "listening on" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        tile = np.ascontiguousarray(photos["chelsea"][0][40:136, 100:196])
+        buf = io.BytesIO()
+        Image.fromarray(tile).save(buf, "PNG")
+        png = buf.getvalue()
+        status, headers, body = _post(base + "/harden", {"label": "cat"}, png)
+        assert status == 200, body[:300]
+        out = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+        assert out.shape == tile.shape and np.abs(out.astype(int) - tile.astype(int)).max() <= 8
+        assert json.loads(headers["x-advx-result"])["label"] == "cat"
+        status, _, body = _post(base + "/harden", {"label": "cat"}, png, token=None)
+        assert status == 401 and "error" in json.loads(body)
+        status, _, body = _post(base + "/harden", {"label": "zebra"}, png)
+        assert status == 400 and "not in the label set" in json.loads(body)["error"]
+        # 2 running + 1 queued at most: the rest are refused by Ray Serve's queue limit
+        slow = {"label": "cat", "eps": "0.5", "steps": "1000"}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: _post(base + "/harden", slow, png), range(8)))
+        codes = sorted(a[0] for a in answers)
+        assert 429 in codes and set(codes) <= {200, 429}, codes
+        refused = next(a for a in answers if a[0] == 429)
+        assert int(refused[1]["retry-after"]) >= 1 and "error" in json.loads(refused[2])
+        req = urllib.request.Request(base + "/healthz", headers={"Authorization": "Bearer tok"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            health = json.loads(r.read())
+        assert health["backend"] == "ray-serve" and {"queued", "busy", "served"} <= set(health)
+        assert health["served"] == codes.count(200) + 1
+    finally:
+        ray_pids = _descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    t0 = time.monotonic()
+    while _alive(ray_pids):
+        assert time.monotonic() - t0 < 20, f"{_alive(ray_pids)} outlive advx serve"
+        time.sleep(0.2)

@@ -211,3 +211,42 @@ def test_report_shows_views_ssim_and_the_smoothest_region(tmp_path):
 
     _y, x, side = smoothest_region(flat, 48)
     assert x >= 10 and side == 48
+
+
+def test_headline_is_what_the_records_imply():
+    from advx.engine.folder.records import headline, per_view, still_right
+
+    recs = _view_records()
+    for r in recs:  # own decides, jpeg75 is reported
+        r["deciding"] = {"v": ["own"]}
+    h = summarize(recs, total=len(recs))["headline"]
+    assert list(h) == ["v"] and h["v"]["deciding"] == ["own"]
+    # wrong under all deciding views (own margin >= 0) on 3 of the 4 tiles
+    assert h["v"]["beaten_rate"] == 0.75
+    views = per_view(recs)
+    assert h["v"]["grid_solve_rate"] == {
+        w: {"before": e["grid_solve_rate_before"], "after": e["grid_solve_rate_after"]}
+        for w, e in views["v"].items()}
+    assert headline(recs) == h
+    for r in recs:
+        r["deciding"] = {"v": ["own", "jpeg75"]}
+    assert headline(recs)["v"]["beaten_rate"] == 0.5  # both views wrong on tiles 0 and 2
+    assert still_right(recs[1]) == {"v": ["jpeg75"]} and still_right(recs[3]) == {
+        "v": ["own", "jpeg75"]}
+
+
+def test_report_and_table_open_with_the_headline(tmp_path):
+    from advx.cli.harden import summary_table
+
+    inp, out, records = make_run(tmp_path, ["a.png", "b.png"], size=(32, 32))
+    for r, extra in zip(records, _view_records()[:2], strict=True):
+        r.update({k: v for k, v in extra.items() if "view" in k})
+        r["deciding"] = {"v": ["own"]}
+    summary = summarize(records, total=2)
+    write_report(out, records, summary, inp)
+    html = (out / "report.html").read_text()
+    assert html.index("What the solvers still solve") < html.index("Per verifier and view")
+    assert "jpeg75 (reported)" in html and "still reads cat under: jpeg75" in html
+    summary.update(images_per_s=None, seconds=0.0)
+    first = summary_table(summary, out).splitlines()[0]
+    assert first.startswith("  v: wrong under all deciding views (own) on 100%")

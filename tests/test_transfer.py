@@ -51,7 +51,7 @@ def clean_error_rate(verifier, images, labels) -> float:
 @pytest.mark.parametrize("preset", ["none", "jpeg", "solver"])
 def test_transfer_to_held_out_verifier(tile_set, verifier, preset):
     """The engine's verdict covers every view of the preset (non-local means included for
-    "solver", which a held-out model almost never fails: see benchmarks/EFFICACY.md), so the
+    "solver", which a held-out model almost never fails: see benchmarks/README.md), so the
     figure checked for every preset is the verifier's own view, recomputed here."""
     images, labels = tile_set
     clean_err = clean_error_rate(verifier, images, labels)

@@ -8,6 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 OPEN_CLIP_TOWERS = ("open_clip:ViT-B-32/none", "open_clip:ViT-B-16/none", "open_clip:RN50/none")
+# the same architectures from timm (ImageNet heads), for machines without open_clip
+TIMM_TOWERS = ("timm:vit_base_patch32_224/none", "timm:vit_base_patch16_224/none",
+               "timm:resnet50/none")
+TORCH_BACKENDS = ("torch-fp32", "torch-autocast-fp16")  # verification backends without ONNX
 CPU_MODEL = "effnet-lite0"
 GPU_BACKENDS = ("onnx-fp16", "torch-fp32", "torch-autocast-fp16")
 CPU_BACKENDS = ("onnx-fp32", "torch-fp32")
@@ -109,11 +113,14 @@ def short_name(model: str) -> str:
 
 
 def verify_cases(device: str, models: Sequence[str] | None = None,
-                 sizes: SuiteSizes | None = None) -> list[Case]:
-    """Every model x batch x backend on ``device``; on CUDA with the default models, also the
-    EfficientNet-Lite fp32 ONNX-vs-torch rows on the CPU."""
+                 sizes: SuiteSizes | None = None, backends: Sequence[str] | None = None
+                 ) -> list[Case]:
+    """Every model x batch x backend on ``device`` (``backends``: those of the device's suite
+    by default); on CUDA with the default models, also the EfficientNet-Lite fp32
+    ONNX-vs-torch rows on the CPU."""
     sizes = sizes or default_sizes(device)
-    backends = GPU_BACKENDS if device == "cuda" else CPU_BACKENDS
+    if backends is None:
+        backends = GPU_BACKENDS if device == "cuda" else CPU_BACKENDS
     cases = [Case("verify", (m,), b, backend, device) for m in models or default_models(device)
              for b in sizes.batch_sizes for backend in backends]
     if device == "cuda" and models is None:

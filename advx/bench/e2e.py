@@ -61,10 +61,10 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
                        config: HardenConfig | None = None, seed: int = 0) -> Workload:
     """Load ``n_images`` PNG tiles from disk and harden them with :class:`Hardener`.
 
-    Every image runs all ``steps`` (the fooling margin is set out of reach and patience off:
-    random-init models measure speed, not fooling), so the figure is the worst case of the step
-    limit. The run is warmed up on up to one batch (an eighth of the images at most).
-    ``config`` (a :class:`HardenConfig`) defaults to the engine's defaults.
+    Every image runs all ``steps`` (the fooling margin is set out of reach: random-init models
+    measure speed, not fooling), so the figure is the worst case of the step limit. The run is
+    warmed up on up to one batch (an eighth of the images at most). ``config`` (a
+    :class:`HardenConfig`) defaults to the engine's defaults.
     """
     from ..engine.api import Hardener
     from ..engine.config import HardenConfig
@@ -73,8 +73,7 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
     dev = resolve_device(device)
     labels = bench_labels(n_labels)
     cfg = dataclasses.replace(config or HardenConfig(), steps=steps, device=str(dev),
-                              required_margin=math.inf, patience=0, batch_size=batch_size,
-                              seed=seed)
+                              required_margin=math.inf, batch_size=batch_size, seed=seed)
     # models from the cache: built once per run, ONNX verifiers checked to be on CUDA there
     onnx_precision = "fp16" if dev.type == "cuda" else "fp32"  # as Hardener would export them
     scorers = [cache.verifier(v, n_labels, onnx_precision, dev) for v in verifiers]
@@ -120,6 +119,7 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
         ver = [cache.gflops(v, cache.classifier(v, n_labels, dev)) for v in verifiers]
     hw = hardware_name(dev)
     amp = hardener.scheduler.attack.amp_dtype
+    eot_samples = hardener.scheduler.attack.eot_samples  # surrogate passes per step and image
     precision = f"{'bf16 autocast' if amp is not None else 'fp32'} + onnx {onnx_precision}"
 
     def row(seconds: float, runs: int) -> BenchRow:
@@ -128,7 +128,7 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
         fractions["other"] = max(0.0, 1.0 - sum(fractions.values()))
         frac = None
         if peak is not None and None not in sur and None not in ver:
-            flops = (last["steps"] * hardener.config.eot_samples * STEP_FLOPS_PER_FORWARD * sum(sur)
+            flops = (last["steps"] * eot_samples * STEP_FLOPS_PER_FORWARD * sum(sur)
                      + last["forwards"] * sum(ver)) * 1e9
             frac = flops / total / (peak * 1e12)
         return BenchRow(

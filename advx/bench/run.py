@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..engine.zoo import ModelUnavailableError
 from .cases import SUITES, BenchRow, BenchUnavailable, Case, SuiteSizes, rounds
 from .e2e import prepare_end_to_end
 from .harness import ModelCache, Workload, measure
@@ -11,6 +12,17 @@ from .throughput import prepare_attack, prepare_verification
 
 
 def prepare_case(case: Case, cache: ModelCache) -> Workload:
+    """The case's workload, or :class:`BenchUnavailable` when a package or the weights it
+    needs are not installed."""
+    try:
+        return _prepare(case, cache)
+    except ImportError as e:
+        raise BenchUnavailable(f"a package it needs is not installed ({e})") from e
+    except ModelUnavailableError as e:
+        raise BenchUnavailable(str(e)) from e
+
+
+def _prepare(case: Case, cache: ModelCache) -> Workload:
     if case.name == "verify":
         return prepare_verification(case.models[0], case.batch, case.backend, case.device,
                                     cache=cache)

@@ -1,11 +1,10 @@
 """MI-FGSM (Dong et al. 2018): momentum over L1-normalised gradients, for transferability.
 
-With ``diversity`` it is DI-MI-FGSM, with ``ti_size`` TI-DI-MI-FGSM (both options of Attack).
-With ``nesterov`` it is NI-FGSM (Lin et al. 2020): the gradient is taken at the point the
-momentum is about to reach. NI's own look-ahead, ``adv + decay * alpha * momentum``, is sized
-for 10 steps of eps / 10; over 40 steps of eps / 4 the accumulated momentum carries it up to
-ten budgets away (60-tile benchmark: lite2 fooled 75% -> 22%), so here the look-ahead is the
-next sign step itself, projected into the budget.
+With ``diversity`` (an option of Attack) it is DI-MI-FGSM. With ``nesterov`` it is NI-FGSM (Lin
+et al. 2020): the gradient is taken at the point the momentum is about to reach. NI's own
+look-ahead, ``adv + decay * alpha * momentum``, is sized for a few steps of eps / 10; over the
+engine's longer runs of eps / 4 steps the accumulated momentum would carry it many budgets away,
+so here the look-ahead is the next sign step itself, projected into the budget.
 """
 
 from __future__ import annotations
@@ -13,11 +12,12 @@ from __future__ import annotations
 import torch
 
 from ..ensemble import unit_mean_abs
-from .base import Attack, AttackState
+from .base import Attack, AttackState, register_attack
 
 
+@register_attack("mifgsm")
 class MIFGSM(Attack):
-    def __init__(self, *args, decay: float = 1.0, nesterov: bool = False, **kwargs) -> None:
+    def __init__(self, *args, decay: float = 1.0, nesterov: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.decay = decay
         self.nesterov = nesterov

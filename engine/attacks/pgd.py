@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, AttackState
+from .base import Attack, AttackState, register_attack
 
 
+@register_attack("pgd")
 class PGD(Attack):
     """L-inf PGD with random start. ``eps_01`` and ``alpha_01`` in [0, 1] pixel units."""
 

@@ -54,15 +54,124 @@ def _ray():
     return ray
 
 
+# what connect() started: a local Ray instance (shut down by disconnect) and its watchdog
+_started: list[Any] = []
+
+# The watchdog of a local instance: a process of its own that snapshots the Ray processes
+# below the driver every second and, once the driver is gone (its stdin reaches EOF: a normal
+# end or a kill -9), stops those still running (SIGTERM, then SIGKILL). Ray's own fate sharing
+# kills the driver's children at once, but its agents then wait a minute on the dead GCS.
+_WATCHDOG = r"""
+import os, signal, sys, threading, time
+driver = int(sys.argv[1])
+def stat(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        s = f.read()
+    rest = s[s.rindex(b")") + 2:].split()
+    return int(rest[1]), rest[19]
+def ray_below(root):
+    procs, kids = {}, {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                procs[int(d)] = stat(d)
+            except (OSError, ValueError, IndexError):
+                pass
+    for pid, (ppid, _) in procs.items():
+        kids.setdefault(ppid, []).append(pid)
+    found, todo = {}, [root]
+    while todo:
+        for c in kids.get(todo.pop(), ()):
+            todo.append(c)
+            try:
+                with open(f"/proc/{c}/cmdline", "rb") as f:
+                    cmd = f.read()
+                if c != os.getpid() and (b"/ray/" in cmd or cmd.startswith(b"ray::")):
+                    found[c] = procs[c][1]
+            except OSError:
+                pass
+    return found
+gone = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.buffer.read(), gone.set()), daemon=True).start()
+known = {}
+while not gone.wait(1.0):
+    known.update(ray_below(driver))
+def alive():
+    out = []
+    for pid, start in known.items():
+        try:
+            if stat(pid)[1] == start:
+                out.append(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+deadline = time.monotonic() + 1.0
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.2)
+for sig, wait in ((signal.SIGTERM, 1.5), (signal.SIGKILL, 0.0)):
+    for pid in alive():
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    end = time.monotonic() + wait
+    while alive() and time.monotonic() < end:
+        time.sleep(0.1)
+"""
+
+
+def _start_local(ray, **kw) -> None:
+    """A Ray instance of this process on loopback only: its node address is 127.0.0.1, so that
+    every server of it listens there (Ray maps an explicit 127.0.0.1 to the machine's address
+    unless it is told that this is a one-machine instance), and a watchdog that stops its
+    processes within seconds of the driver's end."""
+    import subprocess
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by Ray's processes
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time, should ray be imported
+    watchdog = None
+    if sys.platform.startswith("linux"):
+        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())],
+                                    stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", **kw)
+    except BaseException:
+        if watchdog is not None:
+            watchdog.stdin.close()
+        raise
+    _started.append(watchdog)
+
+
 def connect(options: RayOptions):
     """Join (or start) the cluster once per process; a session already connected is reused
-    (a test or a service may have called ``ray.init`` itself)."""
+    (a test or a service may have called ``ray.init`` itself). ``local`` starts a Ray instance
+    on loopback only, which :func:`disconnect` shuts down."""
     ray = _ray()
     if not ray.is_initialized():
-        address = None if options.address == "local" else options.address
-        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        kw = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
+                  configure_logging=False)
+        if options.address == "local":
+            _start_local(ray, **kw)
+        else:
+            ray.init(address=options.address, **kw)
     return ray
+
+
+def disconnect() -> None:
+    """Shut down the local instance :func:`connect` started, if any (a joined cluster stays);
+    its watchdog stops what is left of it within seconds."""
+    if not _started:
+        return
+    watchdog = _started.pop()
+    try:
+        _ray().shutdown()
+    finally:
+        if watchdog is not None:
+            with contextlib.suppress(OSError):
+                watchdog.stdin.close()
 
 
 def plan(resources: dict[str, float], options: RayOptions) -> tuple[int, float, float]:
@@ -184,6 +293,7 @@ class RayPool:
             with contextlib.suppress(Exception):  # already gone
                 self.ray.kill(a, no_restart=True)
         self.actors = []
+        disconnect()  # a local instance ends with the run
 
 
 def run_in_memory(ray: str | RayOptions, build: Callable[[], Any], images: Sequence,

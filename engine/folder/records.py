@@ -17,6 +17,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Self, TextIO
 
+import numpy as np
+
+from ..challenge import grid_solve_rate_sets, sample_grids
+
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.html"
@@ -164,7 +168,9 @@ def summarize(records: Sequence[dict], *, total: int) -> dict:
     hardened = [r for r in records if r["status"] != "error"]
     fooled = [r for r in hardened if r["status"] == "fooled"]
     by_step = Counter(int(r["fooled_at"]) for r in fooled if r.get("fooled_at") is not None)
+    views = per_view(hardened)
     return {
+        "headline": headline(hardened, views),
         "total": total,
         "done": len(records),
         "pending": max(0, total - len(records)),
@@ -172,6 +178,10 @@ def summarize(records: Sequence[dict], *, total: int) -> dict:
         "unfooled": status["unfooled"],
         "errors": status["error"],
         "fooled_rate": round(len(fooled) / len(hardened), 4) if hardened else None,
+        # strict: every verifier wrong under every view, the reported ones included
+        "fooled_every_view_rate": (round(sum(bool(r.get("fooled_every_view"))
+                                             for r in hardened) / len(hardened), 4)
+                                   if hardened else None),
         "mean_psnr": _mean(r.get("psnr") for r in hardened),
         "mean_ssim": _mean(r.get("ssim") for r in hardened),
         "mean_linf": _mean(r.get("linf") for r in hardened),
@@ -180,15 +190,13 @@ def summarize(records: Sequence[dict], *, total: int) -> dict:
         "fooled_by_step": {str(k): by_step[k] for k in sorted(by_step)},
         "stop_reasons": dict(sorted(Counter(str(r.get("stop_reason")) for r in hardened).items())),
         "per_model": per_model(hardened),
-        "per_view": per_view(hardened),
+        "per_view": views,
         "ssim_distribution": distribution([r.get("ssim") for r in hardened]),
     }
 
 
 def distribution(values: Iterable[float | None]) -> dict | None:
     """Quantiles and a 10-bin histogram (over [min, 1]) of the finite values."""
-    import numpy as np
-
     vals = np.array([float(v) for v in values if v is not None and math.isfinite(float(v))])
     if not len(vals):
         return None
@@ -205,8 +213,6 @@ def distribution(values: Iterable[float | None]) -> dict | None:
 def _grids(rows: Sequence[dict], grids: int, seed: int):
     """(label -> index, each row's label index, the seeded 3x3 grids) of ``rows``; the index
     grows as selections name further labels."""
-    from ..challenge import sample_grids
-
     index: dict[str, int] = {}
     y = [index.setdefault(r["label"], len(index)) for r in rows]
     return index, y, sample_grids(y, grids, seed)
@@ -215,8 +221,6 @@ def _grids(rows: Sequence[dict], grids: int, seed: int):
 def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
     """Per verifier and per view of the matrix: the share of tiles it gets wrong (fooling
     margin >= 0: its own decision is wrong) and its 3x3 grid solve rate, before and after."""
-    from ..challenge import grid_solve_rate_sets
-
     rows = [r for r in records if isinstance(r.get("margins_by_view"), dict)
             and isinstance(r.get("selected_by_view_after"), dict)]
     if not rows:
@@ -244,11 +248,44 @@ def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[s
     return out
 
 
+def _wrong(margin: float | None) -> bool:
+    """A fooling margin read by the solver's own rule: >= 0 means its answer is wrong."""
+    return margin is not None and margin >= 0
+
+
+def still_right(record: dict) -> dict[str, list[str]]:
+    """verifier -> the views under which it still reads the tile's label (fooling margin < 0:
+    its own decision is right)."""
+    return {v: [w for w, m in views.items() if m is not None and not _wrong(m)]
+            for v, views in (record.get("margins_by_view") or {}).items()}
+
+
+def headline(records: Sequence[dict], views: dict[str, dict] | None = None) -> dict[str, dict]:
+    """What an operator acts on, per verifier: the share of tiles it gets wrong under all of its
+    deciding views at once (by its own decision rule), the views that decide for it, and under
+    each view its 3x3 grid solve rate before and after (``views``: :func:`per_view` of the same
+    records, computed here when not given)."""
+    views = per_view(records) if views is None else views
+    out: dict[str, dict] = {}
+    for v, by_view in views.items():
+        rows = [r for r in records if v in (r.get("margins_by_view") or {})]
+        deciding = list(dict.fromkeys(w for r in rows for w in (r.get("deciding") or {}).get(
+            v, r["margins_by_view"][v])))
+        beaten = [all(_wrong(r["margins_by_view"][v].get(w)) for w in
+                      (r.get("deciding") or {}).get(v, r["margins_by_view"][v])) for r in rows]
+        out[v] = {
+            "beaten_rate": round(sum(beaten) / len(beaten), 4) if beaten else None,
+            "deciding": deciding,
+            "grid_solve_rate": {w: {"before": e.get("grid_solve_rate_before"),
+                                    "after": e.get("grid_solve_rate_after")}
+                                for w, e in by_view.items()},
+        }
+    return out
+
+
 def per_model(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
     """Per model, by its own decision rule: how often it selects a tile for the tile's label,
     and how many seeded 3x3 grids ("select all X") it solves, before and after hardening."""
-    from ..challenge import grid_solve_rate_sets
-
     rows = [r for r in records if isinstance(r.get("selected_before"), dict)
             and isinstance(r.get("selected_after"), dict)]
     if not rows:

@@ -15,8 +15,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+from PIL import Image
 
-from .records import REPORT, REPORT_FILES
+from ..files import write_text_atomic
+from ..images import ImageLoadError, load_image, save_image_atomic
+from .records import REPORT, REPORT_FILES, still_right
 
 GALLERY_LIMIT = 500
 THUMB = 256
@@ -38,8 +41,6 @@ th{background:#f4f4f4}
 def write_report(out_dir: Path, records: Sequence[dict], summary: dict,
                  input_root: Path) -> Path:
     """Write ``out_dir/report.html`` (and its thumbnails) for ``records``; returns its path."""
-    from ..files import write_text_atomic
-
     out_dir, input_root = Path(out_dir), Path(input_root)
     records = sorted(records, key=lambda r: r["path"])
     hardened = [r for r in records if r["status"] != "error"]
@@ -50,6 +51,7 @@ def write_report(out_dir: Path, records: Sequence[dict], summary: dict,
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>",
         "<title>advx report</title>", f"<style>{_CSS}</style></head><body>",
         "<h1>advx harden report</h1>",
+        _headline(summary.get("headline") or {}),
         _summary_table(summary),
         "<h2>Fooled rate against attack steps</h2>",
         fooled_rate_svg(hardened, int(summary.get("config", {}).get("steps") or 0)),
@@ -99,7 +101,8 @@ def _summary_table(s: dict) -> str:
         ("inputs", s.get("total"), ""), ("done", s.get("done"), ""),
         ("pending", s.get("pending"), ""), ("fooled", s.get("fooled"), ""),
         ("unfooled", s.get("unfooled"), ""), ("errors (unreadable)", s.get("errors"), ""),
-        ("fooled rate", s.get("fooled_rate"), ".1%"),
+        ("fooled rate (deciding views)", s.get("fooled_rate"), ".1%"),
+        ("strict rate (every view)", s.get("fooled_every_view_rate"), ".1%"),
         ("mean PSNR (dB)", s.get("mean_psnr"), ".2f"),
         ("mean SSIM", s.get("mean_ssim"), ".4f"),
         ("mean L-inf (/255)", s.get("mean_linf"), ".2f"),
@@ -116,6 +119,29 @@ def _summary_table(s: dict) -> str:
     return (f"<table>{body}</table>" + _per_model_table(s.get("per_model") or {})
             + _per_view_table(s.get("per_view") or {})
             + _ssim_table(s.get("ssim_distribution")))
+
+
+def _headline(headline: dict) -> str:
+    """Per verifier: tiles beaten under all its deciding views, and 3x3 grids solved before and
+    after under each view (reported views marked)."""
+    if not headline:
+        return ""
+    parts = ["<h2>What the solvers still solve</h2>"]
+    for name, h in headline.items():
+        deciding = h.get("deciding") or []
+        grids = h.get("grid_solve_rate") or {}
+        head = "".join(f"<th>{escape(w)}{'' if w in deciding else ' (reported)'}</th>"
+                       for w in grids)
+        cells = "".join(f"<td>{_fmt(g.get('before'), '.0%')} &rarr; "
+                        f"{_fmt(g.get('after'), '.0%')}</td>" for g in grids.values())
+        parts.append(f"<p><b>{escape(name)}</b> is wrong under all its deciding views "
+                     f"({escape(', '.join(deciding))}) on <b>{_fmt(h.get('beaten_rate'), '.0%')}"
+                     f"</b> of the tiles.</p><table><tr><th>3x3 grids solved</th>{head}</tr>"
+                     f"<tr><th>before &rarr; after</th>{cells}</tr></table>")
+    parts.append("<p class='note'>Deciding views must be beaten before an image is done; "
+                 "reported views are scored on the delivered files but never keep an image "
+                 "in the batch (<code>advx harden --help</code> lists both).</p>")
+    return "".join(parts)
 
 
 def _per_view_table(per_view: dict) -> str:
@@ -135,7 +161,7 @@ def _per_view_table(per_view: dict) -> str:
     parts.append("<p class='note'>own = the verifier's own preprocessing; the other views are "
                  "listed in <code>advx harden --help</code>. &ldquo;answers wrong&rdquo;: its "
                  "decision on the delivered file under that view is wrong; an image counts as "
-                 "fooled only when every view is, by the margin.</p>")
+                 "fooled when its deciding views are, by the margin.</p>")
     return "".join(parts)
 
 
@@ -268,6 +294,8 @@ def _gallery_row(out_dir: Path, input_root: Path, r: dict) -> str:
         + (f" at step {r['fooled_at']}" if r.get("fooled_at") is not None else ""),
         f"verifiers say: {escape(verifiers)}" if verifiers else "",
         *solvers,
+        *(f"{escape(v)} still reads {escape(label)} under: {escape(', '.join(w))}"
+          for v, w in still_right(r).items() if w),
         (f"PSNR {_fmt(r.get('psnr'), '.1f')} dB &middot; SSIM {_fmt(r.get('ssim'), '.3f')} "
          f"&middot; L-inf {_fmt(r.get('linf'), '.1f')}/255"),
         *(f"<span class='note'>{escape(str(n))}</span>" for n in r.get("notes") or ()),
@@ -277,8 +305,6 @@ def _gallery_row(out_dir: Path, input_root: Path, r: dict) -> str:
 
 def _thumbnails(out_dir: Path, input_root: Path, r: dict) -> dict[str, str]:
     """kind -> thumbnail path relative to out_dir (written unless already up to date)."""
-    from ..images import ImageLoadError, load_image, save_image_atomic
-
     key = hashlib.sha1(r["path"].encode("utf-8")).hexdigest()[:16]
     names = {k: f"{REPORT_FILES}/{key}_{k}.png" for k in ("original", "hardened", "difference",
                                                            "zoom_original", "zoom_hardened")}
@@ -334,8 +360,6 @@ def smoothest_region(pixels: np.ndarray, side: int) -> tuple[int, int, int]:
 
 def _thumb(pixels: np.ndarray, nearest: bool = False) -> np.ndarray:
     """At most THUMB px on the longer side; the difference keeps its texture (nearest)."""
-    from PIL import Image
-
     im = Image.fromarray(pixels)
     im.thumbnail((THUMB, THUMB), Image.Resampling.NEAREST if nearest
                  else Image.Resampling.LANCZOS)

@@ -17,10 +17,14 @@ import numpy as np
 
 from ... import __version__
 from ..config import HardenConfig
+from ..dataset import discover
 from ..defaults import DEFAULT_MAX_SIDE, DEFAULT_SURROGATES, DEFAULT_TEMPLATES, DEFAULT_VERIFIERS
 from ..errors import RunError
+from ..files import write_text_atomic
+from ..images import ImageLoadError, load_image, save_image_atomic
 from . import records as rec
-from .distributed import RayOptions
+from .distributed import Batch, RayOptions, RayPool
+from .report import write_report
 from .resample import MIN_SIDE, downscale, full_size_delivery, working_size
 
 
@@ -97,7 +101,7 @@ def resolve_label_set(labels_seen: Sequence[str], given: Sequence[str] | None,
     """--label-set, or the sorted labels seen; one label alone is a binary challenge ("select
     all X") against the built-in negatives."""
     if not given:
-        from ..api import default_label_set
+        from ..api import default_label_set  # torch: see _build_hardener
 
         return default_label_set(labels_seen, label_map)
     unknown = sorted(set(labels_seen) - set(given))
@@ -125,7 +129,12 @@ def run_info(job: HardenJob, label_set: Sequence[str]) -> dict:
     return {"config": dataclasses.asdict(job.config), "surrogates": list(job.surrogates),
             "verifiers": list(job.verifiers), "templates": job.templates,
             "label_set": list(label_set), "max_side": job.max_side,
-            "label_map": str(job.label_map) if job.label_map else None, "decoy": job.decoy}
+            "label_map": str(Path(job.label_map).resolve()) if job.label_map else None,
+            # the map itself, so that `advx eval` of the outputs needs no path that may not
+            # resolve from where it runs
+            "label_map_entries": (json.loads(Path(job.label_map).read_text(encoding="utf-8"))
+                                  if job.label_map else None),
+            "decoy": job.decoy}
 
 
 def _changed_options(out_dir: Path, info: dict) -> list[str]:
@@ -133,6 +142,8 @@ def _changed_options(out_dir: Path, info: dict) -> list[str]:
         old = json.loads((out_dir / rec.SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
+    # like with like: this run's options as summary.json holds them (tuples become lists)
+    info = json.loads(json.dumps(info, default=str))
     changed = [k for k in ("surrogates", "verifiers", "templates", "label_set", "max_side",
                            "label_map", "decoy")
                if k in old and old[k] != info[k]]
@@ -146,13 +157,11 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     """Harden every input of ``job`` not yet done; write results.jsonl, summary.json and
     report.html. Raises RunError / DatasetError / model errors before touching ``out_dir``;
     returns with ``interrupted`` set on Ctrl-C (what is finished is kept)."""
-    from ..dataset import discover
-
     if job.labels_csv is None and (job.input_dir / rec.RESULTS).exists():
         raise RunError(f"{job.input_dir} is an advx output folder (it has {rec.RESULTS}); its "
                        f"{rec.REPORT_FILES}/ would be read as a label. To harden its images "
                        f"again, list them in a --labels CSV")
-    from ..zoo import load_label_map
+    from ..zoo import load_label_map  # torch: see _build_hardener
 
     items = discover(job.input_dir, job.labels_csv)
     label_map = load_label_map(job.label_map)
@@ -185,8 +194,6 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     asked = sorted({it.label for it in pending} | ({job.decoy} if job.decoy else set()))
     hardener = pool = None
     if pending and job.ray is not None:
-        from .distributed import RayPool
-
         pool = RayPool(job.ray, functools.partial(_build_hardener, job, label_set, label_map,
                                                   asked))
         info["ray_workers"] = pool.size
@@ -195,8 +202,6 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     info["setup_seconds"] = round(time.perf_counter() - t_setup, 3)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     rec.remove_temp_files(job.out_dir)
-    from ..files import write_text_atomic
-
     write_text_atomic(results, "".join(rec.dumps(r) + "\n" for r in ordered_kept))
 
     t0 = time.perf_counter()
@@ -241,6 +246,8 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
 def _build_hardener(job: HardenJob, label_set: Sequence[str], label_map,
                     asked: Sequence[str]):
     """The models, checked to know every label the run asks about (before OUT is touched)."""
+    # The engine's torch side (the API, the zoo) is imported where a run builds its models, in
+    # this process or in each Ray worker: the folder package itself loads without torch.
     from ..api import Hardener, check_known
 
     hardener = Hardener(label_set, surrogates=job.surrogates, verifiers=job.verifiers,
@@ -252,9 +259,6 @@ def _build_hardener(job: HardenJob, label_set: Sequence[str], label_map,
 def _prepare(job: HardenJob, chunk, record: Callable[[dict], None]):
     """Load a chunk of inputs (large ones downscaled to their working copy); unreadable or
     too-small ones get their error record at once. None when nothing is left to attack."""
-    from ..images import ImageLoadError, load_image
-    from .distributed import Batch
-
     images, labels, pending = [], [], []
     for it in chunk:
         try:
@@ -287,12 +291,6 @@ def _prepare(job: HardenJob, chunk, record: Callable[[dict], None]):
 
 def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> dict:
     """Write the hardened image (atomically) and return its record."""
-    from ..images import (
-        ImageLoadError,
-        load_image,
-        save_image_atomic,
-    )
-
     cfg = job.config
     image, notes, extra = result.image, list(p.notes), {}
     if p.working is not None:
@@ -320,9 +318,6 @@ def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> di
 def _finish(job: HardenJob, total: int, info: dict, seconds: float, new: int,
             interrupted: bool, error: str | None = None) -> dict:
     """Write summary.json and report.html for what results.jsonl holds now."""
-    from ..files import write_text_atomic
-    from .report import write_report
-
     records, _ = rec.read_records(job.out_dir / rec.RESULTS)
     records.sort(key=lambda r: r["path"])
     summary = {

@@ -8,7 +8,12 @@ blocks of a conv + transformer solver). Its gaps are closed here:
   shape from shape inference, which has none there; the weight's shape is the normalised shape;
 - Constant nodes and empty optional inputs where it accepts only initializers (Clip, Pad);
 - Slice indexing with a list of slices, which torch deprecates;
-- graphs with several outputs: the answer output is cut out first, so one tensor comes back.
+- graphs with several outputs: the answer output is cut out first, so one tensor comes back;
+  the answer may be an inner tensor (the logits before an ArgMax), and an output of a node with
+  several (LSTM's Y_h) comes back alone;
+- ops it has no converter for: LSTM / GRU (:mod:`.rnn_ops`), dynamically quantised graphs
+  (:mod:`.quant_ops`), and BatchNormalization on tensors whose rank shape inference lost
+  (:mod:`.rank_free_ops`), registered with onnx2torch on first use.
 
 Every conversion is checked against onnxruntime by the caller (see ``model.Solver``).
 """
@@ -102,6 +107,8 @@ def _patch_onnx2torch() -> None:
                               ("Mish", 18, simple(nn.Mish)), ("Gelu", 20, gelu)):
         key = registry.OperationDescription("", op, version)
         registry._CONVERTER_REGISTRY.setdefault(key, conv)
+    # recurrent, dynamically quantised and rank-free ops, registered on import
+    from . import quant_ops, rank_free_ops, rnn_ops  # noqa: F401
     _PATCHED = True
 
 
@@ -166,9 +173,13 @@ def _failing_node(model) -> str:
     """Which node's converter raises (onnx2torch's own error does not say)."""
     from onnx2torch.node_converters.registry import get_converter
     from onnx2torch.onnx_graph import OnnxGraph
+    from onnx2torch.utils.safe_shape_inference import safe_shape_inference
 
     versions = {o.domain or "": o.version for o in model.opset_import}
-    graph = OnnxGraph(model.graph)
+    try:  # the shapes the converters saw
+        graph = OnnxGraph(safe_shape_inference(model).graph)
+    except Exception:
+        graph = OnnxGraph(model.graph)
     for name, node in graph.nodes.items():
         try:
             get_converter(node.operation_type, versions.get(node.domain or "", 1),
@@ -179,7 +190,9 @@ def _failing_node(model) -> str:
 
 
 def only_output(model, output: str):
-    """The subgraph that computes ``output`` alone (other heads, e.g. masks, are dropped)."""
+    """The subgraph that computes ``output`` alone (other heads, e.g. masks, are dropped).
+    ``output`` may be an inner tensor (the logits before an ArgMax or a decoder): the graph is
+    cut there."""
     import onnx
 
     graph = model.graph
@@ -200,13 +213,42 @@ def only_output(model, output: str):
     out = onnx.helper.make_graph(
         keep, graph.name,
         [i for i in graph.input if i.name in needed or i.name not in inits],
-        [o for o in graph.output if o.name == output],
+        [o for o in graph.output if o.name == output] or [_value_info(model, output)],
         [t for t in graph.initializer if t.name in needed],
-        value_info=[v for v in graph.value_info if v.name in needed],
+        value_info=[v for v in graph.value_info if v.name in needed and v.name != output],
     )
     pruned = onnx.helper.make_model(out, opset_imports=list(model.opset_import),
                                     ir_version=model.ir_version)
     return pruned
+
+
+def _value_info(model, name: str):
+    """The type of tensor ``name`` (from the graph, else from shape inference)."""
+    import onnx
+
+    if not any(name in n.output for n in model.graph.node):
+        raise ValueError(f"the graph has no tensor {name!r}")
+    for vi in model.graph.value_info:
+        if vi.name == name:
+            return vi
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+        return next(vi for vi in inferred if vi.name == name)
+    except Exception:  # unknown ops or no type: declare float of unknown shape
+        return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+
+def _own_node(model, output: str):
+    """onnx2torch returns all outputs of the node that computes a graph output; where that node
+    has several (LSTM: Y, Y_h, Y_c), the output goes through an Identity of its own."""
+    import onnx
+
+    producer = next((n for n in model.graph.node if output in n.output), None)
+    if producer is None or len([o for o in producer.output if o]) < 2:
+        return model
+    model.graph.node.append(onnx.helper.make_node("Identity", [output], [f"{output}__own"]))
+    model.graph.output[0].name = f"{output}__own"
+    return model
 
 
 def _subgraph_inputs(node) -> list[str]:
@@ -224,12 +266,21 @@ def _subgraph_inputs(node) -> list[str]:
 class ConvertedGraph(nn.Module):
     """The converted graph: input tensor (graph layout and units, float) -> answer tensor."""
 
-    def __init__(self, module: nn.Module, half: bool) -> None:
+    def __init__(self, module: nn.Module, half: bool, sample_axis: int | None = None) -> None:
         super().__init__()
         self.module = module
         self.half_input = half  # an fp16 graph that would not run in float32
+        # dynamically quantised graphs: each sample runs alone (quantisation ranges are per
+        # tensor, so a batch would share them), its answers joined on this output axis
+        self.sample_axis = sample_axis
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sample_axis is not None and x.shape[0] > 1:
+            return torch.cat([self._run(x[i : i + 1]) for i in range(x.shape[0])],
+                             self.sample_axis)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self.module(x.half() if self.half_input else x)
         if isinstance(out, list | tuple):
             out = out[0]
@@ -245,7 +296,9 @@ def convert(model, output: str, probe: torch.Tensor) -> ConvertedGraph:
                               tuple(m.split(" ")[0] for m in missing))
     from onnx2torch import convert as o2t
 
-    pruned = constants_to_initializers(only_output(model, output))
+    from . import quant_ops
+
+    pruned = _own_node(constants_to_initializers(only_output(model, output)), output)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -271,4 +324,7 @@ def convert(model, output: str, probe: torch.Tensor) -> ConvertedGraph:
         except Exception:
             raise ConversionError(f"the converted graph does not run: {type(first).__name__}: "
                                   f"{str(first)[:300]}") from first
-    return ConvertedGraph(module, half)
+    graph = ConvertedGraph(module, half)
+    if quant_ops.is_dynamically_quantised(pruned):
+        graph.sample_axis = quant_ops.sample_axis(graph, probe)
+    return graph

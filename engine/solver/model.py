@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import Geometry
+from ..onnx.runtime import available_providers, cpu_run_size, make_session
 from .convert import ConversionError, ConvertedGraph, convert
 from .ends import Decoder, Preprocess, _logit_of, to_graph_array
 from .graph import GraphIO, TensorInfo, check_output_shape, graph_io, load_graph, resolve_io
@@ -161,8 +162,6 @@ class Solver:
 
     def session(self, cuda: bool = False):
         if cuda not in self._sessions:
-            from ...export.verifier import available_providers, make_session
-
             use_cuda = cuda and "CUDAExecutionProvider" in available_providers()
             try:
                 precision = "fp16" if self.spec.input.dtype == "float16" else "fp32"
@@ -174,8 +173,6 @@ class Solver:
 
     def run_graph(self, session, x: torch.Tensor) -> torch.Tensor:
         """Run the graph on a preprocessed batch (float, graph layout) -> answer tensor."""
-        from ...export.verifier import cpu_run_size
-
         arr = to_graph_array(x, self.spec.input.dtype)
         on_cuda = "CUDA" in session.get_providers()[0]
         step = self.fixed_batch or max(1, len(arr) if on_cuda

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..onnx.runtime import make_session
 from .graph import GraphIO, TensorInfo, graph_io, load_graph
 
 _LABEL_KEYS = ("categories", "labels", "classes", "class_names", "names", "id2label")
@@ -157,8 +158,6 @@ def _producer_chain(model, output: str) -> list[str]:
 
 def _probe(model_path: Path, inp: TensorInfo, layout: str, size: list[int],
            dtype: str) -> dict[str, np.ndarray] | None:
-    from ...export.verifier import make_session
-
     try:
         session = make_session(model_path, "fp32")
         h, w = size

@@ -9,7 +9,8 @@ lookup sees every backend whatever the order of imports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+
+from ..solver import Solver, SolverClassifier, SolverVerifier
 
 # The one import of the builders (it imports the registry itself and runs its decorators, once).
 from . import backends  # noqa: F401
@@ -21,7 +22,14 @@ from .labels import (
     class_sets,
     load_label_map,
 )
-from .model import Backbone, ClassifierCore, ImageClassifier, PreprocessCfg
+from .model import (
+    Backbone,
+    ClassifierCore,
+    ClassSetHead,
+    ImageClassifier,
+    PreprocessCfg,
+    ZeroShotHead,
+)
 from .registry import (
     GRAMMAR,
     ModelNameError,
@@ -33,9 +41,6 @@ from .registry import (
     parse_name,
 )
 from .zeroshot import DEFAULT_TEMPLATES, TEMPLATE_SETS, label_embeddings
-
-if TYPE_CHECKING:
-    from ..solver import SolverClassifier, SolverVerifier
 
 __all__ = [
     "CAPTCHA_LABEL_MAP", "DEFAULT_TEMPLATES", "GRAMMAR", "TEMPLATE_SETS", "Backbone",
@@ -56,9 +61,6 @@ def create_classifier(name: str, labels: Sequence[str], *, templates: str = DEFA
     foreign solver (``onnx:SPEC.json``) brings its own preprocessing, answer and decision rule;
     its torch path is its graph converted to torch.
     """
-    from ..solver import Solver
-    from .model import ClassSetHead, ZeroShotHead
-
     labels = tuple(labels)
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be non-empty and distinct, got {labels}")
@@ -82,8 +84,6 @@ def is_solver_name(name: str) -> bool:
 
 def create_verifier(name: str, labels: Sequence[str], *, device: str = "cpu") -> SolverVerifier:
     """A foreign solver as it runs (its graph in onnxruntime), answering over ``labels``."""
-    from ..solver import Solver
-
     solver = build_backbone(parse_name(name), device)
     if not isinstance(solver, Solver):
         raise ValueError(f"{name} is not a foreign solver; other models verify as exports")

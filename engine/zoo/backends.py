@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..files import sha256_file
+from ..solver import load_solver
 from .model import Backbone, PreprocessCfg
 from .registry import (
     ModelNameError,
@@ -233,8 +234,6 @@ def build_timm(ref: ModelRef, device: str) -> Backbone:
 
 @register_backend("onnx")
 def build_onnx_solver(ref: ModelRef, device: str):
-    from ..solver import load_solver
-
     return load_solver(ref.arch, name=ref.name)
 
 

@@ -2,9 +2,8 @@
 
 In eval mode a batch norm is a per-channel affine map; after a convolution it is the same as a
 convolution with rescaled weights and a bias. Folding removes one elementwise pass per layer
-in the forward and in the backward pass (EfficientNet-Lite0/1 forward + backward: 17-20% less
-time on 2 CPU cores). A fold is only kept when the model's output is unchanged on a probe
-input; otherwise every layer is put back as it was.
+in the forward and in the backward pass. A fold is only kept when the model's output is
+unchanged on a probe input; otherwise every layer is put back as it was.
 """
 
 from __future__ import annotations

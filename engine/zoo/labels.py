@@ -237,7 +237,9 @@ def resolve_imagenet_class(entry: str | int, where: str) -> list[int]:
     if len(hits) > 1:
         cands = "; ".join(f"{i} = {descs[i]}" for i in hits)
         raise LabelMapError(f"{where}: {entry!r} names {len(hits)} ImageNet classes ({cands}); "
-                            f"give the index instead")
+                            f"write the index of the one you mean instead, e.g. {hits[0]} or "
+                            f"\"{hits[0]}\" (an entry is a class name that names one class, "
+                            f"an index 0..999, or a range \"first..last\")")
     return hits
 
 

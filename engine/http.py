@@ -1,0 +1,433 @@
+"""The HTTP API of ``advx serve`` (FastAPI), over a hardening backend: the
+:class:`~advx.engine.service.HardenService` of this process, or Ray Serve replicas
+(:mod:`advx.engine.ray_serve`).
+
+    POST /harden   multipart: image (file), label, [label_set], [eps], [steps]
+                   -> 200 image/png (the hardened image, at the input's size); the result
+                      record as JSON in the X-Advx-Result header
+    GET  /healthz  -> {"status": "ok", "queued": n, "busy": b, "served": n, ...}
+    GET  /models   -> the models loaded and the registry's names
+
+What a request may cost is bounded: the body is read as it streams, in memory, and refused
+(413) once it crosses the cap (nothing is spooled to disk); images are refused before
+decoding when their header gives more than ``max_pixels`` pixels, and larger than
+``max_side`` ones are attacked on a downscaled working copy; a full queue answers 429 with
+``Retry-After``; each request has a deadline (504), and a request whose client disconnects or
+whose deadline passes stops its work at the next attack step. ``served`` on /healthz counts
+replies handed to a client still connected. With a token, every path (/docs, /openapi.json
+and /healthz included) needs ``Authorization: Bearer TOKEN`` (401 otherwise). Every error
+body is ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from .defaults import (
+    DEFAULT_MAX_SIDE,
+    SERVE_MAX_PIXELS,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_TIMEOUT_S,
+)
+from .service import (
+    DeadlineExceeded,
+    LabelSetNotAllowed,
+    QueueFull,
+    deliver,
+    prepare,
+    release_memory,
+)
+
+MAX_UPLOADS = 8  # request bodies read (and images decoded) at once
+_FIELD_BYTES = 64 << 10  # a form field other than the image
+_POLL_S = 0.2  # how often a waiting request checks for its client and deadline
+
+
+@dataclass
+class Limits:
+    """What one request may cost (see the module docstring)."""
+
+    max_upload: int = SERVE_MAX_UPLOAD_MB << 20  # bytes of the image part
+    max_pixels: int = SERVE_MAX_PIXELS  # decoded pixels, from the header
+    max_side: int = DEFAULT_MAX_SIDE  # longer side of the working copy
+    timeout_s: float = SERVE_TIMEOUT_S  # the request's deadline, from its arrival
+    max_uploads: int = MAX_UPLOADS
+
+    @property
+    def max_body(self) -> int:
+        return self.max_upload + _FIELD_BYTES
+
+
+@dataclass
+class Counters:
+    served: int = 0  # replies handed to a client still connected
+    refused: int = 0  # 429: the queue was full
+    gone: int = 0  # clients that disconnected before their reply
+    timed_out: int = 0  # 504: deadline passed
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class LocalBackend:
+    """A :class:`HardenService` in this process, as the app talks to it."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.config, self.label_sets = service.config, service.label_sets
+
+    def full(self) -> bool:
+        return self.service.full()
+
+    def retry_after_s(self) -> int:
+        return self.service.retry_after_s()
+
+    def status(self) -> dict:
+        return self.service.status()
+
+    def models(self) -> dict:
+        return self.service.models()
+
+    async def harden(self, image, label: str, label_set: tuple[str, ...], eps: float | None,
+                     steps: int | None, timeout_s: float):
+        fut = self.service.submit(image, label, label_set=label_set, eps=eps, steps=steps,
+                                  timeout_s=timeout_s)
+        return await asyncio.wrap_future(fut)  # cancelling it cancels the request
+
+
+class FormError(Exception):
+    """``drain``: read (and drop) the rest of the body before answering, for clients that read
+    no answer before they have sent everything; ``close``: answer at once, then close."""
+
+    def __init__(self, status: int, message: str, close: bool = False,
+                 drain: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.close, self.drain = status, message, close, drain
+
+
+async def drain(request: Request, limit: int, timeout_s: float = 10.0) -> bool:
+    """Read and drop the rest of a request body (at most ``limit`` bytes, for at most
+    ``timeout_s``); True when all of it was read."""
+    async def read() -> bool:
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                return False
+        return True
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except (TimeoutError, ClientDisconnect, RuntimeError):  # slow, gone, or consumed already
+        return False
+
+
+@dataclass
+class Part:
+    name: str
+    filename: str | None
+    data: bytearray
+
+
+async def read_form(request: Request, *, max_body: int, max_upload: int,
+                    field_bytes: int = _FIELD_BYTES, max_parts: int = 16) -> dict[str, Part]:
+    """The parts of a multipart/form-data body, read as it streams, in memory: refused (413)
+    once the body or a part crosses its cap, so no more than the cap is held anywhere."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    mtype, params = parse_options_header(request.headers.get("content-type"))
+    if mtype != b"multipart/form-data":
+        raise FormError(415, "expected a multipart/form-data body (fields image, label, "
+                             "[label_set], [eps], [steps])")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise FormError(400, "malformed multipart body: no boundary in Content-Type")
+    over = f"upload over {max_upload / (1 << 20):g} MB"
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise FormError(400, f"bad Content-Length {declared!r}")
+        if int(declared) > max_body:  # refused unparsed; one far over is not even read
+            far = int(declared) > 2 * max_body
+            raise FormError(413, over, close=far, drain=not far)
+    parts: list[Part] = []
+    headers: dict[str, str] = {}
+    hfield, hvalue = bytearray(), bytearray()
+    ended = False
+
+    def on_part_begin() -> None:
+        headers.clear()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        hfield.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        hvalue.extend(data[start:end])
+
+    def on_header_end() -> None:
+        headers[hfield.decode("latin-1").lower()] = hvalue.decode("latin-1")
+        hfield.clear()
+        hvalue.clear()
+
+    def on_headers_finished() -> None:
+        if len(parts) >= max_parts:
+            raise FormError(400, f"more than {max_parts} form parts")
+        _, opts = parse_options_header(headers.get("content-disposition", ""))
+        name = opts.get(b"name")
+        if name is None:
+            raise FormError(400, "malformed multipart body: a part without a name")
+        filename = opts.get(b"filename")
+        parts.append(Part(name.decode("utf-8", "replace"),
+                          None if filename is None else filename.decode("utf-8", "replace"),
+                          bytearray()))
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part = parts[-1]
+        cap = max_upload if part.name == "image" else field_bytes
+        if len(part.data) + (end - start) > cap:
+            raise FormError(413, over if part.name == "image" else
+                            f"form field {part.name!r} over {cap >> 10} kB", close=True)
+        part.data.extend(data[start:end])
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+        "on_end": on_end})
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_body:
+                raise FormError(413, over, close=True)
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise FormError(400, f"malformed multipart body: {e}") from None
+    if not ended:
+        raise FormError(400, "malformed multipart body: it ends before its closing boundary")
+    form: dict[str, Part] = {}
+    for p in parts:
+        if p.name in form:
+            raise FormError(400, f"form field {p.name!r} given twice")
+        form[p.name] = p
+    return form
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request needs ``Authorization: Bearer TOKEN`` (compared in
+    constant time), else 401 with a JSON error."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            got = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            scheme, _, cred = got.partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(cred.strip(),
+                                                                        self.token)):
+                what = "a wrong token" if got else "no Authorization header"
+                response = JSONResponse(
+                    {"error": f"unauthorized: {what}; send Authorization: Bearer TOKEN"},
+                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="advx"'})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(backend, *, limits: Limits | None = None, token: str | None = None,
+               max_upload: int | None = None, max_pixels: int | None = None,
+               timeout_s: float | None = None, max_side: int | None = None) -> FastAPI:
+    """The FastAPI application around a :class:`~advx.engine.service.HardenService` (or another
+    backend with the same face: :class:`LocalBackend`'s methods)."""
+    from .. import __version__
+    from .images import ImageLoadError, encode_image
+    from .service import HardenService
+
+    limits = limits or Limits()
+    for name, value in (("max_upload", max_upload), ("max_pixels", max_pixels),
+                        ("timeout_s", timeout_s), ("max_side", max_side)):
+        if value is not None:
+            setattr(limits, name, value)
+    if isinstance(backend, HardenService):
+        backend = LocalBackend(backend)
+    counters = Counters()
+    gates: dict[str, asyncio.Semaphore] = {}
+
+    def gate(name: str, n: int) -> asyncio.Semaphore:
+        if name not in gates:  # made in the server's event loop
+            gates[name] = asyncio.Semaphore(n)
+        return gates[name]
+
+    app = FastAPI(title="advx", version=__version__,
+                  description="Harden image-CAPTCHA tiles against AI solvers.")
+    app.state.counters, app.state.backend, app.state.limits = counters, backend, limits
+    if token:
+        app.add_middleware(BearerAuth, token=token)
+
+    def error(status: int, message: str, headers: dict | None = None,
+              close: bool = False) -> JSONResponse:
+        counters.by_status[status] = counters.by_status.get(status, 0) + 1
+        headers = dict(headers or {})
+        if close:  # the rest of the body is not read: the connection cannot be reused
+            headers["Connection"] = "close"
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) or "body"
+                           for e in exc.errors())
+        return error(422, f"missing or invalid fields: {fields}")
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception):
+        return error(500, f"internal error ({type(exc).__name__})")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", **backend.status(), "served": counters.served,
+                "refused": counters.refused, "gone": counters.gone,
+                "timed_out": counters.timed_out}
+
+    @app.get("/models")
+    async def models():
+        from .zoo import list_entries
+
+        return {**backend.models(), "registry": [e.name for e in list_entries()]}
+
+    def queue_full(retry_after_s: int, close: bool = False) -> JSONResponse:
+        counters.refused += 1
+        return error(429, f"queue full; retry in {retry_after_s} s",
+                     {"Retry-After": str(retry_after_s)}, close=close)
+
+    @app.post("/harden")
+    async def harden(request: Request):
+        end = time.monotonic() + limits.timeout_s
+        if backend.full():  # refused without parsing its body
+            declared = request.headers.get("content-length", "")
+            drained = declared.isdigit() and int(declared) <= limits.max_body and await drain(
+                request, limits.max_body)
+            return queue_full(backend.retry_after_s(), close=not drained)
+        try:
+            async with asyncio.timeout(limits.timeout_s), gate("uploads", limits.max_uploads):
+                form = await read_form(request, max_body=limits.max_body,
+                                       max_upload=limits.max_upload)
+        except FormError as e:
+            drained = e.drain and await drain(request, 2 * limits.max_body)
+            return error(e.status, e.message, close=e.close or (e.drain and not drained))
+        except TimeoutError:
+            return error(408, f"request body not received within {limits.timeout_s:g} s",
+                         close=True)
+        except ClientDisconnect:
+            counters.gone += 1
+            return Response(status_code=499)
+        missing = [n for n in ("image", "label") if n not in form]
+        if missing:
+            return error(422, f"missing or invalid fields: {', '.join(missing)}")
+        text = {k: p.data.decode("utf-8", "replace").strip() for k, p in form.items()
+                if k != "image"}
+        try:
+            eps = float(text["eps"]) if text.get("eps") else None
+            steps = int(text["steps"]) if text.get("steps") else None
+        except ValueError:
+            return error(422, "missing or invalid fields: eps and steps must be numbers")
+        if eps is not None and not 0 < eps <= 64:
+            return error(422, f"eps must be in (0, 64] (/255 units), got {eps}")
+        if steps is not None and not 0 <= steps <= 1000:
+            return error(422, f"steps must be in [0, 1000], got {steps}")
+        data = bytes(form.pop("image").data)
+        del form
+        if not data:
+            return error(400, "empty file (0 bytes)")
+        label = text["label"]
+        asked = [p.strip() for p in text["label_set"].split(",") if p.strip()] \
+            if text.get("label_set") else None
+        try:
+            label_set = backend.label_sets.resolve(label, asked)
+        except LabelSetNotAllowed as e:
+            return error(403, str(e))
+        except ValueError as e:
+            return error(400, str(e))
+        try:
+            async with gate("uploads", limits.max_uploads):
+                prepared = await asyncio.to_thread(prepare, data, max_pixels=limits.max_pixels,
+                                                   max_side=limits.max_side)
+        except ImageLoadError as e:
+            if e.reason.startswith("image too small"):
+                return error(400, e.reason)
+            status = 413 if "decompression bomb" in e.reason else 400
+            return error(status, f"not a usable image: {e.reason}")
+        del data
+        task = asyncio.ensure_future(backend.harden(
+            prepared.working, label, label_set, eps, steps, max(0.0, end - time.monotonic())))
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=_POLL_S)
+                if task.done():
+                    break
+                if await request.is_disconnected():
+                    counters.gone += 1
+                    return Response(status_code=499)
+                if time.monotonic() > end:
+                    counters.timed_out += 1
+                    return error(504, f"not hardened within {limits.timeout_s:g} s")
+            try:
+                result = task.result()
+            except QueueFull as e:
+                return queue_full(e.retry_after_s)
+            except DeadlineExceeded:
+                counters.timed_out += 1
+                return error(504, f"not hardened within {limits.timeout_s:g} s")
+            except ValueError as e:  # a model error for this request's label set
+                return error(400, f"{type(e).__name__}: {e}")
+            async with gate("deliver", 1):  # full-size images, one at a time
+                result = await asyncio.to_thread(deliver, prepared, result, backend.config,
+                                                 limits.max_pixels)
+                png = await asyncio.to_thread(encode_image, result.image, "png")
+                if prepared.full_size is not None:
+                    del prepared, result.image
+                    await asyncio.to_thread(release_memory)
+        finally:
+            if not task.done():
+                task.cancel()  # the work stops at its next attack step
+        if await request.is_disconnected():
+            counters.gone += 1
+            return Response(status_code=499)
+        from .service import result_header
+
+        record = json.dumps(result_header(result), allow_nan=False, default=str)
+
+        def delivered() -> None:
+            counters.served += 1
+
+        return Response(png, media_type="image/png", headers={"X-Advx-Result": record},
+                        background=BackgroundTask(delivered))
+
+    return app
+
+
+def serve_forever(app: Any, host: str, port: int) -> None:
+    """uvicorn on ``host:port`` until SIGINT / SIGTERM."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,253 @@
+"""Dynamically quantised ONNX graphs as float torch modules with gradients.
+
+``onnxruntime.quantization.quantize_dynamic`` rewrites each Conv / MatMul / LSTM as: quantise
+the activation per tensor at run time (``DynamicQuantizeLinear``: uint8, scale and zero point
+from the tensor's own range), an integer op on int8 / uint8 weights (``ConvInteger``,
+``MatMulInteger``, com.microsoft ``DynamicQuantizeLSTM``), then a Cast to float and a
+multiply by the two scales. Integer tensors carry no gradient, so here:
+
+- DynamicQuantizeLinear returns the quantised values as float, rounded exactly as onnxruntime
+  rounds them (ties to even), with a straight-through gradient (d q / d x = 1 / scale); scale
+  and zero point are treated as constants of the batch;
+- ConvInteger and MatMulInteger run as float conv / matmul on (q - zero point), whose values are
+  the integers onnxruntime computes (float32 sums, exact while they stay below 2^24);
+- DynamicQuantizeLSTM runs as an LSTM on the dequantised weights whose two products see
+  their inputs rounded to the uint8 grids onnxruntime quantises them to (straight through).
+
+The answer is onnxruntime's to the last bit on most inputs; where one of its float kernels (its
+sigmoid) differs from torch's in the last bit, a value can cross a rounding boundary, or move
+a tensor's range, and whole quantisation steps follow downstream: compare these graphs with
+the wider tolerance of ``ctc.sequence_parity``'s callers for quantised graphs.
+
+The gradient is therefore the float network's, taken at the quantised activations. The
+verifier keeps running the original quantised graph in onnxruntime: the solver as deployed.
+DynamicQuantizeLinear takes its range over the whole tensor, so a sample's answer depends on
+the rest of its batch: the converted graph runs each sample alone (``sample_axis``), as a
+solver reading one captcha at a time does, and the verifier should too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .o2t import OnnxMapping, OperationConverterResult, constant, register
+from .rnn_ops import lstm_module
+
+_U8_MAX = 255.0
+
+
+def _uint8_params(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """onnxruntime's per-tensor uint8 scale and zero point: the range of x widened to hold 0
+    (scale 1 for an all-zero tensor)."""
+    with torch.no_grad():
+        lo = x.detach().amin().clamp(max=0)
+        hi = x.detach().amax().clamp(min=0)
+        scale = torch.where(hi > lo, (hi - lo) / _U8_MAX, torch.ones_like(hi))
+        return scale, torch.round((-lo / scale).clamp(0, _U8_MAX))
+
+
+def _quantise(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """saturate(round(x / scale) + zero_point), ties to even, with a straight-through gradient
+    (d/dx = 1 / scale)."""
+    soft = x / scale + zero_point
+    hard = torch.round(x / scale).add(zero_point).clamp(0, _U8_MAX)
+    return soft + (hard - soft).detach()
+
+
+def fake_quantise(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to its per-tensor uint8 grid and back (what a quantised GEMM multiplies)."""
+    scale, zero_point = _uint8_params(x)
+    return (_quantise(x, scale, zero_point) - zero_point) * scale
+
+
+class DynamicQuantize(nn.Module):
+    """x -> (q, scale, zero_point), q the uint8 values as float."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale, zero_point = _uint8_params(x)
+        return _quantise(x, scale, zero_point), scale, zero_point
+
+
+class QuantisedLSTM(nn.Module):
+    """DynamicQuantizeLSTM as onnxruntime computes it, in float with straight-through rounding:
+    the input of all steps is quantised per tensor for X·Wᵀ, the hidden state per step for
+    H·Rᵀ. Call convention of ``nn.LSTM``; weights in ONNX layout and gate order (i, o, f, c).
+
+    onnxruntime splits a batch across threads for the recurrent product, each part quantised
+    on its own; this quantises the batch's hidden state as one tensor, as a single thread (or
+    a batch of one, as ddddocr runs) does.
+    """
+
+    def __init__(self, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("w", w)  # [dirs, 4H, I]
+        self.register_buffer("r", r)  # [dirs, 4H, H]
+        self.register_buffer("b", b[:, : w.shape[1]] + b[:, w.shape[1]:])  # Wb + Rb
+        self.hidden_size = r.shape[-1]
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        n_dirs, steps = self.w.shape[0], x.shape[0]
+        if state is None:
+            zeros = x.new_zeros(n_dirs, x.shape[1], self.hidden_size)
+            state = (zeros, zeros)
+        gx_all = torch.einsum("tni,dgi->dtng", fake_quantise(x), self.w)  # [dirs, T, N, 4H]
+        ys, hs, cs = [], [], []
+        for d in range(n_dirs):
+            h, c = state[0][d], state[1][d]
+            out = []
+            for t in range(steps - 1, -1, -1) if d == 1 else range(steps):
+                gates = gx_all[d, t] + fake_quantise(h) @ self.r[d].T + self.b[d]
+                i, o, f, g = gates.chunk(4, -1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                out.append(h)
+            if d == 1:
+                out.reverse()
+            ys.append(torch.stack(out))
+            hs.append(h)
+            cs.append(c)
+        return torch.cat(ys, -1), (torch.stack(hs), torch.stack(cs))
+
+
+class ConvOnShifted(nn.Module):
+    """ConvInteger: conv(x - x_zero_point, w - w_zero_point), the weight shift folded in."""
+
+    def __init__(self, weight: torch.Tensor, stride, padding, dilation, groups: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x: torch.Tensor, x_zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.float()
+        if x_zero_point is not None:
+            x = x - x_zero_point.float()
+        pad = self.padding
+        if isinstance(pad, tuple) and len(pad) == 4:  # asymmetric: explicit zero padding
+            x, pad = F.pad(x, pad), 0
+        return F.conv2d(x, self.weight, None, self.stride, pad, self.dilation, self.groups)
+
+
+class MatMulOnShifted(nn.Module):
+    """MatMulInteger: (a - a_zero_point) @ (b - b_zero_point), the constant b shift folded in."""
+
+    def __init__(self, b: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("b", b)
+
+    def forward(self, a: torch.Tensor, a_zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        a = a.float()
+        if a_zero_point is not None:
+            zp = a_zero_point.float()
+            a = a - (zp.unsqueeze(-1) if zp.ndim == 1 else zp)  # 1-d: one per row of a
+        return a @ self.b
+
+
+def _shifted(node, graph, value: int, point: int) -> torch.Tensor:
+    """Constant input ``value`` minus its zero point (input ``point``), as float."""
+    ins = node.input_values
+    w = constant(graph, ins[value], node).float()
+    if len(ins) > point and ins[point]:
+        zp = constant(graph, ins[point], node).float()
+        if zp.numel() > 1:  # per output channel (ConvInteger) / per column (MatMulInteger)
+            zp = zp.view(-1, *([1] * (w.ndim - 1))) if node.operation_type == "ConvInteger" \
+                else zp.view(*([1] * (w.ndim - 1)), -1)
+        w = w - zp
+    return w
+
+
+_QUANTISING_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM"})
+
+
+def is_dynamically_quantised(model) -> bool:
+    """Does the graph quantise activations at run time (ranges per tensor, so per batch)?"""
+    return any(n.op_type in _QUANTISING_OPS for n in model.graph.node)
+
+
+def sample_axis(graph: nn.Module, probe: torch.Tensor) -> int | None:
+    """The output axis that holds the batch: the one that grows from 1 to 2 with the input
+    batch (None when that is not one axis, or a batch of 2 does not run)."""
+    one = probe[:1]
+    try:
+        with torch.no_grad():
+            a, b = graph(one).shape, graph(torch.cat([one, one])).shape
+    except Exception:
+        return None
+    grew = [i for i, (m, n) in enumerate(zip(a, b, strict=False)) if (m, n) == (1, 2)]
+    same = len(a) == len(b) and all(m == n for i, (m, n) in enumerate(zip(a, b, strict=True))
+                                    if i not in grew)
+    return grew[0] if len(grew) == 1 and same else None
+
+
+@register("DynamicQuantizeLinear", (11,))
+def _dynamic_quantize(node, graph) -> OperationConverterResult:
+    return OperationConverterResult(
+        torch_module=DynamicQuantize(),
+        onnx_mapping=OnnxMapping(inputs=node.input_values, outputs=node.output_values))
+
+
+@register("ConvInteger", (10,))
+def _conv_integer(node, graph) -> OperationConverterResult:
+    a = node.attributes
+    weight = _shifted(node, graph, 1, 3)
+    if weight.ndim != 4:
+        raise NotImplementedError(f"ConvInteger with a {weight.ndim - 2}-d kernel")
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        raise NotImplementedError(f"ConvInteger with auto_pad={a['auto_pad']}")
+    top, left, bottom, right = a.get("pads", [0, 0, 0, 0])
+    padding = (top, left) if (top, left) == (bottom, right) else (left, right, top, bottom)
+    module = ConvOnShifted(weight, tuple(a.get("strides", (1, 1))), padding,
+                           tuple(a.get("dilations", (1, 1))), int(a.get("group", 1)))
+    ins = node.input_values
+    x_zp = ins[2] if len(ins) > 2 else ""
+    return OperationConverterResult(
+        torch_module=module, onnx_mapping=OnnxMapping(inputs=(ins[0], x_zp),
+                                                      outputs=node.output_values))
+
+
+@register("MatMulInteger", (10,))
+def _matmul_integer(node, graph) -> OperationConverterResult:
+    ins = node.input_values
+    a_zp = ins[2] if len(ins) > 2 else ""
+    return OperationConverterResult(
+        torch_module=MatMulOnShifted(_shifted(node, graph, 1, 3)),
+        onnx_mapping=OnnxMapping(inputs=(ins[0], a_zp), outputs=node.output_values))
+
+
+@register("DynamicQuantizeLSTM", (1,), domain="com.microsoft")
+def _dynamic_quantize_lstm(node, graph) -> OperationConverterResult:
+    """Inputs X, W, R, B, sequence_lens, initial_h, initial_c, P, W_scale, W_zero_point,
+    R_scale, R_zero_point; W is int8 [dirs, I, 4H] and R [dirs, H, 4H] (transposed against
+    LSTM's), scales and zero points per direction [dirs] or per gate row [dirs, 4H]."""
+    ins = list(node.input_values) + [""] * 12
+    if ins[7]:
+        raise NotImplementedError("DynamicQuantizeLSTM with peepholes (input P)")
+
+    def dequantised(value: int, scale: int, point: int) -> torch.Tensor:
+        q = constant(graph, ins[value], node).float()
+        s = constant(graph, ins[scale], node).float()
+        zp = constant(graph, ins[point], node).float() if ins[point] else torch.zeros_like(s)
+        s, zp = (t.view(t.shape[0], 1, -1) for t in (s, zp))  # over [dirs, rows, 4H]
+        return ((q - zp) * s).transpose(1, 2)
+
+    w, r = dequantised(1, 8, 9), dequantised(2, 10, 11)
+    b = constant(graph, ins[3], node).float() if ins[3] else None
+    seq = None
+    if ins[4] and ins[4] in graph.initializers:
+        lens = graph.initializers[ins[4]].to_torch()
+        seq = int(lens.flatten()[0]) if bool((lens == lens.flatten()[0]).all()) else None
+        if seq is None:
+            raise NotImplementedError("DynamicQuantizeLSTM with sequence_lens of different "
+                                      "lengths")
+    module = lstm_module(node, w, r, b, seq, make=QuantisedLSTM)
+    seq_in = ins[4] if ins[4] and ins[4] not in graph.initializers else ""
+    return OperationConverterResult(
+        torch_module=module,
+        onnx_mapping=OnnxMapping(inputs=(ins[0], seq_in, ins[5], ins[6]),
+                                 outputs=node.output_values))
+
+
+__all__ = ["ConvOnShifted", "DynamicQuantize", "MatMulOnShifted", "QuantisedLSTM",
+           "fake_quantise"]

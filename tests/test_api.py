@@ -1,0 +1,131 @@
+"""engine/api: ``advx.harden`` and the Hardener end to end on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from toys import LABELS, TinyNet, ViewRecorder, cfg, rand_images, uint8_images
+
+import advx
+from advx.engine.views import eot_of, views_of
+
+
+def test_harden_invariants_and_repeatability():
+    images, labels = uint8_images(5), ["cat", "dog", "bus", "cat", "dog"]
+    surrogate, verifier = TinyNet(0, "s"), TinyNet(0, "v")  # white-box: must be fooled
+
+    def run():
+        return advx.harden(images, labels, label_set=LABELS, surrogates=[surrogate],
+                           verifiers=[verifier], config=cfg(eps=8))
+
+    results = run()
+    assert [r.index for r in results] == list(range(5))
+    for r, img in zip(results, images, strict=True):
+        diff = np.abs(r.image.astype(int) - img.astype(int))
+        assert r.image.dtype == np.uint8 and r.image.shape == img.shape
+        assert diff.max() <= 8 and r.linf <= 8 + 1e-4
+        assert r.status == "fooled" and r.predictions_after["v"] != r.label
+        assert r.margins["v"] >= 0.5 and 0 <= r.steps <= 10
+        assert r.ssim <= 1 and r.psnr > 20
+    again = run()
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(results, again, strict=True))
+
+
+def test_the_attack_is_built_from_the_plan():
+    from advx.engine.transforms import InputDiversity
+
+    h = advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[ViewRecorder()],
+                      config=cfg(transforms="solver", eps=8, steps=12))
+    a = h.scheduler.attack
+    assert a.name == h.plan.attack == "mifgsm" and a.steps == 12 and not a.targeted
+    assert a.eps_01 == 8 / 255 and a.alpha_01 == 2 / 255 and a.amp_dtype is None
+    assert a.diversity == InputDiversity(0.5) and a.eot_samples == 1
+    assert a.eot == eot_of("solver") and a.eot.geometry is not None
+    assert a.generator is h.generator
+    w = advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[TinyNet(0, "s")],
+                      config=cfg())
+    assert w.scheduler.attack.diversity is None and w.scheduler.attack.name == "pgd"
+
+
+def test_targeted_run_and_argument_errors():
+    images = uint8_images(2)
+    res = advx.harden(images, ["cat", "dog"], label_set=LABELS, surrogates=[TinyNet()],
+                      verifiers=[TinyNet(0, "v")], targets=["bus", "bus"],
+                      config=cfg(targeted=True, eps=16, steps=20))
+    for r in res:
+        assert r.target == "bus"
+        assert (r.predictions_after["v"] == "bus") == (r.status == "fooled")
+    with pytest.raises(ValueError, match="target"):
+        advx.harden(images, ["cat", "dog"], label_set=LABELS, surrogates=[TinyNet()],
+                    verifiers=[], config=cfg(targeted=True))
+    with pytest.raises(ValueError, match="not in the label set"):
+        advx.harden(images, ["cat", "emu"], label_set=LABELS, surrogates=[TinyNet()],
+                    verifiers=[])
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        advx.harden(images, ["cat"], label_set=LABELS, surrogates=[TinyNet()], verifiers=[])
+
+
+def test_zero_shot_end_to_end(tiny_models):
+    """A tiny random-init open_clip surrogate, and the same model exported to ONNX as verifier."""
+    name = tiny_models["open_clip"]
+    images = uint8_images(3, 32)
+    res = advx.harden(images, ["cat", "dog", "bus"], label_set=LABELS, surrogates=[name],
+                      verifiers=[name], config=cfg(eps=8, steps=10))
+    for r in res:
+        assert set(r.predictions_before) == {name} and name in r.margins
+        assert np.abs(r.image.astype(int) - images[r.index].astype(int)).max() <= 8
+    assert sum(r.fooled for r in res) >= 2  # white-box on a tiny model
+
+
+def test_public_api_and_library_never_imports_cli():
+    import subprocess
+    import sys
+
+    for name in advx.__all__:
+        assert getattr(advx, name) is not None, name
+    code = ("import sys, advx, advx.engine.api, advx.export, advx.engine.zoo; "
+            "print(any(m.startswith('advx.cli') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_seeded_runs_repeat_exactly_under_the_solver_views():
+    images, labels = uint8_images(3, 32), ["cat", "dog", "bus"]
+
+    class Geo(TinyNet):
+        def forward(self, x, geometry=None):
+            return super().forward(x if geometry is None else geometry.apply(x, (24, 24)))
+
+    def run():
+        return advx.harden(images, labels, label_set=LABELS, surrogates=[TinyNet()],
+                           verifiers=[Geo(1, "v")],
+                           config=cfg(transforms="solver", steps=6, eps=8, seed=3))
+
+    with pytest.raises(ValueError, match="cannot take another preprocessing"):
+        advx.harden(images, labels, label_set=LABELS, surrogates=[TinyNet()],
+                    verifiers=[TinyNet(1, "v")], config=cfg(transforms="solver"))
+
+    a, b = run(), run()
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.image, y.image) and x.margins_by_view == y.margins_by_view
+        assert set(x.margins_by_view["v"]) == {v.name for v in views_of("solver")}
+
+
+def test_cpu_surrogate_towers_run_channels_last_with_the_same_values(tiny_models):
+    """On the CPU, an ImageNet tower is put in channels_last (faster oneDNN kernels): logits and
+    input gradients equal those of the same weights in the default layout."""
+    from advx.engine.api import build_surrogates
+    from advx.engine.zoo import create_classifier
+
+    (m,) = build_surrogates([tiny_models["timm"]], LABELS, torch.device("cpu"))
+    ref = create_classifier(tiny_models["timm"], LABELS)
+    conv = next(p for p in m.core.visual.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not next(p for p in ref.core.visual.parameters()
+                    if p.ndim == 4).is_contiguous(memory_format=torch.channels_last)
+    x = rand_images(3, 64).requires_grad_(True)
+    (g,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
+    (g_ref,) = torch.autograd.grad(ref(x)[:, 0].sum(), x)
+    assert torch.allclose(m(x), ref(x), atol=1e-5)
+    assert torch.allclose(g, g_ref, atol=1e-6, rtol=1e-3)

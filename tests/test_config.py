@@ -1,0 +1,60 @@
+"""engine/config: the validated options of a run, and the plan a run derives from them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from toys import LABELS, TinyNet
+
+import advx
+from advx.engine.config import TRANSFER_SKIP_GAMMA, HardenConfig, Plan
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="eps"):
+        HardenConfig(eps=0)
+    with pytest.raises(ValueError, match="transform preset"):
+        dataclasses.replace(HardenConfig(), transforms="blur")
+    for bad, match in (({"attack": "svre"}, "attack"), ({"steps": -1}, "steps"),
+                       ({"alpha": 0}, "alpha"), ({"verify_every": 0}, "verify_every"),
+                       ({"ssim_floor": 1.0}, "ssim_floor"), ({"eps_rungs": 0}, "eps_rungs"),
+                       ({"texture_mask": 0}, "texture_mask"),
+                       ({"output_format": "webp"}, "output_format"),
+                       ({"jpeg_quality": 0}, "jpeg_quality"), ({"batch_size": 0}, "batch_size"),
+                       ({"amp": "int8"}, "amp")):
+        with pytest.raises(ValueError, match=match):
+            HardenConfig(**bad)
+    c = HardenConfig(eps=8)
+    assert c.eps_01 == 8 / 255 and c.alpha_01 == 2 / 255
+    assert HardenConfig(eps=8, alpha=1).alpha_01 == 1 / 255
+
+
+def test_the_plan_follows_white_box_or_transfer():
+    white, transfer = Plan.of(HardenConfig(), True), Plan.of(HardenConfig(), False)
+    assert white == Plan(attack="pgd", diversity_prob=0.0, eot_samples=2, skip_gamma=None,
+                         relax_mask=True)
+    assert transfer == Plan(attack="mifgsm", diversity_prob=0.5, eot_samples=1,
+                            skip_gamma=TRANSFER_SKIP_GAMMA, relax_mask=False)
+    assert Plan.of(HardenConfig(attack="mifgsm"), True).attack == "mifgsm"
+    assert Plan.of(HardenConfig(attack="pgd"), False).attack == "pgd"
+
+
+def test_sgm_is_on_for_transfer_and_off_white_box():
+    assert Plan.of(HardenConfig(), white_box=False).skip_gamma == TRANSFER_SKIP_GAMMA < 1
+    assert Plan.of(HardenConfig(), white_box=True).skip_gamma is None
+
+    def hardener(verifier):
+        return advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[verifier],
+                             config=HardenConfig(transforms="none"))
+
+    transfer = hardener(TinyNet(0, "v"))
+    assert not transfer.white_box and transfer.plan == Plan.of(transfer.config, False)
+    assert transfer.scheduler.attack.skip_gamma == TRANSFER_SKIP_GAMMA
+    assert transfer.scheduler.attack.name == "mifgsm"
+    white = hardener(TinyNet(0, "s"))  # the verifier is the surrogate
+    assert white.white_box and white.scheduler.attack.skip_gamma is None
+    assert white.scheduler.attack.name == "pgd" and white.scheduler.attack.eot_samples == 2
+    other = transfer.with_config(HardenConfig(transforms="none", attack="pgd"))
+    assert other.plan.attack == "pgd" and other.scheduler.attack.name == "pgd"
+    assert transfer.scheduler.attack.name == "mifgsm", "the original is left as it was"
