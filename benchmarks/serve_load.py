@@ -206,6 +206,7 @@ def burst(base: str, rss: Rss, args) -> dict:
         "requests": args.burst, "max_queue": args.max_queue, "deadline_s": args.timeout,
         "codes": codes,
         "refused_max_s": round(max(refused), 3) if refused else None,
+        "answered_min_s": round(ok[0], 1) if ok else None,
         "answered_p50_s": round(ok[len(ok) // 2], 1) if ok else None,
         "answered_max_s": round(ok[-1], 1) if ok else None,
         "slowest_reply_s": round(max(t for _, t, _ in answers), 1),
@@ -248,7 +249,7 @@ def upload(base: str, pid: int, tmpdir: Path, total: int = 1 << 30) -> dict:
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
             f"filename=\"big.bin\"\r\n\r\n").encode()
     chunk = os.urandom(1 << 20)
-    sent, answer, t0 = 0, b"", time.monotonic()
+    sent, answer, t0, error = 0, b"", time.monotonic(), None
     try:
         s.sendall(b"%x\r\n%s\r\n" % (len(head), head))
         while sent < total:
@@ -256,6 +257,10 @@ def upload(base: str, pid: int, tmpdir: Path, total: int = 1 << 30) -> dict:
                 break
             s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             sent += len(chunk)
+    except OSError as e:  # the server closed while a chunk was on its way: read its answer
+        error = type(e).__name__
+    took = time.monotonic() - t0
+    try:
         s.settimeout(10)
         while b"\r\n\r\n" not in answer:
             part = s.recv(65536)
@@ -263,16 +268,17 @@ def upload(base: str, pid: int, tmpdir: Path, total: int = 1 << 30) -> dict:
                 break
             answer += part
     except OSError as e:
-        answer = answer or f"<{type(e).__name__}>".encode()
+        error = error or type(e).__name__
     finally:
         s.close()
-    took = time.monotonic() - t0
+    if not answer:
+        answer = f"<no answer read: {error}>".encode()
     time.sleep(1)
     written = write_bytes(pid) - before
     spooled = sum(f.stat().st_size for f in tmpdir.rglob("*") if f.is_file())
     return {"offered_mb": total >> 20, "sent_mb_before_answer": round(sent / 2**20, 1),
             "answer": answer.split(b"\r\n", 1)[0].decode("latin-1"),
-            "seconds_to_answer": round(took, 2),
+            "seconds_to_refusal": round(took, 2), "send_error": error,
             "server_disk_writes_mb": round(written / 2**20, 2),
             "tmpdir_bytes": spooled}
 

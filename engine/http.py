@@ -48,6 +48,7 @@ from .service import (
     deliver,
     prepare,
     release_memory,
+    result_header,
 )
 
 MAX_UPLOADS = 8  # request bodies read (and images decoded) at once
@@ -404,8 +405,9 @@ def create_app(backend, *, limits: Limits | None = None, token: str | None = Non
                 result = await asyncio.to_thread(deliver, prepared, result, backend.config,
                                                  limits.max_pixels)
                 png = await asyncio.to_thread(encode_image, result.image, "png")
-                if prepared.full_size is not None:
-                    del prepared, result.image
+                record = json.dumps(result_header(result), allow_nan=False, default=str)
+                if prepared.full_size is not None:  # full-size arrays: their pages go back
+                    del prepared, result
                     await asyncio.to_thread(release_memory)
         finally:
             if not task.done():
@@ -413,9 +415,6 @@ def create_app(backend, *, limits: Limits | None = None, token: str | None = Non
         if await request.is_disconnected():
             counters.gone += 1
             return Response(status_code=499)
-        from .service import result_header
-
-        record = json.dumps(result_header(result), allow_nan=False, default=str)
 
         def delivered() -> None:
             counters.served += 1
