@@ -52,9 +52,12 @@ DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-f
               help="Comma list of models that must be fooled, run as ONNX (a foreign solver "
                    "runs its own graph).")
 @click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=DEFAULTS.eps,
-              show_default=True, help="L-inf budget in /255 units.")
+              show_default=True,
+              help="L-inf budget in /255 units: lower it (4) against your own solver "
+                   "(white-box), where less suffices; the default suits transfer.")
 @click.option("--steps", type=click.IntRange(min=0), default=DEFAULTS.steps, show_default=True,
-              help="Attack step limit per image.")
+              help="Attack step limit per image (images leave earlier once beaten, or once "
+                   "steps stop helping); raise it for white-box runs that come close.")
 @click.option("--attack", type=click.Choice(ATTACKS), default=DEFAULTS.attack, show_default=True,
               help="auto: pgd when every verifier is also a surrogate (white-box, e.g. a "
                    "solver spec as both), else mifgsm with a Nesterov look-ahead, input "
@@ -72,7 +75,8 @@ DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-f
                    "verifier that is also a surrogate is held to every view.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
               default=DEFAULTS.output_format,
-              show_default=True, help="Output image format (verification scores exactly it).")
+              show_default=True, help="Output image format (verification scores exactly it): "
+                   "jpeg where the site serves JPEG, so the verified file is the served one.")
 @click.option("--quality", type=click.IntRange(1, 100), default=DEFAULTS.jpeg_quality,
               show_default=True,
               help="JPEG quality of --format jpeg.")
@@ -80,8 +84,11 @@ DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-f
               help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
               show_default=True,
-              help="Images attacked together.")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+              help="Images attacked together: raise it on a GPU with memory to spare "
+                   "(halved automatically on out-of-memory).")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
+              help="Seeded runs repeat exactly on the CPU; change it to draw other "
+                   "perturbations of the same images.")
 @click.option("--required-margin", type=float, default=DEFAULTS.required_margin,
               show_default=True,
               help="Logit margin by which every verifier must be wrong; raise it when the "
@@ -90,15 +97,18 @@ DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-f
 @click.option("--ssim-floor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=DEFAULTS.ssim_floor, show_default=True,
               help="The delivered file's SSIM never falls below this (the perturbation is "
-                   "scaled back where a step would cross it).")
+                   "scaled back where a step would cross it): raise it where people must "
+                   "see no change at all, at the cost of fooled rates.")
 @click.option("--eps-rungs", type=click.IntRange(1, 6), default=DEFAULTS.eps_rungs,
               show_default=True,
               help="Minimal perturbation: start at eps / 2^(rungs-1) and widen only images "
-                   "still unfooled (1 = the whole eps at once).")
+                   "still unfooled (1 = the whole eps at once, for when every image needs "
+                   "the full budget anyway).")
 @click.option("--texture-mask", type=click.FloatRange(0, 1, min_open=True),
               default=DEFAULTS.texture_mask,
               show_default=True, help="Share of eps that flat regions may use (textured "
-                                      "ones use all of it); 1 = uniform.")
+                                      "ones use all of it); 1 = uniform. Lower it for "
+                                      "flat, graphic tiles where noise shows.")
 @click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=DEFAULT_TEMPLATES,
               show_default=True, help="Prompt templates of zero-shot (CLIP) models.")
 @click.option("--max-side", type=click.IntRange(min=32), default=DEFAULT_MAX_SIDE,

@@ -125,6 +125,7 @@ class Eot:
 
     transforms: tuple[EotTransform, ...]  # one is drawn per EOT sample
     geometry: GeometryDraw | None = None  # EOT over the surrogates' preprocessing too
+    samples: int = 1  # draws per attack step, their gradients averaged
 
     def sample(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """Apply one transform drawn uniformly."""
@@ -170,8 +171,8 @@ def views_of(preset: Preset | str) -> tuple[View, ...]:
     return _named(VIEWS, p.views, "views", p.name)
 
 
-def eot_of(preset: Preset | str) -> Eot:
-    """What EOT draws from under a preset."""
+def eot_of(preset: Preset | str, samples: int = 1) -> Eot:
+    """What EOT draws from under a preset, ``samples`` draws per attack step."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     return Eot(_named(EOT_TRANSFORMS, p.eot, "EOT transforms", p.name),
-               GeometryDraw() if p.geometry else None)
+               GeometryDraw() if p.geometry else None, samples)

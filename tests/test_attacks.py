@@ -25,7 +25,7 @@ OPTIONS: dict[str, dict] = {
     "plain": {},
     "di0.5": {"diversity": InputDiversity(0.5)},
     "di1": {"diversity": InputDiversity(1.0)},
-    "eot-robust": {"eot": eot_of("robust"), "eot_samples": 2},
+    "eot-robust": {"eot": eot_of("robust", samples=2)},
 }
 
 

@@ -67,7 +67,7 @@ class Attack:
 
     ``model`` is an :class:`Ensemble` (or one classifier, wrapped). Normalisation lives in the
     models; attacks see images in [0, 1] only. ``eps_01`` and ``alpha_01`` are in [0, 1] pixel
-    units; ``eot`` is what expectation over transformation draws from (``eot_samples`` draws
+    units; ``eot`` is what expectation over transformation draws from (``eot.samples`` draws
     per step, gradients averaged), ``diversity`` an input-diversity transform, ``skip_gamma``
     the skip-gradient factor through residual branches (None: the true gradient)."""
 
@@ -75,7 +75,7 @@ class Attack:
 
     def __init__(self, model: nn.Module, *, eps_01: float, alpha_01: float, steps: int = 10,
                  random_start: bool = True, targeted: bool = False, eot: Eot | None = None,
-                 eot_samples: int = 1, diversity: InputDiversity | None = None,
+                 diversity: InputDiversity | None = None,
                  skip_gamma: float | None = None, amp_dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         self.model = model if isinstance(model, Ensemble) else Ensemble([model])
@@ -83,7 +83,8 @@ class Attack:
         self.random_start = random_start
         self.targeted = targeted  # every row needs a decoy target
         self.objective = Objective()
-        self.eot, self.eot_samples = eot, eot_samples
+        self.eot = eot
+        self.eot_samples = eot.samples if eot is not None else 1
         self.diversity = diversity
         self.skip_gamma = skip_gamma
         self.amp_dtype = amp_dtype
