@@ -72,9 +72,14 @@ def init_cmd(model: Path, out: Path, force: bool) -> None:
         write_text_atomic(out, dumps_spec(spec) + "\n")
     click.echo(f"wrote {out}")
     i, o = spec["input"], spec["output"]
-    click.echo(f"  input  {i['name']}: {i['layout']} {i['dtype']} {i['size'][0]}x{i['size'][1]}")
-    click.echo(f"  output {o['name']}: {o['kind']}, labels on axis {o['label_axis']}, "
-               f"reduce {o['reduce']}, {len(spec['labels'])} labels")
+    size = "x".join("W" if v is None else str(v) for v in i["size"])
+    click.echo(f"  input  {i['name']}: {i.get('layout', 'NCHW')} {i.get('dtype', 'float32')} "
+               f"{size}")
+    if o["kind"] == "ctc":  # a text solver: a CTC head over a charset
+        click.echo(f"  output {o['name']}: ctc, layout {o.get('layout')}, blank {o.get('blank')}")
+    else:
+        click.echo(f"  output {o['name']}: {o['kind']}, labels on axis {o['label_axis']}, "
+                   f"reduce {o['reduce']}, {len(spec['labels'])} labels")
     click.echo("Fill in or check:")
     for note in todo:
         click.echo(f"  - {note}")
@@ -102,6 +107,9 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
 
         solver = load_solver(spec, name=f"onnx:{spec}")
         s = solver.spec
+        if s.output.kind == "ctc":
+            check_text_solver(solver, images)
+            return
         click.echo(f"{solver.name}: {s.model.name}, opset {solver.io.opset}")
         click.echo(f"  input  {solver.input_info.describe()}: {s.input.layout} {s.input.dtype}, "
                    f"range {list(s.input.range)}, {s.input.channels}, {s.input.resize}"
@@ -137,7 +145,7 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
             except ImageLoadError as e:
                 click.echo(f"{path}: unreadable ({e.reason})", err=True)
         for path, px in pixels:
-            x = torch.from_numpy(px).permute(2, 0, 1)[None].float() / 255
+            x = torch.from_numpy(np.array(px)).permute(2, 0, 1)[None].float() / 255
             z = verifier(x)[0]
             if s.decision == "multilabel":
                 probs = verifier.probabilities(z[None])[0]
@@ -147,3 +155,35 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
                            + ", ".join(f"P({n})={p:.3f}" for n, p in top))
             else:
                 click.echo(f"{path}: {names[int(z.argmax())]}")
+
+
+def check_text_solver(solver, images: tuple[Path, ...]) -> None:
+    """``advx solver check`` for a CTC (text) solver: its torch twin against onnxruntime, then
+    what it reads on each image."""
+    from ..engine.images import ImageLoadError, load_image
+    from ..engine.solver import ConversionError, SolverParityError
+
+    s = solver.spec
+    click.echo(f"{solver.name}: {s.model.name}, CTC over {len(solver.charset.symbols)} symbols, "
+               f"blank {s.output.ctc.blank}")
+    try:
+        p = solver.check_parity(solver.probe_images(2))
+        click.echo(f"  torch  converted; parity with onnxruntime: max |diff| "
+                   f"{p.max_abs_diff:.2g}, same strings {p.same_strings}/{p.n}"
+                   + (f" ({p.undecided} near-ties)" if p.undecided else ""))
+    except (ConversionError, SolverParityError) as e:
+        click.echo(f"  torch  NOT available as a surrogate: {e}")
+    if not images:
+        return
+    import numpy as np
+    import torch
+
+    reader = solver.verifier()
+    for path in images:
+        try:
+            px = load_image(path).pixels
+        except ImageLoadError as e:
+            click.echo(f"  {path}: unreadable ({e})")
+            continue
+        x = torch.from_numpy(np.array(px)).permute(2, 0, 1)[None].float() / 255
+        click.echo(f"  {path}: reads {reader.read(x)[0]!r}")

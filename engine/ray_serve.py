@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from ray import serve
 
-from .service import DeadlineExceeded, HardenService, LabelSets, QueueFull
+from .label_sets import LabelSets
+from .service import DeadlineExceeded, HardenService, QueueFull
 
 APP_NAME = "advx"
 

@@ -9,26 +9,24 @@ budgets or label sets run as their own group, on the same models. Each request g
 
 Work is bounded per request: an image whose longer side is over ``max_side`` is attacked on a
 downscaled working copy and its perturbation carried to full size, as folder runs do
-(:func:`prepare`, :func:`deliver`). A request whose future is cancelled (its caller is gone)
+(:mod:`.serve_images`). A request whose future is cancelled (its caller is gone)
 or whose deadline passes leaves its batch before the next attack step. Label sets are
 normalised (order does not matter); the models of at most ``max_label_sets`` of them are kept,
-least recently used first out, and the exports the service built for one are removed with it.
+least recently used first out, and the exports the service built for one are removed with it
+(:mod:`.label_sets`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
-import shutil
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -39,10 +37,11 @@ from .defaults import (
     SERVE_MAX_LABEL_SETS,
     SERVE_MAX_QUEUE,
 )
+from .label_sets import HardenerCache, LabelSets
 from .results import HardenResult
+from .serve_images import Prepared, deliver, prepare, release_memory
 
 log = logging.getLogger(__name__)
-
 
 
 class QueueFull(Exception):
@@ -56,150 +55,6 @@ class QueueFull(Exception):
 
 class DeadlineExceeded(TimeoutError):
     """A request's deadline passed before its image was hardened (its work was stopped)."""
-
-
-class LabelSetNotAllowed(ValueError):
-    """A request's label set is not in the service's allow-list."""
-
-
-# --- label sets -------------------------------------------------------------------------------
-
-
-class LabelSets:
-    """Which label sets a request may use, and the one spelling of each: order does not matter
-    (the default set's own order when it is the same set, else sorted), so that every ordering
-    of one set shares its models and its exports."""
-
-    def __init__(self, default: Sequence[str], allowed: Iterable[Sequence[str]] | None = None
-                 ) -> None:
-        self.default = tuple(default)
-        self.allowed = None if allowed is None else (
-            {frozenset(self.default)} | {frozenset(a) for a in allowed})
-
-    def resolve(self, label: str, label_set: Sequence[str] | None = None) -> tuple[str, ...]:
-        """The normalised label set of a request (ValueError: unusable or not allowed)."""
-        if not label_set:
-            ls = self.default
-        else:
-            given = [str(x) for x in label_set]
-            if len(set(given)) != len(given):
-                raise ValueError(f"duplicate labels in the label set ({', '.join(given[:20])})")
-            ls = self.default if set(given) == set(self.default) else tuple(sorted(given))
-            if self.allowed is not None and frozenset(ls) not in self.allowed:
-                raise LabelSetNotAllowed(f"label set ({', '.join(ls[:20])}) is not allowed on "
-                                         f"this server")
-        if label not in ls:
-            raise ValueError(f"label {label!r} is not in the label set ({', '.join(ls[:20])})")
-        return ls
-
-
-# --- bounded images -------------------------------------------------------------------------
-
-
-@dataclass
-class Prepared:
-    """A request's image as the engine takes it: ``working`` (longer side at most
-    ``max_side``) and, when that is a downscaled copy, what :func:`deliver` needs to carry the
-    perturbation to full size: the original's ``full_size`` (W, H) and its ``source`` (the
-    encoded upload, decoded again then, or the full-size pixels)."""
-
-    working: np.ndarray
-    full_size: tuple[int, int] | None = None
-    source: bytes | np.ndarray | None = None
-    notes: tuple[str, ...] = ()
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """(W, H) from an encoded image's header, without decoding its pixels."""
-    import io
-    import warnings
-
-    from PIL import Image
-
-    from .images import ImageLoadError, decode_image_bytes
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return im.size
-        except Exception:  # let the decoder say what is wrong, as it does for files
-            decode_image_bytes(data, max_pixels=1)
-            raise ImageLoadError("not an image (content not recognised)") from None
-
-
-def prepare(image: bytes | np.ndarray, *, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
-            ) -> Prepared:
-    """Bound one image: encoded bytes are refused before decoding when their header gives more
-    than ``max_pixels`` pixels or a working copy too small to harden; an image over
-    ``max_side`` becomes a downscaled working copy. Raises ImageLoadError."""
-    from .folder.resample import MIN_SIDE, downscale, working_size
-    from .images import ImageLoadError, decode_image_bytes
-
-    def check(w: int, h: int) -> tuple[int, int] | None:
-        if w * h > max_pixels:
-            raise ImageLoadError(f"decompression bomb: {w}x{h} pixels exceeds the limit of "
-                                 f"{max_pixels}")
-        size = working_size(w, h, max_side)
-        if min(size or (w, h)) < MIN_SIDE:
-            raise ImageLoadError(f"image too small to harden: {w}x{h}" + (
-                f" (working copy {size[0]}x{size[1]})" if size else "")
-                + f"; sides must be >= {MIN_SIDE} px")
-        return size
-
-    if isinstance(image, bytes | bytearray | memoryview):
-        data = bytes(image)
-        if not data:
-            raise ImageLoadError("empty file (0 bytes)")
-        check(*image_size(data))  # from the header: nothing decoded yet
-        pixels = decode_image_bytes(data, max_pixels=max_pixels)
-        source: bytes | np.ndarray = data
-    else:
-        pixels = source = image
-    h, w = pixels.shape[:2]
-    size = check(w, h)
-    if size is None:
-        return Prepared(pixels)
-    note = (f"attacked at {size[0]}x{size[1]}; perturbation upsampled to full size {w}x{h}; "
-            f"status, predictions and margins refer to the working copy, metrics to the "
-            f"full-size image")
-    return Prepared(downscale(pixels, size), (w, h), source, (note,))
-
-
-def deliver(prepared: Prepared, result: HardenResult, config: HardenConfig,
-            max_pixels: int | None = None) -> HardenResult:
-    """The result at the input's size: the working copy's perturbation upsampled onto the
-    original (SSIM floor held at full size), metrics recomputed there, as folder runs do."""
-    if prepared.full_size is None:
-        return result
-    from .folder.resample import full_size_delivery
-    from .images import decode_image_bytes
-
-    src = prepared.source
-    original = decode_image_bytes(src, max_pixels=max_pixels or prepared.full_size[0]
-                                  * prepared.full_size[1]) if isinstance(src, bytes) else src
-    image, metrics, scale = full_size_delivery(original, prepared.working, result.image, config)
-    notes = [*result.notes, *prepared.notes]
-    if scale < 1:
-        notes.append(f"perturbation scaled by {scale:.3f} at full size to hold SSIM >= "
-                     f"{config.ssim_floor}")
-    return dataclasses.replace(
-        result, image=image, linf=metrics["linf"], l2=metrics["l2"], ssim=metrics["ssim"],
-        psnr=math.inf if metrics["psnr"] is None else metrics["psnr"], notes=notes)
-
-
-def release_memory() -> None:
-    """Give the heap's free pages back to the system (glibc): a long-lived service otherwise
-    keeps the high-water mark of its largest batch or image as its resident size."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-# --- the service ------------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
@@ -252,27 +107,19 @@ class HardenService:
         self.default_label_set = self.label_sets.default
         self.max_batch, self.window_s = max_batch, window_s
         self.max_label_sets, self.max_queue, self.max_side = max_label_sets, max_queue, max_side
-        self._models: OrderedDict[tuple[str, ...], object] = OrderedDict()  # LRU of label sets
-        self._schedules: dict[tuple, object] = {}  # (label set, eps, steps) -> Hardener
-        self._owned: dict[tuple[str, ...], set[Path]] = {}  # exports this service built
+        self._hardeners = HardenerCache(
+            self.default_label_set, surrogates=self.surrogates, verifiers=self.verifiers,
+            config=self.config, templates=templates, label_map=label_map,
+            max_label_sets=max_label_sets)
         self._waiting: deque[_Request] = deque()
         self._cv = threading.Condition()
-        self._lock = threading.RLock()
         self._closed = False
         self.completed = 0  # results produced (the HTTP layer counts replies delivered)
         self.abandoned = 0  # requests given up (cancelled or past their deadline)
         self.batches = 0  # scheduler runs (requests hardened together share one)
-        self.label_set_builds = 0  # label sets whose models were built
-        self.build_seconds = 0.0  # time spent building them
         self.running = 0  # requests in the scheduler run now
         self.busy = False
         self._batch_s: float | None = None  # moving average of a batch's duration
-        from .onnx.cache import default_cache_dir, remove_stale_exports
-
-        self._cache_dir = default_cache_dir()
-        with contextlib.suppress(OSError):
-            if n := remove_stale_exports(self._cache_dir):
-                log.info("removed %d export temporaries left by killed exports", n)
         self.hardener(self.default_label_set, self.config.eps, self.config.steps)  # build now
         self._worker: threading.Thread | None = None
         if start:
@@ -290,60 +137,24 @@ class HardenService:
         """The Hardener for a label set and budget: models built once per label set (at most
         ``max_label_sets`` kept, least recently used out), a fresh schedule (cheap) per
         budget."""
-        from .api import Hardener
+        return self._hardeners.get(label_set, eps, steps)
 
-        key = (label_set, eps, steps)
-        with self._lock:
-            if label_set in self._models:
-                self._models.move_to_end(label_set)
-                if key in self._schedules:
-                    return self._schedules[key]
-                config = dataclasses.replace(self.config, eps=eps, steps=steps)
-                h = self._schedules[key] = self._models[label_set].with_config(config)
-                return h
-            before = self._exports()
-            t0 = time.perf_counter()
-            config = dataclasses.replace(self.config, eps=eps, steps=steps)
-            h = Hardener(label_set, surrogates=self.surrogates, verifiers=self.verifiers,
-                         config=config, templates=self.templates, label_map=self.label_map)
-            self.build_seconds += time.perf_counter() - t0
-            self.label_set_builds += 1
-            self._owned[label_set] = {p for p in self._export_dirs(h) if p not in before}
-            self._models[label_set] = self._schedules[key] = h
-            self._evict()
-            return h
+    @property
+    def label_set_builds(self) -> int:
+        """Label sets whose models were built."""
+        return self._hardeners.builds
 
-    def _evict(self) -> None:
-        while len(self._models) > self.max_label_sets:
-            victim = next(ls for ls in self._models if ls != self.default_label_set)
-            del self._models[victim]
-            for k in [k for k in self._schedules if k[0] == victim]:
-                del self._schedules[k]
-            in_use = {p for h in self._models.values() for p in self._export_dirs(h)}
-            for path in self._owned.pop(victim, set()) - in_use:
-                shutil.rmtree(path, ignore_errors=True)
-
-    @staticmethod
-    def _export_dirs(h) -> set[Path]:
-        return {Path(v.path) for v in getattr(h, "verifiers", ())
-                if isinstance(getattr(v, "path", None), str | Path)}
-
-    def _exports(self) -> set[Path]:
-        try:
-            return {p for p in self._cache_dir.iterdir() if not p.name.startswith(".")}
-        except OSError:
-            return set()
+    @property
+    def build_seconds(self) -> float:
+        """Time spent building them."""
+        return self._hardeners.build_seconds
 
     def cached_label_sets(self) -> list[tuple[str, ...]]:
-        with self._lock:
-            return list(self._models)
+        return self._hardeners.label_sets()
 
     def export_bytes(self) -> int:
         """Bytes on disk of the exports this service built and keeps."""
-        with self._lock:
-            paths = {p for s in self._owned.values() for p in s}
-        return sum(f.stat().st_size for p in paths if p.is_dir() for f in p.rglob("*")
-                   if f.is_file())
+        return self._hardeners.export_bytes()
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -391,7 +202,7 @@ class HardenService:
         return {"queued": self.pending(), "running": self.running, "busy": self.busy,
                 "batches": self.batches, "completed": self.completed,
                 "abandoned": self.abandoned, "max_queue": self.max_queue,
-                "label_sets_cached": len(self._models),
+                "label_sets_cached": len(self._hardeners),
                 "label_set_builds": self.label_set_builds}
 
     def models(self) -> dict:

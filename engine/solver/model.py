@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from .ends import Decoder, Preprocess, _logit_of, to_graph_array
 from .graph import GraphIO, TensorInfo, check_output_shape, graph_io, load_graph, resolve_io
 from .graph import strip_activation as _strip
 from .spec import SolverSpec, SolverSpecError, load_spec
+
+if TYPE_CHECKING:
+    from .text import TextSolver
 
 log = logging.getLogger(__name__)
 
@@ -320,17 +324,23 @@ def parity_images(n: int, height: int, width: int,
     return mix.clamp(0, 1)
 
 
-_CACHE: dict[tuple, Solver] = {}
+_CACHE: dict[tuple, Solver | TextSolver] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_solver(spec_path: str | Path, *, name: str | None = None) -> Solver:
-    """Load (once per spec and graph file version) the solver a spec describes."""
+def load_solver(spec_path: str | Path, *, name: str | None = None) -> Solver | TextSolver:
+    """Load (once per spec and graph file version) the solver a spec describes: a
+    :class:`Solver` (labels), or a :class:`~.text.TextSolver` for a ``ctc`` head (text)."""
     spec = load_spec(spec_path)
     key = (str(spec.path), _stamp(spec.path), str(spec.model), _stamp(spec.model), name)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Solver(spec, name=name)
+            if spec.output.ctc is not None:
+                from .text import TextSolver
+
+                _CACHE[key] = TextSolver(spec, name=name)
+            else:
+                _CACHE[key] = Solver(spec, name=name)
         return _CACHE[key]
 
 

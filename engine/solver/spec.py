@@ -14,6 +14,7 @@ A spec is a JSON file beside (or pointing to) a solver's ``.onnx`` graph::
     }
 
 ``threshold`` may also be an object with one per solver label: ``{"default": 0.5, "Bus": 0.8}``.
+An ``output.kind`` of ``"ctc"`` describes a text (OCR) solver instead: see :mod:`.text_spec`.
 Every error names the field to fix (``input.size``, ``label_map.bus``, ...). Keys starting with
 ``_`` are comments and ignored; any other unknown key is an error (a typo would otherwise pass).
 """
@@ -26,7 +27,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .text_spec import CTCHead, Tolerance
 
 SCHEMA_VERSION = 1
 LAYOUTS = ("NCHW", "NHWC")
@@ -34,7 +38,7 @@ DTYPES = ("float32", "float16", "uint8")
 CHANNELS = ("RGB", "BGR")
 RESIZES = ("bilinear", "bicubic", "area", "nearest")
 FITS = ("squash", "letterbox")
-KINDS = ("logits", "softmax", "multilabel", "multilabel_logits")
+KINDS = ("logits", "softmax", "multilabel", "multilabel_logits", "ctc")
 REDUCES = ("max", "mean", "none")
 CLOSED_KINDS = ("logits", "softmax")  # argmax over the labels
 MULTILABEL_KINDS = ("multilabel", "multilabel_logits")  # P(label) >= threshold, per label
@@ -49,7 +53,7 @@ class InputSpec:
     """How the solver turns a tile into its input tensor (applied in this order)."""
 
     name: str | None = None  # graph input name (None: the graph's only input)
-    size: tuple[int, int] = (224, 224)  # (height, width) the graph takes
+    size: tuple[int, int | None] = (224, 224)  # (height, width); width None: keep the aspect
     layout: str = "NCHW"  # "NCHW" | "NHWC"
     dtype: str = "float32"  # "float32" | "float16" | "uint8"
     range: tuple[float, float] = (0.0, 1.0)  # pixel values span [lo, hi] (e.g. [0, 255])
@@ -61,13 +65,17 @@ class InputSpec:
     crop: float = 1.0  # centre-crop fraction; 1.0 = the whole tile, squashed to size
     fit: str = "squash"  # "squash" (ignore aspect) | "letterbox" (keep aspect, pad)
     pad: float = 0.0  # letterbox padding value, in [0, 1] pixel units
+    # text solvers (output kind "ctc") only:
+    quantize: bool = False  # the package resizes 8-bit images: round after each step
+    width_rounding: str = "floor"  # free width: int(w * H / h) | ceil | round
+    min_width: int = 0  # free width: pad on the right up to this many columns
 
     @property
     def height(self) -> int:
         return self.size[0]
 
     @property
-    def width(self) -> int:
+    def width(self) -> int | None:
         return self.size[1]
 
 
@@ -80,9 +88,12 @@ class OutputSpec:
     label_axis: int = 1  # the axis that indexes labels
     reduce: str = "none"  # fold every other non-batch axis (grid cells, boxes): max | mean
     label_start: int = 0  # labels begin at this index of the label axis (YOLO: 4, after boxes)
+    ctc: CTCHead | None = None  # kind "ctc": the head's charset and decoding rule
 
     @property
     def decision(self) -> str:
+        if self.kind == "ctc":
+            return "text"
         return "multilabel" if self.kind in MULTILABEL_KINDS else "closed"
 
 
@@ -99,6 +110,7 @@ class SolverSpec:
     thresholds: tuple[float, ...] = ()  # per solver label (default: threshold for each)
     name: str | None = None  # display name (default: the spec file's stem)
     path: Path | None = None  # the spec file
+    tolerance: Tolerance | None = None  # text solvers: torch against onnxruntime
 
     @property
     def decision(self) -> str:
@@ -117,6 +129,10 @@ class SolverSpec:
         return tuple(i for i, s in enumerate(self.labels) if _norm(s) == key)
 
     def to_dict(self) -> dict[str, Any]:
+        if self.output.ctc is not None:
+            from .text_spec import text_spec_dict
+
+            return text_spec_dict(self)
         i, o = self.input, self.output
         d: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
@@ -239,6 +255,10 @@ def _kind(v: Any) -> str:
 
 def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
     """Validate a spec dict (``path``: the spec file, for resolving ``model`` and messages)."""
+    from .text_spec import is_text_spec, parse_text_spec
+
+    if is_text_spec(data):
+        return parse_text_spec(data, path=path)
     src = str(path) if path else "solver spec"
     top = _Reader(src, data, "", _TOP)
     schema = top.number("schema", SCHEMA_VERSION, integer=True)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..onnx.runtime import make_session
 from .graph import GraphIO, TensorInfo, graph_io, load_graph
+from .text_template import text_template
 
 _LABEL_KEYS = ("categories", "labels", "classes", "class_names", "names", "id2label")
 _SIZE_KEYS = ("input_size", "image_size", "tile_size", "imgsz", "img_size", "size", "tile")
@@ -175,10 +176,14 @@ def _probe(model_path: Path, inp: TensorInfo, layout: str, size: list[int],
 
 def init_template(model_path: str | Path, spec_path: str | Path) -> tuple[dict, list[str]]:
     """A spec dict for ``model_path`` (relative to where the spec will live) and the notes of
-    what the user must fill in or check."""
+    what the user must fill in or check. An OCR graph (a CTC head: see :mod:`.text_template`)
+    gets a ``ctc`` spec."""
     model_path, spec_path = Path(model_path).resolve(), Path(spec_path).resolve()
     model = load_graph(model_path, field="MODEL")
     io: GraphIO = graph_io(model)
+    text = text_template(model, io, model_path, spec_path)  # an OCR graph: a CTC head
+    if text is not None:
+        return text
     card, sources = read_cards(model_path, exclude=spec_path)
     todo: list[str] = []
     if sources:

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from ..solver import Solver, SolverClassifier, SolverVerifier
 
-# The one import of the builders (it imports the registry itself and runs its decorators, once).
-from . import backends  # noqa: F401
+# The one import of the builders (it imports the registry itself and runs its decorators, once),
+# and of the built-in text (OCR) solvers' entries.
+from . import backends, ocr  # noqa: F401
 from .labels import (
     CAPTCHA_LABEL_MAP,
     LabelMap,
@@ -47,7 +48,7 @@ __all__ = [
     "ClassifierCore", "ImageClassifier", "LabelMap", "LabelMapError", "ModelNameError",
     "ModelRef", "ModelUnavailableError", "PreprocessCfg", "binary_label_set",
     "create_classifier", "create_verifier", "is_solver_name", "list_backends", "list_entries",
-    "load_label_map", "parse_name",
+    "load_label_map", "model_task", "parse_name",
 ]
 
 
@@ -65,6 +66,7 @@ def create_classifier(name: str, labels: Sequence[str], *, templates: str = DEFA
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be non-empty and distinct, got {labels}")
     backbone = build_backbone(parse_name(name), device)
+    _not_text(name, backbone)
     if isinstance(backbone, Solver):
         return backbone.classifier(labels).to(device)
     if backbone.kind == "zero_shot":
@@ -77,6 +79,28 @@ def create_classifier(name: str, labels: Sequence[str], *, templates: str = DEFA
     return ImageClassifier(backbone, labels, head, used_templates).to(device)
 
 
+def model_task(name: str) -> str:
+    """What model ``name`` reads: "text" (an OCR solver: a built-in such as ``ddddocr``, or an
+    ``onnx:`` spec with a ``ctc`` output) or "image" (labels). Reads a spec file, loads no
+    graph."""
+    import json
+    from pathlib import Path
+
+    from ..solver.text_spec import is_text_spec
+    from .registry import _ENTRIES
+
+    ref = parse_name(name)
+    if ref.backend == "alias":
+        return _ENTRIES[ref.arch].task
+    if ref.backend == "onnx":
+        try:
+            data = json.loads(Path(ref.arch).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "image"  # loading it reports what is wrong
+        return "text" if is_text_spec(data) else "image"
+    return "image"
+
+
 def is_solver_name(name: str) -> bool:
     """Whether ``name`` names a foreign solver (``onnx:SPEC.json``)."""
     return parse_name(name).backend == "onnx"
@@ -85,6 +109,15 @@ def is_solver_name(name: str) -> bool:
 def create_verifier(name: str, labels: Sequence[str], *, device: str = "cpu") -> SolverVerifier:
     """A foreign solver as it runs (its graph in onnxruntime), answering over ``labels``."""
     solver = build_backbone(parse_name(name), device)
+    _not_text(name, solver)
     if not isinstance(solver, Solver):
         raise ValueError(f"{name} is not a foreign solver; other models verify as exports")
     return solver.verifier(labels, device=device)
+
+
+def _not_text(name: str, model: object) -> None:
+    from ..solver.text import TextSolver
+
+    if isinstance(model, TextSolver):
+        raise ValueError(f"{name} is a text (OCR) solver: it reads strings, not labels; use it "
+                         f"with text CAPTCHAs (advx.engine.zoo.ocr.text_solver({name!r}))")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..solver import Solver
+    from ..solver import Solver, TextSolver
     from .model import Backbone
 
 GRAMMAR = (
@@ -77,9 +77,10 @@ class Entry:
     name: str
     description: str
     offline: bool  # weights ship with the installed packages
+    task: str = "image"  # "image" (labels) | "text" (OCR: reads strings)
 
 
-BuildFn = Callable[[ModelRef, str], "Backbone | Solver"]
+BuildFn = Callable[[ModelRef, str], "Backbone | Solver | TextSolver"]
 
 _BACKENDS: dict[str, BuildFn] = {}
 _ALIASES: dict[str, BuildFn] = {}
@@ -98,14 +99,16 @@ def register_backend(key: str) -> Callable[[BuildFn], BuildFn]:
     return deco
 
 
-def register_alias(name: str, description: str) -> Callable[[BuildFn], BuildFn]:
-    """Register a named model with its own builder (e.g. the offline ``effnet-lite0``)."""
+def register_alias(name: str, description: str, *,
+                   task: str = "image") -> Callable[[BuildFn], BuildFn]:
+    """Register a named model with its own builder (e.g. the offline ``effnet-lite0``;
+    ``task="text"`` for an OCR solver such as ``ddddocr``)."""
 
     def deco(fn: BuildFn) -> BuildFn:
         if name in _ALIASES or name in _ENTRIES:
             raise ValueError(f"model {name!r} registered twice")
         _ALIASES[name] = fn
-        _ENTRIES[name] = Entry(name, description, offline=True)
+        _ENTRIES[name] = Entry(name, description, offline=True, task=task)
         return fn
 
     return deco
@@ -173,10 +176,11 @@ def build_backbone(ref: ModelRef, device: str = "cpu") -> Backbone | Solver:
     return fn(ref, device)
 
 
-def list_entries() -> list[Entry]:
-    """The named entries, offline ones first."""
+def list_entries(task: str | None = None) -> list[Entry]:
+    """The named entries (of one ``task``: "image" or "text"), offline ones first."""
     _require_backends()
-    return sorted(_ENTRIES.values(), key=lambda e: (not e.offline, e.name))
+    return sorted((e for e in _ENTRIES.values() if task is None or e.task == task),
+                  key=lambda e: (not e.offline, e.name))
 
 
 def list_backends() -> list[str]:

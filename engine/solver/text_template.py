@@ -1,0 +1,199 @@
+"""``advx solver init`` for OCR graphs: recognise a CTC head and write a ``ctc`` spec.
+
+A graph's output is taken for a CTC head when it is 3-D with the classes last and
+
+- its class count matches a charset beside the graph (a file whose name says charset, keys,
+  vocab, alphabet, dict or symbols: a JSON list, or text with one symbol per line), or the
+  graph's ``character`` metadata in PaddleOCR's convention, or
+- the batch is its second axis ([T, N, C]: image classifiers never put it there), or
+- its time axis grows with the input's width.
+
+A graph ending in an ArgMax (or a decoder behind one) is cut at the ArgMax's input, the scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .graph import _MOVERS, GraphIO, TensorInfo
+
+_CHARSET_NAMES = ("char", "key", "vocab", "alphabet", "dict", "symbol", "token")
+_BLANKS = ("", "blank", "<blank>", "[blank]", "-", "_", "<pad>", "~")
+
+
+def _producer(model, name: str):
+    return next((n for n in model.graph.node if name in n.output), None)
+
+
+def _scores_tensor(model, output: str) -> tuple[str, str | None]:
+    """The tensor holding the scores behind ``output`` and what it ends in (ArgMax, Softmax,
+    or None for scores as they are)."""
+    name = output
+    for _ in range(8):
+        node = _producer(model, name)
+        if node is None:
+            return output, None
+        if node.op_type == "ArgMax":
+            return node.input[0], "ArgMax"
+        if node.op_type == "Softmax":
+            return output, "Softmax"
+        if node.op_type not in _MOVERS:
+            return output, None
+        name = node.input[0]
+    return output, None
+
+
+def _run(model, inp: TensorInfo, tensor: str, shape: list[int]) -> np.ndarray | None:
+    import tempfile
+
+    from ..onnx.runtime import make_session
+    from .convert import only_output
+
+    try:
+        graph = model if any(o.name == tensor for o in model.graph.output) else only_output(
+            model, tensor)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "probe.onnx"
+            path.write_bytes(graph.SerializeToString())
+            session = make_session(path, "fp32")
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        return np.asarray(session.run([tensor], {inp.name: x})[0])
+    except Exception:
+        return None
+
+
+def _charset_files(model_path: Path, classes: int, exclude: Path | None) -> tuple[list, str] | None:
+    """A charset beside the graph with one symbol per class: (symbols, file name)."""
+    folder = model_path.parent
+    for f in sorted(folder.glob("*.json"))[:50] + sorted(folder.glob("*.txt"))[:50]:
+        if exclude is not None and f.resolve() == exclude.resolve():
+            continue
+        if not any(k in f.stem.lower() for k in _CHARSET_NAMES) or f.stat().st_size > 5_000_000:
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if f.suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, list) and len(data) == classes and all(
+                    isinstance(s, str) for s in data):
+                return data, f.name
+            continue
+        lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+        if len(lines) == classes:
+            return lines, f.name
+    return None
+
+
+def _blank(symbols: list[str]) -> int:
+    if symbols[0].strip().lower() in _BLANKS:
+        return 0
+    if symbols[-1].strip().lower() in _BLANKS:
+        return len(symbols) - 1
+    return 0
+
+
+def text_template(model, io: GraphIO, model_path: Path, spec_path: Path
+                  ) -> tuple[dict[str, Any], list[str]] | None:
+    """A ``ctc`` spec for an OCR graph and the notes of what was guessed, or None when its
+    output is not a CTC head."""
+    images = [t for t in io.inputs if t.shape is not None and len(t.shape) == 4]
+    if len(io.inputs) != 1 or not images:
+        return None
+    inp = images[0]
+    n, c, h, w = inp.shape
+    channels = c if c in (1, 3) else None
+    if channels is None:
+        return None
+    height = h if isinstance(h, int) else 48
+    free = not isinstance(w, int)
+    width = w if isinstance(w, int) else 4 * height
+    batch = n if isinstance(n, int) else 2
+    out = io.outputs[0]
+    tensor, ending = _scores_tensor(model, out.name)
+    raw = _run(model, inp, tensor, [batch, channels, height, width])
+    if raw is None or raw.ndim != 3:
+        return None
+    if raw.shape[1] == batch and raw.shape[0] != batch:
+        layout, tnc = "TNC", True
+    elif raw.shape[0] == batch:
+        layout, tnc = "NTC", False
+    else:
+        return None
+    classes = int(raw.shape[2])
+    grew = False
+    if free:
+        wide = _run(model, inp, tensor, [batch, channels, height, 2 * width])
+        t_axis = 0 if layout == "TNC" else 1
+        grew = wide is not None and wide.ndim == 3 and wide.shape[t_axis] > raw.shape[t_axis]
+    found = _charset_files(model_path, classes, spec_path)
+    meta = io.metadata.get("character")
+    notes: list[str] = []
+    charset: Any
+    if found is not None:
+        symbols, charset = found
+        notes.append(f"output.charset: {charset} beside the graph has {classes} symbols, one "
+                     f"per class")
+    elif meta is not None and len(meta.splitlines()) + 2 == classes:
+        symbols = charset = ["blank", *meta.splitlines(), " "]
+        notes.append(f"output.charset: the graph's 'character' metadata ({classes - 2} "
+                     f"symbols) in PaddleOCR's convention: \"blank\" first, \" \" last")
+    elif tnc or grew:
+        symbols = charset = ["<blank>"] + [f"?{i}" for i in range(1, classes)]
+        notes.append(f"output.charset: {classes} placeholders (\"<blank>\" first): replace them "
+                     f"with the solver's symbols in class order (inline, or a file beside the "
+                     f"spec)")
+    else:
+        return None
+    why = ("its class axis matches the charset" if found or meta is not None
+           else "the batch is its second axis" if tnc else "its time axis grows with the width")
+    notes.insert(0, f"output.kind: \"ctc\": output {out.name!r} gives {list(raw.shape)} "
+                    f"({layout}) for a batch of {batch}; a CTC head, since {why}")
+    if ending == "ArgMax":
+        notes.append(f"output.name: the graph ends in an ArgMax; cut at its input {tensor!r}, "
+                     f"the scores")
+    blank = _blank(symbols)
+    notes.append(f"output.blank: {blank} guessed ({'its symbol ' + repr(symbols[blank])})"
+                 f"; check the package's decoder")
+    notes.append("output.case: \"insensitive\" (how most sites compare); never_emit / "
+                 "ignore_last_steps: none; check the package's decoder for deviations from "
+                 "greedy CTC")
+    size = [height, None] if free else [height, width]
+    if free:
+        notes.append(f"input.size: [{height}, null]: height {height} keeping the aspect ratio; "
+                     f"check width_rounding (\"floor\" guessed) and min_width in the package's "
+                     f"resize")
+    if not isinstance(h, int):
+        notes.append(f"input.size: the graph takes any height; {height} is a placeholder")
+    notes.append(f"input: {'GREY' if channels == 1 else 'RGB'}, range [0, 1], bilinear with "
+                 f"antialias (PIL) on 8-bit images (quantize) were guessed: check the "
+                 f"package's preprocessing (BGR? 0-255? mean / std? OpenCV: antialias false)")
+    try:
+        rel = model_path.relative_to(spec_path.parent).as_posix()
+    except ValueError:
+        rel = str(model_path)
+    spec = {
+        "schema": 1,
+        "model": rel,
+        "input": {"name": inp.name, "size": size, "layout": "NCHW", "dtype": "float32",
+                  "range": [0, 1], "mean": [0.0] * 3, "std": [1.0] * 3,
+                  "channels": "GREY" if channels == 1 else "RGB", "resize": "bilinear",
+                  "antialias": True, "quantize": True,
+                  **({"width_rounding": "floor", "min_width": 0} if free else {})},
+        "output": {"name": tensor, "kind": "ctc", "layout": layout, "blank": blank,
+                   "charset": charset, "case": "insensitive",
+                   "scores": "softmax" if ending == "Softmax" else "logits"},
+        "_notes": notes,
+    }
+    return spec, notes
+
+
+__all__ = ["text_template"]
