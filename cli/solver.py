@@ -145,7 +145,7 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
             except ImageLoadError as e:
                 click.echo(f"{path}: unreadable ({e.reason})", err=True)
         for path, px in pixels:
-            x = torch.from_numpy(np.array(px)).permute(2, 0, 1)[None].float() / 255
+            x = torch.from_numpy(px).permute(2, 0, 1)[None].float() / 255
             z = verifier(x)[0]
             if s.decision == "multilabel":
                 probs = verifier.probabilities(z[None])[0]
