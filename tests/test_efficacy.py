@@ -51,7 +51,8 @@ def test_flags(efficacy) -> None:
 
 
 def efficacy_results() -> list[Path]:
-    return sorted(p for p in RESULTS.glob("*.json") if not p.name.startswith("throughput-"))
+    return sorted(p for p in RESULTS.glob("*.json")
+                  if not p.name.startswith(("throughput-", "serve-load")))
 
 
 def test_every_efficacy_result_renders(efficacy, capsys: pytest.CaptureFixture) -> None:
