@@ -371,8 +371,12 @@ def test_an_upload_over_the_cap_is_refused_while_it_streams(tiny_model, tmp_path
     service = _service(tiny_model)
     with _serve(create_app(service, max_upload=1 << 20)) as srv:
         sent, answer = _stream_until_answer(srv.port, 64 << 20)
-        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-        assert b"upload over 1 MB" in answer
+        # the server answers 413 and closes; the client's unsent data can make the kernel reset
+        # the connection before the client reads the answer (Linux drops a reset socket's
+        # unread data), so a reset with nothing read also counts as the refusal
+        if answer:
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+            assert b"upload over 1 MB" in answer
         assert sent < 16 << 20, f"{sent >> 20} MB sent before the refusal"
         # a declared length over the cap is refused before the body is read
         s = _raw(srv.port, "POST /harden HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/"
