@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from toys import CAPTCHA_ALPHABET, SeededSecrets
 
 from advx.engine.solver.convert import ConversionError, convert, only_output
 from advx.engine.solver.ctc import greedy_ctc, sequence_parity, to_text
@@ -414,37 +415,18 @@ def test_sequence_parity_verdicts():
 
 # --- the real solvers (slow; skipped where the package is not installed) -------------------------
 
-_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L: ambiguous glyphs left out
-
-
-class _Seeded:
-    """Stands in for ``secrets`` in the captcha package, so the drawings repeat."""
-
-    def __init__(self, seed: int) -> None:
-        self._r = random.Random(seed)
-
-    def randbelow(self, n: int) -> int:
-        return self._r.randrange(n)
-
-    def randbits(self, k: int) -> int:
-        return self._r.getrandbits(k)
-
-    def choice(self, seq):
-        return self._r.choice(seq)
-
-
 @pytest.fixture(scope="module")
 def captchas() -> list[tuple[str, bytes]]:
     """Eight 160x60 captchas drawn by the captcha package: (text, PNG bytes)."""
     image = pytest.importorskip("captcha.image")
     old = image.secrets
-    image.secrets = _Seeded(11)
+    image.secrets = SeededSecrets(11)
     try:
         rng = random.Random(12)
         gen = image.ImageCaptcha(160, 60)
         out = []
         for _ in range(8):
-            text = "".join(rng.choice(_ALPHABET) for _ in range(rng.choice((4, 5))))
+            text = "".join(rng.choice(CAPTCHA_ALPHABET) for _ in range(rng.choice((4, 5))))
             buf = io.BytesIO()
             gen.generate_image(text).save(buf, "PNG")
             out.append((text, buf.getvalue()))

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from toys import CAPTCHA_ALPHABET, SeededSecrets
 
 from advx.engine.solver import SolverSpecError, load_solver, load_spec
 from advx.engine.solver.ctc import greedy_ctc
@@ -430,35 +431,16 @@ def test_missing_package_says_what_to_install(monkeypatch):
 
 # --- the real solvers: each reads the package's own example as the package does (slow) -----------
 
-_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L: ambiguous glyphs left out
-
-
-class _Seeded:
-    """Stands in for ``secrets`` in the captcha package, so the drawings repeat."""
-
-    def __init__(self, seed: int) -> None:
-        self._r = random.Random(seed)
-
-    def randbelow(self, n: int) -> int:
-        return self._r.randrange(n)
-
-    def randbits(self, k: int) -> int:
-        return self._r.getrandbits(k)
-
-    def choice(self, seq):
-        return self._r.choice(seq)
-
-
 @pytest.fixture(scope="module")
 def captchas() -> list[tuple[str, bytes]]:
     """20 captchas drawn by the captcha package (160 x 60, its default style): (text, PNG)."""
     image = pytest.importorskip("captcha.image")
     old = image.secrets
-    image.secrets = _Seeded(21)
+    image.secrets = SeededSecrets(21)
     try:
         rng, gen, out = random.Random(22), image.ImageCaptcha(160, 60), []
         for _ in range(20):
-            text = "".join(rng.choice(_ALPHABET) for _ in range(rng.choice((4, 5))))
+            text = "".join(rng.choice(CAPTCHA_ALPHABET) for _ in range(rng.choice((4, 5))))
             buf = io.BytesIO()
             gen.generate_image(text).save(buf, "PNG")
             out.append((text, buf.getvalue()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 from torch import nn
@@ -96,3 +98,22 @@ def cfg(**kw) -> HardenConfig:
     """A short run without solver views (overridden by ``kw``)."""
     base = dict(steps=10, verify_every=2, transforms="none", batch_size=2)
     return HardenConfig(**{**base, **kw})
+
+
+CAPTCHA_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L: ambiguous glyphs left out
+
+
+class SeededSecrets:
+    """Stands in for ``secrets`` in the captcha package, so its drawings repeat."""
+
+    def __init__(self, seed: int) -> None:
+        self._r = random.Random(seed)
+
+    def randbelow(self, n: int) -> int:
+        return self._r.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self._r.getrandbits(k)
+
+    def choice(self, seq):
+        return self._r.choice(seq)

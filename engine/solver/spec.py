@@ -253,14 +253,9 @@ def _kind(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(v), repr(v))
 
 
-def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
-    """Validate a spec dict (``path``: the spec file, for resolving ``model`` and messages)."""
-    from .text_spec import is_text_spec, parse_text_spec
-
-    if is_text_spec(data):
-        return parse_text_spec(data, path=path)
-    src = str(path) if path else "solver spec"
-    top = _Reader(src, data, "", _TOP)
+def read_header(top: _Reader, path: Path | None) -> tuple[Path, Path]:
+    """The checked schema version and model of a spec's top level: (the folder paths are
+    relative to, the resolved model path)."""
     schema = top.number("schema", SCHEMA_VERSION, integer=True)
     if schema != SCHEMA_VERSION:
         raise top.error("schema", f"version {schema} is not supported (this advx reads "
@@ -270,7 +265,18 @@ def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
         raise top.error("model", "missing: the path of the solver's .onnx file, relative to "
                                  "the spec file")
     base = path.parent if path else Path.cwd()
-    model_path = (base / Path(model).expanduser()).resolve()
+    return base, (base / Path(model).expanduser()).resolve()
+
+
+def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
+    """Validate a spec dict (``path``: the spec file, for resolving ``model`` and messages)."""
+    from .text_spec import is_text_spec, parse_text_spec
+
+    if is_text_spec(data):
+        return parse_text_spec(data, path=path)
+    src = str(path) if path else "solver spec"
+    top = _Reader(src, data, "", _TOP)
+    _, model_path = read_header(top, path)
 
     if not top.has("input"):
         raise top.error("input", "missing: an object with at least \"size\": [H, W]")

@@ -64,6 +64,7 @@ from .spec import (
     SolverSpec,
     SolverSpecError,
     _Reader,
+    read_header,
 )
 
 LAYOUTS = ("TNC", "NTC")
@@ -128,15 +129,7 @@ def parse_text_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
         if key in data:
             raise SolverSpecError(f"{src}: {key}: not used by a ctc solver ({why})")
     top = _Reader(src, data, "", _TOP)
-    schema = top.number("schema", SCHEMA_VERSION, integer=True)
-    if schema != SCHEMA_VERSION:
-        raise top.error("schema", f"version {schema} is not supported (this advx reads "
-                                  f"{SCHEMA_VERSION})")
-    model = top.string("model")
-    if model is None:
-        raise top.error("model", "missing: the path of the solver's .onnx file, relative to "
-                                 "the spec file")
-    base = path.parent if path else Path.cwd()
+    base, model_path = read_header(top, path)
     if not top.has("input"):
         raise top.error("input", "missing: an object with at least \"size\": [H, W] or "
                                  "[H, null] (height H, keeping the aspect ratio)")
@@ -148,7 +141,7 @@ def parse_text_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
         atol = tr.number("atol", tol.atol, 0.0)
         margin = tr.number("margin", -1.0, 0.0) if tr.has("margin") else None
         tol = Tolerance(atol, tr.number("rtol", tol.rtol, 0.0), margin)
-    return SolverSpec(model=(base / Path(model).expanduser()).resolve(), input=inp,
+    return SolverSpec(model=model_path, input=inp,
                       output=out, labels=(), name=top.string("name"), path=path,
                       tolerance=tol)
 
