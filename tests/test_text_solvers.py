@@ -26,13 +26,8 @@ from advx.engine.solver import SolverSpecError, load_solver, load_spec
 from advx.engine.solver.ctc import greedy_ctc
 from advx.engine.solver.spec import parse_spec
 from advx.engine.solver.template import init_template
-from advx.engine.solver.text import (
-    NEVER,
-    TextPreprocess,
-    TextSolver,
-    read_steps,
-    reference_input,
-)
+from advx.engine.solver.text import NEVER, TextSolver, read_steps
+from advx.engine.solver.text_input import TextPreprocess, reference_input
 from advx.engine.solver.text_spec import CTCHead, input_width
 from advx.engine.zoo import (
     ModelUnavailableError,
