@@ -28,6 +28,7 @@ from torch import nn
 from . import metrics
 from .attacks import Attack, AttackState
 from .config import HardenConfig
+from .ensemble import is_oom
 from .pixels import as_float, quantise, texture_mask, to_uint8
 from .presets import get_preset
 from .results import HardenResult
@@ -38,10 +39,6 @@ from .views import View, views_of
 # an unbeaten image leaves after this many verification passes at its full budget that raised
 # its score on the deciding views by nothing
 NO_PROGRESS_PASSES = 2
-
-
-def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 @dataclass

@@ -20,8 +20,9 @@ from toys import (
 import advx
 from advx.engine import losses, metrics, transforms
 from advx.engine.attacks import PGD
+from advx.engine.ensemble import is_oom
 from advx.engine.pixels import quantise
-from advx.engine.scheduler import Scheduler, is_oom
+from advx.engine.scheduler import Scheduler
 from advx.engine.views import views_of
 
 
