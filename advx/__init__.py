@@ -1,10 +1,18 @@
-"""advx: harden image CAPTCHAs against AI solvers with transferable adversarial perturbations.
+"""advx: harden image and text CAPTCHAs against AI solvers with adversarial perturbations.
 
 The public API (everything importable without the CLI)::
 
     import advx
     results = advx.harden(images, labels, label_set=[...], surrogates=[...], verifiers=[...])
     outcome = advx.harden_folder("tiles/", "hardened/", ray="auto")  # as `advx harden`
+    texts = advx.harden_text(captchas, ["7KX2P", ...], config=advx.text_config(eps=6))
+    summary = advx.harden_text_folder("captchas/", "hardened/")  # as `advx harden --task text`
+
+``harden_text`` perturbs text CAPTCHAs so that OCR solvers (the built-in ``ddddocr``,
+``ddddocr-beta``, ``captcha-whisperer``, ``ppocr-v4-rec``, or ``onnx:SPEC.json`` with a ctc
+output) misread them; each :class:`TextResult` gives every solver's reading and character error
+rate under each view of the ``text`` preset. A :class:`TextHardener` loads the solvers once for
+many ``run`` calls.
 
 Heavy modules load lazily so that ``advx --help`` stays fast.
 """
@@ -20,9 +28,14 @@ _LAZY = {
     "harden": "advx.engine.api",
     "Hardener": "advx.engine.api",
     "harden_folder": "advx.engine.folder",
+    "harden_text_folder": "advx.engine.folder",
     "RayOptions": "advx.engine.folder",
     "HardenConfig": "advx.engine.config",
     "HardenResult": "advx.engine.results",
+    "harden_text": "advx.engine.text_api",
+    "TextHardener": "advx.engine.text_api",
+    "text_config": "advx.engine.text_api",
+    "TextResult": "advx.engine.results",
     "create_classifier": "advx.engine.zoo",
     "list_entries": "advx.engine.zoo",
     "parse_name": "advx.engine.zoo",

@@ -1,4 +1,5 @@
-"""``advx demo``: cut labelled tiles from photos that ship inside Python packages, harden them."""
+"""``advx demo``: cut labelled tiles from photos that ship inside Python packages, harden them
+(or, with ``--task text``, draw text captchas and harden them against the OCR solvers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from ..engine.config import HardenConfig
 from .common import EXIT_INTERRUPTED, RunError, exit_codes, fail_cleanly
 from .harden import summary_table
+from .harden_text import TASKS, text_summary_table
 
 TILE = 224
 CHECK_MODEL = "effnet-lite2"  # the default verifier: tiles it gets wrong clean are dropped
@@ -20,6 +22,7 @@ CHECK_MODEL = "effnet-lite2"  # the default verifier: tiles it gets wrong clean 
 CROPS: tuple[tuple[float, float, float], ...] = ((0.5, 0.5, 1.0), (0.4, 0.5, 0.7),
                                                  (0.6, 0.45, 0.8), (0.5, 0.55, 0.6))
 SAMPLES_HINT = "pip install 'advx[samples]'"
+TEXT_CAPTCHAS = 8  # captchas the text demo draws (engine/text_draw.py, seed 0)
 
 
 @dataclass(frozen=True)
@@ -146,15 +149,19 @@ def write_demo_input(input_dir: Path, per_photo: int, echo: Callable[[str], None
 
 
 @click.command("demo", epilog=exit_codes("the demo ran and wrote its report"))
+@click.option("--task", type=click.Choice(TASKS), default="image", show_default=True,
+              help="image: tiles cut from sample photos; text: drawn text captchas.")
 @click.option("--out", "out_dir", default="advx-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Demo folder: tiles go to OUT/input, hardened tiles to OUT/hardened.")
+              help="Demo folder: tiles go to OUT/input, hardened tiles to OUT/hardened "
+                   "(text: OUT/text-input, OUT/text-hardened).")
 @click.option("--steps", type=click.IntRange(min=0), default=40, show_default=True,
-              help="Attack step limit per tile.")
-@click.option("--tiles-per-photo", type=click.IntRange(1, len(CROPS)), default=2,
-              show_default=True, help="Crops cut from each sample photo.")
+              help="Attack step limit per tile or captcha.")
+@click.option("--tiles-per-photo", type=click.IntRange(1, len(CROPS)), default=None,
+              help="Crops cut from each sample photo (image only) [default: 2].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
-def demo_cmd(out_dir: Path, steps: int, tiles_per_photo: int, quiet: bool) -> None:
+def demo_cmd(task: str, out_dir: Path, steps: int, tiles_per_photo: int | None,
+             quiet: bool) -> None:
     """Harden tiles cut from sample photos: a quick tour.
 
     The photos ship with scikit-image, scikit-learn and matplotlib (pip install
@@ -163,10 +170,16 @@ def demo_cmd(out_dir: Path, steps: int, tiles_per_photo: int, quiet: bool) -> No
     default settings, and prints where report.html is. About 1-2 minutes on 2 CPU cores.
     Running it again finishes an interrupted demo (it resumes); delete OUT to start over.
 
+    --task text draws 8 text captchas (with the captcha package's font: pip install
+    'advx[samples]') to OUT/text-input with their labels.csv and runs `advx harden
+    OUT/text-input --out OUT/text-hardened --task text`: every built-in OCR solver installed
+    is attacked and verified. Several minutes on 2 CPU cores (about 1.5 with --steps 5).
+
     \b
     Example:
       advx demo --out /tmp/advx-demo
       advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms solver
+      advx demo --task text --out /tmp/advx-demo
     """
     from ..engine.folder import HardenJob, run_harden
 
@@ -174,6 +187,11 @@ def demo_cmd(out_dir: Path, steps: int, tiles_per_photo: int, quiet: bool) -> No
         if not quiet:
             click.echo(msg, err=True)
 
+    if task == "text":
+        if tiles_per_photo is not None:
+            raise click.UsageError("--tiles-per-photo does not apply to --task text")
+        return _text_demo(out_dir, steps, quiet, echo)
+    tiles_per_photo = tiles_per_photo or 2
     input_dir, hardened = out_dir / "input", out_dir / "hardened"
     try:
         with fail_cleanly():
@@ -188,5 +206,34 @@ def demo_cmd(out_dir: Path, steps: int, tiles_per_photo: int, quiet: bool) -> No
         click.echo(summary_table(outcome.summary, hardened))
     if outcome.interrupted:
         click.echo("Interrupted; run `advx demo` again with the same --out to finish.", err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
+    click.echo(f"report: {(hardened / 'report.html').resolve()}")
+
+
+def _text_demo(out_dir: Path, steps: int, quiet: bool, echo: Callable[[str], None]) -> None:
+    """Draw the demo captchas, harden them with the defaults, print the headline."""
+    from ..engine.folder import harden_text_folder
+    from ..engine.text_api import text_config
+    from ..engine.text_draw import write_captcha_folder
+
+    input_dir, hardened = out_dir / "text-input", out_dir / "text-hardened"
+    try:
+        with fail_cleanly():
+            try:
+                labels = write_captcha_folder(input_dir, TEXT_CAPTCHAS, seed=0)
+            except ImportError as e:  # the captcha package draws the glyphs
+                raise RunError(str(e)) from e
+            echo(f"wrote {TEXT_CAPTCHAS} captchas and {labels.name} to {input_dir}")
+            summary = harden_text_folder(input_dir, hardened, labels_csv=labels,
+                                         config=text_config(steps=steps), resume=True,
+                                         show_progress=not quiet, warn=echo)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    if not quiet:
+        click.echo(text_summary_table(summary, hardened))
+    if summary["interrupted"]:
+        click.echo("Interrupted; run `advx demo --task text` again with the same --out to "
+                   "finish.", err=True)
         raise SystemExit(EXIT_INTERRUPTED)
     click.echo(f"report: {(hardened / 'report.html').resolve()}")

@@ -18,6 +18,7 @@ from ..engine.defaults import (
 )
 from ..engine.presets import TRANSFORM_PRESETS, VIEW_GLOSSARY, get_preset, view_matrices
 from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, fail_cleanly, list_option
+from .harden_text import TASKS, harden_text
 
 DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-free)
 
@@ -27,12 +28,16 @@ DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-f
                + VIEW_GLOSSARY + "\n\n" + EXIT_CODES_EPILOG)
 @click.argument("input_dir", metavar="INPUT",
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--task", type=click.Choice(TASKS), default="image", show_default=True,
+              help="image: labelled tiles against classifiers; text: text CAPTCHAs listed in "
+                   "a path,text CSV against OCR solvers (described above).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: hardened images, results.jsonl, summary.json, report.html.")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False,
                                                         path_type=Path),
               help="CSV with a 'path,label' header (paths relative to INPUT) instead of "
-                   "label sub-folders.")
+                   "label sub-folders; for --task text a 'path,text' header [default: "
+                   "INPUT/labels.csv].")
 @click.option("--label-set", callback=list_option,
               help="Comma list of the labels a solver chooses among [default: the sorted labels "
                    "of INPUT].")
@@ -46,11 +51,12 @@ DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-f
                    "away from it as usual.")
 @click.option("--surrogates", default=",".join(DEFAULT_SURROGATES), show_default=True,
               callback=list_option, help="Comma list of models attacked with gradients; "
-              "onnx:SPEC.json attacks a foreign solver with its own gradients.")
+              "onnx:SPEC.json attacks a foreign solver with its own gradients [--task text: "
+              "every built-in OCR solver installed].")
 @click.option("--verifiers", default=",".join(DEFAULT_VERIFIERS), show_default=True,
               callback=list_option,
               help="Comma list of models that must be fooled, run as ONNX (a foreign solver "
-                   "runs its own graph).")
+                   "runs its own graph) [--task text: every built-in OCR solver installed].")
 @click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=DEFAULTS.eps,
               show_default=True,
               help="L-inf budget in /255 units: lower it (4) against your own solver "
@@ -126,7 +132,9 @@ DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-f
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar and no summary table (warnings still go to stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
+@click.pass_context
+def harden_cmd(ctx: click.Context, input_dir: Path, task: str, out_dir: Path,
+               labels_csv: Path | None,
                label_set: tuple[str, ...] | None, label_map: Path | None, decoy: str | None,
                surrogates: tuple[str, ...],
                verifiers: tuple[str, ...], eps: float, steps: int, attack: str, transforms: str,
@@ -148,8 +156,23 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
     an error record; the run goes on. Resumable: records are written as images finish;
     Ctrl-C and --resume lose nothing.
 
+    --task text hardens text CAPTCHAs against OCR solvers instead. --labels (default
+    INPUT/labels.csv) is a CSV whose header names a 'path' and a 'text' column (any order;
+    other columns are ignored), one row per captcha: its path relative to INPUT and the text
+    it shows. The built-in OCR solvers are ddddocr, ddddocr-beta (pip install ddddocr),
+    captcha-whisperer (pip install captcha-whisperer) and ppocr-v4-rec (the rapidocr wheel
+    that $ADVX_PPOCR_REC names); by default every one installed is both attacked and
+    verified, and one whose files are absent is left out with a warning. A captcha is done
+    when every verifier misreads it under each deciding view of the text preset (--decide).
+    Rows that cannot be used (a missing image, an empty text, characters a solver cannot
+    read) get an error record; the run goes on. The options that only concern tiles
+    (--label-set, --label-map, --decoy, --templates, --max-side, --ray, --ray-workers,
+    --required-margin, --transforms other than text) are refused.
+
     The summary opens, per verifier, with the share of tiles it gets wrong under all its
-    deciding views and its 3x3 grid solve rate before and after under each view.
+    deciding views and its 3x3 grid solve rate before and after under each view (text: the
+    share of captchas it misreads under all its deciding views, then per view the share
+    misread as delivered and the mean character error rate).
 
     \b
     Example:
@@ -159,9 +182,12 @@ def harden_cmd(input_dir: Path, out_dir: Path, labels_csv: Path | None,
       advx harden tiles/ --out hardened/ --label-map my_labels.json
       advx harden tiles/ --out hardened/ --resume      # after Ctrl-C or a crash
       advx harden tiles/ --out hardened/ --ray auto    # on a Ray cluster
+      advx harden captchas/ --out hardened/ --task text   # captchas/labels.csv: path,text
     """
     from ..engine.folder import HardenJob, RayOptions, run_harden
 
+    if task == "text":
+        return harden_text(ctx)
     if ray_workers is not None and ray_address is None:
         raise click.UsageError("--ray-workers needs --ray")
 

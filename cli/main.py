@@ -33,13 +33,16 @@ def cli() -> None:
 
     \b
     Commands:
-      harden   perturb a labelled folder of tiles (resumable; writes a report)
+      harden   perturb a labelled folder of tiles, or of text captchas with --task text
+               (resumable; writes a report)
       eval     how often models solve a set of tiles and 3x3 grid challenges
+               (--task text: OCR read, error and fooled rates of text captchas)
       export   export a model to validated ONNX (fp32 / fp16)
       models   list the registered models and the model name grammar
       solver   bring a foreign CAPTCHA solver (ONNX) in: write and check its spec
       serve    harden over HTTP (FastAPI): concurrent requests hardened together
-      demo     harden sample photos that ship with scikit-image (a quick tour)
+      demo     harden sample photos that ship with scikit-image (a quick tour;
+               --task text: drawn text captchas)
       bench    measure throughput
 
     \b

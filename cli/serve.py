@@ -63,6 +63,13 @@ def _loopback(host: str) -> bool:
               callback=list_option)
 @click.option("--verifiers", default=",".join(DEFAULT_VERIFIERS), show_default=True,
               callback=list_option)
+@click.option("--text-surrogates", callback=list_option,
+              help="Text captchas: OCR solvers attacked (built-in names, `onnx:SPEC.json` with a "
+                   "ctc output) [default: every built-in OCR solver that loads]. They load on "
+                   "the first text request.")
+@click.option("--text-verifiers", callback=list_option,
+              help="Text captchas: OCR solvers a captcha must fool [default: as "
+                   "--text-surrogates].")
 @click.option("--eps", type=click.FloatRange(0, 64, min_open=True), default=8.0,
               show_default=True, help="Default L-inf budget in /255 units.")
 @click.option("--steps", type=click.IntRange(min=0), default=40, show_default=True)
@@ -102,7 +109,8 @@ def _loopback(host: str) -> bool:
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --ray: hardening replicas (each holds the models).")
 def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tuple[str, ...],
-              verifiers: tuple[str, ...], eps: float, steps: int, transforms: str,
+              verifiers: tuple[str, ...], text_surrogates: tuple[str, ...] | None,
+              text_verifiers: tuple[str, ...] | None, eps: float, steps: int, transforms: str,
               label_map: Path | None, templates: str, device: str, batch_size: int,
               max_queue: int, timeout_s: float, max_upload_mb: int, max_pixels: int,
               max_side: int, max_label_sets: int, allowed, token: str | None,
@@ -110,15 +118,22 @@ def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tupl
     """Serve hardening over HTTP: models load once, concurrent requests are hardened together.
 
     \b
-    POST /harden   multipart: image, label, [label_set], [eps], [steps]
+    POST /harden   multipart: image, label, [label_set], [eps], [steps], [decide]
                    -> the hardened PNG; the result record as JSON in the
                       X-Advx-Result header
+                   multipart: image, text, [eps], [steps], [decide]: a text CAPTCHA
+                      showing text, hardened against OCR solvers (the text preset's
+                      views); the record gives each solver's reading and CER per view
+                   decide: comma list of the views that must be beaten (of
+                      --transforms, or of the text preset), or all [default: the
+                      preset's deciding views]; the others are only reported
     GET  /healthz, GET /models (and /docs)
 
     \b
     Example:
       advx serve --label-set bus,car,bicycle --port 8000
       curl -F image=@tile.jpg -F label=bus http://127.0.0.1:8000/harden -o hardened.png -D -
+      curl -F image=@captcha.png -F text=7KX2P http://127.0.0.1:8000/harden -o hardened.png
     """
     missing = missing_extras()
     if missing:
@@ -142,7 +157,8 @@ def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tupl
                             templates=templates, label_map=load_label_map(label_map),
                             max_batch=batch_size, max_label_sets=max_label_sets,
                             max_queue=max_queue, max_side=max_side,
-                            allowed_label_sets=allowed)
+                            allowed_label_sets=allowed, text_surrogates=text_surrogates,
+                            text_verifiers=text_verifiers)
         if ray_address is not None:
             from ..engine.ray_serve import serve_on_ray
 

@@ -112,8 +112,8 @@ class Ensemble(nn.Module):
                 with autocast or contextlib.nullcontext():
                     logits = (model(xr, geometry=geometry)
                               if geometry is not None and self.takes_geometry[i] else model(xr))
-                part = objective(logits.float(), labels[rows],
-                                 None if targets is None else targets[rows], decision_of(model))
+                part = self.member_loss(i, objective, logits.float(), labels[rows],
+                                        None if targets is None else targets[rows])
                 (g_in[rows],) = torch.autograd.grad(part.sum(), xr)
                 loss[rows] = part.detach()
                 del logits, part
@@ -126,3 +126,8 @@ class Ensemble(nn.Module):
             total_loss += w * loss
             total_grad += w * g
         return total_loss, total_grad
+
+    def member_loss(self, i: int, objective: ObjectiveFn, logits: torch.Tensor,
+                    labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Member ``i``'s per-row loss [n] on its ``logits`` (to maximise)."""
+        return objective(logits, labels, targets, decision_of(self.members[i]))

@@ -2,9 +2,12 @@
 :class:`~advx.engine.service.HardenService` of this process, or Ray Serve replicas
 (:mod:`advx.engine.ray_serve`).
 
-    POST /harden   multipart: image (file), label, [label_set], [eps], [steps]
+    POST /harden   multipart: image (file), label, [label_set], [eps], [steps], [decide]
                    -> 200 image/png (the hardened image, at the input's size); the result
                       record as JSON in the X-Advx-Result header
+                   multipart: image (file), text, [eps], [steps], [decide]: a text CAPTCHA showing
+                   ``text``, hardened against OCR solvers -> the same, the record a
+                   TextResult's (each solver's reading and CER under each view, fooled)
     GET  /healthz  -> {"status": "ok", "queued": n, "busy": b, "served": n, ...}
     GET  /models   -> the models loaded and the registry's names
 
@@ -17,6 +20,17 @@ client disconnects or whose deadline passes stops its work at the next attack st
 on /healthz counts replies handed to a client still connected. With a token, every path (/docs,
 /openapi.json and /healthz included) needs ``Authorization: Bearer TOKEN`` (401 otherwise).
 Every error body is ``{"error": "..."}``.
+
+``decide`` names the deciding views of the request (a comma list of views of the server's
+preset, of the ``text`` preset for a text captcha, or ``all``; absent: the server's): the
+image is done once every verifier is fooled under each of them, the other views are only
+reported (a verifier that is also a surrogate is held to every view). Other names answer 422
+listing the preset's views; requests with other deciding views are never batched together.
+
+Text captchas share the queue, caps, deadlines and cancellation; the service loads their OCR
+solvers on the first text request. A truth a solver cannot read answers 422 naming the solver
+and the characters, as do a request with both ``label`` and ``text`` and one with neither; a
+captcha whose longer side is over ``max_side`` answers 413 (it is hardened at its own size).
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from .defaults import (
 )
 from .http_form import FIELD_BYTES, FormError, drain, read_form
 from .label_sets import LabelSetNotAllowed
+from .presets import resolve_decide
 from .serve_images import deliver, prepare, release_memory
 from .service import DeadlineExceeded, QueueFull, result_header
 
@@ -94,10 +109,21 @@ class LocalBackend:
         return self.service.models()
 
     async def harden(self, image, label: str, label_set: tuple[str, ...], eps: float | None,
-                     steps: int | None, timeout_s: float):
+                     steps: int | None, timeout_s: float, decide: tuple[str, ...] | None = None):
         fut = self.service.submit(image, label, label_set=label_set, eps=eps, steps=steps,
-                                  timeout_s=timeout_s)
+                                  timeout_s=timeout_s, decide=decide)
         return await asyncio.wrap_future(fut)  # cancelling it cancels the request
+
+    def check_text(self, text: str, eps: float | None, steps: int | None,
+                   decide: tuple[str, ...] | None = None) -> str | None:
+        """Blocking (the first call loads the OCR solvers): run it in a thread."""
+        return self.service.check_text(text, eps, steps, decide)
+
+    async def harden_text(self, image, text: str, eps: float | None, steps: int | None,
+                          timeout_s: float, decide: tuple[str, ...] | None = None):
+        fut = self.service.submit_text(image, text, eps=eps, steps=steps, timeout_s=timeout_s,
+                                       decide=decide)
+        return await asyncio.wrap_future(fut)
 
 
 class BearerAuth:
@@ -147,7 +173,8 @@ def create_app(backend, *, limits: Limits | None = None, token: str | None = Non
         return gates[name]
 
     app = FastAPI(title="advx", version=__version__,
-                  description="Harden image-CAPTCHA tiles against AI solvers.")
+                  description="Harden image-CAPTCHA tiles against AI solvers, and text "
+                              "CAPTCHAs against OCR solvers.")
     app.state.counters, app.state.backend, app.state.limits = counters, backend, limits
     if token:
         app.add_middleware(BearerAuth, token=token)
@@ -212,11 +239,17 @@ def create_app(backend, *, limits: Limits | None = None, token: str | None = Non
         except ClientDisconnect:
             counters.gone += 1
             return Response(status_code=499)
-        missing = [n for n in ("image", "label") if n not in form]
+        if "label" in form and "text" in form:
+            return error(422, "give label (an image tile) or text (a text captcha), not both")
+        kind = "text" if "text" in form else "label"
+        missing = [n for n in ("image", kind) if n not in form]
         if missing:
-            return error(422, f"missing or invalid fields: {', '.join(missing)}")
-        text = {k: p.data.decode("utf-8", "replace").strip() for k, p in form.items()
-                if k != "image"}
+            return error(422, f"missing or invalid fields: {', '.join(missing)}"
+                         + (" (or text, for a text captcha)" if "label" in missing else ""))
+        raw = {k: p.data.decode("utf-8", "replace") for k, p in form.items() if k != "image"}
+        text = {k: v.strip() for k, v in raw.items()}
+        if kind == "text" and "label_set" in form:
+            return error(422, "label_set is for image tiles, not text captchas")
         try:
             eps = float(text["eps"]) if text.get("eps") else None
             steps = int(text["steps"]) if text.get("steps") else None
@@ -226,19 +259,35 @@ def create_app(backend, *, limits: Limits | None = None, token: str | None = Non
             return error(422, f"eps must be in (0, 64] (/255 units), got {eps}")
         if steps is not None and not 0 <= steps <= 1000:
             return error(422, f"steps must be in [0, 1000], got {steps}")
+        try:  # views of the server's preset, or of the text preset for a text captcha
+            decide = resolve_decide("text" if kind == "text" else backend.config.transforms,
+                                    text["decide"]) if text.get("decide") else None
+        except ValueError as e:
+            return error(422, f"decide: {e}")
         data = bytes(form.pop("image").data)
         del form
         if not data:
             return error(400, "empty file (0 bytes)")
-        label = text["label"]
-        asked = [p.strip() for p in text["label_set"].split(",") if p.strip()] \
-            if text.get("label_set") else None
-        try:
-            label_set = backend.label_sets.resolve(label, asked)
-        except LabelSetNotAllowed as e:
-            return error(403, str(e))
-        except ValueError as e:
-            return error(400, str(e))
+        if kind == "text":
+            truth, label_set = raw["text"], None  # verbatim: spaces around it are refused
+            if not hasattr(backend, "harden_text"):
+                return error(501, "this server does not harden text captchas")
+            try:
+                why = await asyncio.to_thread(backend.check_text, truth, eps, steps, decide)
+            except (ValueError, RuntimeError) as e:  # no OCR solver loads
+                return error(503, f"text captchas cannot be hardened here: {e}")
+            if why is not None:
+                return error(422, f"text: {why}")
+        else:
+            label = text["label"]
+            asked = [p.strip() for p in text["label_set"].split(",") if p.strip()] \
+                if text.get("label_set") else None
+            try:
+                label_set = backend.label_sets.resolve(label, asked)
+            except LabelSetNotAllowed as e:
+                return error(403, str(e))
+            except ValueError as e:
+                return error(400, str(e))
         try:
             async with gate("uploads", limits.max_uploads):
                 prepared = await asyncio.to_thread(prepare, data, max_pixels=limits.max_pixels,
@@ -249,8 +298,17 @@ def create_app(backend, *, limits: Limits | None = None, token: str | None = Non
             status = 413 if "decompression bomb" in e.reason else 400
             return error(status, f"not a usable image: {e.reason}")
         del data
-        task = asyncio.ensure_future(backend.harden(
-            prepared.working, label, label_set, eps, steps, max(0.0, end - time.monotonic())))
+        left = max(0.0, end - time.monotonic())
+        if label_set is None:
+            if prepared.full_size is not None:
+                w, h = prepared.full_size
+                return error(413, f"a text captcha of {w}x{h} px is over the longest side of "
+                                  f"{limits.max_side} px (text captchas are hardened at their "
+                                  f"own size)")
+            job = backend.harden_text(prepared.working, truth, eps, steps, left, decide)
+        else:
+            job = backend.harden(prepared.working, label, label_set, eps, steps, left, decide)
+        task = asyncio.ensure_future(job)
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=_POLL_S)
@@ -269,7 +327,7 @@ def create_app(backend, *, limits: Limits | None = None, token: str | None = Non
             except DeadlineExceeded:
                 counters.timed_out += 1
                 return error(504, f"not hardened within {limits.timeout_s:g} s")
-            except ValueError as e:  # a model error for this request's label set
+            except ValueError as e:  # a model error for this request's label set (or text)
                 return error(400, f"{type(e).__name__}: {e}")
             async with gate("deliver", 1):  # full-size images, one at a time
                 result = await asyncio.to_thread(deliver, prepared, result, backend.config,

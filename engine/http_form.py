@@ -59,8 +59,8 @@ async def read_form(request: Request, *, max_body: int, max_upload: int,
 
     mtype, params = parse_options_header(request.headers.get("content-type"))
     if mtype != b"multipart/form-data":
-        raise FormError(415, "expected a multipart/form-data body (fields image, label, "
-                             "[label_set], [eps], [steps])")
+        raise FormError(415, "expected a multipart/form-data body (fields image, label or "
+                             "text, [label_set], [eps], [steps])")
     boundary = params.get(b"boundary")
     if not boundary:
         raise FormError(400, "malformed multipart body: no boundary in Content-Type")

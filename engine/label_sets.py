@@ -58,8 +58,9 @@ class LabelSets:
 class HardenerCache:
     """The Hardeners of the label sets in use: models built once per label set (at most
     ``max_label_sets`` kept, least recently used out, the default set never), a fresh schedule
-    (cheap) per budget. The ONNX exports built for a label set are removed with it unless a
-    kept one shares them; export temporaries left by killed exports are removed at start."""
+    (cheap) per budget and deciding views. The ONNX exports built for a label set are removed
+    with it unless a kept one shares them; export temporaries left by killed exports are
+    removed at start."""
 
     def __init__(self, default: tuple[str, ...], *, surrogates: tuple[str, ...],
                  verifiers: tuple[str, ...], config: HardenConfig, templates: str, label_map,
@@ -71,7 +72,7 @@ class HardenerCache:
         self.builds = 0  # label sets whose models were built
         self.build_seconds = 0.0  # time spent building them
         self._models: OrderedDict[tuple[str, ...], object] = OrderedDict()  # LRU of label sets
-        self._schedules: dict[tuple, object] = {}  # (label set, eps, steps) -> Hardener
+        self._schedules: dict[tuple, object] = {}  # (label set, eps, steps, decide) -> Hardener
         self._owned: dict[tuple[str, ...], set[Path]] = {}  # exports this cache built
         self._lock = threading.RLock()
         from .onnx.cache import default_cache_dir, remove_stale_exports
@@ -81,22 +82,24 @@ class HardenerCache:
             if n := remove_stale_exports(self._cache_dir):
                 log.info("removed %d export temporaries left by killed exports", n)
 
-    def get(self, label_set: tuple[str, ...], eps: float, steps: int):
-        """The Hardener for a (normalised) label set and budget, built when not kept."""
+    def get(self, label_set: tuple[str, ...], eps: float, steps: int,
+            decide: tuple[str, ...] | None = None):
+        """The Hardener for a (normalised) label set, budget and deciding views (None: the
+        service's), built when not kept."""
         from .api import Hardener
 
-        key = (label_set, eps, steps)
+        key = (label_set, eps, steps, decide)
+        config = dataclasses.replace(self.config, eps=eps, steps=steps,
+                                     decide=self.config.decide if decide is None else decide)
         with self._lock:
             if label_set in self._models:
                 self._models.move_to_end(label_set)
                 if key in self._schedules:
                     return self._schedules[key]
-                config = dataclasses.replace(self.config, eps=eps, steps=steps)
                 h = self._schedules[key] = self._models[label_set].with_config(config)
                 return h
             before = self._exports()
             t0 = time.perf_counter()
-            config = dataclasses.replace(self.config, eps=eps, steps=steps)
             h = Hardener(label_set, surrogates=self.surrogates, verifiers=self.verifiers,
                          config=config, templates=self.templates, label_map=self.label_map)
             self.build_seconds += time.perf_counter() - t0

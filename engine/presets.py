@@ -5,8 +5,10 @@ see :mod:`advx.engine.views`) and the role of each view in it: a *deciding* view
 (every verifier wrong under it) before an image is done; a *reported* view is scored and shown
 in every figure but never keeps an image in the batch. The defaults decide on what transfer can
 reach (the verifier's own preprocessing, a whole-tile resize, JPEG 75, a 0.75 resize) and report
-the harsher filters (JPEG 50, median, non-local means). A verifier that is also a surrogate (a
-solver the user has, attacked with its own gradients) is held to every view of the matrix.
+the harsher filters (JPEG 50, median, non-local means); the text preset models OCR solvers
+(PIL grey, Otsu binarisation, a slight rotation; :mod:`advx.engine.text_views`). A verifier
+that is also a surrogate (a solver the user has, attacked with its own gradients) is held to
+every view of the matrix.
 A preset also names the transforms expectation over transformation (EOT) draws from
 during the attack, whether EOT also draws other solvers' resize and crop in place of each
 surrogate's own preprocessing, and a line of help. This module is torch-free so that
@@ -16,6 +18,7 @@ behind the names live in :mod:`advx.engine.views`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -63,6 +66,17 @@ def check_roles(preset: Preset, decide: tuple[str, ...]) -> None:
                          f"({', '.join(preset.views)}), got {', '.join(decide) or 'none'}")
 
 
+def resolve_decide(name: str, decide: str | Sequence[str]) -> tuple[str, ...]:
+    """``decide`` (view names, or one comma list; ``all``: every view) as deciding views of
+    preset ``name``, in the preset's order; ValueError naming the preset's views otherwise."""
+    preset = get_preset(name)
+    if isinstance(decide, str):
+        decide = [v.strip() for v in decide.split(",") if v.strip()]
+    decide = preset.views if tuple(decide) == ("all",) else tuple(decide)
+    check_roles(preset, decide)
+    return tuple(v for v in preset.views if v in decide)
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown transform preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -86,16 +100,27 @@ register_preset(Preset("solver", _SOLVER_VIEWS, _SOLVER_EOT, _SOLVER_DECIDE, geo
 register_preset(Preset("robust", (*_SOLVER_VIEWS, "lowres128", "crop-shift", "blur0.7"),
                        (*_SOLVER_EOT, "blur0.3-1"), _SOLVER_DECIDE, geometry=True,
                        help="solver's views, a 128 px solver, crop/shift and blur 0.7"))
+register_preset(Preset("text", ("own", "grey", "otsu", "jpeg75", "jpeg50", "median3", "nlmeans",
+                                "resize0.5", "rotate3"),
+                       ("identity", "grey", "soft-otsu", "jpeg50-95", "resize0.5-1",
+                        "softmedian3", "rotate-3-3"),
+                       ("own", "grey", "jpeg75", "median3"),
+                       help="text CAPTCHAs: decide on the OCR solver's own preprocessing, PIL "
+                            "grey, JPEG 75 and a 3x3 median; report Otsu binarisation (out of "
+                            "reach at 8/255 on high-contrast text, even white-box), JPEG 50, "
+                            "non-local means, resize 0.5 and a 3 degree rotation"))
 
 DEFAULT_PRESET = "solver"
 TRANSFORM_PRESETS: tuple[str, ...] = tuple(PRESETS)
 
 VIEW_GLOSSARY = (
     "own = the verifier's own preprocessing; whole-tile = the tile squashed whole to the "
-    "model's size (bilinear, antialiased); jpegQ = re-encoded at quality Q; resize0.75 = down "
-    "to 0.75 and back up; median3, nlmeans = OpenCV's 3x3 median, non-local means (h 10, 7x7, "
-    "21x21) before the network; lowres128 = a 128 px solver; crop-shift = 5% crop, 2% shift; "
-    "blur0.7 = Gaussian 0.7"
+    "model's size (bilinear, antialiased); jpegQ = re-encoded at quality Q; resize0.75, "
+    "resize0.5 = down to 0.75, 0.5 and back up; median3, nlmeans = OpenCV's 3x3 median, "
+    "non-local means (h 10, 7x7, 21x21) before the network; lowres128 = a 128 px solver; "
+    "crop-shift = 5% crop, 2% shift; blur0.7 = Gaussian 0.7; grey = PIL's grey conversion; "
+    "otsu = grey binarised at OpenCV's Otsu threshold; rotate3 = rotated 3 degrees, border "
+    "replicated"
 )
 
 

@@ -41,6 +41,7 @@ class Job:
     eps: float | None
     steps: int | None
     deadline: float
+    decide: tuple[str, ...] | None = None  # the deciding views (None: the server's)
     stop: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def abandoned(self) -> bool:
@@ -81,16 +82,16 @@ class HardenerReplica:
         groups: dict[tuple, list[int]] = {}
         for i, j in enumerate(jobs):
             key = (j.label_set, cfg.eps if j.eps is None else j.eps,
-                   cfg.steps if j.steps is None else j.steps)
+                   cfg.steps if j.steps is None else j.steps, self.service.deciding(j.decide))
             groups.setdefault(key, []).append(i)
-        for (ls, eps, steps), idx in groups.items():
+        for (ls, eps, steps, decide), idx in groups.items():
             live = [i for i in idx if not jobs[i].abandoned()]
             if not live:
                 continue
             try:
                 results = self.service.run_group(
                     ls, eps, steps, [jobs[i].image for i in live], [jobs[i].label for i in live],
-                    should_stop=lambda k, live=live: jobs[live[k]].abandoned())
+                    should_stop=lambda k, live=live: jobs[live[k]].abandoned(), decide=decide)
             except Exception as e:  # every request of the group learns why
                 for i in live:
                     out[i] = e
@@ -126,10 +127,10 @@ class RayBackend:
         return self._models
 
     async def harden(self, image, label: str, label_set: tuple[str, ...], eps, steps,
-                     timeout_s: float):
+                     timeout_s: float, decide: tuple[str, ...] | None = None):
         from ray.serve.exceptions import BackPressureError
 
-        job = Job(image, label, label_set, eps, steps, time.time() + timeout_s)
+        job = Job(image, label, label_set, eps, steps, time.time() + timeout_s, decide)
         self.in_flight += 1
         t0 = time.monotonic()
         try:

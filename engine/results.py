@@ -54,3 +54,41 @@ class HardenResult:
         d["margins_by_view"] = {k: {w: round(float(m), 4) for w, m in v.items()}
                                 for k, v in self.margins_by_view.items()}
         return d
+
+
+@dataclass
+class TextResult:
+    """What a text hardening run returns for each captcha."""
+
+    index: int  # position in the input list
+    image: np.ndarray  # the delivered captcha, uint8 HxWx3
+    text: str  # the truth
+    status: str  # "fooled" (every verifier misreads it under its deciding views) | "unfooled"
+    stop_reason: str  # one of STOP_REASONS
+    steps: int
+    fooled_at: int | None  # steps when first verified fooled (0: misread as given)
+    fooled_every_view: bool  # every verifier misreads it under every view
+    deciding: dict[str, list[str]]  # verifier -> the views that decide for it
+    read_before: dict[str, str]  # verifier -> its reading of the clean captcha (own view)
+    read_after: dict[str, dict[str, str]]  # verifier -> view -> its reading as delivered
+    cer_after: dict[str, dict[str, float]]  # verifier -> view -> character error rate
+    linf: float  # in /255 units
+    l2: float
+    psnr: float
+    ssim: float
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fooled(self) -> bool:
+        return self.status == "fooled"
+
+    def to_record(self) -> dict:
+        """A JSON-ready dict (no pixels)."""
+        d = {k: v for k, v in self.__dict__.items() if k != "image"}
+        d["psnr"] = None if math.isinf(self.psnr) else round(self.psnr, 3)
+        for k in ("linf", "l2", "ssim", "seconds"):
+            d[k] = round(float(d[k]), 5)
+        d["cer_after"] = {k: {w: round(float(c), 4) for w, c in v.items()}
+                          for k, v in self.cer_after.items()}
+        return d

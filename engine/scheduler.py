@@ -29,7 +29,7 @@ from . import metrics
 from .attacks import Attack, AttackState
 from .config import HardenConfig
 from .ensemble import is_oom
-from .pixels import as_float, quantise, texture_mask, to_uint8
+from .pixels import as_float, quantise, ssim_scale, texture_mask, to_uint8
 from .presets import get_preset
 from .results import HardenResult
 from .scoring import Scorer, Verdict, accepts_geometry, readouts, score_views, view_selections
@@ -144,15 +144,9 @@ class Scheduler:
     def hold_ssim_floor(self, state: AttackState, rows: list[int], slots: list[_Slot]) -> None:
         """Scale the perturbation of ``rows`` back (bisection on a factor) until the delivered
         file's SSIM is at least the floor again; their budgets shrink by the same factor."""
-        floor = self.config.ssim_floor
         idx = torch.tensor(rows)
         x, delta = state.images[idx], state.adv[idx] - state.images[idx]
-        lo, hi = torch.zeros(len(rows)), torch.ones(len(rows))
-        for _ in range(6):
-            mid = (lo + hi) / 2
-            cand = self.deliver(quantise(x + mid.view(-1, 1, 1, 1).to(x.device) * delta))
-            ok = self._ssim(cand, x) >= floor
-            lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+        lo = ssim_scale(x, delta, self.config.ssim_floor, self.deliver, self._ssim)
         k = lo.view(-1, 1, 1, 1).to(x.device)
         state.adv[idx] = x + k * delta
         state.budget[idx] = state.budget[idx] * k

@@ -4,8 +4,8 @@ Requests wait in a bounded queue (``max_queue``: beyond it :meth:`HardenService.
 :class:`QueueFull`); one worker thread takes every request that is waiting (up to
 ``max_batch``, after a short gathering window) and runs them through the scheduler together,
 so images of different requests share attack steps and verification passes. Requests with other
-budgets or label sets run as their own group, on the same models. Each request gets a
-:class:`concurrent.futures.Future` of its :class:`HardenResult`.
+budgets, label sets or deciding views (``decide``) run as their own group, on the same models.
+Each request gets a :class:`concurrent.futures.Future` of its :class:`HardenResult`.
 
 Work is bounded per request: an image whose longer side is over ``max_side`` is attacked on a
 downscaled working copy and its perturbation carried to full size, as folder runs do
@@ -14,6 +14,11 @@ or whose deadline passes leaves its batch before the next attack step. Label set
 normalised (order does not matter); the models of at most ``max_label_sets`` of them are kept,
 least recently used first out, and the exports the service built for one are removed with it
 (:mod:`.label_sets`).
+
+Text CAPTCHAs (:meth:`HardenService.submit_text`) take the same queue, deadlines and
+cancellation; their OCR solvers are loaded on the first text request (:mod:`.text_hardeners`)
+and a captcha is hardened at its own size (one whose longer side is over ``max_side`` is
+refused), so that its readings are those of the delivered file.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from .defaults import (
     SERVE_MAX_QUEUE,
 )
 from .label_sets import HardenerCache, LabelSets
-from .results import HardenResult
+from .presets import resolve_decide
+from .results import HardenResult, TextResult
 from .serve_images import Prepared, deliver, prepare, release_memory
+from .text_hardeners import TextHardeners
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +67,11 @@ class DeadlineExceeded(TimeoutError):
 @dataclass(eq=False)
 class _Request:
     prepared: Prepared
-    label: str
-    label_set: tuple[str, ...]
+    label: str  # the tile's label, or a text captcha's truth
+    label_set: tuple[str, ...] | None  # None: a text captcha
     eps: float
     steps: int
+    decide: tuple[str, ...] | None  # the deciding views (None: the default ones)
     future: Future
     deadline: float | None  # time.monotonic() after which the request is given up
 
@@ -73,7 +81,7 @@ class _Request:
             self.deadline is not None and time.monotonic() > self.deadline)
 
 
-def _settle(fut: Future, result: HardenResult | None = None,
+def _settle(fut: Future, result: HardenResult | TextResult | None = None,
             error: BaseException | None = None) -> bool:
     """Resolve ``fut`` unless its caller cancelled it meanwhile; True when resolved."""
     with contextlib.suppress(InvalidStateError):
@@ -97,7 +105,8 @@ class HardenService:
                  window_s: float = 0.05, max_label_sets: int = SERVE_MAX_LABEL_SETS,
                  max_queue: int = SERVE_MAX_QUEUE, max_side: int = DEFAULT_MAX_SIDE,
                  allowed_label_sets: Iterable[Sequence[str]] | None = None,
-                 start: bool = True) -> None:
+                 text_surrogates: Sequence[str] | None = None,
+                 text_verifiers: Sequence[str] | None = None, start: bool = True) -> None:
         if max_queue < 1 or max_label_sets < 1 or max_batch < 1:
             raise ValueError("max_queue, max_label_sets and max_batch must be >= 1")
         self.config = config or HardenConfig()
@@ -111,6 +120,9 @@ class HardenService:
             self.default_label_set, surrogates=self.surrogates, verifiers=self.verifiers,
             config=self.config, templates=templates, label_map=label_map,
             max_label_sets=max_label_sets)
+        # OCR solvers (None: every built-in one that loads), built on the first text request
+        self.text = TextHardeners(self.config, surrogates=text_surrogates,
+                                  verifiers=text_verifiers)
         self._waiting: deque[_Request] = deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -133,11 +145,12 @@ class HardenService:
 
     # --- models --------------------------------------------------------------------------------
 
-    def hardener(self, label_set: tuple[str, ...], eps: float, steps: int):
-        """The Hardener for a label set and budget: models built once per label set (at most
-        ``max_label_sets`` kept, least recently used out), a fresh schedule (cheap) per
-        budget."""
-        return self._hardeners.get(label_set, eps, steps)
+    def hardener(self, label_set: tuple[str, ...], eps: float, steps: int,
+                 decide: Sequence[str] | None = None):
+        """The Hardener for a label set, budget and deciding views: models built once per label
+        set (at most ``max_label_sets`` kept, least recently used out), a fresh schedule
+        (cheap) per budget and deciding views."""
+        return self._hardeners.get(label_set, eps, steps, self.deciding(decide))
 
     @property
     def label_set_builds(self) -> int:
@@ -156,22 +169,73 @@ class HardenService:
         """Bytes on disk of the exports this service built and keeps."""
         return self._hardeners.export_bytes()
 
+    def text_hardener(self, eps: float | None = None, steps: int | None = None,
+                      decide: Sequence[str] | None = None):
+        """The TextHardener of a budget and deciding views of the text preset (default the
+        service's); the first call loads the OCR solvers (seconds), and raises ValueError /
+        ModelUnavailableError when none loads."""
+        return self.text.get(eps, steps, self.deciding(decide, text=True))
+
+    def check_text(self, text: object, eps: float | None = None, steps: int | None = None,
+                   decide: Sequence[str] | None = None) -> str | None:
+        """Why ``text`` cannot be a text captcha's truth here (None: it can); builds the
+        hardener of the budget when not kept, so that :meth:`submit_text` does not wait."""
+        return self.text_hardener(eps, steps, decide).check_text(text)
+
+    def deciding(self, decide: str | Sequence[str] | None, text: bool = False
+                 ) -> tuple[str, ...] | None:
+        """A request's deciding views (of the text preset for a text captcha; ``all``: every
+        view) in the preset's order, None for the default ones (their requests share batches);
+        ValueError naming the preset's views."""
+        cfg = self.text.config if text else self.config
+        d = None if decide is None else resolve_decide(cfg.transforms, decide)
+        return None if d is None or set(d) == set(cfg.deciding) else d
+
     # --- requests ------------------------------------------------------------------------------
 
     def submit(self, image: np.ndarray | Prepared, label: str, *,
                label_set: Sequence[str] | None = None, eps: float | None = None,
-               steps: int | None = None, timeout_s: float | None = None) -> Future:
+               steps: int | None = None, timeout_s: float | None = None,
+               decide: str | Sequence[str] | None = None) -> Future:
         """Queue one uint8 HxWx3 image (or a :class:`Prepared` one); the future resolves to its
-        HardenResult at the input's size. Raises ValueError (label, label set) and QueueFull.
+        HardenResult at the input's size. ``decide``: its deciding views (default the
+        service's). Raises ValueError (label, label set, views) and QueueFull.
         Cancelling the future, or ``timeout_s`` passing (DeadlineExceeded), stops its work at
         the next attack step."""
-        ls = self.label_sets.resolve(label, label_set)
+        ls, decide = self.label_sets.resolve(label, label_set), self.deciding(decide)
         if not isinstance(image, Prepared):
             image = prepare(np.asarray(image), max_pixels=2**62, max_side=self.max_side)
+        return self._enqueue(image, label, ls, eps, steps, decide, timeout_s)
+
+    def submit_text(self, image: np.ndarray | Prepared, text: str, *, eps: float | None = None,
+                    steps: int | None = None, timeout_s: float | None = None,
+                    decide: str | Sequence[str] | None = None) -> Future:
+        """Queue one text captcha (uint8 HxWx3, or a :class:`Prepared` one at full size) and the
+        text it shows (``decide``: views of the text preset); the future resolves to its
+        TextResult. Raises CharsetError (a ValueError naming the solver and the characters),
+        ValueError (a captcha over ``max_side``, views) and QueueFull; cancelling and
+        deadlines as for :meth:`submit`."""
+        from .solver.charset import CharsetError
+
+        decide = self.deciding(decide, text=True)  # views of the text preset
+        why = self.check_text(text, eps, steps, decide)
+        if why is not None:
+            raise CharsetError(why)
+        if not isinstance(image, Prepared):
+            image = prepare(np.asarray(image), max_pixels=2**62, max_side=self.max_side)
+        if image.full_size is not None:
+            w, h = image.full_size
+            raise ValueError(f"a text captcha of {w}x{h} px is over the longest side of "
+                             f"{self.max_side} px: text captchas are hardened at their own size")
+        return self._enqueue(image, text, None, eps, steps, decide, timeout_s)
+
+    def _enqueue(self, image: Prepared, label: str, label_set: tuple[str, ...] | None,
+                 eps: float | None, steps: int | None, decide: tuple[str, ...] | None,
+                 timeout_s: float | None) -> Future:
         fut: Future = Future()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        req = _Request(image, label, ls, self.config.eps if eps is None else eps,
-                       self.config.steps if steps is None else steps, fut, deadline)
+        req = _Request(image, label, label_set, self.config.eps if eps is None else eps,
+                       self.config.steps if steps is None else steps, decide, fut, deadline)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the service is closed")
@@ -208,7 +272,9 @@ class HardenService:
     def models(self) -> dict:
         return {"surrogates": list(self.surrogates), "verifiers": list(self.verifiers),
                 "label_set": list(self.default_label_set),
-                "transforms": self.config.transforms}
+                "transforms": self.config.transforms,
+                # None until the first text request loads the OCR solvers
+                "text": self.text.solver_names()}
 
     def close(self) -> None:
         with self._cv:
@@ -247,12 +313,21 @@ class HardenService:
 
     def run_group(self, label_set: tuple[str, ...], eps: float, steps: int,
                   images: Sequence[np.ndarray], labels: Sequence[str],
-                  should_stop: Callable[[int], bool] | None = None
-                  ) -> list[HardenResult | None]:
-        """Harden images of one label set and budget together (None: stopped)."""
-        h = self.hardener(label_set, eps, steps)
+                  should_stop: Callable[[int], bool] | None = None,
+                  decide: tuple[str, ...] | None = None) -> list[HardenResult | None]:
+        """Harden images of one label set, budget and deciding views together (None:
+        stopped)."""
+        h = self.hardener(label_set, eps, steps, decide)
         self.batches += 1
         return h.run(list(images), list(labels), should_stop=should_stop)
+
+    def run_text_group(self, eps: float, steps: int, images: Sequence[np.ndarray],
+                       texts: Sequence[str], should_stop: Callable[[int], bool] | None = None,
+                       decide: tuple[str, ...] | None = None) -> list[TextResult | None]:
+        """Harden text captchas of one budget and deciding views together (None: stopped)."""
+        h = self.text_hardener(eps, steps, decide)
+        self.batches += 1
+        return h.run(list(images), list(texts), should_stop=should_stop)
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
@@ -261,7 +336,7 @@ class HardenService:
             t0 = time.monotonic()
             groups: dict[tuple, list[_Request]] = {}
             for r in batch:
-                groups.setdefault((r.label_set, r.eps, r.steps), []).append(r)
+                groups.setdefault((r.label_set, r.eps, r.steps, r.decide), []).append(r)
             self.busy, self.running = True, len(batch)
             for key, reqs in groups.items():
                 try:
@@ -284,8 +359,14 @@ class HardenService:
                 live.append(r)
         if not live:
             return
-        results = self.run_group(*key, [r.prepared.working for r in live], [r.label for r in live],
-                                 should_stop=lambda i: live[i].abandoned())
+        label_set, eps, steps, decide = key
+        images, labels = [r.prepared.working for r in live], [r.label for r in live]
+        if label_set is None:  # text captchas
+            results = self.run_text_group(eps, steps, images, labels, decide=decide,
+                                          should_stop=lambda i: live[i].abandoned())
+        else:
+            results = self.run_group(label_set, eps, steps, images, labels, decide=decide,
+                                     should_stop=lambda i: live[i].abandoned())
         for r, res in zip(live, results, strict=True):
             if res is None or r.abandoned():
                 self._give_up(r)
@@ -299,6 +380,6 @@ class HardenService:
             _settle(r.future, res)
 
 
-def result_header(result: HardenResult) -> dict:
+def result_header(result: HardenResult | TextResult) -> dict:
     """The JSON record of a result (no pixels), as the service returns it."""
     return result.to_record()

@@ -41,6 +41,12 @@ class TextTargets:
     texts: tuple[str, ...]
     solver: str
 
+    def take(self, rows: torch.Tensor | Sequence[int]) -> TextTargets:
+        """The truths of ``rows`` (indices into this table)."""
+        idx = torch.as_tensor(rows, dtype=torch.long).cpu()
+        return TextTargets(self.groups[idx], self.lengths[idx], self.group_of, self.n_groups,
+                           self.blank, tuple(self.texts[i] for i in idx.tolist()), self.solver)
+
     @property
     def needed_steps(self) -> torch.Tensor:
         """[N] time steps a head needs to emit each truth (one blank between repeats)."""
@@ -110,8 +116,9 @@ def ctc_loss(logits: torch.Tensor, targets: TextTargets) -> torch.Tensor:
     _check(logits, targets)
     lp = fold_log_probs(logits, targets)
     n, t = lp.shape[:2]
-    steps = torch.full((n,), t, dtype=torch.long)
-    return F.ctc_loss(lp.transpose(0, 1), targets.groups, steps, targets.lengths,
+    steps = torch.full((n,), t, dtype=torch.long, device=lp.device)
+    return F.ctc_loss(lp.transpose(0, 1), targets.groups.to(lp.device), steps,
+                      targets.lengths.to(lp.device),
                       blank=targets.blank, reduction="none", zero_infinity=False)
 
 

@@ -28,6 +28,7 @@ from .denoise import Median, NonLocalMeans, RealDenoise, SoftMedian
 from .geometry import Geometry, GeometryDraw, fit, resize
 from .nlm_jacobian import LinearizedNLM
 from .presets import Preset, get_preset
+from .text_views import Grey, Otsu, Rotate, TextTransform
 from .transforms import (
     CropShift,
     GaussianBlur,
@@ -65,7 +66,7 @@ class Resample:
         return f"resample{self.lo}-{self.hi}"
 
 
-EotTransform = Transform | SoftMedian | RealDenoise | Resample
+EotTransform = Transform | TextTransform | SoftMedian | RealDenoise | Resample
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class View:
     """One way a solver may see a delivered tile (see the module docstring)."""
 
     name: str
-    delivery: Transform = field(default_factory=Identity)
+    delivery: Transform | TextTransform = field(default_factory=Identity)
     denoise: NonLocalMeans | Median | None = None
     geometry: Geometry | None = None  # None: the verifier's own preprocessing
     prescale: int | None = None  # a low-resolution solver: the tile brought to this side first
@@ -142,9 +143,16 @@ MEDIAN = View("median3", denoise=Median(3))
 LOWRES = View("lowres128", prescale=128)
 CROP = View("crop-shift", CropShift(0.05, 0.02, True))
 BLUR = View("blur0.7", GaussianBlur(0.7, 0.7))
+# text solvers: delivery runs on the delivered 8-bit tiles without a gradient, so grey and Otsu
+# are exactly PIL's and OpenCV's
+GREY = View("grey", Grey())
+OTSU = View("otsu", Otsu())
+RESIZE50 = View("resize0.5", ResizeDownUp(0.5, 0.5))
+ROTATE = View("rotate3", Rotate(3, 3))
 
 VIEWS: dict[str, View] = {v.name: v for v in (OWN, WHOLE, JPEG75, JPEG50, RESIZE75, NLM, MEDIAN,
-                                                LOWRES, CROP, BLUR)}
+                                                LOWRES, CROP, BLUR, GREY, OTSU, RESIZE50,
+                                                ROTATE)}
 EOT_TRANSFORMS: dict[str, EotTransform] = {
     "identity": Identity(),
     "jpeg50-95": Jpeg(50, 95),
@@ -154,6 +162,9 @@ EOT_TRANSFORMS: dict[str, EotTransform] = {
     "real-nlmeans": RealDenoise(NonLocalMeans(), LinearizedNLM()),
     "crop-shift0.06": CropShift(0.06, 0.03),
     "blur0.3-1": GaussianBlur(0.3, 1.0),
+    "grey": Grey(),
+    "soft-otsu": Otsu(),  # exact forward, a soft threshold's gradient
+    "rotate-3-3": Rotate(-3, 3),
 }
 
 

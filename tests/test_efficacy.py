@@ -52,7 +52,7 @@ def test_flags(efficacy) -> None:
 
 def efficacy_results() -> list[Path]:
     return sorted(p for p in RESULTS.glob("*.json")
-                  if not p.name.startswith(("throughput-", "serve-load")))
+                  if not p.name.startswith(("throughput-", "serve-load", "text-")))
 
 
 def test_every_efficacy_result_renders(efficacy, capsys: pytest.CaptureFixture) -> None:
@@ -64,6 +64,23 @@ def test_every_efficacy_result_renders(efficacy, capsys: pytest.CaptureFixture) 
         run = json.loads(p.read_text())
         assert run["setting"] in efficacy.SETTINGS, p.name
         assert f"| `{p.stem}` | lite2-whole-tile |" in table
+
+
+def test_every_text_result_has_its_figures() -> None:
+    """benchmarks/text_efficacy.py's files: per run, per judge and view, the fooled share of
+    the captchas read right clean, and the budget and time figures the README cites."""
+    paths = sorted(RESULTS.glob("text-*.json"))
+    assert paths
+    for p in paths:
+        run = json.loads(p.read_text())
+        assert run["setting"] in ("whitebox", "transfer", "defaults", "otsu-bound"), p.name
+        for name, r in run["runs"].items():
+            assert {"ssim_mean", "ssim_min", "seconds_per_captcha", "steps_mean"} <= set(r)
+            for judge in r["judges"]:
+                for view, row in r["per_view"][judge].items():
+                    assert 0 <= row["fooled"] <= row["read_clean"] <= row["n"], (p.name, view)
+            if run["setting"] == "transfer":  # the judge took no part in the run
+                assert name not in r["surrogates"] + r["verifiers"], p.name
 
 
 def test_benchmark_json_lives_in_one_folder() -> None:

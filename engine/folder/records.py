@@ -70,17 +70,22 @@ def dumps(record: dict) -> str:
     return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
 
 
-def error_record(path: str, label: str, reason: str, notes: Iterable[str] = ()) -> dict:
-    return {"path": path, "output": None, "label": label, "status": "error", "error": reason,
+def error_record(path: str, label: str, reason: str, notes: Iterable[str] = (), *,
+                 truth: str = "label") -> dict:
+    """An input that was not hardened; ``truth`` names the field of its answer (``label``, or
+    ``text`` for a text captcha)."""
+    return {"path": path, "output": None, truth: label, "status": "error", "error": reason,
             "notes": list(notes)}
 
 
-def result_record(path: str, output: str, engine_record: dict, notes: Iterable[str]) -> dict:
-    """A hardened image's record: ``HardenResult.to_record()`` plus path, output and the load
-    notes (before the engine's own notes)."""
+def result_record(path: str, output: str, engine_record: dict, notes: Iterable[str], *,
+                  truth: str = "label") -> dict:
+    """A hardened input's record: the engine's ``to_record()`` (``HardenResult``, or
+    ``TextResult`` with ``truth="text"``) plus path, output and the load notes (before the
+    engine's own notes)."""
     rec = dict(engine_record)
     rec.pop("index", None)  # the position within one engine call, meaningless here
-    head = {"path": path, "output": output, "label": rec.pop("label"),
+    head = {"path": path, "output": output, truth: rec.pop(truth),
             "status": rec.pop("status"), "error": None,
             "notes": [*notes, *rec.pop("notes", [])]}
     return {**head, **rec}
@@ -146,6 +151,21 @@ def records_to_keep(out_dir: Path, records: Iterable[dict], outputs: dict[str, s
     return kept
 
 
+def changed_options(out_dir: Path, info: dict, keys: Iterable[str]) -> list[str]:
+    """The options of ``info`` (``keys``, and each ``config`` field) that differ from those
+    the earlier run's summary.json holds (compared on --resume; none when it is unreadable)."""
+    try:
+        old = json.loads((out_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    # like with like: this run's options as summary.json holds them (tuples become lists)
+    info = json.loads(json.dumps(info, default=str))
+    changed = [k for k in keys if k in old and old[k] != info.get(k)]
+    changed += [f"config.{k}" for k, v in info["config"].items()
+                if k in old.get("config", {}) and old["config"][k] != v]
+    return changed
+
+
 def remove_temp_files(out_dir: Path) -> int:
     """Delete the hidden temp files an atomic write leaves when the process is killed."""
     n = 0
@@ -157,7 +177,8 @@ def remove_temp_files(out_dir: Path) -> int:
     return n
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def finite_mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the finite values, to 4 decimals (None when there is none)."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return round(sum(vals) / len(vals), 4) if vals else None
 
@@ -182,11 +203,11 @@ def summarize(records: Sequence[dict], *, total: int) -> dict:
         "fooled_every_view_rate": (round(sum(bool(r.get("fooled_every_view"))
                                              for r in hardened) / len(hardened), 4)
                                    if hardened else None),
-        "mean_psnr": _mean(r.get("psnr") for r in hardened),
-        "mean_ssim": _mean(r.get("ssim") for r in hardened),
-        "mean_linf": _mean(r.get("linf") for r in hardened),
-        "mean_l2": _mean(r.get("l2") for r in hardened),
-        "mean_steps": _mean(r.get("steps") for r in hardened),
+        "mean_psnr": finite_mean(r.get("psnr") for r in hardened),
+        "mean_ssim": finite_mean(r.get("ssim") for r in hardened),
+        "mean_linf": finite_mean(r.get("linf") for r in hardened),
+        "mean_l2": finite_mean(r.get("l2") for r in hardened),
+        "mean_steps": finite_mean(r.get("steps") for r in hardened),
         "fooled_by_step": {str(k): by_step[k] for k in sorted(by_step)},
         "stop_reasons": dict(sorted(Counter(str(r.get("stop_reason")) for r in hardened).items())),
         "per_model": per_model(hardened),
@@ -311,7 +332,7 @@ def per_model(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[
         probs = [(r.get("probabilities_before") or {}).get(m, {}).get(r["label"]) for r in rows]
         after = [(r.get("probabilities_after") or {}).get(m, {}).get(r["label"]) for r in rows]
         if all(p is not None for p in probs + after):
-            stats["mean_p_label_before"] = _mean(probs)
-            stats["mean_p_label_after"] = _mean(after)
+            stats["mean_p_label_before"] = finite_mean(probs)
+            stats["mean_p_label_after"] = finite_mean(after)
         out[m] = stats
     return out

@@ -137,19 +137,12 @@ def run_info(job: HardenJob, label_set: Sequence[str]) -> dict:
             "decoy": job.decoy}
 
 
+_RESUME_KEYS = ("surrogates", "verifiers", "templates", "label_set", "max_side", "label_map",
+                "decoy")
+
+
 def _changed_options(out_dir: Path, info: dict) -> list[str]:
-    try:
-        old = json.loads((out_dir / rec.SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    # like with like: this run's options as summary.json holds them (tuples become lists)
-    info = json.loads(json.dumps(info, default=str))
-    changed = [k for k in ("surrogates", "verifiers", "templates", "label_set", "max_side",
-                           "label_map", "decoy")
-               if k in old and old[k] != info[k]]
-    changed += [f"config.{k}" for k, v in info["config"].items()
-                if k in old.get("config", {}) and old["config"][k] != v]
-    return changed
+    return rec.changed_options(out_dir, info, _RESUME_KEYS)
 
 
 def run_harden(job: HardenJob, *, show_progress: bool = True,

@@ -9,7 +9,7 @@ its symbols, so an attack cannot count a change of case as a win.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .text_spec import CTCHead
@@ -93,4 +93,19 @@ class Charset:
         return out
 
 
-__all__ = ["Charset", "CharsetError"]
+def truth_problem(text: object, charsets: Iterable[Charset]) -> str | None:
+    """Why ``text`` cannot be a captcha's truth for solvers of these charsets (None: it can):
+    empty, spaces around it, or characters one of them never reads (named with the solver)."""
+    if not isinstance(text, str) or not text.strip():
+        return f"the truth text is empty ({text!r}); each captcha needs the text it shows"
+    if text != text.strip():
+        return f"the truth text {text!r} has leading or trailing spaces"
+    for cs in charsets:
+        try:
+            cs.encode(text)
+        except CharsetError as e:
+            return str(e)
+    return None
+
+
+__all__ = ["Charset", "CharsetError", "truth_problem"]

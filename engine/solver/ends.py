@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..geometry import Geometry, fit
+from .resample import clip8
 from .spec import InputSpec, SolverSpec
 
 UNKNOWN = -1.0e4  # decision logit of a label the solver does not know
@@ -60,7 +61,7 @@ class Preprocess(nn.Module):
             x = x.flip(1)
         x = x * self.scale + self.lo
         if self.spec.dtype == "uint8":
-            x = x.clamp(0, 255)
+            x = clip8(x)  # a saturated pixel keeps its gradient
             x = x + (x.round() - x).detach()  # straight-through rounding
         x = (x - self.mean) / self.std
         if self.spec.layout == "NHWC":

@@ -162,6 +162,12 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.floor(x + 0.5) - x).detach()
 
 
+def clip8(x: torch.Tensor) -> torch.Tensor:
+    """Clip to 0-255, gradient straight through: a pixel at exactly 0 or 255 (a white
+    background, a binarised view) keeps its gradient, which ``clamp`` would zero."""
+    return x + (x.clamp(0, 255) - x).detach()
+
+
 def resize(images: torch.Tensor, size: tuple[int, int], name: str, *, pil: bool,
            quantize: bool) -> torch.Tensor:
     """images [N, C, h, w] in 0-255 units -> [N, C, H, W], as PIL (``pil``) or OpenCV would
@@ -178,11 +184,11 @@ def resize(images: torch.Tensor, size: tuple[int, int], name: str, *, pil: bool,
         wx = torch.from_numpy(weights(w, out_w, name)).to(x.device) if w != out_w else None
         if wx is not None and wy is not None and pil_vertical_first(h, w, out_h, out_w, name):
             x = wy @ x
-            x = (_ste_round(x).clamp(0, 255) if quantize else x) @ wx.T
+            x = (clip8(_ste_round(x)) if quantize else x) @ wx.T
         else:
             x = x @ wx.T if wx is not None else x
             if wy is not None:
-                x = wy @ (_ste_round(x).clamp(0, 255) if quantize and wx is not None else x)
+                x = wy @ (clip8(_ste_round(x)) if quantize and wx is not None else x)
     else:
         wy = torch.from_numpy(weights(h, out_h, name)).to(x.device)
         wx = torch.from_numpy(weights(w, out_w, name)).to(x.device)
@@ -190,7 +196,7 @@ def resize(images: torch.Tensor, size: tuple[int, int], name: str, *, pil: bool,
         if quantize and name == "bilinear":  # OpenCV's 8-bit values, the float gradient
             return (x + (_cv_linear_8bit(images.double(), out_h, out_w) - x).detach()).to(dtype)
     if quantize:
-        x = _ste_round(x).clamp(0, 255)
+        x = clip8(_ste_round(x))
     return x.to(dtype)
 
 
@@ -201,7 +207,7 @@ def grey(images: torch.Tensor, *, pil: bool, quantize: bool) -> torch.Tensor:
     k = torch.tensor(coeffs, dtype=torch.float64, device=images.device).view(1, 3, 1, 1)
     y = (images.double() * k).sum(1, keepdim=True) / (1 << bits)
     if quantize:
-        y = _ste_round(y).clamp(0, 255)
+        y = clip8(_ste_round(y))
     return y.to(images.dtype)
 
 

@@ -51,7 +51,7 @@ class TextPreprocess(nn.Module):
         resized, padded = input_width(s, *images.shape[-2:])
         x = images.float() * 255
         if s.quantize:  # the delivered file is 8-bit
-            x = resample._ste_round(x).clamp(0, 255)
+            x = resample.clip8(resample._ste_round(x))
         x = resample.resize(x, (s.size[0], resized), s.resize, pil=s.antialias,
                             quantize=s.quantize)
         if s.channels == "GREY":

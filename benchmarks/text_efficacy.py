@@ -1,0 +1,128 @@
+"""Text CAPTCHA efficacy: how often OCR solvers misread hardened captchas, per view.
+
+Settings (``--setting``):
+
+- ``whitebox``: each built-in OCR solver alone, as surrogate and verifier (its own gradients);
+- ``transfer``: for each built-in solver, a run attacking and verifying with the other three;
+  the held-out solver (neither surrogate nor verifier) reads the delivered captchas;
+- ``defaults``: the defaults (every built-in solver attacks and verifies);
+- ``otsu-bound``: the white-box bound after Otsu binarisation: each solver alone, every
+  gradient through the binarisation (its straight-through stand-in), eps everywhere (no mask,
+  no SSIM floor, one rung), Otsu the one deciding view, no early stop before ``--steps``.
+
+Captchas come from :func:`advx.engine.text_draw.draw_captchas` (seeded). A solver is fooled
+under a view when it read the clean captcha right under that view and misreads the delivered
+one; the figures are shares of those it read right. Seconds per captcha are the hardening wall
+time of the run divided by its captchas (models built beforehand).
+
+    .venv/bin/python benchmarks/text_efficacy.py --setting whitebox --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def run_one(caps, surrogates, verifiers, judges, config) -> dict:
+    from advx.engine.text_api import TextHardener, load_text_solver
+    from advx.engine.text_eval import fooled_table, read_views
+    from advx.engine.views import views_of
+
+    texts = [t for t, _ in caps]
+    images = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for _, a in caps]
+    hardener = TextHardener(surrogates=surrogates, verifiers=verifiers, config=config)
+    t0 = time.perf_counter()
+    results = hardener.run(images, texts)
+    wall = time.perf_counter() - t0
+    delivered = [torch.from_numpy(r.image).permute(2, 0, 1).contiguous() for r in results]
+    solvers = [load_text_solver(j) for j in judges]
+    readers = [s.verifier() for s in solvers]
+    views = views_of(config.transforms)
+    clean = read_views(readers, images, views)
+    after = read_views(readers, delivered, views)
+    table = fooled_table({s.name: s.charset for s in solvers}, texts, clean, after)
+    ssim = [r.ssim for r in results]
+    return {
+        "surrogates": list(surrogates), "verifiers": list(verifiers), "judges": list(judges),
+        "engine_fooled_rate": sum(r.fooled for r in results) / len(results),
+        "steps_mean": statistics.mean(r.steps for r in results),
+        "ssim_mean": statistics.mean(ssim), "ssim_min": min(ssim),
+        "linf_max": max(r.linf for r in results),
+        "seconds_per_captcha": wall / len(results), "wall_s": wall,
+        "time_split": {k: round(v, 2) for k, v in hardener.scheduler.time.items()},
+        "stop_reasons": {k: sum(r.stop_reason == k for r in results)
+                         for k in {r.stop_reason for r in results}},
+        "per_view": table,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--setting", choices=("whitebox", "transfer", "defaults", "otsu-bound"),
+                   required=True)
+    p.add_argument("--n", type=int, default=40, help="captchas drawn (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="drawing seed")
+    p.add_argument("--solvers", default=None,
+                   help="comma-separated built-in solvers to cover (default all four)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--texture-mask", default=None, help="a floor in (0, 1], or 'none'")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, required=True)
+    a = p.parse_args(argv)
+    from advx.engine.text_api import DEFAULT_TEXT_SOLVERS, text_config
+    from advx.engine.text_draw import draw_captchas
+
+    torch.set_num_threads(a.threads)
+    names = a.solvers.split(",") if a.solvers else list(DEFAULT_TEXT_SOLVERS)
+    over = {}
+    if a.steps is not None:
+        over["steps"] = a.steps
+    if a.eps is not None:
+        over["eps"] = a.eps
+    if a.texture_mask is not None:
+        over["texture_mask"] = None if a.texture_mask == "none" else float(a.texture_mask)
+    if a.setting == "otsu-bound":
+        from advx.engine import text_scheduler
+        from advx.engine.presets import Preset, register_preset
+
+        register_preset(Preset("otsu-bound", ("own", "otsu"), ("soft-otsu",), ("otsu",)))
+        text_scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
+        over = {"steps": 100, "texture_mask": None, "ssim_floor": None, "eps_rungs": 1, **over,
+                "transforms": "otsu-bound"}
+    config = text_config(**over)
+    caps = draw_captchas(a.n, seed=a.seed)
+    runs = {}
+    if a.setting in ("whitebox", "otsu-bound"):
+        for s in names:
+            runs[s] = run_one(caps, [s], [s], [s], config)
+            print(s, json.dumps({w: r.get("fooled_rate") for w, r in
+                                 runs[s]["per_view"][s].items()}), file=sys.stderr)
+    elif a.setting == "transfer":
+        for held in names:
+            rest = [s for s in DEFAULT_TEXT_SOLVERS if s != held]
+            runs[held] = run_one(caps, rest, rest, [held], config)
+            print(held, json.dumps({w: r.get("fooled_rate") for w, r in
+                                    runs[held]["per_view"][held].items()}), file=sys.stderr)
+    else:
+        runs["defaults"] = run_one(caps, names, names, names, config)
+    out = {"setting": a.setting, "n": a.n, "seed": a.seed, "config": config.__dict__,
+           "machine": {"cpu_threads": a.threads, "python": platform.python_version(),
+                       "torch": torch.__version__},
+           "command": "benchmarks/text_efficacy.py " + " ".join(argv or sys.argv[1:]),
+           "runs": runs}
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
