@@ -64,10 +64,37 @@ def run_one(caps, surrogates, verifiers, judges, config) -> dict:
     }
 
 
+def _pct(row: dict) -> str:
+    r = row.get("fooled_rate")
+    return "-" if r is None else f"{r:.0%}" + ("" if row["read_clean"] == row["n"] else
+                                             f" (of {row['read_clean']})")
+
+
+def markdown(paths: list[Path]) -> str:
+    """One table row per run and judge: fooled per view, CER, SSIM, steps, seconds."""
+    views = ("own", "grey", "jpeg75", "median3", "otsu", "jpeg50", "nlmeans", "resize0.5",
+             "rotate3")
+    head = ("| file | run | judge | " + " / ".join(views) + " | CER own | SSIM mean / min "
+            "| steps | s / captcha |\n|---|---|---|---|---:|---:|---:|---:|")
+    lines = [head]
+    for p in paths:
+        d = json.loads(p.read_text())
+        for name, r in d["runs"].items():
+            for j in r["judges"]:
+                pv = r["per_view"][j]
+                cells = " / ".join(_pct(pv[w]) if w in pv else "-" for w in views)
+                lines.append(
+                    f"| `{p.stem}` | {name} | {j} | {cells} | {pv['own']['cer']:.2f} | "
+                    f"{r['ssim_mean']:.3f} / {r['ssim_min']:.3f} | {r['steps_mean']:.1f} | "
+                    f"{r['seconds_per_captcha']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=("whitebox", "transfer", "defaults", "otsu-bound"),
-                   required=True)
+    p.add_argument("--setting", choices=("whitebox", "transfer", "defaults", "otsu-bound"))
+    p.add_argument("--markdown", nargs="+", type=Path, metavar="JSON",
+                   help="print the tables of these result files and exit")
     p.add_argument("--n", type=int, default=40, help="captchas drawn (default 40)")
     p.add_argument("--seed", type=int, default=0, help="drawing seed")
     p.add_argument("--solvers", default=None,
@@ -76,8 +103,13 @@ def main(argv=None) -> int:
     p.add_argument("--eps", type=float, default=None)
     p.add_argument("--texture-mask", default=None, help="a floor in (0, 1], or 'none'")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
+    if a.markdown:
+        print(markdown(a.markdown))
+        return 0
+    if a.setting is None or a.json is None:
+        p.error("--setting and --json are required (or --markdown FILES)")
     from advx.engine.text_api import DEFAULT_TEXT_SOLVERS, text_config
     from advx.engine.text_draw import draw_captchas
 

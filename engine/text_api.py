@@ -115,9 +115,8 @@ class TextHardener:
             TextEnsemble(models), eps_01=config.eps_01, alpha_01=config.alpha_01,
             steps=config.steps, eot=eot_of(config.transforms, 1),
             amp_dtype=amp_dtype(config, self.device), generator=self.generator)
-        # no unmasked last rung, white-box or not: on a flat captcha background uniform noise
-        # is what a reader sees first
-        self.scheduler = TextScheduler(attack, self.verifiers, config, self.device)
+        self.scheduler = TextScheduler(attack, self.verifiers, config, self.device,
+                                       relax_mask=plan.relax_mask)
 
     @property
     def solver_names(self) -> dict[str, list[str]]:

@@ -108,18 +108,22 @@ def fold_logits(logits: torch.Tensor, targets: TextTargets) -> torch.Tensor:
     return out.scatter_reduce(-1, index, z, reduce="amax", include_self=True)
 
 
-def ctc_loss(logits: torch.Tensor, targets: TextTargets) -> torch.Tensor:
+def ctc_loss(logits: torch.Tensor, targets: TextTargets, cap: float | None = None
+             ) -> torch.Tensor:
     """Untargeted CTC loss per row: -log P(the solver reads the truth) [N], to maximise.
 
-    ``logits`` [N, T, C] (the head's per-step logits, e.g. a :class:`TextModel`'s). Raises
-    CharsetError where a truth needs more time steps than the head has."""
+    ``logits`` [N, T, C] (the head's per-step logits, e.g. a :class:`TextModel`'s). ``cap``:
+    the loss stops rising (its gradient is zero) past this many nats, so that in an ensemble a
+    member already far from the truth leaves the step to the others. Raises CharsetError where
+    a truth needs more time steps than the head has."""
     _check(logits, targets)
     lp = fold_log_probs(logits, targets)
     n, t = lp.shape[:2]
     steps = torch.full((n,), t, dtype=torch.long, device=lp.device)
-    return F.ctc_loss(lp.transpose(0, 1), targets.groups.to(lp.device), steps,
+    loss = F.ctc_loss(lp.transpose(0, 1), targets.groups.to(lp.device), steps,
                       targets.lengths.to(lp.device),
                       blank=targets.blank, reduction="none", zero_infinity=False)
+    return loss if cap is None else loss.clamp(max=cap)
 
 
 def _extended(targets: TextTargets) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ SSIM held at the floor.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -35,16 +36,20 @@ from .text_losses import TextTargets, ctc_loss, ctc_margin, edit_distance, text_
 from .transforms import jpeg_roundtrip
 from .views import View, views_of
 
+# nats: P(the truth) below e^-10 counts as far enough; past it a member's gradient is zero and
+# the step goes to the members whose solvers still read the truth
+CTC_CAP = 10.0
+
 
 class TextEnsemble(Ensemble):
     """OCR surrogates attacked together. Each member's loss is the CTC loss of the truth under
-    its own charset and case rule; the ``labels`` the attack passes are row ids into the
-    truths of :meth:`set_truths`."""
+    its own charset and case rule (capped at CTC_CAP); the ``labels`` the attack passes are row
+    ids into the truths of :meth:`set_truths`."""
 
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None,
-                 loss: Callable[[torch.Tensor, TextTargets], torch.Tensor] = ctc_loss) -> None:
+                 loss: Callable[[torch.Tensor, TextTargets], torch.Tensor] | None = None) -> None:
         super().__init__(models, weights)
-        self.loss = loss
+        self.loss = loss or functools.partial(ctc_loss, cap=CTC_CAP)
         self.truths: list[TextTargets] = []
 
     def set_truths(self, texts: Sequence[str]) -> None:
@@ -135,6 +140,8 @@ class TextScheduler:
         score = torch.zeros(n)
         read: dict[str, dict[str, list[str | None]]] = {v.name: {} for v in self.verifiers}
         for w in (views or self.order):
+            if lazy and not any(w.name in d for d in self.deciding.values()):
+                continue  # reported views are read on the delivered file only
             rows = alive.nonzero().flatten() if lazy else torch.arange(n)
             if not len(rows):
                 break

@@ -83,6 +83,22 @@ def test_every_text_result_has_its_figures() -> None:
                 assert name not in r["surrogates"] + r["verifiers"], p.name
 
 
+def test_every_text_result_renders(capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("text_efficacy",
+                                                  BENCHMARKS / "text_efficacy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    paths = sorted(RESULTS.glob("text-*.json"))
+    assert module.main(["--markdown", *map(str, paths)]) == 0
+    table = capsys.readouterr().out
+    for p in paths:
+        for name, r in json.loads(p.read_text())["runs"].items():
+            for judge in r["judges"]:
+                assert f"| `{p.stem}` | {name} | {judge} |" in table
+    with pytest.raises(SystemExit):
+        module.main(["--setting", "whitebox"])  # no --json
+
+
 def test_benchmark_json_lives_in_one_folder() -> None:
     stray = [p for p in BENCHMARKS.rglob("*.json") if p.parent != RESULTS]
     assert not stray, f"JSON outside benchmarks/results: {stray}"

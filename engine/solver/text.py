@@ -78,7 +78,10 @@ class TextModel(nn.Module):
         self.preprocess = TextPreprocess(solver.spec.input)
         self.graph = solver.torch_graph()
         self.from_probabilities = solver.torch_scores == "softmax"
-        self.per_sample = solver.per_sample
+        # one image at a time only where the graph takes one: a dynamically quantised graph's
+        # per-batch ranges move its gradient by next to nothing (the verifier, which decides,
+        # runs it one image at a time exactly as the package does)
+        self.per_sample = solver.fixed_batch == 1
         self.eval().requires_grad_(False)
 
     decision = "text"
@@ -339,6 +342,7 @@ class TextSolver:
 
     def _parity(self, images: torch.Tensor) -> SequenceParity:
         model = TextModel(self)
+        model.per_sample = self.per_sample  # exactly as the package runs it
         with torch.no_grad():
             got = model(images)
         ref = self.verifier().scores(images)
