@@ -11,6 +11,16 @@ STATUSES = ("fooled", "unfooled")
 STOP_REASONS = ("already_fooled", "verifiers_fooled", "max_steps", "no_progress")
 
 
+def _record(result) -> dict:
+    """A result's fields without its pixels, the perceptual figures rounded (PSNR of an
+    unchanged image: None)."""
+    d = {k: v for k, v in result.__dict__.items() if k != "image"}
+    d["psnr"] = None if math.isinf(result.psnr) else round(result.psnr, 3)
+    for k in ("linf", "l2", "ssim", "seconds"):
+        d[k] = round(float(d[k]), 5)
+    return d
+
+
 @dataclass
 class HardenResult:
     index: int  # position in the input list
@@ -46,10 +56,7 @@ class HardenResult:
 
     def to_record(self) -> dict:
         """A JSON-ready dict (no pixels)."""
-        d = {k: v for k, v in self.__dict__.items() if k != "image"}
-        d["psnr"] = None if math.isinf(self.psnr) else round(self.psnr, 3)
-        for k in ("linf", "l2", "ssim", "seconds"):
-            d[k] = round(float(d[k]), 5)
+        d = _record(self)
         d["margins"] = {k: round(float(v), 4) for k, v in self.margins.items()}
         d["margins_by_view"] = {k: {w: round(float(m), 4) for w, m in v.items()}
                                 for k, v in self.margins_by_view.items()}
@@ -85,10 +92,7 @@ class TextResult:
 
     def to_record(self) -> dict:
         """A JSON-ready dict (no pixels)."""
-        d = {k: v for k, v in self.__dict__.items() if k != "image"}
-        d["psnr"] = None if math.isinf(self.psnr) else round(self.psnr, 3)
-        for k in ("linf", "l2", "ssim", "seconds"):
-            d[k] = round(float(d[k]), 5)
+        d = _record(self)
         d["cer_after"] = {k: {w: round(float(c), 4) for w, c in v.items()}
                           for k, v in self.cer_after.items()}
         return d

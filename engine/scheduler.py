@@ -27,13 +27,13 @@ from torch import nn
 
 from . import metrics
 from .attacks import Attack, AttackState
+from .budget import Budget
 from .config import HardenConfig
 from .ensemble import is_oom
-from .pixels import as_float, quantise, ssim_scale, texture_mask, to_uint8
+from .pixels import as_float, quantise, texture_mask, to_uint8
 from .presets import get_preset
 from .results import HardenResult
 from .scoring import Scorer, Verdict, accepts_geometry, readouts, score_views, view_selections
-from .transforms import jpeg_roundtrip
 from .views import View, views_of
 
 # an unbeaten image leaves after this many verification passes at its full budget that raised
@@ -60,7 +60,7 @@ class _Slot:
     notes: list[str] = field(default_factory=list)
 
 
-class Scheduler:
+class Scheduler(Budget):
     def __init__(self, attack: Attack, surrogates: Sequence[nn.Module],
                  verifiers: Sequence[Scorer], label_set: Sequence[str], config: HardenConfig,
                  device: torch.device, *, relax_mask: bool = False) -> None:
@@ -93,23 +93,9 @@ class Scheduler:
                                  f"give its __call__ a geometry= argument, or choose a preset "
                                  f"without them")
         self.chunk = config.batch_size  # halved on out-of-memory
-        self.time = {"attack": 0.0, "verify": 0.0, "ssim": 0.0}
-        rungs = config.eps_rungs
-        self.rung_eps_01 = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
-        self.rung_masked = [config.texture_mask is not None] * rungs
-        if config.texture_mask is not None and relax_mask:
-            self.rung_eps_01.append(config.eps / 255)
-            self.rung_masked.append(False)
-        per = max(1, (config.steps // 2) // len(self.rung_eps_01))
-        self.rung_steps = config.verify_every * math.ceil(per / config.verify_every)
+        self.init_budget(config, relax_mask)
 
-    # --- delivery and verification ----------------------------------------------------------
-
-    def deliver(self, q: torch.Tensor) -> torch.Tensor:
-        """What the user receives: 8-bit pixels, JPEG-decoded when JPEG output is asked for."""
-        if self.config.output_format == "jpeg":
-            return jpeg_roundtrip(q, self.config.jpeg_quality)
-        return q
+    # --- verification -----------------------------------------------------------------------
 
     def _sync(self) -> None:
         if self.device.type == "cuda":  # so that the time split is not skewed by async kernels
@@ -132,37 +118,6 @@ class Scheduler:
     @torch.no_grad()
     def surrogate_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {m.name: m(images).float().cpu() for m in self.surrogates}
-
-    # --- the perceptual budget ---------------------------------------------------------------
-
-    def _ssim(self, delivered: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        s = metrics.ssim(delivered, originals).cpu()
-        self.time["ssim"] += time.perf_counter() - t0
-        return s
-
-    def hold_ssim_floor(self, state: AttackState, rows: list[int], slots: list[_Slot]) -> None:
-        """Scale the perturbation of ``rows`` back (bisection on a factor) until the delivered
-        file's SSIM is at least the floor again; their budgets shrink by the same factor."""
-        idx = torch.tensor(rows)
-        x, delta = state.images[idx], state.adv[idx] - state.images[idx]
-        lo = ssim_scale(x, delta, self.config.ssim_floor, self.deliver, self._ssim)
-        k = lo.view(-1, 1, 1, 1).to(x.device)
-        state.adv[idx] = x + k * delta
-        state.budget[idx] = state.budget[idx] * k
-        for j, f in zip(rows, lo.tolist(), strict=True):
-            slots[j].cap *= max(f, 1e-3)
-
-    def widen(self, state: AttackState, j: int, slot: _Slot, mask: torch.Tensor) -> None:
-        """One rung up: a larger eps (and step) for an image that is still not fooled."""
-        slot.rung += 1
-        slot.rung_steps = 0
-        eps_01 = self.rung_eps_01[slot.rung] * slot.cap
-        state.budget[j] = mask * eps_01 if self.rung_masked[slot.rung] else eps_01
-        state.alpha_01[j] = self._alpha_01(eps_01)
-
-    def _alpha_01(self, eps_01: float) -> float:
-        return self.config.alpha_01 * eps_01 / self.config.eps_01
 
     # --- attack steps with out-of-memory back-off ------------------------------------------
 

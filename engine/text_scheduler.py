@@ -24,16 +24,16 @@ from torch import nn
 
 from . import metrics
 from .attacks import Attack, AttackState
+from .budget import Budget
 from .config import HardenConfig
 from .ensemble import Ensemble
-from .pixels import as_float, quantise, ssim_scale, stroke_mask, to_uint8
+from .pixels import as_float, quantise, stroke_mask, to_uint8
 from .presets import get_preset
 from .results import TextResult
 from .scheduler import NO_PROGRESS_PASSES
 from .solver.charset import Charset
 from .solver.ctc import greedy_ctc
 from .text_losses import TextTargets, ctc_loss, ctc_margin, edit_distance, text_targets
-from .transforms import jpeg_roundtrip
 from .views import View, views_of
 
 # nats: P(the truth) below e^-10 counts as far enough; past it a member's gradient is zero and
@@ -92,7 +92,7 @@ class _Slot:
     notes: list[str] = field(default_factory=list)
 
 
-class TextScheduler:
+class TextScheduler(Budget):
     """``verifiers``: objects with ``name``, ``charset`` (a Charset) and ``read(images)`` ->
     strings (:class:`~advx.engine.solver.text.TextVerifier`). ``relax_mask``: a last rung at
     eps everywhere (white-box runs)."""
@@ -110,20 +110,7 @@ class TextScheduler:
         self.deciding = {v.name: config.deciding for v in self.verifiers}
         # cheap views first: the lazy pass stops at the first pair that still reads the truth
         self.order = sorted(self.views, key=lambda w: w.cost)
-        self.time = {"attack": 0.0, "verify": 0.0, "ssim": 0.0}
-        rungs = config.eps_rungs
-        self.rung_eps_01 = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
-        self.rung_masked = [config.texture_mask is not None] * rungs
-        if config.texture_mask is not None and relax_mask:
-            self.rung_eps_01.append(config.eps / 255)
-            self.rung_masked.append(False)
-        per = max(1, (config.steps // 2) // len(self.rung_eps_01))
-        self.rung_steps = config.verify_every * math.ceil(per / config.verify_every)
-
-    def deliver(self, q: torch.Tensor) -> torch.Tensor:
-        if self.config.output_format == "jpeg":
-            return jpeg_roundtrip(q, self.config.jpeg_quality)
-        return q
+        self.init_budget(config, relax_mask)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -185,22 +172,6 @@ class TextScheduler:
 
     # --- the budget ----------------------------------------------------------------------------
 
-    def _ssim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        s = metrics.ssim(a, b).cpu()
-        self.time["ssim"] += time.perf_counter() - t0
-        return s
-
-    def _alpha_01(self, eps_01: float) -> float:
-        return self.config.alpha_01 * eps_01 / self.config.eps_01
-
-    def _widen(self, state: AttackState, j: int, s: _Slot, mask: torch.Tensor) -> None:
-        s.rung += 1
-        s.rung_steps = 0
-        eps_01 = self.rung_eps_01[s.rung] * s.cap
-        state.budget[j] = mask * eps_01 if self.rung_masked[s.rung] else eps_01
-        state.alpha_01[j] = self._alpha_01(eps_01)
-
     def _hold_ssim(self, state: AttackState, slots: list[_Slot]) -> torch.Tensor:
         """Scale back the rows whose delivered SSIM fell under the floor; returns what would be
         delivered now."""
@@ -210,13 +181,7 @@ class TextScheduler:
             return delivered
         low = (self._ssim(delivered, state.images) < floor).nonzero().flatten()
         if len(low):
-            x = state.images[low]
-            k = ssim_scale(x, state.adv[low] - x, floor, self.deliver, self._ssim)
-            kk = k.view(-1, 1, 1, 1).to(x.device)
-            state.adv[low] = x + kk * (state.adv[low] - x)
-            state.budget[low] = state.budget[low] * kk
-            for j, f in zip(low.tolist(), k.tolist(), strict=True):
-                slots[j].cap *= max(f, 1e-3)
+            self.hold_ssim_floor(state, low.tolist(), slots)
             delivered[low] = self.deliver(quantise(state.adv[low]))
         return delivered
 
@@ -337,7 +302,7 @@ class TextScheduler:
                     if ok:
                         s.fooled_at, reason = s.steps, "verifiers_fooled"
                     elif not top and s.rung_steps >= self.rung_steps:
-                        self._widen(state, j, s, masks[j])
+                        self.widen(state, j, s, masks[j])
                     elif top:
                         s.stale = 0 if sc > s.top_score else s.stale + 1
                         s.top_score = max(s.top_score, sc)
