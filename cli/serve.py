@@ -56,9 +56,10 @@ def _loopback(host: str) -> bool:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--label-set", required=True, callback=list_option,
+@click.option("--label-set", callback=list_option,
               help="Comma list of the labels a solver chooses among (requests may send "
-                   "another label_set; order does not matter).")
+                   "another label_set; order does not matter). Without it, image requests "
+                   "must send label_set (a text-only server needs none).")
 @click.option("--surrogates", default=",".join(DEFAULT_SURROGATES), show_default=True,
               callback=list_option)
 @click.option("--verifiers", default=",".join(DEFAULT_VERIFIERS), show_default=True,
@@ -134,6 +135,7 @@ def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tupl
       advx serve --label-set bus,car,bicycle --port 8000
       curl -F image=@tile.jpg -F label=bus http://127.0.0.1:8000/harden -o hardened.png -D -
       curl -F image=@captcha.png -F text=7KX2P http://127.0.0.1:8000/harden -o hardened.png
+      advx serve              (text captchas only: the OCR solvers load at start)
     """
     missing = missing_extras()
     if missing:
@@ -144,6 +146,7 @@ def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tupl
     if not token and not _loopback(host):
         click.echo(f"warning: serving on {host} without --token (or ${SERVE_TOKEN_ENV}): "
                    f"anyone who can reach it may use it", err=True)
+    label_set = label_set or ()
     with fail_cleanly():
         from ..engine.config import HardenConfig
         from ..engine.http import Limits, create_app, serve_forever

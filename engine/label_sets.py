@@ -36,10 +36,13 @@ class LabelSets:
                  ) -> None:
         self.default = tuple(default)
         self.allowed = None if allowed is None else (
-            {frozenset(self.default)} | {frozenset(a) for a in allowed})
+            {frozenset(a) for a in [self.default, *allowed] if a})
 
     def resolve(self, label: str, label_set: Sequence[str] | None = None) -> tuple[str, ...]:
         """The normalised label set of a request (ValueError: unusable or not allowed)."""
+        if not label_set and not self.default:
+            raise ValueError("this server has no default label set (it was started without "
+                             "--label-set): send label_set with the request")
         if not label_set:
             ls = self.default
         else:

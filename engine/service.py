@@ -16,8 +16,9 @@ least recently used first out, and the exports the service built for one are rem
 (:mod:`.label_sets`).
 
 Text CAPTCHAs (:meth:`HardenService.submit_text`) take the same queue, deadlines and
-cancellation; their OCR solvers are loaded on the first text request (:mod:`.text_hardeners`)
-and a captcha is hardened at its own size (one whose longer side is over ``max_side`` is
+cancellation; their OCR solvers are loaded on the first text request (:mod:`.text_hardeners`),
+or at start by a service with no default label set (text captchas only, or a label set sent with
+each image), and a captcha is hardened at its own size (one whose longer side is over ``max_side`` is
 refused), so that its readings are those of the delivered file.
 """
 
@@ -132,7 +133,10 @@ class HardenService:
         self.running = 0  # requests in the scheduler run now
         self.busy = False
         self._batch_s: float | None = None  # moving average of a batch's duration
-        self.hardener(self.default_label_set, self.config.eps, self.config.steps)  # build now
+        if self.default_label_set:  # build now
+            self.hardener(self.default_label_set, self.config.eps, self.config.steps)
+        else:  # text captchas only (or label sets sent with each request): the OCR solvers now
+            self.text_hardener()
         self._worker: threading.Thread | None = None
         if start:
             self.start()

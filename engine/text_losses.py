@@ -19,6 +19,7 @@ distance / truth length) beside it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,12 +78,12 @@ def _check(logits: torch.Tensor, targets: TextTargets) -> None:
     if logits.shape[-1] != len(targets.group_of):
         raise ValueError(f"logits have {logits.shape[-1]} classes, {targets.solver}'s charset "
                          f"{len(targets.group_of)}")
-    long = targets.needed_steps > logits.shape[1]
-    if bool(long.any()):
-        i = int(long.nonzero()[0])
-        raise CharsetError(f"{targets.solver} cannot read {targets.texts[i]!r}: it needs "
-                           f"{int(targets.needed_steps[i])} time steps, the head has "
-                           f"{logits.shape[1]}")
+
+
+def unreadable(targets: TextTargets, steps: int) -> torch.Tensor:
+    """[N] bool: truths a head of ``steps`` time steps cannot emit at all (they need more
+    steps, one blank between repeats): the solver misreads them whatever the pixels."""
+    return targets.needed_steps > steps
 
 
 def fold_log_probs(logits: torch.Tensor, targets: TextTargets) -> torch.Tensor:
@@ -114,15 +115,18 @@ def ctc_loss(logits: torch.Tensor, targets: TextTargets, cap: float | None = Non
 
     ``logits`` [N, T, C] (the head's per-step logits, e.g. a :class:`TextModel`'s). ``cap``:
     the loss stops rising (its gradient is zero) past this many nats, so that in an ensemble a
-    member already far from the truth leaves the step to the others. Raises CharsetError where
-    a truth needs more time steps than the head has."""
+    member already far from the truth leaves the step to the others. A truth the head cannot
+    emit (:func:`unreadable`) has probability 0: its loss is ``cap`` (inf without one), with no
+    gradient."""
     _check(logits, targets)
     lp = fold_log_probs(logits, targets)
     n, t = lp.shape[:2]
     steps = torch.full((n,), t, dtype=torch.long, device=lp.device)
     loss = F.ctc_loss(lp.transpose(0, 1), targets.groups.to(lp.device), steps,
                       targets.lengths.to(lp.device),
-                      blank=targets.blank, reduction="none", zero_infinity=False)
+                      blank=targets.blank, reduction="none", zero_infinity=True)
+    gone = unreadable(targets, t).to(lp.device)
+    loss = torch.where(gone, torch.full_like(loss, math.inf if cap is None else cap), loss)
     return loss if cap is None else loss.clamp(max=cap)
 
 
@@ -181,8 +185,17 @@ def ctc_margin(logits: torch.Tensor, targets: TextTargets, kappa: float = 50.0) 
     when every step that emits it is taken by another symbol (its margin: the smallest gap over
     those steps); a symbol is inserted when a blank step is taken by one that does not merge
     into a neighbouring character (for a blank step: the gap over those symbols). The margin
-    is the largest of these: below 0 while the solver reads the truth on the best path."""
+    is the largest of these: below 0 while the solver reads the truth on the best path. A
+    truth the head cannot emit (:func:`unreadable`) has ``kappa``."""
     _check(logits, targets)
+    gone = unreadable(targets, logits.shape[1])
+    if bool(gone.any()):
+        out = torch.full((len(gone),), kappa, device=logits.device)
+        keep = (~gone).nonzero().flatten()
+        if len(keep):
+            out[keep.to(logits.device)] = ctc_margin(logits[keep.to(logits.device)],
+                                                     targets.take(keep), kappa)
+        return out
     z = fold_logits(logits, targets)  # [N, T, G]
     n, t, g = z.shape
     with torch.no_grad():

@@ -33,7 +33,14 @@ from .results import TextResult
 from .scheduler import NO_PROGRESS_PASSES
 from .solver.charset import Charset
 from .solver.ctc import greedy_ctc
-from .text_losses import TextTargets, ctc_loss, ctc_margin, edit_distance, text_targets
+from .text_losses import (
+    TextTargets,
+    ctc_loss,
+    ctc_margin,
+    edit_distance,
+    text_targets,
+    unreadable,
+)
 from .views import View, views_of
 
 # nats: P(the truth) below e^-10 counts as far enough; past it a member's gradient is zero and
@@ -110,6 +117,7 @@ class TextScheduler(Budget):
         self.deciding = {v.name: config.deciding for v in self.verifiers}
         # cheap views first: the lazy pass stops at the first pair that still reads the truth
         self.order = sorted(self.views, key=lambda w: w.cost)
+        self.head_steps: dict[str, int] = {}  # verifier -> time steps of its last reading
         self.init_budget(config, relax_mask)
 
     # --- reading -------------------------------------------------------------------------------
@@ -168,6 +176,7 @@ class TextScheduler(Budget):
         head = v.solver.head
         reads = [v.charset.decode(r) for r in greedy_ctc(scores, head.blank)]
         logits = scores.clamp_min(1e-30).log() if head.scores == "softmax" else scores
+        self.head_steps[v.name] = scores.shape[1]  # at the size of the bucket being read
         return reads, ctc_margin(logits, text_targets(v.charset, texts))
 
     # --- the budget ----------------------------------------------------------------------------
@@ -322,7 +331,10 @@ class TextScheduler(Budget):
         delivered = self.deliver(torch.stack([s.best_q for s, _ in finished]))
         truths = [texts[s.index] for s, _ in finished]
         full = self.read(delivered, truths, views=self.views)
+        short = {v.name: unreadable(text_targets(v.charset, truths), self.head_steps[v.name])
+                 for v in self.verifiers}
         linf, l2 = metrics.linf(delivered, orig), metrics.l2(delivered, orig)
+        size = "x".join(map(str, orig.shape[-2:][::-1]))
         psnr, ssim = metrics.psnr(delivered, orig), metrics.ssim(delivered, orig)
         out = []
         for i, (s, reason) in enumerate(finished):
@@ -331,6 +343,9 @@ class TextScheduler(Budget):
             cer = {v: {w: edit_distance(self.charsets[v].key(r), self.charsets[v].key(truth))
                        / len(truth) for w, r in d.items()} for v, d in read.items()}
             fooled = bool(full.done[i])
+            notes = s.notes + [f"{v} cannot read {len(truth)} characters at {size} px: its "
+                               f"head has {self.head_steps[v]} time steps"
+                               for v, gone in short.items() if gone[i]]
             out.append(TextResult(
                 index=s.index, image=to_uint8(s.best_q), text=truth,
                 status="fooled" if fooled else "unfooled", stop_reason=reason, steps=s.steps,
@@ -339,5 +354,5 @@ class TextScheduler(Budget):
                 deciding={n: list(d) for n, d in self.deciding.items()},
                 read_before=s.before, read_after=read, cer_after=cer,
                 linf=float(linf[i]) * 255, l2=float(l2[i]), psnr=float(psnr[i]),
-                ssim=float(ssim[i]), seconds=time.perf_counter() - s.t0, notes=s.notes))
+                ssim=float(ssim[i]), seconds=time.perf_counter() - s.t0, notes=notes))
         return out

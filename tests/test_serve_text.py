@@ -139,3 +139,23 @@ def test_a_deadline_answers_504_and_stops_the_text_work(service, captcha):
     finally:
         attack.step = step
     assert 0 < len(calls) < 10 and all(t < t504 + 0.5 for t in calls)
+
+
+def test_a_server_without_a_default_label_set_serves_text_and_asks_images_for_one(captcha):
+    from advx.engine.config import HardenConfig
+    from advx.engine.label_sets import LabelSets
+    from advx.engine.service import HardenService
+
+    cfg = HardenConfig(eps=EPS, steps=1, transforms="none", batch_size=2, eps_rungs=1)
+    svc = HardenService((), surrogates=["timm:unused"], verifiers=["timm:unused"], config=cfg,
+                        text_surrogates=[SOLVER], text_verifiers=[SOLVER], start=False)
+    try:
+        assert svc.text.built  # the OCR solvers load at start: no image models to build
+        with pytest.raises(ValueError, match="no default label set .* send label_set"):
+            svc.submit(captcha[1], "cat")
+    finally:
+        svc.close()
+    sets = LabelSets((), allowed=[("dog", "cat")])
+    assert sets.resolve("cat", ["dog", "cat"]) == ("cat", "dog")
+    with pytest.raises(ValueError, match="not allowed"):
+        sets.resolve("cat", ["cat", "bus"])

@@ -89,6 +89,16 @@ def test_a_deciding_view_that_reads_the_truth_keeps_a_captcha():
     assert all(r.deciding == {"scripted": ["own", "otsu"]} for r in results)
 
 
+def test_a_truth_longer_than_a_head_can_emit_is_misread_and_noted():
+    # the scripted head has 5 time steps: "ABCAB" needs 5 (fits), "ABCABC" 6 (cannot be read)
+    results = _scheduler(("own", "grey")).run(_images(), ["ABCABC", "ABCAB"])
+    long, fits = results
+    assert long.status == "fooled" and long.stop_reason == "already_fooled"
+    assert long.notes == ["scripted cannot read 6 characters at 32x20 px: its head has 5 "
+                          "time steps"]
+    assert fits.notes == [] and fits.read_after["scripted"]["own"] == "C"
+
+
 def test_each_member_is_scored_on_its_own_charset():
     other = TinyOCR(1, "other")
     other.charset = Charset(("A", "B", "C", "-"), 3, solver="other")  # blank last

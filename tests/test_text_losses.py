@@ -21,6 +21,7 @@ from advx.engine.text_losses import (
     text_targets,
     text_verdict,
     text_verdicts,
+    unreadable,
 )
 
 SYMBOLS = ("-", "a", "b", "A")  # blank first; "a" / "A" one symbol up to case
@@ -157,11 +158,22 @@ def test_case_folding_sums_case_variants():
     assert float(ctc_loss(upper, text_targets(_charset("sensitive"), ["a"]))) > 10
 
 
-def test_truth_longer_than_the_head_is_a_clear_error():
+def test_truth_longer_than_the_head_is_unreadable_not_an_error():
+    # "aab" needs 4 steps (a blank between the a's): a 3-step head can never read it, so its
+    # loss is the cap with no gradient and its margin is kappa; the row beside it is untouched
     cs = _charset()
-    with pytest.raises(CharsetError, match="tiny cannot read 'aab': it needs 4 time steps, the "
-                                           "head has 3"):
-        ctc_loss(torch.zeros(1, 3, 4), text_targets(cs, ["aab"]))
+    t = text_targets(cs, ["aab", "ab"])
+    assert unreadable(t, 3).tolist() == [True, False]
+    z = torch.randn(2, 3, 4, requires_grad=True)
+    loss = ctc_loss(z, t, cap=10.0)
+    assert float(loss[0]) == 10.0
+    torch.testing.assert_close(loss[1], ctc_loss(z[1:], t.take([1]), cap=10.0)[0])
+    loss.sum().backward()
+    assert float(z.grad[0].abs().sum()) == 0.0 and float(z.grad[1].abs().sum()) > 0
+    assert float(ctc_loss(z.detach()[:1], t.take([0]))) == float("inf")
+    m = ctc_margin(z.detach(), t, kappa=50.0)
+    assert float(m[0]) == 50.0
+    torch.testing.assert_close(m[1], ctc_margin(z.detach()[1:], t.take([1]))[0])
     with pytest.raises(ValueError, match="classes"):
         ctc_loss(torch.zeros(1, 3, 5), text_targets(cs, ["a"]))
 
