@@ -17,9 +17,9 @@ least recently used first out, and the exports the service built for one are rem
 
 Text CAPTCHAs (:meth:`HardenService.submit_text`) take the same queue, deadlines and
 cancellation; their OCR solvers are loaded on the first text request (:mod:`.text_hardeners`),
-or at start by a service with no default label set (text captchas only, or a label set sent with
-each image), and a captcha is hardened at its own size (one whose longer side is over ``max_side`` is
-refused), so that its readings are those of the delivered file.
+or at start by a service with no default label set (text captchas only, or a label set sent
+with each image), and a captcha is hardened at its own size (one whose longer side is over
+``max_side`` is refused), so that its readings are those of the delivered file.
 """
 
 from __future__ import annotations

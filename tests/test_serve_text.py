@@ -151,7 +151,7 @@ def test_a_server_without_a_default_label_set_serves_text_and_asks_images_for_on
                         text_surrogates=[SOLVER], text_verifiers=[SOLVER], start=False)
     try:
         assert svc.text.built  # the OCR solvers load at start: no image models to build
-        with pytest.raises(ValueError, match="no default label set .* send label_set"):
+        with pytest.raises(ValueError, match=r"no default label set .* send label_set"):
             svc.submit(captcha[1], "cat")
     finally:
         svc.close()
