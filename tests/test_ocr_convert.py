@@ -484,18 +484,19 @@ def test_captcha_whisperer_parity(captchas):
 @pytest.mark.slow
 def test_ppocr_v4_parity(captchas):
     """rapidocr-onnxruntime asks for the GUI opencv-python, which fights the headless one; only
-    its files are read (the package is found, not imported), so its unpacked wheel on
-    PYTHONPATH is enough."""
-    import importlib.util
+    its wheel's files are read, where the zoo finds them ($ADVX_PPOCR_REC, which conftest.py
+    sets from the wheel it downloads)."""
     import math
-    from pathlib import Path
 
     import cv2
 
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None or spec.origin is None:
-        pytest.skip("rapidocr_onnxruntime not found")
-    model = onnx.load(str(Path(spec.origin).parent / "models/ch_PP-OCRv4_rec_infer.onnx"))
+    from advx.engine.zoo.ocr import ppocr_graph
+    from advx.engine.zoo.registry import ModelUnavailableError
+
+    try:
+        model = onnx.load(str(ppocr_graph()))
+    except ModelUnavailableError as e:
+        pytest.skip(str(e))
 
     def preprocess(png: bytes) -> np.ndarray:  # TextRecognizer.resize_norm_img, one image
         img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
