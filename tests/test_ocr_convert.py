@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 from onnx import TensorProto, helper, numpy_helper
 from toys import CAPTCHA_ALPHABET, SeededSecrets
 
@@ -275,11 +276,29 @@ def test_quantised_graph_runs_each_sample_alone(crnn, tmp_path):
     xs[1] *= 4  # a wider range than its neighbours: a shared range would change the others
     graph = convert(model, "logits", torch.from_numpy(xs[:1]))
     assert graph.sample_axis == 1  # logits [T, N, C]
+    assert graph.alone == "vmap"  # one batched call in which each sample sees a batch of one
     with torch.no_grad():
         got = graph(torch.from_numpy(xs))
     ref = np.concatenate([_run(model, xs[i : i + 1]) for i in range(3)], 1)
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
     assert convert(crnn, "logits", torch.from_numpy(xs[:1])).sample_axis is None  # float: batched
+
+
+def test_batching_picks_the_fastest_mode_that_answers_each_sample_as_alone():
+    from advx.engine.solver.convert import batching, each_alone
+
+    probe = torch.rand(1, 4, 6, generator=torch.Generator().manual_seed(0))
+    assert batching(lambda x: x.tanh() * 3, probe) == "batch"  # no sample sees another
+    ranged = lambda x: x / x.abs().amax()  # a per-tensor range, as DynamicQuantizeLinear's
+    assert batching(ranged, probe) == "vmap"
+    lstm = nn.LSTM(6, 3)  # no vmap batching rule: one call per sample
+    assert batching(lambda x: lstm(x.transpose(0, 1))[0].transpose(0, 1) + ranged(x)[..., :3],
+                    probe) == "loop"
+    x = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(1))
+    alone = torch.cat([ranged(x[i : i + 1]) for i in range(3)])
+    for how in ("vmap", "loop"):
+        torch.testing.assert_close(each_alone(ranged, x, 0, how), alone)
+    assert not torch.allclose(each_alone(ranged, x, 0, "batch"), alone)
 
 
 def test_dynamic_quantize_linear_matches_onnxruntime():

@@ -263,6 +263,38 @@ def _subgraph_inputs(node) -> list[str]:
     return names
 
 
+def each_alone(fn, x: torch.Tensor, axis: int = 0, how: str = "loop") -> torch.Tensor:
+    """``fn`` applied to each sample of ``x`` as a batch of one, the answers joined on
+    ``axis``: what a graph that takes one image at a time (a fixed batch of 1, or per-tensor
+    quantisation ranges that a batch would share) answers for each. ``how`` (see
+    :func:`batching`): ``batch`` (one call: the graph answers each sample as alone anyway),
+    ``vmap`` (``torch.func.vmap``: one batched call in which each sample sees a batch of one)
+    or ``loop`` (one call per sample)."""
+    if x.shape[0] == 1 or how == "batch":
+        return fn(x)
+    if how == "vmap":
+        return torch.func.vmap(lambda s: fn(s.unsqueeze(0)).squeeze(axis), out_dims=axis)(x)
+    return torch.cat([fn(x[i : i + 1]) for i in range(x.shape[0])], axis)
+
+
+def batching(fn, probe: torch.Tensor, axis: int = 0) -> str:
+    """The fastest :func:`each_alone` mode that answers two different samples of ``probe``
+    (a batch of one) as one call per sample does: ``batch``, ``vmap`` or ``loop``."""
+    x = torch.cat([probe[:1], probe[:1].flip(-1) * 0.5])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = each_alone(fn, x, axis, "loop")
+        for how, atol in (("batch", 1e-4), ("vmap", 1e-2)):
+            try:
+                got = each_alone(fn, x, axis, how)
+            except (RuntimeError, NotImplementedError, ValueError, IndexError):
+                continue
+            scale = float(ref.abs().amax()) if ref.numel() else 1.0
+            if got.shape == ref.shape and float((got - ref).abs().amax()) <= atol * (1 + scale):
+                return how
+    return "loop"
+
+
 class ConvertedGraph(nn.Module):
     """The converted graph: input tensor (graph layout and units, float) -> answer tensor."""
 
@@ -271,13 +303,14 @@ class ConvertedGraph(nn.Module):
         self.module = module
         self.half_input = half  # an fp16 graph that would not run in float32
         # dynamically quantised graphs: each sample runs alone (quantisation ranges are per
-        # tensor, so a batch would share them), its answers joined on this output axis
+        # tensor, so a batch would share them), its answers joined on this output axis, in
+        # one vmap call where the graph allows it (:func:`batching`)
         self.sample_axis = sample_axis
+        self.alone = "loop"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sample_axis is not None and x.shape[0] > 1:
-            return torch.cat([self._run(x[i : i + 1]) for i in range(x.shape[0])],
-                             self.sample_axis)
+        if self.sample_axis is not None:
+            return each_alone(self._run, x, self.sample_axis, self.alone)
         return self._run(x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -327,4 +360,6 @@ def convert(model, output: str, probe: torch.Tensor) -> ConvertedGraph:
     graph = ConvertedGraph(module, half)
     if quant_ops.is_dynamically_quantised(pruned):
         graph.sample_axis = quant_ops.sample_axis(graph, probe)
+        if graph.sample_axis is not None:
+            graph.alone = batching(graph._run, probe, graph.sample_axis)
     return graph

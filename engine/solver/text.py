@@ -28,7 +28,14 @@ from torch import nn
 
 from ..onnx.runtime import make_session
 from .charset import Charset
-from .convert import ConversionError, ConvertedGraph, convert, only_output
+from .convert import (
+    ConversionError,
+    ConvertedGraph,
+    batching,
+    convert,
+    each_alone,
+    only_output,
+)
 from .ctc import SequenceParity, greedy_ctc, sequence_parity
 from .graph import TensorInfo, graph_io, load_graph, strip_activation
 from .model import SolverParityError, parity_images
@@ -78,21 +85,22 @@ class TextModel(nn.Module):
         self.preprocess = TextPreprocess(solver.spec.input)
         self.graph = solver.torch_graph()
         self.from_probabilities = solver.torch_scores == "softmax"
-        # one image at a time only where the graph takes one: a dynamically quantised graph's
-        # per-batch ranges move its gradient by next to nothing (the verifier, which decides,
-        # runs it one image at a time exactly as the package does)
-        self.per_sample = solver.fixed_batch == 1
         self.eval().requires_grad_(False)
+        # a graph declared for one image at a time: batched where it answers each sample as
+        # alone anyway, else each sample sees a batch of one (see convert.batching)
+        self.alone = "batch"
+        if solver.fixed_batch == 1:
+            probe = self.preprocess(torch.rand(1, 3, 60, 160,
+                                               generator=torch.Generator().manual_seed(0)))
+            self.alone = batching(self._answer, probe)
 
     decision = "text"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(images)
-        if self.per_sample and x.shape[0] > 1:
-            z = torch.cat([self._steps(self.graph(x[i : i + 1])) for i in range(len(x))])
-        else:
-            z = self._steps(self.graph(x))
-        return z
+        return each_alone(self._answer, self.preprocess(images), how=self.alone)
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        return self._steps(self.graph(x))
 
     def _steps(self, raw: torch.Tensor) -> torch.Tensor:
         z = _steps(raw.float(), self.head)
@@ -342,7 +350,8 @@ class TextSolver:
 
     def _parity(self, images: torch.Tensor) -> SequenceParity:
         model = TextModel(self)
-        model.per_sample = self.per_sample  # exactly as the package runs it
+        if self.per_sample:  # exactly as the package runs it
+            model.alone = "loop"
         with torch.no_grad():
             got = model(images)
         ref = self.verifier().scores(images)
