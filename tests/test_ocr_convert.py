@@ -17,8 +17,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 from toys import CAPTCHA_ALPHABET, SeededSecrets
 
 from advx.engine.solver.convert import ConversionError, convert, only_output
@@ -289,7 +289,8 @@ def test_batching_picks_the_fastest_mode_that_answers_each_sample_as_alone():
 
     probe = torch.rand(1, 4, 6, generator=torch.Generator().manual_seed(0))
     assert batching(lambda x: x.tanh() * 3, probe) == "batch"  # no sample sees another
-    ranged = lambda x: x / x.abs().amax()  # a per-tensor range, as DynamicQuantizeLinear's
+    def ranged(x):
+        return x / x.abs().amax()  # a per-tensor range, as DynamicQuantizeLinear's
     assert batching(ranged, probe) == "vmap"
     lstm = nn.LSTM(6, 3)  # no vmap batching rule: one call per sample
     assert batching(lambda x: lstm(x.transpose(0, 1))[0].transpose(0, 1) + ranged(x)[..., :3],
