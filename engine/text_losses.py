@@ -119,15 +119,44 @@ def ctc_loss(logits: torch.Tensor, targets: TextTargets, cap: float | None = Non
     emit (:func:`unreadable`) has probability 0: its loss is ``cap`` (inf without one), with no
     gradient."""
     _check(logits, targets)
-    lp = fold_log_probs(logits, targets)
+    lp, groups, blank = _truth_log_probs(logits, targets)
     n, t = lp.shape[:2]
     steps = torch.full((n,), t, dtype=torch.long, device=lp.device)
-    loss = F.ctc_loss(lp.transpose(0, 1), targets.groups.to(lp.device), steps,
+    loss = F.ctc_loss(lp.transpose(0, 1), groups.to(lp.device), steps,
                       targets.lengths.to(lp.device),
-                      blank=targets.blank, reduction="none", zero_infinity=True)
+                      blank=blank, reduction="none", zero_infinity=True)
     gone = unreadable(targets, t).to(lp.device)
     loss = torch.where(gone, torch.full_like(loss, math.inf if cap is None else cap), loss)
     return loss if cap is None else loss.clamp(max=cap)
+
+
+def _truth_log_probs(logits: torch.Tensor, targets: TextTargets
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The columns of :func:`fold_log_probs` that CTC reads (the blank's group and those of
+    the truths, K of them, in group order) plus one for all the other classes together
+    [N, T, K + 1], the truths re-indexed into them, and the blank's index: the same loss
+    without folding every class of a large charset. (The last column keeps each step's
+    probabilities summing to 1, which the gradient of ``F.ctc_loss`` assumes.)"""
+    g, present = targets.groups, torch.arange(targets.groups.shape[1]) < targets.lengths[:, None]
+    used = torch.unique(torch.cat([g[present], torch.tensor([targets.blank])]))
+    index = torch.full((targets.n_groups,), -1, dtype=torch.long)
+    index[used] = torch.arange(len(used))
+    cls = (index[targets.group_of] >= 0).nonzero().flatten()  # the classes of those groups
+    lp = logits.float().log_softmax(-1)
+    sel = lp[..., cls.to(lp.device)]
+    dest = index[targets.group_of[cls]].to(lp.device)
+    if len(cls) == len(used):  # one class per group: a reordering
+        out = sel[..., torch.argsort(dest)]
+    else:
+        m = sel.amax(-1, keepdim=True).detach()
+        p = torch.zeros(*lp.shape[:2], len(used), dtype=lp.dtype, device=lp.device)
+        out = p.index_add(-1, dest, (sel - m).exp()).clamp_min(1e-38).log() + m
+    others = torch.ones(lp.shape[-1], dtype=torch.bool)
+    others[cls] = False
+    if bool(others.any()):
+        rest = lp.masked_fill(~others.to(lp.device), float("-inf")).logsumexp(-1, keepdim=True)
+        out = torch.cat([out, rest], -1)
+    return out, torch.where(present, index[g], 0), int(index[targets.blank])
 
 
 def _extended(targets: TextTargets) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,6 +158,29 @@ def test_case_folding_sums_case_variants():
     assert float(ctc_loss(upper, text_targets(_charset("sensitive"), ["a"]))) > 10
 
 
+@pytest.mark.parametrize("case", ["insensitive", "sensitive"])
+def test_ctc_loss_reads_only_the_columns_it_needs_and_equals_the_full_fold(case):
+    # a charset with case pairs and characters no truth uses: the loss and its gradient are
+    # those of CTC over every folded group
+    symbols = ("-", "a", "b", "A", "B", "c", "d", "x", "y", "z")
+    cs = Charset(symbols, 0, case, solver="wide")
+    every = ["abABcdxyz"[:9] if case == "sensitive" else "abcdxyz"]  # no class left over
+    for truths in (["ab", "bA", "aab", "c"], ["c", "c", "a", "b"], every * 2):
+        t = text_targets(cs, truths)
+        z = torch.randn(len(truths), 12, len(symbols),
+                        generator=torch.Generator().manual_seed(3), requires_grad=True)
+        loss = ctc_loss(z, t)
+        (g,) = torch.autograd.grad(loss.sum(), z)
+        lp = fold_log_probs(z, t)
+        ref = torch.nn.functional.ctc_loss(
+            lp.transpose(0, 1), t.groups, torch.full((len(truths),), 12), t.lengths,
+            blank=t.blank, reduction="none")
+        (g_ref,) = torch.autograd.grad(ref.sum(), z)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(g, g_ref)
+        assert bool(torch.isfinite(g).all())
+
+
 def test_truth_longer_than_the_head_is_unreadable_not_an_error():
     # "aab" needs 4 steps (a blank between the a's): a 3-step head can never read it, so its
     # loss is the cap with no gradient and its margin is kappa; the row beside it is untouched

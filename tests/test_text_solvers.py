@@ -287,6 +287,7 @@ def test_quantised_graph_reads_one_image_at_a_time(graphs):
     torch.testing.assert_close(solver.verifier().scores(images), alone, rtol=0, atol=0)
     with torch.no_grad():
         model = solver.text_model()
+        assert model.graph.alone == "vmap"  # the gradient path: one call, ranges per sample
         torch.testing.assert_close(model(images), torch.cat([model(images[i : i + 1])
                                                              for i in range(3)]))
 
