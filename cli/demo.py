@@ -173,7 +173,7 @@ def demo_cmd(task: str, out_dir: Path, steps: int, tiles_per_photo: int | None,
     --task text draws 8 text captchas (with the captcha package's font: pip install
     'advx[samples]') to OUT/text-input with their labels.csv and runs `advx harden
     OUT/text-input --out OUT/text-hardened --task text`: every built-in OCR solver installed
-    is attacked and verified. Several minutes on 2 CPU cores (about 1.5 with --steps 5).
+    is attacked and verified. About a minute on 2 CPU cores.
 
     \b
     Example:
