@@ -1,7 +1,7 @@
 """Cost of one attack step per OCR surrogate: forward and backward of the CTC loss through each
 built-in solver's torch twin, a batch of drawn 160 x 60 captchas, in ms per captcha-step.
 
-    .venv/bin/python benchmarks/text_step.py --json benchmarks/results/text-step-cost.json
+    .venv/bin/python benchmarks/text_step.py --json benchmarks/results/throughput-text-step.json
 """
 
 from __future__ import annotations
