@@ -9,6 +9,9 @@ Settings (``--setting``):
 - ``otsu-bound``: the white-box bound after Otsu binarisation: each solver alone, every
   gradient through the binarisation (its straight-through stand-in), eps everywhere (no mask,
   no SSIM floor, one rung), Otsu the one deciding view, no early stop before ``--steps``.
+- ``transfer-bound``: the transfer bound: as ``transfer``, but eps everywhere (no mask, no
+  SSIM floor, one rung) and every one of ``--steps`` (default 100) spent on every captcha (a
+  required margin no reading reaches), the last iterate delivered.
 
 Captchas come from :func:`advx.engine.text_draw.draw_captchas` (seeded). A solver is fooled
 under a view when it read the clean captcha right under that view and misreads the delivered
@@ -37,7 +40,7 @@ def run_one(caps, surrogates, verifiers, judges, config) -> dict:
     from advx.engine.views import views_of
 
     texts = [t for t, _ in caps]
-    images = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for _, a in caps]
+    images = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous() for _, a in caps]
     hardener = TextHardener(surrogates=surrogates, verifiers=verifiers, config=config)
     t0 = time.perf_counter()
     results = hardener.run(images, texts)
@@ -92,7 +95,8 @@ def markdown(paths: list[Path]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=("whitebox", "transfer", "defaults", "otsu-bound"))
+    p.add_argument("--setting", choices=("whitebox", "transfer", "defaults", "otsu-bound",
+                                         "transfer-bound"))
     p.add_argument("--markdown", nargs="+", type=Path, metavar="JSON",
                    help="print the tables of these result files and exit")
     p.add_argument("--n", type=int, default=40, help="captchas drawn (default 40)")
@@ -130,6 +134,12 @@ def main(argv=None) -> int:
         text_scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
         over = {"steps": 100, "texture_mask": None, "ssim_floor": None, "eps_rungs": 1, **over,
                 "transforms": "otsu-bound"}
+    if a.setting == "transfer-bound":
+        from advx.engine import text_scheduler
+
+        text_scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
+        over = {"steps": 100, "texture_mask": None, "ssim_floor": None, "eps_rungs": 1,
+                "required_margin": 1e6, **over}
     config = text_config(**over)
     caps = draw_captchas(a.n, seed=a.seed)
     runs = {}
@@ -138,7 +148,7 @@ def main(argv=None) -> int:
             runs[s] = run_one(caps, [s], [s], [s], config)
             print(s, json.dumps({w: r.get("fooled_rate") for w, r in
                                  runs[s]["per_view"][s].items()}), file=sys.stderr)
-    elif a.setting == "transfer":
+    elif a.setting in ("transfer", "transfer-bound"):
         for held in names:
             rest = [s for s in DEFAULT_TEXT_SOLVERS if s != held]
             runs[held] = run_one(caps, rest, rest, [held], config)
