@@ -8,7 +8,7 @@ import time
 import torch
 
 from . import metrics
-from .attacks import AttackState
+from .attacks import Attack, AttackState
 from .config import HardenConfig
 from .pixels import ssim_scale
 from .transforms import jpeg_roundtrip
@@ -17,10 +17,11 @@ from .transforms import jpeg_roundtrip
 class Budget:
     """The per-image budget both schedulers share: the eps rungs an unfooled image climbs
     (masked, then with ``relax_mask`` a last rung at eps everywhere), the step size that goes
-    with each, the SSIM floor, and what is delivered. Needs ``config`` and ``time``; slots have
-    ``rung``, ``rung_steps`` and ``cap``."""
+    with each, the SSIM floor, and what is delivered. Needs ``config``, ``attack`` and
+    ``time``; slots have ``rung``, ``rung_steps`` and ``cap``."""
 
     config: HardenConfig
+    attack: Attack
     time: dict[str, float]
 
     def init_budget(self, config: HardenConfig, relax_mask: bool) -> None:
@@ -33,6 +34,15 @@ class Budget:
             self.rung_masked.append(False)
         per = max(1, (config.steps // 2) // len(self.rung_eps_01))
         self.rung_steps = config.verify_every * math.ceil(per / config.verify_every)
+
+    def start(self, xs: torch.Tensor, mask_fn) -> tuple[AttackState, torch.Tensor]:
+        """The attack state of newly admitted images ``xs`` on the first rung, and their mask
+        (``mask_fn(xs, floor)``; all ones without a texture mask)."""
+        floor = self.config.texture_mask
+        mask = mask_fn(xs, floor) if floor is not None else torch.ones_like(xs[:, :1])
+        eps0 = self.rung_eps_01[0]
+        state = self.attack.init(xs, mask * eps0, torch.full((len(xs),), self._alpha_01(eps0)))
+        return state, mask
 
     def deliver(self, q: torch.Tensor) -> torch.Tensor:
         """What the user receives: 8-bit pixels, JPEG-decoded when JPEG output is asked for."""

@@ -70,10 +70,17 @@ def _from_folders(root: Path) -> list[Item]:
 
 
 def _from_csv(root: Path, labels_csv: Path) -> list[Item]:
+    return read_labels_csv(labels_csv, lambda name, fh: _parse_csv(root, name, fh))
+
+
+def read_labels_csv(labels_csv: Path, parse):
+    """``parse(file name, open text file)`` on a labels CSV (UTF-8, BOM allowed); unreadable,
+    undecodable or malformed files become a DatasetError naming the file."""
+    labels_csv = Path(labels_csv)
     name = labels_csv.name
     try:
         with open(labels_csv, encoding="utf-8-sig", newline="") as fh:
-            return _parse_csv(root, name, fh)
+            return parse(name, fh)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{name}: not valid UTF-8 ({exc.reason})") from exc
     except csv.Error as exc:

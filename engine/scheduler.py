@@ -195,12 +195,7 @@ class Scheduler(Budget):
         keep = [j for j, _ in slots]
         state = mask = None
         if keep:
-            xs = x[keep]
-            mask = (texture_mask(xs, cfg.texture_mask) if cfg.texture_mask is not None
-                    else torch.ones_like(xs[:, :1]))
-            eps0 = self.rung_eps_01[0]
-            state = self.attack.init(xs, mask * eps0,
-                                     torch.full((len(keep),), self._alpha_01(eps0)))
+            state, mask = self.start(x[keep], texture_mask)
         return [s for _, s in slots], done, state, mask
 
     def _run_bucket(self, images, labels, targets, indices, should_stop=None):

@@ -215,8 +215,7 @@ class TextScheduler(Budget):
         return [results.get(i) for i in range(len(images))]
 
     def _admit(self, images, texts, new: list[int]):
-        cfg, dev = self.config, self.device
-        x = as_float(torch.stack([images[i] for i in new]).to(dev))
+        x = as_float(torch.stack([images[i] for i in new]).to(self.device))
         q = quantise(x)
         truths = [texts[i] for i in new]
         delivered = self.deliver(q)
@@ -241,12 +240,7 @@ class TextScheduler(Budget):
         keep = [j for j, _ in slots]
         state = mask = None
         if keep:
-            xs = x[keep]
-            mask = (stroke_mask(xs, cfg.texture_mask) if cfg.texture_mask is not None
-                    else torch.ones_like(xs[:, :1]))
-            eps0 = self.rung_eps_01[0]
-            state = self.attack.init(xs, mask * eps0,
-                                     torch.full((len(keep),), self._alpha_01(eps0)))
+            state, mask = self.start(x[keep], stroke_mask)
         return [s for _, s in slots], done, state, mask
 
     def _run_bucket(self, images, texts, indices, should_stop=None):

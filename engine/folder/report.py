@@ -53,17 +53,9 @@ def write_report(out_dir: Path, records: Sequence[dict], summary: dict,
         "<h1>advx harden report</h1>",
         _headline(summary.get("headline") or {}),
         _summary_table(summary),
-        "<h2>Fooled rate against attack steps</h2>",
-        fooled_rate_svg(hardened, int(summary.get("config", {}).get("steps") or 0)),
-        ("<p class='note'>Share of hardened images verified fooled after at most that many "
-         "attack steps (0 = misclassified before any attack).</p>"),
+        *fooled_rate_section(hardened, summary, "images", "misclassified"),
+        *errors_table("Unreadable inputs", "label", errors),
     ]
-    if errors:
-        parts += [f"<h2>Unreadable inputs ({len(errors)})</h2>",
-                  "<table><tr><th>path</th><th>label</th><th>reason</th></tr>",
-                  *(f"<tr><td>{escape(r['path'])}</td><td>{escape(str(r.get('label')))}</td>"
-                    f"<td>{escape(str(r.get('error')))}</td></tr>" for r in errors),
-                  "</table>"]
     parts.append(f"<h2>Images ({len(hardened)})</h2>")
     if len(hardened) > len(shown):
         parts.append(f"<p class='note'>The gallery shows the first {len(shown)} of "
@@ -80,6 +72,26 @@ def write_report(out_dir: Path, records: Sequence[dict], summary: dict,
     path = out_dir / REPORT
     write_text_atomic(path, "\n".join(parts))
     return path
+
+
+def fooled_rate_section(hardened: Sequence[dict], summary: dict, noun: str,
+                        before: str) -> list[str]:
+    """The fooled-rate-against-steps chart of a report, with its note."""
+    return ["<h2>Fooled rate against attack steps</h2>",
+            fooled_rate_svg(hardened, int(summary.get("config", {}).get("steps") or 0)),
+            f"<p class='note'>Share of hardened {noun} verified fooled after at most that many "
+            f"attack steps (0 = {before} before any attack).</p>"]
+
+
+def errors_table(heading: str, key: str, errors: Sequence[dict]) -> list[str]:
+    """The table of the rows that could not be hardened (none: nothing)."""
+    if not errors:
+        return []
+    return [f"<h2>{heading} ({len(errors)})</h2>",
+            f"<table><tr><th>path</th><th>{key}</th><th>reason</th></tr>",
+            *(f"<tr><td>{escape(r['path'])}</td><td>{escape(str(r.get(key)))}</td>"
+              f"<td>{escape(str(r.get('error')))}</td></tr>" for r in errors),
+            "</table>"]
 
 
 def _fmt(value: object, spec: str = "") -> str:

@@ -13,7 +13,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..dataset import DatasetError
+from ..dataset import DatasetError, read_labels_csv
 
 COLUMNS = ("path", "text")
 
@@ -32,17 +32,7 @@ class TextRow:
 def read_text_labels(labels_csv: Path) -> list[TextRow]:
     """The rows of ``labels_csv`` in file order, one per distinct path (a path listed again
     with the same text is one row with a note; with another text, a row with a problem)."""
-    labels_csv = Path(labels_csv)
-    name = labels_csv.name
-    try:
-        with open(labels_csv, encoding="utf-8-sig", newline="") as fh:
-            return _parse(name, csv.reader(fh))
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{name}: not valid UTF-8 ({exc.reason})") from exc
-    except csv.Error as exc:
-        raise DatasetError(f"{name}: malformed CSV ({exc})") from exc
-    except OSError as exc:
-        raise DatasetError(f"cannot read labels file {labels_csv}: {exc.strerror or exc}") from exc
+    return read_labels_csv(labels_csv, lambda name, fh: _parse(name, csv.reader(fh)))
 
 
 def _parse(name: str, reader) -> list[TextRow]:

@@ -22,7 +22,15 @@ import numpy as np
 from ..files import write_text_atomic
 from ..images import ImageLoadError, load_image, save_image_atomic
 from .records import REPORT, REPORT_FILES
-from .report import _CSS, DIFF_GAIN, GALLERY_LIMIT, _fmt, _href, fooled_rate_svg
+from .report import (
+    _CSS,
+    DIFF_GAIN,
+    GALLERY_LIMIT,
+    _fmt,
+    _href,
+    errors_table,
+    fooled_rate_section,
+)
 from .text_records import OWN_VIEW
 
 ZOOM = 3  # crops enlarged this many times (nearest neighbour: the noise shows as it is)
@@ -50,17 +58,9 @@ def write_text_report(out_dir: Path, records: Sequence[dict], summary: dict,
         "<h1>advx harden report: text captchas</h1>",
         headline_html(summary.get("headline") or {}),
         _summary_table(summary),
-        "<h2>Fooled rate against attack steps</h2>",
-        fooled_rate_svg(hardened, int(summary.get("config", {}).get("steps") or 0)),
-        ("<p class='note'>Share of hardened captchas verified fooled after at most that many "
-         "attack steps (0 = misread before any attack).</p>"),
+        *fooled_rate_section(hardened, summary, "captchas", "misread"),
+        *errors_table("Unusable rows", "text", errors),
     ]
-    if errors:
-        parts += [f"<h2>Unusable rows ({len(errors)})</h2>",
-                  "<table><tr><th>path</th><th>text</th><th>reason</th></tr>",
-                  *(f"<tr><td>{escape(r['path'])}</td><td>{escape(str(r.get('text')))}</td>"
-                    f"<td>{escape(str(r.get('error')))}</td></tr>" for r in errors),
-                  "</table>"]
     parts.append(f"<h2>Captchas ({len(hardened)})</h2>")
     if len(hardened) > len(shown):
         parts.append(f"<p class='note'>Showing the first {len(shown)} of {len(hardened)} "
