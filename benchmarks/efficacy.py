@@ -118,10 +118,10 @@ def clean_correct(images: list[np.ndarray], labels: list[str], keys: list[str], 
 
 def judge_views():
     """The default matrix (``none`` is the file as delivered) and views outside it."""
-    from advx.engine.denoise import Median, NonLocalMeans
-    from advx.engine.geometry import Geometry
-    from advx.engine.transforms import CropShift, GaussianBlur, Jpeg, ResizeDownUp
-    from advx.engine.views import View
+    from advx.engine.views.denoise import Median, NonLocalMeans
+    from advx.engine.views.transforms import CropShift, GaussianBlur, Jpeg, ResizeDownUp
+    from advx.engine.views.view import View
+    from advx.export.geometry import Geometry
 
     inside = [View("none"), View("jpeg75", Jpeg(75, 75)), View("jpeg50", Jpeg(50, 50)),
               View("resize0.75", ResizeDownUp(0.75, 0.75)), View("median3", denoise=Median(3)),
@@ -136,8 +136,8 @@ def judge_views():
 
 def build_judges():
     """name -> (classifier, geometry); geometry None is the classifier's own preprocessing."""
-    from advx.engine.geometry import Geometry
-    from advx.engine.zoo import create_classifier
+    from advx.export.geometry import Geometry
+    from advx.export.zoo import create_classifier
 
     whole = Geometry(crop=1.0, interpolation="bicubic", antialias=True)
     lite2 = create_classifier("effnet-lite2", LABELS)
@@ -151,7 +151,7 @@ def build_judges():
 
 def judge(images: list[np.ndarray], labels: list[str], judges, views) -> dict:
     """judge -> view -> share of tiles answered wrong, and the solve rate of 3x3 grids."""
-    from advx.engine.challenge import grid_solve_rate, sample_grids
+    from advx.engine.tasks.labels.grids import grid_solve_rate, sample_grids
 
     x = to_tensor(images)
     y = torch.tensor([LABELS.index(lab) for lab in labels])

@@ -83,8 +83,8 @@ def write_tiles(out: Path) -> None:
 def write_captchas(out: Path) -> Path:
     try:
         from advx.engine.tasks.text.draw import write_captcha_folder
-    except ImportError:
-        from advx.engine.text_draw import write_captcha_folder
+    except ImportError:  # the layout before the task seam
+        from advx.engine.text_draw import write_captcha_folder  # type: ignore[no-redef]
     return write_captcha_folder(out, 8, seed=0)
 
 

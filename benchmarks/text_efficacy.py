@@ -13,7 +13,7 @@ Settings (``--setting``):
   SSIM floor, one rung) and every one of ``--steps`` (default 100) spent on every captcha (a
   required margin no reading reaches), the last iterate delivered.
 
-Captchas come from :func:`advx.engine.text_draw.draw_captchas` (seeded). A solver is fooled
+Captchas come from :func:`advx.engine.tasks.text.draw.draw_captchas` (seeded). A solver is fooled
 under a view when it read the clean captcha right under that view and misreads the delivered
 one; the figures are shares of those it read right. Seconds per captcha are the hardening wall
 time of the run divided by its captchas (models built beforehand).
@@ -35,9 +35,9 @@ import torch
 
 
 def run_one(caps, surrogates, verifiers, judges, config) -> dict:
-    from advx.engine.text_api import TextHardener, load_text_solver
-    from advx.engine.text_eval import fooled_table, read_views
-    from advx.engine.views import views_of
+    from advx.engine.tasks.text.api import TextHardener, load_text_solver
+    from advx.engine.tasks.text.eval import fooled_table, read_views
+    from advx.engine.views.view import views_of
 
     texts = [t for t, _ in caps]
     images = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous() for _, a in caps]
@@ -114,8 +114,8 @@ def main(argv=None) -> int:
         return 0
     if a.setting is None or a.json is None:
         p.error("--setting and --json are required (or --markdown FILES)")
-    from advx.engine.text_api import DEFAULT_TEXT_SOLVERS, text_config
-    from advx.engine.text_draw import draw_captchas
+    from advx.engine.tasks.text.api import DEFAULT_TEXT_SOLVERS, text_config
+    from advx.engine.tasks.text.draw import draw_captchas
 
     torch.set_num_threads(a.threads)
     names = a.solvers.split(",") if a.solvers else list(DEFAULT_TEXT_SOLVERS)
@@ -127,15 +127,15 @@ def main(argv=None) -> int:
     if a.texture_mask is not None:
         over["texture_mask"] = None if a.texture_mask == "none" else float(a.texture_mask)
     if a.setting == "otsu-bound":
-        from advx.engine import text_scheduler
-        from advx.engine.presets import Preset, register_preset
+        from advx.engine.tasks.text import scheduler as text_scheduler
+        from advx.engine.views.presets import Preset, register_preset
 
         register_preset(Preset("otsu-bound", ("own", "otsu"), ("soft-otsu",), ("otsu",)))
         text_scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
         over = {"steps": 100, "texture_mask": None, "ssim_floor": None, "eps_rungs": 1, **over,
                 "transforms": "otsu-bound"}
     if a.setting == "transfer-bound":
-        from advx.engine import text_scheduler
+        from advx.engine.tasks.text import scheduler as text_scheduler
 
         text_scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
         over = {"steps": 100, "texture_mask": None, "ssim_floor": None, "eps_rungs": 1,

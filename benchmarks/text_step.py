@@ -25,9 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    from advx.engine.text_api import DEFAULT_TEXT_SOLVERS, load_text_solvers
-    from advx.engine.text_draw import draw_captchas
-    from advx.engine.text_scheduler import TextEnsemble
+    from advx.engine.tasks.text.api import DEFAULT_TEXT_SOLVERS, load_text_solvers
+    from advx.engine.tasks.text.draw import draw_captchas
+    from advx.engine.tasks.text.scheduler import TextEnsemble
 
     torch.set_num_threads(a.threads)
     caps = draw_captchas(a.batch, seed=0)

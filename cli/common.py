@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import click
 
 from ..engine.errors import RunError
-from ..engine.onnx.spec import ExportError, ManifestError, ParityError
+from ..export.onnx.spec import ExportError, ManifestError, ParityError
 
 __all__ = ["RunError", "describe", "fail_cleanly", "list_option", "split_list"]
 
@@ -55,10 +55,10 @@ def list_option(_ctx: click.Context, param: click.Parameter, value: str | None
 def _typed_errors() -> tuple[type[BaseException], ...]:
     """The errors that carry a message meant for the user (the modules that define the others
     import torch or the image code, so they load on the first error)."""
-    from ..engine.dataset import DatasetError
     from ..engine.images import ImageLoadError
-    from ..engine.solver import ConversionError, SolverParityError, SolverSpecError
-    from ..engine.zoo import LabelMapError, ModelNameError, ModelUnavailableError
+    from ..engine.tasks.labels.dataset import DatasetError
+    from ..export.solver import ConversionError, SolverParityError, SolverSpecError
+    from ..export.zoo import LabelMapError, ModelNameError, ModelUnavailableError
 
     return (DatasetError, ImageLoadError, ModelNameError, ModelUnavailableError, LabelMapError,
             ExportError, ParityError, ManifestError, SolverSpecError, ConversionError,

@@ -28,7 +28,7 @@ TEXT_CAPTCHAS = 8  # captchas the text demo draws (engine/text_draw.py, seed 0)
 @dataclass(frozen=True)
 class Photo:
     name: str
-    label: str  # maps to ImageNet classes (advx.engine.zoo.labels.imagenet_classes)
+    label: str  # maps to ImageNet classes (advx.export.zoo.labels.imagenet_classes)
     pixels: np.ndarray  # uint8 HxWx3
 
 
@@ -116,7 +116,7 @@ def correctly_classified(tiles: Sequence[tuple[str, str, np.ndarray]],
     """Whether ``model`` (over ``label_set``) gets each tile's label right, clean."""
     import torch
 
-    from ..engine.zoo import create_classifier
+    from ..export.zoo import create_classifier
 
     clf = create_classifier(model, label_set)
     x = torch.from_numpy(np.stack([t for _, _, t in tiles])).permute(0, 3, 1, 2).float() / 255
@@ -213,8 +213,8 @@ def demo_cmd(task: str, out_dir: Path, steps: int, tiles_per_photo: int | None,
 def _text_demo(out_dir: Path, steps: int, quiet: bool, echo: Callable[[str], None]) -> None:
     """Draw the demo captchas, harden them with the defaults, print the headline."""
     from ..engine.folder import harden_text_folder
-    from ..engine.text_api import text_config
-    from ..engine.text_draw import write_captcha_folder
+    from ..engine.tasks.text.api import text_config
+    from ..engine.tasks.text.draw import write_captcha_folder
 
     input_dir, hardened = out_dir / "text-input", out_dir / "text-hardened"
     try:

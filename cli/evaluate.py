@@ -2,7 +2,7 @@
 challenges ("select all images with X"), printed from
 :func:`advx.engine.evaluate.evaluate_folder`; with ``--task text``, what OCR solvers read on a
 set of text captchas and how often hardened ones fool them, printed from
-:func:`advx.engine.text_evaluate.evaluate_text_folder`."""
+:func:`advx.engine.tasks.text.evaluate.evaluate_text_folder`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..engine.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
-from ..engine.presets import TRANSFORM_PRESETS
+from ..engine.views.presets import TRANSFORM_PRESETS
+from ..export.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from .common import exit_codes, fail_cleanly, list_option
 
 IMAGE_ONLY = ("models", "label_set", "label_map", "transforms", "grids", "seed", "templates")
@@ -134,7 +134,7 @@ def eval_cmd(ctx: click.Context, input_dir: Path, task: str, models: tuple[str, 
 def _text_eval(input_dir: Path, solvers: tuple[str, ...] | None, labels_csv: Path | None,
                clean_dir: Path | None, device: str, as_json: bool) -> None:
     with fail_cleanly():
-        from ..engine.text_evaluate import evaluate_text_folder  # torch: loaded here only
+        from ..engine.tasks.text.evaluate import evaluate_text_folder  # torch: loaded here only
 
         result = evaluate_text_folder(input_dir, solvers, labels_csv=labels_csv,
                                       clean_dir=clean_dir, device=device)

@@ -9,14 +9,9 @@ from pathlib import Path
 import click
 
 from ..engine.config import ATTACKS, OUTPUT_FORMATS, HardenConfig
-from ..engine.defaults import (
-    DEFAULT_MAX_SIDE,
-    DEFAULT_SURROGATES,
-    DEFAULT_TEMPLATES,
-    DEFAULT_VERIFIERS,
-    TEMPLATE_SETS,
-)
-from ..engine.presets import TRANSFORM_PRESETS, VIEW_GLOSSARY, get_preset, view_matrices
+from ..engine.defaults import DEFAULT_MAX_SIDE, DEFAULT_SURROGATES, DEFAULT_VERIFIERS
+from ..engine.views.presets import TRANSFORM_PRESETS, VIEW_GLOSSARY, get_preset, view_matrices
+from ..export.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from .common import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, fail_cleanly, list_option
 from .harden_text import TASKS, harden_text
 

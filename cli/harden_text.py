@@ -14,7 +14,7 @@ from click.core import ParameterSource
 from .common import EXIT_INTERRUPTED, fail_cleanly
 
 TASKS = ("image", "text")
-TEXT_PRESET = "text"  # the one view preset of text runs (advx.engine.text_api.TEXT_PRESET)
+TEXT_PRESET = "text"  # the one view preset of text runs (advx.engine.tasks.text.api.TEXT_PRESET)
 # options of `advx harden` that only concern image tiles
 IMAGE_ONLY = ("label_set", "label_map", "decoy", "templates", "max_side", "ray_address",
               "ray_workers", "required_margin")
@@ -41,8 +41,8 @@ def harden_text(ctx: click.Context) -> None:
                                f"runs use the {TEXT_PRESET!r} views; pick deciding ones with "
                                f"--decide)")
     from ..engine.folder import harden_text_folder
-    from ..engine.presets import get_preset
-    from ..engine.text_api import text_config
+    from ..engine.tasks.text.api import text_config
+    from ..engine.views.presets import get_preset
 
     decide = p["decide"]
     try:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..engine.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
-from ..engine.onnx.spec import PRECISIONS
+from ..export.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..export.onnx.spec import PRECISIONS
 from .common import exit_codes, fail_cleanly, list_option
 
 
@@ -25,7 +25,7 @@ def models_cmd(show_all: bool) -> None:
       advx models
       advx models --all | grep ViT-B-32
     """
-    from ..engine.zoo import GRAMMAR, list_entries
+    from ..export.zoo import GRAMMAR, list_entries
 
     entries = list_entries()
     width = max((len(e.name) for e in entries), default=4)
@@ -69,8 +69,8 @@ def export_cmd(model: str, labels: tuple[str, ...], precision: str, out_dir: Pat
       advx export effnet-lite2 --labels bus,car,bicycle --precision fp16 --out lite2-fp16/
     """
     with fail_cleanly():
-        from ..engine.zoo import load_label_map
         from ..export import ExportSpec, export_model
+        from ..export.zoo import load_label_map
 
         manifest = export_model(model, labels, out_dir, ExportSpec(precision=precision),
                                 templates=templates, label_map=load_label_map(label_map))

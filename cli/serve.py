@@ -1,5 +1,5 @@
 """``advx serve``: hardening over HTTP, for backends in any language. The application is
-:func:`advx.engine.http.create_app`; this command builds the models and runs it (uvicorn in
+:func:`advx.engine.serve.http.create_app`; this command builds the models and runs it (uvicorn in
 this process, or Ray Serve replicas with ``--ray``)."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import click
 from ..engine.defaults import (
     DEFAULT_MAX_SIDE,
     DEFAULT_SURROGATES,
-    DEFAULT_TEMPLATES,
     DEFAULT_VERIFIERS,
     SERVE_MAX_LABEL_SETS,
     SERVE_MAX_PIXELS,
@@ -21,8 +20,8 @@ from ..engine.defaults import (
     SERVE_MAX_UPLOAD_MB,
     SERVE_TIMEOUT_S,
     SERVE_TOKEN_ENV,
-    TEMPLATE_SETS,
 )
+from ..export.defaults import DEFAULT_TEMPLATES, TEMPLATE_SETS
 from .common import fail_cleanly, list_option, split_list
 
 SERVE_EXTRAS = ("fastapi", "uvicorn", "python_multipart")
@@ -149,8 +148,8 @@ def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tupl
     label_set = label_set or ()
     with fail_cleanly():
         from ..engine.config import HardenConfig
-        from ..engine.http import Limits, create_app, serve_forever
-        from ..engine.zoo import load_label_map
+        from ..engine.serve.http import Limits, create_app, serve_forever
+        from ..export.zoo import load_label_map
 
         config = HardenConfig(eps=eps, steps=steps, transforms=transforms, device=device,
                               batch_size=batch_size)
@@ -163,13 +162,13 @@ def serve_cmd(host: str, port: int, label_set: tuple[str, ...], surrogates: tupl
                             allowed_label_sets=allowed, text_surrogates=text_surrogates,
                             text_verifiers=text_verifiers)
         if ray_address is not None:
-            from ..engine.ray_serve import serve_on_ray
+            from ..engine.serve.ray_serve import serve_on_ray
 
             serve_on_ray(ray_address, label_set, service_args, limits, token=token, host=host,
                          port=port, replicas=replicas,
                          echo=lambda m: click.echo(m, err=True))
             return
-        from ..engine.service import HardenService
+        from ..engine.serve.service import HardenService
 
         service = HardenService(label_set, **service_args)
         app = create_app(service, limits=limits, token=token)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..engine.files import write_text_atomic
+from ..export.files import write_text_atomic
 from .common import RunError, exit_codes, fail_cleanly, split_list
 
 SPEC_HELP = """\b
@@ -65,7 +65,7 @@ def init_cmd(model: Path, out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise click.UsageError(f"{out} exists; pass --force to overwrite it")
     with fail_cleanly():
-        from ..engine.solver.template import dumps_spec, init_template
+        from ..export.solver.template import dumps_spec, init_template
 
         spec, todo = init_template(model, out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
         import torch
 
         from ..engine.images import ImageLoadError, load_image
-        from ..engine.solver import ConversionError, SolverParityError, load_solver
+        from ..export.solver import ConversionError, SolverParityError, load_solver
 
         solver = load_solver(spec, name=f"onnx:{spec}")
         s = solver.spec
@@ -161,7 +161,7 @@ def check_text_solver(solver, images: tuple[Path, ...]) -> None:
     """``advx solver check`` for a CTC (text) solver: its torch twin against onnxruntime, then
     what it reads on each image."""
     from ..engine.images import ImageLoadError, load_image
-    from ..engine.solver import ConversionError, SolverParityError
+    from ..export.solver import ConversionError, SolverParityError
 
     s = solver.spec
     click.echo(f"{solver.name}: {s.model.name}, CTC over {len(solver.charset.symbols)} symbols, "

@@ -10,21 +10,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..export.defaults import DEFAULT_TEMPLATES
+from ..export.onnx.cache import export_cached
+from ..export.onnx.verifier import OnnxVerifier
+from ..export.solver import ConversionError, SolverParityError
+from ..export.zoo import create_classifier, create_verifier, is_solver_name
+from ..export.zoo.labels import LabelMap, LabelMapError, load_label_map
 from .attacks import ATTACKS, Attack
-from .checks import check_surrogate
+from .attacks.checks import check_surrogate
+from .attacks.ensemble import Ensemble
 from .config import HardenConfig, Plan
-from .defaults import DEFAULT_SURROGATES, DEFAULT_TEMPLATES, DEFAULT_VERIFIERS
-from .ensemble import Ensemble
-from .onnx.cache import export_cached
-from .onnx.verifier import OnnxVerifier
+from .defaults import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 from .pixels import as_float
 from .results import HardenResult
-from .scheduler import Scheduler, Scorer
-from .solver import ConversionError, SolverParityError
-from .transforms import InputDiversity
-from .views import eot_of
-from .zoo import create_classifier, create_verifier, is_solver_name
-from .zoo.labels import LabelMap, LabelMapError, load_label_map
+from .schedule.scheduler import Scheduler, Scorer
+from .views.transforms import InputDiversity
+from .views.view import eot_of
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def default_label_set(labels: Sequence[str], label_map: LabelMap | None = None
                       ) -> tuple[str, ...]:
     """The sorted labels seen; one label alone is a binary challenge ("select all X") against
     the built-in negatives (X first)."""
-    from .zoo import binary_label_set
+    from ..export.zoo import binary_label_set
 
     seen = tuple(sorted(set(labels)))
     if len(seen) == 1:
@@ -179,7 +180,7 @@ class Hardener:
                  surrogate_weights: Sequence[float] | None = None,
                  templates: str = DEFAULT_TEMPLATES,
                  label_map: LabelMap | str | Mapping | None = None) -> None:
-        from .zoo import is_solver_name
+        from ..export.zoo import is_solver_name
 
         self.config = config = config or HardenConfig()
         self.label_set = tuple(label_set)
@@ -238,7 +239,7 @@ class Hardener:
         """Converted solvers against their own onnxruntime graph on the first real tiles. One
         that disagrees there would attack with wrong gradients: it is left out of the ensemble
         (still verifying), with a warning."""
-        from .solver import SolverClassifier, SolverParityError
+        from ..export.solver import SolverClassifier, SolverParityError
 
         self._real_parity_checked = True
         members = list(self.ensemble.members)

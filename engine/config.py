@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .presets import DEFAULT_PRESET, check_roles, get_preset
+from .views.presets import DEFAULT_PRESET, check_roles, get_preset
 
 ATTACKS = ("auto", "mifgsm", "pgd")
 OUTPUT_FORMATS = ("png", "jpeg")

@@ -1,16 +1,14 @@
 """The defaults every entry point shares (the API, the CLI, the service), in one torch-free
 place so that ``advx --help`` can show them without loading torch.
 
-The transform presets (view matrices) are declared in :mod:`advx.engine.presets`.
+The transform presets (view matrices) are declared in :mod:`advx.engine.views.presets`.
 """
 
 from __future__ import annotations
 
 DEFAULT_SURROGATES: tuple[str, ...] = ("effnet-lite0", "effnet-lite1")
 DEFAULT_VERIFIERS: tuple[str, ...] = ("effnet-lite2",)
-TEMPLATE_SETS: tuple[str, ...] = ("simple", "openai", "photo")
 
-DEFAULT_TEMPLATES = "simple"  # zero-shot prompt templates
 DEFAULT_MAX_SIDE = 1024  # folder runs: longer sides above this are attacked on a downscaled copy
 
 # advx serve: what one request may cost, and how much the service keeps

@@ -11,19 +11,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..export.defaults import DEFAULT_TEMPLATES
+from ..export.onnx.manifest import MANIFEST
+from ..export.onnx.verifier import OnnxVerifier
+from ..export.zoo import (
+    LabelMap,
+    create_classifier,
+    create_verifier,
+    is_solver_name,
+    load_label_map,
+)
 from .api import check_known, default_label_set, resolve_device
-from .challenge import grid_solve_rate_sets, sample_grids
-from .dataset import discover
-from .defaults import DEFAULT_TEMPLATES
-from .ensemble import decision_of
+from .attacks.ensemble import decision_of
 from .errors import RunError
 from .folder.records import RESULTS, SUMMARY, read_records
 from .images import ImageLoadError, load_image
-from .onnx.manifest import MANIFEST
-from .onnx.verifier import OnnxVerifier
-from .scoring import SeenTiles
-from .views import look, views_of
-from .zoo import LabelMap, create_classifier, create_verifier, is_solver_name, load_label_map
+from .tasks.labels.dataset import discover
+from .tasks.labels.grids import grid_solve_rate_sets, sample_grids
+from .tasks.labels.scoring import SeenTiles
+from .views.view import look, views_of
 
 # images [N, 3, H, W] in [0, 1] (and a view's ``geometry=``) -> logits over the label set, in
 # its order; ``decision`` and ``known`` attributes as for verifiers (see scoring.Scorer)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .text_views import grey_levels, otsu_binarise
+from .views.ocr import grey_levels, otsu_binarise
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

@@ -1,39 +1,41 @@
-"""The export stage: a registry model as one validated ONNX graph (fp32, fp16) in a folder of
-its own, with its manifest, for ``advx export`` and for solvers tested elsewhere.
+"""The export stage: the models and their ONNX forms.
 
-The engine verifies with such graphs itself (exported on demand into its cache), so the export
-machinery lives in :mod:`advx.engine.onnx`; this package is its public face and imports it,
-never the other way round.
+- :mod:`.zoo`: the model registry (name grammar, backends, preprocessing tied to the weights),
+  label maps, zero-shot heads and the built-in OCR solvers;
+- :mod:`.solver`: foreign solvers (``onnx:SPEC.json``): the solver spec, its heads and the
+  conversion of their graphs to torch, with parity;
+- :mod:`.onnx`: registry models exported to ONNX (fp32, fp16) with their parity check and
+  manifest, the cache of exports, ONNX Runtime sessions and the verifier that scores with an
+  export;
+- :mod:`.geometry` (how a model brings a tile to its input), :mod:`.files` (atomic writes,
+  hashes, the cache folder), :mod:`.defaults`.
+
+The engine (:mod:`advx.engine`) builds on this package and never the other way round. The names
+below load lazily, so that importing ``advx.export.defaults`` loads no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from importlib import import_module
+from typing import Any
 
-from ..engine.errors import RunError
-from ..engine.onnx.cache import default_cache_dir, export_cached, remove_stale_exports
-from ..engine.onnx.export import check_parity, export_classifier
-from ..engine.onnx.manifest import Manifest, Parity, load_manifest
-from ..engine.onnx.spec import ExportError, ExportSpec, ManifestError, ParityError, Tolerance
-from ..engine.onnx.verifier import OnnxVerifier
-from ..engine.zoo import DEFAULT_TEMPLATES, LabelMap, create_classifier, is_solver_name
+_LAZY = {
+    "ExportError": "advx.export.onnx.spec", "ExportSpec": "advx.export.onnx.spec",
+    "ManifestError": "advx.export.onnx.spec", "ParityError": "advx.export.onnx.spec",
+    "Tolerance": "advx.export.onnx.spec",
+    "Manifest": "advx.export.onnx.manifest", "Parity": "advx.export.onnx.manifest",
+    "load_manifest": "advx.export.onnx.manifest",
+    "check_parity": "advx.export.onnx.export", "export_classifier": "advx.export.onnx.export",
+    "export_model": "advx.export.onnx.export",
+    "default_cache_dir": "advx.export.onnx.cache", "export_cached": "advx.export.onnx.cache",
+    "remove_stale_exports": "advx.export.onnx.cache",
+    "OnnxVerifier": "advx.export.onnx.verifier",
+}
 
-__all__ = [
-    "ExportError", "ExportSpec", "Manifest", "ManifestError", "OnnxVerifier", "Parity",
-    "ParityError", "Tolerance", "check_parity", "default_cache_dir", "export_cached",
-    "export_classifier", "export_model", "load_manifest", "remove_stale_exports",
-]
+__all__ = sorted(_LAZY)
 
 
-def export_model(model: str, labels: Sequence[str], out_dir: str | Path,
-                 spec: ExportSpec | None = None, *, templates: str = DEFAULT_TEMPLATES,
-                 label_map: LabelMap | None = None) -> Manifest:
-    """Export registry model ``model`` as a classifier over ``labels`` to ``out_dir``
-    (``model.onnx`` and ``manifest.json``), validated like every export. A foreign solver
-    (``onnx:SPEC.json``) is refused: it is an ONNX graph already."""
-    if ":" in model and is_solver_name(model):
-        raise RunError(f"{model} is already an ONNX graph: name it directly in "
-                       f"--verifiers / advx eval --models")
-    clf = create_classifier(model, labels, templates=templates, label_map=label_map)
-    return export_classifier(clf, out_dir, spec or ExportSpec())
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'advx.export' has no attribute {name!r}")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from advx.engine.files import sha256_file
-from advx.engine.zoo.ocr import PPOCR_ENV, PPOCR_GRAPH, PPOCR_WHEEL
+from advx.export.files import sha256_file
+from advx.export.zoo.ocr import PPOCR_ENV, PPOCR_GRAPH, PPOCR_WHEEL
 
 import tiny
 

@@ -8,7 +8,7 @@ import torch
 from toys import LABELS, TinyNet, ViewRecorder, cfg, rand_images, uint8_images
 
 import advx
-from advx.engine.views import eot_of, views_of
+from advx.engine.views.view import eot_of, views_of
 
 
 def test_harden_invariants_and_repeatability():
@@ -33,7 +33,7 @@ def test_harden_invariants_and_repeatability():
 
 
 def test_the_attack_is_built_from_the_plan():
-    from advx.engine.transforms import InputDiversity
+    from advx.engine.views.transforms import InputDiversity
 
     h = advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[ViewRecorder()],
                       config=cfg(transforms="solver", eps=8, steps=12))
@@ -84,7 +84,7 @@ def test_public_api_and_library_never_imports_cli():
 
     for name in advx.__all__:
         assert getattr(advx, name) is not None, name
-    code = ("import sys, advx, advx.engine.api, advx.export, advx.engine.zoo; "
+    code = ("import sys, advx, advx.engine.api, advx.export, advx.export.zoo; "
             "print(any(m.startswith('advx.cli') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -116,7 +116,7 @@ def test_cpu_surrogate_towers_run_channels_last_with_the_same_values(tiny_models
     """On the CPU, an ImageNet tower is put in channels_last (faster oneDNN kernels): logits and
     input gradients equal those of the same weights in the default layout."""
     from advx.engine.api import build_surrogates
-    from advx.engine.zoo import create_classifier
+    from advx.export.zoo import create_classifier
 
     (m,) = build_surrogates([tiny_models["timm"]], LABELS, torch.device("cpu"))
     ref = create_classifier(tiny_models["timm"], LABELS)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from toys import TinyNet, rand_images
 
-from advx.engine import losses
 from advx.engine.attacks import ATTACKS, MIFGSM, PGD, AttackState, register_attack
 from advx.engine.config import HardenConfig, Plan
-from advx.engine.transforms import InputDiversity
-from advx.engine.views import eot_of
+from advx.engine.tasks.labels import losses
+from advx.engine.views.transforms import InputDiversity
+from advx.engine.views.view import eot_of
 
 # Every registered attack must be listed here, with the variants of its own options that the
 # invariants run over ({}: its defaults only); test_every_registered_attack_is_covered fails

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from advx import bench
 from advx.cli.bench import bench_cmd
 from advx.engine.config import HardenConfig
-from advx.engine.zoo import ModelUnavailableError
+from advx.export.zoo import ModelUnavailableError
 
 from tiny import register_tiny_open_clip
 

@@ -8,7 +8,7 @@ from toys import TinyNet
 
 
 def test_surrogate_checks():
-    from advx.engine.checks import ModelCheckError, check_surrogate
+    from advx.engine.attacks.checks import ModelCheckError, check_surrogate
 
     class Probs(TinyNet):
         def forward(self, x):

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from advx.cli.main import cli
-from advx.engine.challenge import Grid, grid_solve_rate, sample_grids
 from advx.engine.folder import records as rec
+from advx.engine.tasks.labels.grids import Grid, grid_solve_rate, sample_grids
 
 FAST = ["--steps", "3", "--transforms", "none", "--batch-size", "4", "--quiet"]
 ONE_SURROGATE = ["--surrogates", "effnet-lite0"]  # cheaper where the defaults are not the point
@@ -150,14 +150,14 @@ def test_help_does_not_import_torch():
 
 
 def test_defaults_have_one_home():
-    """The CLI shows the engine's defaults (read from advx.engine.defaults, advx.engine.presets
+    """The CLI shows the engine's defaults (read from advx.engine.defaults, advx.engine.views.presets
     and HardenConfig, never copied), and the views and templates the engine builds are the
     ones named there."""
     from advx.engine.config import HardenConfig
-    from advx.engine.defaults import TEMPLATE_SETS
-    from advx.engine.presets import PRESETS, view_matrices
-    from advx.engine.views import views_of
-    from advx.engine.zoo.zeroshot import _templates
+    from advx.engine.views.presets import PRESETS, view_matrices
+    from advx.engine.views.view import views_of
+    from advx.export.defaults import TEMPLATE_SETS
+    from advx.export.zoo.zeroshot import _templates
 
     assert {n: tuple(v.name for v in views_of(n)) for n in PRESETS} == {
         n: p.views for n, p in PRESETS.items()}
@@ -174,7 +174,7 @@ def test_defaults_have_one_home():
 
 
 def test_models_lists_entries_and_grammar():
-    from advx.engine.zoo import GRAMMAR, list_entries
+    from advx.export.zoo import GRAMMAR, list_entries
 
     result = invoke("models")
     assert result.exit_code == 0
@@ -345,7 +345,7 @@ def test_large_image_policy_keeps_the_budget_and_metrics_match_the_engine():
     import torch
 
     from advx.engine import metrics
-    from advx.engine.folder.resample import (
+    from advx.engine.working import (
         downscale,
         full_size_metrics,
         upsample_perturbation,

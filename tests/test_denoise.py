@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from toys import rand_images
 
-from advx.engine import denoise
+from advx.engine.views import denoise
 
 
 def test_denoisers_on_threads_give_opencv_s_own_output():
@@ -75,6 +75,6 @@ def test_real_denoise_runs_the_real_filter_forward_and_the_stand_in_backward():
     (g,) = torch.autograd.grad((y * 2).sum(), xg)
     assert torch.equal(g, torch.full_like(x, 2.0)), "straight through"
     assert str(denoise.RealDenoise()) == "real-nlmeans10"
-    from advx.engine.nlm_jacobian import LinearizedNLM
+    from advx.engine.views.nlm_jacobian import LinearizedNLM
 
     assert isinstance(denoise.RealDenoise().soft, LinearizedNLM), "the default stand-in"

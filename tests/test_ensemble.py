@@ -6,10 +6,10 @@ import pytest
 import torch
 from toys import LABELS, TinyNet, rand_images
 
-from advx.engine import losses
-from advx.engine.ensemble import Ensemble
-from advx.engine.geometry import Geometry
-from advx.engine.zoo import create_classifier
+from advx.engine.attacks.ensemble import Ensemble
+from advx.engine.tasks.labels import losses
+from advx.export.geometry import Geometry
+from advx.export.zoo import create_classifier
 
 TINY_TIMM = "timm:test_efficientnet/none"
 
@@ -31,7 +31,7 @@ def test_ensemble_gradients_normalised_per_model():
 def test_micro_batches_give_the_batch_gradient():
     """Members run their backward passes a few rows at a time (bounded memory on the CPU): the
     loss and gradient, through a shared input transform, equal the whole batch's."""
-    from advx.engine.ensemble import micro_batch_size
+    from advx.engine.attacks.ensemble import micro_batch_size
 
     torch.manual_seed(0)
     ens = Ensemble([TinyNet(), TinyNet()], [1.0, 2.0])

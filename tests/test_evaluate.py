@@ -13,8 +13,8 @@ from PIL import Image
 
 from advx.engine.errors import RunError
 from advx.engine.evaluate import evaluate, evaluate_folder, load_eval_set, load_scorer
-from advx.engine.onnx.export import export_classifier
-from advx.engine.zoo import create_classifier
+from advx.export.onnx.export import export_classifier
+from advx.export.zoo import create_classifier
 
 
 def _label_images(labels: list[int]) -> list[np.ndarray]:

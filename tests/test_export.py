@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from advx.engine.zoo import create_classifier
 from advx.export import (
     ExportSpec,
     ManifestError,
@@ -19,6 +18,7 @@ from advx.export import (
     export_classifier,
     load_manifest,
 )
+from advx.export.zoo import create_classifier
 
 from conftest import tiles
 
@@ -148,7 +148,7 @@ def test_manifest_without_batch_axis_loads(tiny_models, tmp_path):
 
 
 def test_cache_key_of_the_interface(tiny_models):
-    from advx.engine.onnx.cache import cache_key
+    from advx.export.onnx.cache import cache_key
 
     def key(**kw):
         return cache_key(tiny_models["timm"], LABELS, "fp32", "simple", ExportSpec(**kw))
@@ -160,7 +160,7 @@ def test_cache_key_of_the_interface(tiny_models):
 
 
 def test_export_cache_reuses(tiny_models, tmp_path, monkeypatch):
-    from advx.engine.onnx import cache
+    from advx.export.onnx import cache
 
     name = tiny_models["timm"]
     first = export_cached(name, LABELS, cache_dir=tmp_path)

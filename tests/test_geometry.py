@@ -6,7 +6,8 @@ import pytest
 import torch
 from toys import rand_images
 
-from advx.engine.geometry import Geometry, GeometryDraw, fit, resize
+from advx.engine.views.transforms import GeometryDraw
+from advx.export.geometry import Geometry, fit, resize
 
 
 def test_geometry_draws_are_seeded_and_cover_the_solvers_preprocessing():

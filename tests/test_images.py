@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from advx.engine import files as afiles
 from advx.engine import images as aimages
-from advx.engine.dataset import DatasetError, Item, discover
-from advx.engine.files import write_text_atomic
 from advx.engine.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
@@ -24,6 +21,9 @@ from advx.engine.images import (
     load_image,
     save_image_atomic,
 )
+from advx.engine.tasks.labels.dataset import DatasetError, Item, discover
+from advx.export import files as afiles
+from advx.export.files import write_text_atomic
 
 # --------------------------------------------------------------------------- helpers
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from advx.cli.main import cli
-from advx.engine.zoo import LabelMapError, create_classifier, load_label_map
-from advx.engine.zoo.labels import (
+from advx.export.zoo import LabelMapError, create_classifier, load_label_map
+from advx.export.zoo.labels import (
     CAPTCHA_LABEL_MAP,
     LABEL_SYNONYMS,
     UNEXPRESSIBLE,

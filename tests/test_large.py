@@ -49,7 +49,7 @@ def test_the_ssim_floor_holds_at_full_size():
     """A perturbation that breaks the floor once upsampled is scaled back (bisection) until
     the delivered file, PNG or JPEG, holds it; one that keeps it is left whole."""
     from advx.engine.config import HardenConfig
-    from advx.engine.folder.resample import downscale, full_size_delivery, upsample_perturbation
+    from advx.engine.working import downscale, full_size_delivery, upsample_perturbation
 
     y, x = np.mgrid[0:240, 0:360]
     smooth = np.stack([x * 0.5, y * 0.8, (x + y) * 0.3], -1).astype(np.uint8)  # flat: SSIM-fragile

@@ -1,8 +1,11 @@
-"""The packages depend one way: engine <- export <- bench <- cli.
+"""The packages depend one way, export <- engine <- bench <- cli, and no two modules import
+each other, however indirectly.
 
 Checked statically over every module's imports, at module level and inside functions (and
 ``import_module("advx....")`` calls with a literal name), so that an import hidden in a function
-cannot run the dependency backwards. ``advx/__init__.py`` (the public API) may name any layer.
+cannot run the dependency backwards or close a cycle; imports under ``if TYPE_CHECKING:`` are
+annotations, never run, and are left out. ``advx/__init__.py`` (the public API) may name any
+layer.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # each layer imports only itself and the layers before it
-LAYERS = ("engine", "export", "bench", "cli")
+LAYERS = ("export", "engine", "bench", "cli")
 
 
 def _package_dirs() -> dict[str, Path]:
@@ -50,11 +53,26 @@ class Import:
     names: tuple[str, ...]  # for `from target import a, b`; () for `import target`
 
 
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` blocks."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                out |= {id(n) for n in ast.walk(child)}
+    return out
+
+
 def _imports(module: str, path: Path, is_pkg: bool) -> list[Import]:
-    """Every import of ``path``, wherever it sits (module level, functions, classes, blocks)."""
+    """Every import of ``path``, wherever it sits (module level, functions, classes, blocks),
+    except those under ``if TYPE_CHECKING:``."""
     package = module if is_pkg else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    skip = _type_checking_nodes(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found += [Import(path, node.lineno, a.name, ()) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -138,6 +156,57 @@ def package_cycles() -> list[list[str]]:
     return [list(c) for c in sorted(cycles)]
 
 
+def module_graph() -> dict[str, set[str]]:
+    """advx module -> the advx modules it imports (``from pkg import sub`` imports ``pkg.sub``;
+    ``from pkg import name`` imports ``pkg``, its ``__init__``)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, (path, is_pkg) in modules.items():
+        for imp in _imports(module, path, is_pkg):
+            subs = [f"{imp.target}.{n}" for n in imp.names if f"{imp.target}.{n}" in modules]
+            plain = [n for n in imp.names if f"{imp.target}.{n}" not in modules]
+            targets = subs + ([imp.target] if plain or not imp.names else [])
+            graph[module] |= {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def module_cycles() -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    graph = module_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(groups)
+
+
 def test_every_layer_is_found():
     layers = {_layer(m) for m in _modules()}
     assert set(LAYERS) <= layers, f"no modules found for {set(LAYERS) - layers}"
@@ -153,7 +222,7 @@ def test_every_package_is_installed():
 
 def test_layers_import_only_the_layers_before_them():
     bad = layering_violations()
-    assert not bad, "imports against the layering engine <- export <- bench <- cli:\n" + \
+    assert not bad, "imports against the layering export <- engine <- bench <- cli:\n" + \
         "\n".join(bad)
 
 
@@ -162,10 +231,29 @@ def test_no_package_imports_one_that_imports_it_back():
     assert not cycles, "package import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_no_module_imports_one_that_imports_it_back():
+    cycles = module_cycles()
+    assert not cycles, "module import cycles (each group imports itself back):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_function(tmp_path, monkeypatch):
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "__init__.py").write_text("")
+    (engine / "a.py").write_text("from .b import x\n")
+    (engine / "b.py").write_text("def f():\n    from . import a\nx = 1\n")
+    (engine / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                 "    from .a import y\n")
+    me = sys.modules[__name__]
+    monkeypatch.setattr(me, "_package_dirs", lambda: {"advx.engine": engine})
+    assert module_cycles() == [["advx.engine.a", "advx.engine.b"]]
+
+
 @pytest.mark.parametrize("where, source, expect", [
-    ("probe.py", "from ..export import OnnxVerifier", "imports advx.export"),
+    ("probe.py", "from ..bench import run", "imports advx.bench"),
     ("zoo/probe.py", "def f():\n    from ...cli.main import cli", "imports advx.cli.main"),
-    ("zoo/probe.py", "import advx.export.spec", "imports advx.export.spec"),
+    ("zoo/probe.py", "import advx.bench.report", "imports advx.bench.report"),
     ("probe.py", "from advx import export_classifier", "from advx itself"),
     ("probe.py", "import importlib\nimportlib.import_module('advx.cli')", "imports advx.cli"),
 ])

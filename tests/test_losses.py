@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from advx.engine import losses
+from advx.engine.tasks.labels import losses
 
 
 def test_losses_exact():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from advx.engine.denoise import NonLocalMeans, RealDenoise
-from advx.engine.nlm_jacobian import LinearizedNLM, lightness8, nlm_vjp
+from advx.engine.views.denoise import NonLocalMeans, RealDenoise
+from advx.engine.views.nlm_jacobian import LinearizedNLM, lightness8, nlm_vjp
 
 
 def test_flat_image_spreads_a_gradient_over_the_search_grid_exactly():

@@ -21,9 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from toys import CAPTCHA_ALPHABET, SeededSecrets
 
-from advx.engine.solver.convert import ConversionError, convert, only_output
-from advx.engine.solver.ctc import greedy_ctc, sequence_parity, to_text
-from advx.engine.solver.model import SolverParityError
+from advx.export.solver import SolverParityError
+from advx.export.solver.convert import ConversionError, convert, only_output
+from advx.export.solver.ctc import greedy_ctc, sequence_parity, to_text
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ def test_batch_norm_after_a_reshape_of_unknown_rank():
     flat = next((v for v in inferred if v.name == "flat"), None)
     assert flat is None or not flat.type.tensor_type.HasField("shape")
     _assert_parity(model, "y", _x((2, c, 4, 5)))
-    from advx.engine.solver.rank_free_ops import RankFreeBatchNorm
+    from advx.export.solver.rank_free_ops import RankFreeBatchNorm
 
     graph = convert(model, "y", torch.from_numpy(_x((2, c, 4, 5))))
     assert any(isinstance(m, RankFreeBatchNorm) for m in graph.modules())
@@ -285,7 +285,7 @@ def test_quantised_graph_runs_each_sample_alone(crnn, tmp_path):
 
 
 def test_batching_picks_the_fastest_mode_that_answers_each_sample_as_alone():
-    from advx.engine.solver.convert import batching, each_alone
+    from advx.export.solver.convert import batching, each_alone
 
     probe = torch.rand(1, 4, 6, generator=torch.Generator().manual_seed(0))
     assert batching(lambda x: x.tanh() * 3, probe) == "batch"  # no sample sees another
@@ -311,7 +311,7 @@ def test_dynamic_quantize_linear_matches_onnxruntime():
          (("q", TensorProto.UINT8), ("scale", TensorProto.FLOAT), ("zp", TensorProto.UINT8))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    from advx.engine.solver.quant_ops import DynamicQuantize
+    from advx.export.solver.quant_ops import DynamicQuantize
 
     for x in (_x((64,), 7, 3.0), np.abs(_x((64,), 8)) + 1, np.zeros(64, np.float32)):
         q, scale, zp = session.run(None, {"x": x})
@@ -510,8 +510,8 @@ def test_ppocr_v4_parity(captchas):
 
     import cv2
 
-    from advx.engine.zoo.ocr import ppocr_graph
-    from advx.engine.zoo.registry import ModelUnavailableError
+    from advx.export.zoo.ocr import ppocr_graph
+    from advx.export.zoo.registry import ModelUnavailableError
 
     try:
         model = onnx.load(str(ppocr_graph()))

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from advx.engine import presets
 from advx.engine.config import HardenConfig
-from advx.engine.presets import (
+from advx.engine.views import presets
+from advx.engine.views.presets import (
     DEFAULT_PRESET,
     PRESETS,
     TRANSFORM_PRESETS,
@@ -19,7 +19,7 @@ from advx.engine.presets import (
     register_preset,
     view_matrices,
 )
-from advx.engine.views import EOT_TRANSFORMS, VIEWS, Eot, View, eot_of, views_of
+from advx.engine.views.view import EOT_TRANSFORMS, VIEWS, Eot, View, eot_of, views_of
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -96,6 +96,6 @@ def test_presets_are_torch_free():
     import subprocess
     import sys
 
-    code = "import sys, advx.engine.presets; print('torch' in sys.modules)"
+    code = "import sys, advx.engine.views.presets; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

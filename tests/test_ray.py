@@ -162,7 +162,7 @@ def test_worker_plan_follows_the_cluster():
 
 def test_a_model_error_in_the_workers_is_the_error_raised(cluster, folder, tmp_path):
     import advx
-    from advx.engine.zoo import ModelNameError
+    from advx.export.zoo import ModelNameError
 
     with pytest.raises(ModelNameError, match="effnet-lite9"):
         advx.harden_folder(folder, tmp_path / "out", label_set=LABELS,

@@ -18,12 +18,14 @@ from toys import (
 )
 
 import advx
-from advx.engine import losses, metrics, transforms
+from advx.engine import metrics
 from advx.engine.attacks import PGD
-from advx.engine.ensemble import is_oom
+from advx.engine.attacks.ensemble import is_oom
 from advx.engine.pixels import quantise
-from advx.engine.scheduler import Scheduler
-from advx.engine.views import views_of
+from advx.engine.schedule.scheduler import Scheduler
+from advx.engine.tasks.labels import losses
+from advx.engine.views import transforms
+from advx.engine.views.view import views_of
 
 
 def test_already_misclassified_costs_no_steps():
@@ -178,7 +180,7 @@ class NoiseSaysBus:
 
 @pytest.mark.parametrize("decide", [("own",), ("own", "median3")])
 def test_a_deciding_view_keeps_an_image_and_a_reported_one_does_not(monkeypatch, decide):
-    from advx.engine import presets
+    from advx.engine.views import presets
 
     monkeypatch.setitem(presets.PRESETS, "own-median", presets.Preset(
         "own-median", ("own", "median3"), ("identity",)))
@@ -198,7 +200,7 @@ def test_a_deciding_view_keeps_an_image_and_a_reported_one_does_not(monkeypatch,
 
 
 def test_a_verifier_that_is_also_a_surrogate_is_held_to_every_view(monkeypatch):
-    from advx.engine import presets
+    from advx.engine.views import presets
 
     monkeypatch.setitem(presets.PRESETS, "own-median", presets.Preset(
         "own-median", ("own", "median3"), ("identity",), decide=("own",)))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from toys import LABELS, Fixed, TinyNet, ViewRecorder, rand_images
 
-from advx.engine import denoise, views
-from advx.engine.geometry import Geometry
 from advx.engine.pixels import quantise
-from advx.engine.scoring import accepts_geometry, score_views
+from advx.engine.tasks.labels.scoring import accepts_geometry, score_views
+from advx.engine.views import denoise
+from advx.engine.views import view as views
+from advx.export.geometry import Geometry
 
 
 def test_views_sharing_a_denoiser_filter_each_row_once(monkeypatch):

@@ -170,7 +170,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 def _service(tiny_model: str, **kw):
     from advx.engine.config import HardenConfig
-    from advx.engine.service import HardenService
+    from advx.engine.serve.service import HardenService
 
     cfg = kw.pop("config", None) or HardenConfig(steps=kw.pop("steps", 2), transforms="none",
                                                  batch_size=4, eps_rungs=1)
@@ -250,7 +250,7 @@ def _raw(port: int, head: str, body: bytes = b"") -> socket.socket:
 
 
 def test_a_full_queue_answers_429_at_once(tiny_model):
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     service = _service(tiny_model, max_queue=2, start=False)  # nothing drains the queue yet
     with _serve(create_app(service)) as srv, ThreadPoolExecutor(2) as pool:
@@ -297,7 +297,7 @@ def test_a_request_given_up_leaves_the_batch_at_the_next_step(tiny_model):
 
 
 def test_a_client_that_disconnects_stops_its_work(tiny_model):
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     service = _endless(tiny_model)
     with _serve(create_app(service)) as srv:
@@ -315,7 +315,7 @@ def test_a_client_that_disconnects_stops_its_work(tiny_model):
 
 
 def test_a_deadline_answers_504_and_stops_the_work(tiny_model):
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     service = _endless(tiny_model)
     with _serve(create_app(service, timeout_s=1.5)) as srv:
@@ -365,7 +365,7 @@ def test_an_upload_over_the_cap_is_refused_while_it_streams(tiny_model, tmp_path
                                                             monkeypatch):
     import tempfile
 
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spooled uploads would go
     service = _service(tiny_model)
@@ -389,7 +389,7 @@ def test_an_upload_over_the_cap_is_refused_while_it_streams(tiny_model, tmp_path
 
 
 def test_label_sets_are_normalised_evicted_and_allow_listed(tiny_model, tmp_path, monkeypatch):
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("ADVX_CACHE_DIR", str(cache))
@@ -427,7 +427,7 @@ def test_label_sets_are_normalised_evicted_and_allow_listed(tiny_model, tmp_path
 def test_a_token_is_required_on_every_path(tiny_model, monkeypatch):
     import hmac
 
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     compared = []
     real = hmac.compare_digest
@@ -456,7 +456,7 @@ def test_a_token_is_required_on_every_path(tiny_model, monkeypatch):
 
 
 def test_every_error_body_has_the_documented_shape(tiny_model):
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     service = _service(tiny_model)
     png = _png(_tile())
@@ -494,7 +494,7 @@ def test_every_error_body_has_the_documented_shape(tiny_model):
 def test_a_large_image_is_attacked_on_a_working_copy_and_returned_at_full_size(tiny_model):
     import skimage.data as sd
 
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     big = np.asarray(Image.fromarray(sd.chelsea()).resize((2400, 1600)))
     buf = io.BytesIO()

@@ -25,7 +25,7 @@ def models(tmp_path_factory) -> tuple[str, str]:
 
 def _service(models: tuple[str, str], **kw):
     from advx.engine.config import HardenConfig
-    from advx.engine.service import HardenService
+    from advx.engine.serve.service import HardenService
 
     cfg = HardenConfig(steps=2, transforms="jpeg", batch_size=4, eps_rungs=1)
     return HardenService(LABELS, surrogates=[models[0]], verifiers=[models[1]], config=cfg,
@@ -37,7 +37,7 @@ def _deciding(headers: dict) -> list[list[str]]:
 
 
 def test_a_request_names_its_deciding_views_and_bad_names_answer_422(models):
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     service = _service(models)
     png = _png(_tile())
@@ -78,7 +78,7 @@ def test_requests_with_other_deciding_views_are_not_batched_together(models):
 
 
 def test_text_requests_take_views_of_the_text_preset(models):
-    from advx.engine.presets import get_preset
+    from advx.engine.views.presets import get_preset
 
     service = _service(models, start=False)
     assert service.deciding("grey, own", text=True) == ("own", "grey")

@@ -20,7 +20,7 @@ EPS = 8
 
 @pytest.fixture(scope="module")
 def captcha():
-    from advx.engine.text_draw import draw_captchas
+    from advx.engine.tasks.text.draw import draw_captchas
 
     return draw_captchas(1, seed=3)[0]
 
@@ -28,7 +28,7 @@ def captcha():
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     from advx.engine.config import HardenConfig
-    from advx.engine.service import HardenService
+    from advx.engine.serve.service import HardenService
 
     import tiny
 
@@ -43,7 +43,7 @@ def service(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(service):
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     with _Running(create_app(service, max_side=256)) as srv:
         yield srv
@@ -57,9 +57,9 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def test_a_text_captcha_is_hardened_and_its_readings_are_the_delivered_files(server, service,
                                                                            captcha):
-    from advx.engine.text_eval import read_views
-    from advx.engine.text_losses import edit_distance
-    from advx.engine.views import views_of
+    from advx.engine.tasks.text.eval import read_views
+    from advx.engine.tasks.text.losses import edit_distance
+    from advx.engine.views.view import views_of
 
     text, pixels = captcha
     assert _health(server.base) and service.models()["text"] is None  # nothing loaded yet
@@ -113,7 +113,7 @@ def test_bad_text_requests_get_422_json(server, captcha):
 def test_a_deadline_answers_504_and_stops_the_text_work(service, captcha):
     """A budget that never fools (eps 0.5/255 rounds away) runs at least two verification
     passes (10 steps) unless stopped; each step is slowed so that the deadline falls first."""
-    from advx.engine.http import create_app
+    from advx.engine.serve.http import create_app
 
     text, pixels = captcha
     h = service.text_hardener(0.5, 1000)
@@ -143,8 +143,8 @@ def test_a_deadline_answers_504_and_stops_the_text_work(service, captcha):
 
 def test_a_server_without_a_default_label_set_serves_text_and_asks_images_for_one(captcha):
     from advx.engine.config import HardenConfig
-    from advx.engine.label_sets import LabelSets
-    from advx.engine.service import HardenService
+    from advx.engine.serve.label_sets import LabelSets
+    from advx.engine.serve.service import HardenService
 
     cfg = HardenConfig(eps=EPS, steps=1, transforms="none", batch_size=2, eps_rungs=1)
     svc = HardenService((), surrogates=["timm:unused"], verifiers=["timm:unused"], config=cfg,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from toys import LABELS, TinyNet, rand_images
 
-from advx.engine import sgm
-from advx.engine.zoo import create_classifier
+from advx.engine.attacks import sgm
+from advx.export.zoo import create_classifier
 
 
 def test_skip_gradient_scales_only_the_residual_gradients():

@@ -14,17 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from advx.cli.main import cli
-from advx.engine import losses
-from advx.engine.solver import (
-    UNKNOWN,
-    Decoder,
-    Preprocess,
-    SolverSpecError,
-    load_solver,
-    load_spec,
-)
-from advx.engine.solver.spec import parse_spec
-from advx.engine.zoo import create_classifier, create_verifier
+from advx.engine.tasks.labels import losses
+from advx.export.solver import UNKNOWN, Decoder, Preprocess, SolverSpecError, load_solver, load_spec
+from advx.export.solver.spec import parse_spec
+from advx.export.zoo import create_classifier, create_verifier
 
 import tiny
 from conftest import tiles
@@ -297,7 +290,7 @@ def test_graph_without_torch_equivalent_stays_a_verifier(tmp_path, solvers, capl
 def test_solver_knows_only_some_labels(solvers):
     import advx
     from advx import HardenConfig
-    from advx.engine.zoo import LabelMapError
+    from advx.export.zoo import LabelMapError
 
     name = f"onnx:{solvers['grid']}"
     images = [np.full((64, 64, 3), 128, np.uint8)] * 2
@@ -442,9 +435,9 @@ def lite0_solvers(tmp_path_factory) -> dict[str, str]:
     """effnet-lite0 as two foreign solvers, each driven only through a hand-written spec:
     the advx export (NCHW float in [0, 1], logits over the photo labels) and a uint8 NHWC
     graph over all 1,000 ImageNet classes (named by label_map)."""
-    from advx.engine.zoo import build_backbone, parse_name
-    from advx.engine.zoo.labels import imagenet_descriptions
     from advx.export import ExportSpec, export_classifier
+    from advx.export.zoo import build_backbone, parse_name
+    from advx.export.zoo.labels import imagenet_descriptions
 
     d = tmp_path_factory.mktemp("lite0")
     export_classifier(create_classifier("effnet-lite0", PHOTO_LABELS), d / "export",
@@ -491,7 +484,7 @@ def test_lite0_as_foreign_solver_white_box(lite0_solvers, photos, variant):
     verified after JPEG 75 on the delivered bytes (checked here again, independently)."""
     import advx
     from advx import HardenConfig
-    from advx.engine.transforms import jpeg_roundtrip
+    from advx.engine.views.transforms import jpeg_roundtrip
 
     name = lite0_solvers[variant]
     images, labels = photo_tiles(photos)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advx.engine import text_draw
-from advx.engine.text_draw import ALPHABET, draw_captchas, write_captcha_folder
-from advx.engine.zoo import ModelUnavailableError, ocr
+from advx.engine.tasks.text import draw as text_draw
+from advx.engine.tasks.text.draw import ALPHABET, draw_captchas, write_captcha_folder
+from advx.export.zoo import ModelUnavailableError, ocr
 
 needs_captcha = pytest.mark.skipif(importlib.util.find_spec("captcha") is None,
                                    reason="the captcha package is missing: pip install captcha")

@@ -14,12 +14,12 @@ from torch import nn
 
 from advx.engine import metrics
 from advx.engine.attacks import ATTACKS
-from advx.engine.solver.charset import Charset, CharsetError
-from advx.engine.solver.resample import clip8
-from advx.engine.solver.text_spec import CTCHead
-from advx.engine.text_api import TextHardener, harden_text, text_config
-from advx.engine.text_scheduler import TextEnsemble, TextScheduler
-from advx.engine.views import eot_of
+from advx.engine.tasks.text.api import TextHardener, harden_text, text_config
+from advx.engine.tasks.text.scheduler import TextEnsemble, TextScheduler
+from advx.engine.views.view import eot_of
+from advx.export.solver.charset import Charset, CharsetError
+from advx.export.solver.resample import clip8
+from advx.export.solver.text_spec import CTCHead
 
 HEAD = CTCHead(charset=("-", "A", "B", "C"), blank=0)
 CHARSET = Charset.of(HEAD, "tiny")
@@ -133,7 +133,7 @@ def whisperer():
 
 @pytest.fixture(scope="module")
 def drawn():
-    from advx.engine.text_draw import draw_captchas
+    from advx.engine.tasks.text.draw import draw_captchas
 
     return draw_captchas(3, seed=5)
 

@@ -1,4 +1,4 @@
-"""``advx eval --task text`` (advx.engine.text_evaluate): figures equal to a hand count from
+"""``advx eval --task text`` (advx.engine.tasks.text.evaluate): figures equal to a hand count from
 ``read_views`` on a tiny set, hostile rows skipped with their reasons, an advx run's folder
 evaluated against its originals, the command's options; and the text API's exports."""
 
@@ -14,8 +14,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from advx.engine.dataset import DatasetError
 from advx.engine.errors import RunError
+from advx.engine.tasks.labels.dataset import DatasetError
 
 SOLVER = "captcha-whisperer"
 pytest.importorskip("captcha_whisperer")
@@ -39,7 +39,7 @@ def _csv(path: Path, rows: list[list[str]], header=("path", "text", "note")) -> 
 def sets(tmp_path_factory):
     """Four clean captchas and their "hardened" copies: 0 and 3 unchanged, 1 blank, 2 showing
     captcha 3 (misread however clean 2 was read)."""
-    from advx.engine.text_draw import draw_captchas
+    from advx.engine.tasks.text.draw import draw_captchas
 
     root = tmp_path_factory.mktemp("text-eval")
     caps = draw_captchas(4, seed=5)
@@ -56,10 +56,10 @@ def sets(tmp_path_factory):
 
 def _hand_count(root: Path, names, texts, folder: str, clean: str | None):
     """solver -> view -> the figures, counted here from read_views."""
-    from advx.engine.text_api import load_text_solver
-    from advx.engine.text_eval import read_views
-    from advx.engine.text_losses import edit_distance
-    from advx.engine.views import views_of
+    from advx.engine.tasks.text.api import load_text_solver
+    from advx.engine.tasks.text.eval import read_views
+    from advx.engine.tasks.text.losses import edit_distance
+    from advx.engine.views.view import views_of
 
     solver = load_text_solver(SOLVER)
     cs = solver.charset
@@ -87,8 +87,8 @@ def _hand_count(root: Path, names, texts, folder: str, clean: str | None):
 
 
 def test_figures_equal_a_hand_count(sets):
-    from advx.engine.presets import get_preset
-    from advx.engine.text_evaluate import evaluate_text_folder
+    from advx.engine.tasks.text.evaluate import evaluate_text_folder
+    from advx.engine.views.presets import get_preset
 
     root, rows, texts, names = sets
     labels = _csv(root / "labels.csv", rows)
@@ -110,7 +110,7 @@ def test_figures_equal_a_hand_count(sets):
 
 
 def test_hostile_rows_are_skipped_with_their_reasons(sets, tmp_path):
-    from advx.engine.text_evaluate import evaluate_text_folder
+    from advx.engine.tasks.text.evaluate import evaluate_text_folder
 
     root, rows, _, _ = sets
     hard, clean = tmp_path / "hard", tmp_path / "clean"
@@ -143,7 +143,7 @@ def test_hostile_rows_are_skipped_with_their_reasons(sets, tmp_path):
 
 
 def test_an_advx_run_is_read_against_its_originals(sets, tmp_path):
-    from advx.engine.text_evaluate import evaluate_text_folder
+    from advx.engine.tasks.text.evaluate import evaluate_text_folder
 
     root, _, texts, names = sets
     run = tmp_path / "run"
@@ -196,7 +196,8 @@ def test_the_command(sets):
 
 def test_the_text_api_is_exported():
     import advx
-    from advx.engine import results, text_api
+    from advx.engine import results
+    from advx.engine.tasks.text import api as text_api
 
     for name in ("harden_text", "TextHardener", "text_config"):
         assert getattr(advx, name) is getattr(text_api, name) and name in advx.__all__

@@ -20,16 +20,16 @@ from PIL import Image
 
 from advx.cli.main import cli
 from advx.engine import metrics
-from advx.engine.dataset import DatasetError
 from advx.engine.errors import RunError
 from advx.engine.folder import harden_text_folder
 from advx.engine.folder import records as rec
-from advx.engine.folder.text_labels import read_text_labels
-from advx.engine.folder.text_report import zoom_of
-from advx.engine.text_api import text_config
-from advx.engine.text_draw import draw_captchas
-from advx.engine.zoo import ModelUnavailableError
-from advx.engine.zoo.ocr import text_solver
+from advx.engine.tasks.labels.dataset import DatasetError
+from advx.engine.tasks.text.api import text_config
+from advx.engine.tasks.text.draw import draw_captchas
+from advx.engine.tasks.text.report import zoom_of
+from advx.engine.tasks.text.rows import read_text_labels
+from advx.export.zoo import ModelUnavailableError
+from advx.export.zoo.ocr import text_solver
 
 SOLVER = "captcha-whisperer"
 STEPS = 5
@@ -111,7 +111,7 @@ def test_hostile_rows_become_error_records(run):
 
 
 def test_missing_text_column_is_a_clear_error_before_any_model(tmp_path, monkeypatch):
-    import advx.engine.text_api as text_api
+    import advx.engine.tasks.text.api as text_api
 
     def no_models(*a, **k):
         raise AssertionError("models loaded before the CSV was checked")
@@ -193,7 +193,7 @@ def test_cli_refuses_options_of_image_runs(folder, tmp_path):
 
 def test_resume_keeps_what_is_done(run, tmp_path, monkeypatch):
     """Every row already has its record: a resumed run loads no model and changes none."""
-    import advx.engine.text_api as text_api
+    import advx.engine.tasks.text.api as text_api
 
     d, out, _, records = run
     copy = tmp_path / "out"

@@ -10,9 +10,7 @@ import math
 import pytest
 import torch
 
-from advx.engine.solver.charset import Charset, CharsetError
-from advx.engine.solver.ctc import greedy_ctc
-from advx.engine.text_losses import (
+from advx.engine.tasks.text.losses import (
     best_alignment,
     ctc_loss,
     ctc_margin,
@@ -23,6 +21,8 @@ from advx.engine.text_losses import (
     text_verdicts,
     unreadable,
 )
+from advx.export.solver.charset import Charset, CharsetError
+from advx.export.solver.ctc import greedy_ctc
 
 SYMBOLS = ("-", "a", "b", "A")  # blank first; "a" / "A" one symbol up to case
 

@@ -22,20 +22,14 @@ import pytest
 import torch
 from toys import CAPTCHA_ALPHABET, SeededSecrets
 
-from advx.engine.solver import SolverSpecError, load_solver, load_spec
-from advx.engine.solver.ctc import greedy_ctc
-from advx.engine.solver.spec import parse_spec
-from advx.engine.solver.template import init_template
-from advx.engine.solver.text import NEVER, TextSolver, read_steps
-from advx.engine.solver.text_input import TextPreprocess, reference_input
-from advx.engine.solver.text_spec import CTCHead, input_width
-from advx.engine.zoo import (
-    ModelUnavailableError,
-    create_classifier,
-    list_entries,
-    model_task,
-    ocr,
-)
+from advx.export.solver import SolverSpecError, load_solver, load_spec
+from advx.export.solver.ctc import greedy_ctc
+from advx.export.solver.spec import parse_spec
+from advx.export.solver.template import init_template
+from advx.export.solver.text import NEVER, TextSolver, read_steps
+from advx.export.solver.text_input import TextPreprocess, reference_input
+from advx.export.solver.text_spec import CTCHead, input_width
+from advx.export.zoo import ModelUnavailableError, create_classifier, list_entries, model_task, ocr
 
 CHARSET = ["", "a", "b", "c", "A", "B", "7", "8"]  # blank first; "a" / "A" differ by case
 
@@ -329,7 +323,7 @@ def test_decoding_rule_of_the_package(graphs):
 
 
 def test_loaded_through_the_registry_grammar(graphs):
-    from advx.engine.zoo import build_backbone, parse_name
+    from advx.export.zoo import build_backbone, parse_name
 
     path = _spec(graphs, "grey.onnx")
     solver = build_backbone(parse_name(f"onnx:{path}"))

@@ -10,9 +10,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from advx.engine.pixels import stroke_mask
-from advx.engine.presets import PRESETS, get_preset
-from advx.engine.text_views import Grey, Otsu, Rotate, grey_levels, otsu_binarise
-from advx.engine.views import EOT_TRANSFORMS, VIEWS, eot_of, views_of
+from advx.engine.views.ocr import Grey, Otsu, Rotate, grey_levels, otsu_binarise
+from advx.engine.views.presets import PRESETS, get_preset
+from advx.engine.views.view import EOT_TRANSFORMS, VIEWS, eot_of, views_of
 
 SIZES = [(32, 48), (7, 5), (1, 1), (23, 64)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from toys import rand_images
 
-from advx.engine import transforms
+from advx.engine.views import transforms
 
 
 def test_jpeg_is_real_forward_and_differentiable_backward():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from toys import LABELS, ViewRecorder, rand_images
 
-from advx.engine import views
-from advx.engine.geometry import resize
-from advx.engine.presets import PRESETS
+from advx.engine.views.presets import PRESETS
+from advx.engine.views import view as views
+from advx.export.geometry import resize
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -57,7 +57,7 @@ def test_a_view_is_scored_with_its_geometry():
 def test_a_view_smaller_than_the_graph_goes_through_its_own_preprocessing(tiny_models):
     """A 96 px solver view into a fixed-size export: resized by the export's own preprocessing,
     never skipped."""
-    from advx.engine.views import View
+    from advx.engine.views.view import View
     from advx.export import OnnxVerifier, export_cached
 
     v = OnnxVerifier(export_cached(tiny_models["timm"], LABELS))

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from advx.engine.zoo import (
+from advx.export.zoo import (
     CAPTCHA_LABEL_MAP,
     LabelMapError,
     ModelNameError,
@@ -18,8 +18,8 @@ from advx.engine.zoo import (
     list_entries,
     parse_name,
 )
-from advx.engine.zoo.labels import imagenet_classes
-from advx.engine.zoo.zeroshot import label_embeddings
+from advx.export.zoo.labels import imagenet_classes
+from advx.export.zoo.zeroshot import label_embeddings
 
 from conftest import tiles
 
@@ -159,7 +159,7 @@ def test_local_checkpoints_load_exactly(tiny_models):
 
 
 def test_unsafe_pickle_is_refused(tmp_path, tiny_models):
-    from advx.engine.zoo.backends import load_state_dict
+    from advx.export.zoo.backends import load_state_dict
 
     class Evil:
         def __reduce__(self):
@@ -176,7 +176,7 @@ def test_unsafe_pickle_is_refused(tmp_path, tiny_models):
 
 
 def test_zero_shot_head_and_cache(tiny_models):
-    from advx.engine.zoo import build_backbone
+    from advx.export.zoo import build_backbone
 
     clf = create_classifier(tiny_models["open_clip"], LABELS)
     feats = clf.core.head.label_features
@@ -217,7 +217,7 @@ def test_binary_challenge_label_set():
 
 
 def test_effnet_sha_check(monkeypatch):
-    from advx.engine.zoo import backends
+    from advx.export.zoo import backends
 
     monkeypatch.setattr(backends, "sha256_file", lambda path: "0" * 64)
     with pytest.raises(ModelUnavailableError, match="sha256"):
@@ -252,7 +252,7 @@ def test_batchnorm_folding_is_exact_or_undone():
     import timm
     from torch import nn
 
-    from advx.engine.zoo.fold import fold_batchnorm
+    from advx.export.zoo.fold import fold_batchnorm
 
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     # a timm EfficientNet (BatchNormAct2d after each conv): logits and input gradients kept
@@ -290,6 +290,6 @@ def test_batchnorm_folding_is_exact_or_undone():
 
 
 def test_offline_surrogates_run_folded():
-    from advx.engine.zoo import create_classifier
+    from advx.export.zoo import create_classifier
 
     assert create_classifier("effnet-lite0", ("cat", "dog"), device="cpu").folded_layers == 49

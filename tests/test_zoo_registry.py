@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import advx.engine.zoo as zoo
+import advx.export.zoo as zoo
 
 ZOO_DIR = Path(zoo.__file__).parent
 
@@ -50,33 +50,33 @@ def test_registry_alone_loads_no_builder():
         import sys, types
         from pathlib import Path
         import advx.engine
-        pkg = types.ModuleType("advx.engine.zoo")
+        pkg = types.ModuleType("advx.export.zoo")
         pkg.__path__ = [str(Path(advx.engine.__file__).parent / "zoo")]
-        sys.modules["advx.engine.zoo"] = pkg
-        import advx.engine.zoo.registry as registry
-        print(sorted(m for m in sys.modules if m.startswith("advx.engine.zoo")))
+        sys.modules["advx.export.zoo"] = pkg
+        import advx.export.zoo.registry as registry
+        print(sorted(m for m in sys.modules if m.startswith("advx.export.zoo")))
         print("torch" in sys.modules, registry.list_backends.__module__)
         try:
             registry.parse_name("effnet-lite0")
         except RuntimeError as e:
             print(e)
     """).splitlines()
-    assert out[0] == "['advx.engine.zoo', 'advx.engine.zoo.registry']"
-    assert out[1] == "False advx.engine.zoo.registry"
-    assert "no model backends are registered: import advx.engine.zoo" in out[2]
+    assert out[0] == "['advx.export.zoo', 'advx.export.zoo.registry']"
+    assert out[1] == "False advx.export.zoo.registry"
+    assert "no model backends are registered: import advx.export.zoo" in out[2]
 
 
-@pytest.mark.parametrize("first", ["advx.engine.zoo.registry", "advx.engine.zoo.backends",
-                                   "advx.engine.zoo.model", "advx.engine.zoo", "advx.export"])
+@pytest.mark.parametrize("first", ["advx.export.zoo.registry", "advx.export.zoo.backends",
+                                   "advx.export.zoo.model", "advx.export.zoo", "advx.export"])
 def test_lookups_do_not_depend_on_import_order(first):
     out = _run(f"""
         import importlib
         importlib.import_module({first!r})
-        from advx.engine.zoo.registry import list_backends, list_entries, parse_name
+        from advx.export.zoo.registry import list_backends, list_entries, parse_name
         print(parse_name("effnet-lite0"))
         print(parse_name("onnx:solvers/s.json"))
         print(list_backends(), len(list_entries()))
-        from advx.engine.zoo import backends
+        from advx.export.zoo import backends
         try:  # a second import would register every builder twice
             importlib.reload(backends)
         except ValueError as e:

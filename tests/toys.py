@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from advx.engine import transforms
 from advx.engine.config import HardenConfig
-from advx.engine.text_draw import ALPHABET as CAPTCHA_ALPHABET  # noqa: F401 (the OCR tests)
+from advx.engine.tasks.text.draw import ALPHABET as CAPTCHA_ALPHABET  # noqa: F401 (the OCR tests)
+from advx.engine.views import transforms
 
 LABELS = ("cat", "dog", "bus")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.zoo import ImageClassifier, parse_name
+from ..export.zoo import ImageClassifier, parse_name
 
 # Image-tower GFLOPs per 224 px image, from open_clip's model profile (2 FLOPs per multiply-add).
 GFLOPS_PER_IMAGE: dict[str, float] = {"ViT-B-32": 8.8, "RN50": 12.2, "ViT-B-16": 35.1}

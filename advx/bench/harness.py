@@ -17,7 +17,7 @@ from typing import Self
 
 import torch
 
-from ..engine.zoo import CAPTCHA_LABEL_MAP, ImageClassifier, create_classifier
+from ..export.zoo import CAPTCHA_LABEL_MAP, ImageClassifier, create_classifier
 from .cases import BenchRow, BenchUnavailable
 from .flops import device_peak, flop_fraction, gflops_per_image, hardware_name
 

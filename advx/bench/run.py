@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..engine.zoo import ModelUnavailableError
+from ..export.zoo import ModelUnavailableError
 from .cases import SUITES, BenchRow, BenchUnavailable, Case, SuiteSizes, rounds
 from .e2e import prepare_end_to_end
 from .harness import ModelCache, Workload, measure

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..engine.api import resolve_device
-from ..engine.zoo import parse_name
+from ..export.zoo import parse_name
 from .cases import ATTACK_IMPLS, VERIFY_BACKENDS, BenchRow, BenchUnavailable
 from .flops import STEP_FLOPS_PER_FORWARD
 from .harness import ModelCache, Workload, measured, random_images, rate_row
@@ -87,7 +87,7 @@ def make_attack(models: Sequence[nn.Module], impl: str, *, steps: int, device: t
     fp32). Returns ``attack(images, labels) -> adversarial images``."""
     if impl == "advx":
         from ..engine.attacks import PGD
-        from ..engine.ensemble import Ensemble
+        from ..engine.attacks.ensemble import Ensemble
 
         amp = torch.bfloat16 if device.type == "cuda" else None
         return PGD(Ensemble(list(models)), eps_01=eps, alpha_01=alpha, steps=steps,

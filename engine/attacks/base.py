@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ensemble import Ensemble
-from ..geometry import Geometry
-from ..losses import Objective
-from ..sgm import skip_gradient
-from ..transforms import InputDiversity
-from ..views import Eot
+from ...export.geometry import Geometry
+from ..tasks.labels.losses import Objective
+from ..views.transforms import InputDiversity
+from ..views.view import Eot
+from .ensemble import Ensemble
+from .sgm import skip_gradient
 
 ATTACKS: dict[str, type[Attack]] = {}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ensemble import unit_mean_abs
 from .base import Attack, AttackState, register_attack
+from .ensemble import unit_mean_abs
 
 
 @register_attack("mifgsm")

@@ -19,7 +19,7 @@ from typing import Any, Self, TextIO
 
 import numpy as np
 
-from ..challenge import grid_solve_rate_sets, sample_grids
+from ..tasks.labels.grids import grid_solve_rate_sets, sample_grids
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"

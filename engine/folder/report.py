@@ -17,7 +17,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from ..files import write_text_atomic
+from ...export.files import write_text_atomic
 from ..images import ImageLoadError, load_image, save_image_atomic
 from .records import REPORT, REPORT_FILES, still_right
 

@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from ... import __version__
+from ...export.defaults import DEFAULT_TEMPLATES
+from ...export.files import write_text_atomic
 from ..config import HardenConfig
-from ..dataset import discover
-from ..defaults import DEFAULT_MAX_SIDE, DEFAULT_SURROGATES, DEFAULT_TEMPLATES, DEFAULT_VERIFIERS
+from ..defaults import DEFAULT_MAX_SIDE, DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 from ..errors import RunError
-from ..files import write_text_atomic
 from ..images import ImageLoadError, load_image, save_image_atomic
+from ..tasks.labels.dataset import discover
+from ..working import MIN_SIDE, downscale, full_size_delivery, working_size
 from . import records as rec
 from .distributed import Batch, RayOptions, RayPool
 from .report import write_report
-from .resample import MIN_SIDE, downscale, full_size_delivery, working_size
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
         raise RunError(f"{job.input_dir} is an advx output folder (it has {rec.RESULTS}); its "
                        f"{rec.REPORT_FILES}/ would be read as a label. To harden its images "
                        f"again, list them in a --labels CSV")
-    from ..zoo import load_label_map  # torch: see _build_hardener
+    from ...export.zoo import load_label_map  # torch: see _build_hardener
 
     items = discover(job.input_dir, job.labels_csv)
     label_map = load_label_map(job.label_map)

@@ -22,21 +22,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ... import __version__
+from ...export.files import write_text_atomic
 from ..config import HardenConfig
-from ..dataset import DatasetError
 from ..errors import RunError
-from ..files import write_text_atomic
 from ..images import ImageLoadError, load_image, save_image_atomic
+from ..tasks.labels.dataset import DatasetError
+from ..tasks.text.records import summarize_text, text_record
+from ..tasks.text.report import write_text_report
+from ..tasks.text.rows import TextRow, read_text_labels
+from ..working import MIN_SIDE
 from . import records as rec
-from .resample import MIN_SIDE
 from .run import Progress, check_dirs, chunked
-from .text_labels import TextRow, read_text_labels
-from .text_records import summarize_text, text_record
-from .text_report import write_text_report
 
 if TYPE_CHECKING:  # torch: imported where a run builds its solvers
     from ..results import TextResult
-    from ..text_api import TextHardener
+    from ..tasks.text.api import TextHardener
 
 LABELS = "labels.csv"  # the default labels file, in the input folder
 RESUME_KEYS = ("asked",)  # besides the config: what --resume compares with the earlier run
@@ -73,13 +73,13 @@ def harden_text_folder(input_dir: str | Path, out_dir: str | Path, *,
     a ``path,text`` header, paths relative to ``input_dir``) into ``out_dir``.
 
     ``surrogates`` / ``verifiers``: OCR solver names (default: every built-in one whose files
-    are installed, see :data:`advx.engine.text_api.DEFAULT_TEXT_SOLVERS`); ``config``: default
-    :func:`advx.engine.text_api.text_config`. ``resume=True`` finishes an earlier run in
+    are installed, see :data:`advx.engine.tasks.text.api.DEFAULT_TEXT_SOLVERS`); ``config``: default
+    :func:`advx.engine.tasks.text.api.text_config`. ``resume=True`` finishes an earlier run in
     ``out_dir``, keeping each record whose path and text are unchanged. Returns the summary
     (also written to ``summary.json``; ``interrupted`` is set after Ctrl-C). Raises
     DatasetError / RunError / model errors before anything is written.
     """
-    from ..text_api import text_config  # torch: loaded only by a run
+    from ..tasks.text.api import text_config  # torch: loaded only by a run
 
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     job = TextJob(input_dir, out_dir, Path(labels_csv) if labels_csv else input_dir / LABELS,
@@ -173,7 +173,7 @@ def _kept(job: TextJob, rows: Sequence[TextRow], outputs: dict[str, str], info: 
 
 def _build_hardener(job: TextJob) -> tuple[TextHardener, dict]:
     """The solvers, loaded once (before OUT is touched), and what the summary says of them."""
-    from ..text_api import TextHardener
+    from ..tasks.text.api import TextHardener
 
     hardener = TextHardener(surrogates=job.surrogates, verifiers=job.verifiers,
                             config=job.config)

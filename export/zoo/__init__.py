@@ -1,0 +1,123 @@
+"""The model zoo: one registry, one interface (images in [0, 1] -> label logits).
+
+:mod:`.registry` holds the name grammar and the register decorators and imports no builder;
+:mod:`.backends` registers the builders with them. This package imports the backends module,
+here and nowhere else: importing any ``advx.export.zoo.*`` module runs this file first, so every
+lookup sees every backend whatever the order of imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..solver import Solver, SolverClassifier, SolverVerifier
+
+# The one import of the builders (it imports the registry itself and runs its decorators, once),
+# and of the built-in text (OCR) solvers' entries.
+from . import backends, ocr  # noqa: F401
+from .labels import (
+    CAPTCHA_LABEL_MAP,
+    LabelMap,
+    LabelMapError,
+    binary_label_set,
+    class_sets,
+    load_label_map,
+)
+from .model import (
+    Backbone,
+    ClassifierCore,
+    ClassSetHead,
+    ImageClassifier,
+    PreprocessCfg,
+    ZeroShotHead,
+)
+from .registry import (
+    GRAMMAR,
+    ModelNameError,
+    ModelRef,
+    ModelUnavailableError,
+    build_backbone,
+    list_backends,
+    list_entries,
+    parse_name,
+)
+from .zeroshot import DEFAULT_TEMPLATES, TEMPLATE_SETS, label_embeddings
+
+__all__ = [
+    "CAPTCHA_LABEL_MAP", "DEFAULT_TEMPLATES", "GRAMMAR", "TEMPLATE_SETS", "Backbone",
+    "ClassifierCore", "ImageClassifier", "LabelMap", "LabelMapError", "ModelNameError",
+    "ModelRef", "ModelUnavailableError", "PreprocessCfg", "binary_label_set",
+    "create_classifier", "create_verifier", "is_solver_name", "list_backends", "list_entries",
+    "load_label_map", "model_task", "parse_name",
+]
+
+
+def create_classifier(name: str, labels: Sequence[str], *, templates: str = DEFAULT_TEMPLATES,
+                      device: str = "cpu", label_map: LabelMap | None = None
+                      ) -> ImageClassifier | SolverClassifier:
+    """Build model ``name`` as a classifier over ``labels``: images in [0, 1] -> [N, L] logits.
+
+    Image-text models get a zero-shot head (prompts from ``templates``); ImageNet classifiers
+    get a label map head (each label -> a set of ImageNet classes; ``label_map`` first). A
+    foreign solver (``onnx:SPEC.json``) brings its own preprocessing, answer and decision rule;
+    its torch path is its graph converted to torch.
+    """
+    labels = tuple(labels)
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be non-empty and distinct, got {labels}")
+    backbone = build_backbone(parse_name(name), device)
+    _not_text(name, backbone)
+    if isinstance(backbone, Solver):
+        return backbone.classifier(labels).to(device)
+    if backbone.kind == "zero_shot":
+        head = ZeroShotHead(label_embeddings(backbone, labels, templates), backbone.logit_scale,
+                            backbone.logit_bias)
+        used_templates: str | None = templates
+    else:
+        head = ClassSetHead(class_sets(labels, label_map), num_classes=1000)
+        used_templates = None
+    return ImageClassifier(backbone, labels, head, used_templates).to(device)
+
+
+def model_task(name: str) -> str:
+    """What model ``name`` reads: "text" (an OCR solver: a built-in such as ``ddddocr``, or an
+    ``onnx:`` spec with a ``ctc`` output) or "image" (labels). Reads a spec file, loads no
+    graph."""
+    import json
+    from pathlib import Path
+
+    from ..solver.text_spec import is_text_spec
+    from .registry import _ENTRIES
+
+    ref = parse_name(name)
+    if ref.backend == "alias":
+        return _ENTRIES[ref.arch].task
+    if ref.backend == "onnx":
+        try:
+            data = json.loads(Path(ref.arch).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "image"  # loading it reports what is wrong
+        return "text" if is_text_spec(data) else "image"
+    return "image"
+
+
+def is_solver_name(name: str) -> bool:
+    """Whether ``name`` names a foreign solver (``onnx:SPEC.json``)."""
+    return parse_name(name).backend == "onnx"
+
+
+def create_verifier(name: str, labels: Sequence[str], *, device: str = "cpu") -> SolverVerifier:
+    """A foreign solver as it runs (its graph in onnxruntime), answering over ``labels``."""
+    solver = build_backbone(parse_name(name), device)
+    _not_text(name, solver)
+    if not isinstance(solver, Solver):
+        raise ValueError(f"{name} is not a foreign solver; other models verify as exports")
+    return solver.verifier(labels, device=device)
+
+
+def _not_text(name: str, model: object) -> None:
+    from ..solver.text import TextSolver
+
+    if isinstance(model, TextSolver):
+        raise ValueError(f"{name} is a text (OCR) solver: it reads strings, not labels; use it "
+                         f"with text CAPTCHAs (advx.export.zoo.ocr.text_solver({name!r}))")
