@@ -1,18 +1,18 @@
-"""advx: harden image and text CAPTCHAs against AI solvers with adversarial perturbations.
+"""advx: harden CAPTCHAs against AI solvers with adversarial perturbations, one engine for
+every kind of challenge (a registered task: ``labels`` for image tiles against classifiers,
+``text`` for text captchas against OCR solvers).
 
 The public API (everything importable without the CLI)::
 
     import advx
     results = advx.harden(images, labels, label_set=[...], surrogates=[...], verifiers=[...])
+    texts = advx.harden(captchas, ["7KX2P", ...], task="text")
     outcome = advx.harden_folder("tiles/", "hardened/", ray="auto")  # as `advx harden`
-    texts = advx.harden_text(captchas, ["7KX2P", ...], config=advx.text_config(eps=6))
-    summary = advx.harden_text_folder("captchas/", "hardened/")  # as `advx harden --task text`
+    outcome = advx.harden_folder("captchas/", "out/", task="text")   # ... --task text
+    figures = advx.evaluate_folder("out/", task="text")               # as `advx eval`
 
-``harden_text`` perturbs text CAPTCHAs so that OCR solvers (the built-in ``ddddocr``,
-``ddddocr-beta``, ``captcha-whisperer``, ``ppocr-v4-rec``, or ``onnx:SPEC.json`` with a ctc
-output) misread them; each :class:`TextResult` gives every solver's reading and character error
-rate under each view of the ``text`` preset. A :class:`TextHardener` loads the solvers once for
-many ``run`` calls.
+A :class:`Hardener` loads a task's models once for many ``run`` calls; a
+:class:`HardenService` batches concurrent requests of every task (``advx serve``).
 
 Heavy modules load lazily so that ``advx --help`` stays fast.
 """
@@ -28,14 +28,17 @@ _LAZY = {
     "harden": "advx.engine.api",
     "Hardener": "advx.engine.api",
     "harden_folder": "advx.engine.folder",
-    "harden_text_folder": "advx.engine.folder",
     "RayOptions": "advx.engine.folder",
+    "evaluate_folder": "advx.engine.evaluate",
     "HardenConfig": "advx.engine.config",
     "HardenResult": "advx.engine.results",
-    "harden_text": "advx.engine.tasks.text.api",
-    "TextHardener": "advx.engine.tasks.text.api",
-    "text_config": "advx.engine.tasks.text.api",
-    "TextResult": "advx.engine.results",
+    "LabelResult": "advx.engine.tasks.labels",
+    "TextResult": "advx.engine.tasks.text",
+    "TASKS": "advx.engine.tasks",
+    "Task": "advx.engine.tasks",
+    "register_task": "advx.engine.tasks",
+    "HardenService": "advx.engine.serve.service",
+    "TaskSetup": "advx.engine.serve.requests",
     "create_classifier": "advx.export.zoo",
     "list_entries": "advx.export.zoo",
     "parse_name": "advx.export.zoo",

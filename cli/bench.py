@@ -64,7 +64,7 @@ def bench_cmd(suite: str, models: tuple[str, ...] | None, verifiers: tuple[str, 
       advx bench --suite attack --models effnet-lite0,effnet-lite1 --json
     """
     from .. import bench
-    from ..engine.api import resolve_device
+    from ..engine.devices import resolve_device
 
     with fail_cleanly():
         dev = resolve_device(device).type

@@ -32,6 +32,40 @@ EXIT_CODES_EPILOG = exit_codes(
 
 
 
+def _task(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ..engine.tasks import TASKS
+
+    if value not in TASKS:
+        raise click.BadParameter(f"{value!r} is not a task; choose one of {', '.join(TASKS)}",
+                                 param=param)
+    return value
+
+
+def task_option(fn):
+    """``--task NAME``: a registered task (checked when parsed, so that a task registered at
+    run time is taken as the built-in ones are)."""
+    from ..engine.tasks import TASKS
+
+    return click.option("--task", default="labels", show_default=True, callback=_task,
+                        metavar="|".join(TASKS),
+                        help="The kind of challenge (listed below).")(fn)
+
+
+def tasks_help() -> str:
+    """The registered tasks, a line each (for a command's help)."""
+    from ..engine.tasks import TASKS
+
+    return "".join(f"\n      {t.name:<8} {t.about} (CSV: {t.columns})" for t in TASKS.values())
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or from the environment)."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT,
+                                                  ParameterSource.DEFAULT_MAP, None)
+
+
 def split_list(value: str | None) -> tuple[str, ...]:
     """``"a, b,c"`` -> ``("a", "b", "c")``; empty items are dropped."""
     if not value:
@@ -55,12 +89,13 @@ def list_option(_ctx: click.Context, param: click.Parameter, value: str | None
 def _typed_errors() -> tuple[type[BaseException], ...]:
     """The errors that carry a message meant for the user (the modules that define the others
     import torch or the image code, so they load on the first error)."""
+    from ..engine.errors import DatasetError, NotAllowed
     from ..engine.images import ImageLoadError
-    from ..engine.tasks.labels.dataset import DatasetError
     from ..export.solver import ConversionError, SolverParityError, SolverSpecError
     from ..export.zoo import LabelMapError, ModelNameError, ModelUnavailableError
 
-    return (DatasetError, ImageLoadError, ModelNameError, ModelUnavailableError, LabelMapError,
+    return (DatasetError, NotAllowed, ImageLoadError, ModelNameError, ModelUnavailableError,
+            LabelMapError,
             ExportError, ParityError, ManifestError, SolverSpecError, ConversionError,
             SolverParityError, RunError, ValueError, OSError)
 

@@ -1,51 +1,27 @@
-"""``advx.harden``: the Python API for services embedding the engine (no CLI needed)."""
+"""``advx.harden`` and :class:`Hardener`: the Python API for services embedding the engine, one
+for every task (``task="labels"``: image tiles against classifiers; ``task="text"``: text
+captchas against OCR solvers; see :mod:`advx.engine.tasks`)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..export.defaults import DEFAULT_TEMPLATES
-from ..export.onnx.cache import export_cached
-from ..export.onnx.verifier import OnnxVerifier
-from ..export.solver import ConversionError, SolverParityError
-from ..export.zoo import create_classifier, create_verifier, is_solver_name
-from ..export.zoo.labels import LabelMap, LabelMapError, load_label_map
 from .attacks import ATTACKS, Attack
-from .attacks.checks import check_surrogate
-from .attacks.ensemble import Ensemble
 from .config import HardenConfig, Plan
-from .defaults import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
-from .pixels import as_float
+from .devices import amp_dtype, resolve_device
 from .results import HardenResult
-from .schedule.scheduler import Scheduler, Scorer
+from .schedule.scheduler import Scheduler
+from .tasks import Task, get_task
+from .tasks.base import Models
 from .views.transforms import InputDiversity
 from .views.view import eot_of
 
-log = logging.getLogger(__name__)
-
-
 ImageLike = Any  # np.ndarray uint8 HxWx3 | PIL.Image.Image | torch.Tensor [3, H, W] in [0, 1]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-    return dev
-
-
-def amp_dtype(config: HardenConfig, device: torch.device) -> torch.dtype | None:
-    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
-        return None
-    return torch.float16 if config.amp == "fp16" else torch.bfloat16
 
 
 def to_tensor(image: ImageLike) -> torch.Tensor:
@@ -65,83 +41,7 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
 
 
-def build_surrogates(surrogates: Sequence[str | nn.Module], label_set: Sequence[str],
-                     device: torch.device, templates: str = DEFAULT_TEMPLATES,
-                     label_map: LabelMap | None = None,
-                     no_gradient: list[str] | None = None) -> list[nn.Module]:
-    """Surrogate models over ``label_set``. A foreign solver whose graph has no torch
-    equivalent (or fails parity) is left out with one warning naming why, and its name is
-    appended to ``no_gradient`` (it still verifies); other errors raise."""
-    models = []
-    for s in surrogates:
-        try:
-            m = create_classifier(s, label_set, templates=templates, device=str(device),
-                                  label_map=label_map) \
-                if isinstance(s, str) else s.to(device).eval()
-        except (ConversionError, SolverParityError) as e:
-            log.warning("warning: %s has no gradient path (%s); it is used as a verifier only",
-                        s, e)
-            if no_gradient is not None:
-                no_gradient.append(str(s))
-            continue
-        if tuple(getattr(m, "labels", label_set)) != tuple(label_set):
-            raise ValueError(f"surrogate {getattr(m, 'name', m)} is not over the label set")
-        check_surrogate(m, device=device)
-        if device.type == "cpu" and getattr(m, "kind", None) == "imagenet":
-            # oneDNN's convolutions run forward and backward faster in this layout, with
-            # the same values to float rounding
-            m.core.visual.to(memory_format=torch.channels_last)
-        models.append(m)
-    return models
-
-
-def build_verifiers(verifiers: Sequence[str | Scorer], label_set: Sequence[str],
-                    device: torch.device, templates: str = DEFAULT_TEMPLATES,
-                    label_map: LabelMap | None = None) -> list[Scorer]:
-    """Names become cached ONNX exports (fp16 on CUDA, fp32 on CPU); foreign solvers
-    (``onnx:SPEC.json``) run their own graph in onnxruntime."""
-    precision = "fp16" if device.type == "cuda" else "fp32"
-    out = []
-    for v in verifiers:
-        if isinstance(v, str) and is_solver_name(v):
-            v = create_verifier(v, label_set, device="cuda" if device.type == "cuda" else "cpu")
-        elif isinstance(v, str):
-            path = export_cached(v, label_set, precision=precision, templates=templates,
-                                 label_map=label_map)
-            v = OnnxVerifier(path, device="auto" if device.type == "cuda" else "cpu")
-        out.append(v)
-    return out
-
-
-def check_known(models: Sequence[object], labels: Sequence[str]) -> None:
-    """Every model must know every label a run asks about (true labels and decoys)."""
-    for m in models:
-        known, mlabels = getattr(m, "known", None), tuple(getattr(m, "labels", ()))
-        if known is None:
-            continue
-        lacking = sorted({lab for lab in labels if lab in mlabels
-                          and not known[mlabels.index(lab)]})
-        if lacking:
-            where = getattr(m, "spec_path", None) or "its spec"
-            raise LabelMapError(
-                f"{m.name} has no label for {', '.join(map(repr, lacking))}: map each to one of "
-                f"its labels in \"label_map\" of {where} (e.g. \"label_map\": "
-                f"{{\"{lacking[0]}\": \"<solver label>\"}}), or leave this solver out")
-
-
-def default_label_set(labels: Sequence[str], label_map: LabelMap | None = None
-                      ) -> tuple[str, ...]:
-    """The sorted labels seen; one label alone is a binary challenge ("select all X") against
-    the built-in negatives (X first)."""
-    from ..export.zoo import binary_label_set
-
-    seen = tuple(sorted(set(labels)))
-    if len(seen) == 1:
-        return binary_label_set(seen[0], label_map=label_map)
-    return seen
-
-
-def make_attack(ensemble: Ensemble, config: HardenConfig, plan: Plan, device: torch.device,
+def make_attack(ensemble, config: HardenConfig, plan: Plan, device: torch.device,
                 generator: torch.Generator) -> Attack:
     return ATTACKS[plan.attack](
         ensemble,
@@ -157,12 +57,10 @@ def make_attack(ensemble: Ensemble, config: HardenConfig, plan: Plan, device: to
     )
 
 
-def batch_seed(seed: int, images: Sequence[torch.Tensor], labels: Sequence[str],
-               targets: Sequence[str | None] | None) -> int:
+def batch_seed(seed: int, images: Sequence[torch.Tensor], truths: Sequence[Any],
+               targets: Sequence[Any] | None) -> int:
     """A 63-bit seed derived from ``seed`` and the exact inputs of one ``run`` call."""
-    import hashlib
-
-    h = hashlib.sha256(f"{seed}|{list(labels)}|{list(targets or [])}".encode())
+    h = hashlib.sha256(f"{seed}|{list(truths)}|{list(targets or [])}".encode())
     for im in images:
         h.update(str(tuple(im.shape)).encode())
         h.update(im.detach().cpu().contiguous().numpy().tobytes())
@@ -170,201 +68,160 @@ def batch_seed(seed: int, images: Sequence[torch.Tensor], labels: Sequence[str],
 
 
 class Hardener:
-    """Models built once, then ``run`` on as many image batches as needed (the CLI streams
-    folders through one Hardener). See :func:`harden` for the arguments."""
+    """A task's models built once, then ``run`` on as many batches as needed (folder runs,
+    services and Ray workers keep one alive). See :func:`harden` for the arguments."""
 
-    def __init__(self, label_set: Sequence[str], *,
-                 surrogates: Sequence[str | nn.Module] = DEFAULT_SURROGATES,
-                 verifiers: Sequence[str | Scorer] = DEFAULT_VERIFIERS,
-                 config: HardenConfig | None = None,
-                 surrogate_weights: Sequence[float] | None = None,
-                 templates: str = DEFAULT_TEMPLATES,
-                 label_map: LabelMap | str | Mapping | None = None) -> None:
-        from ..export.zoo import is_solver_name
-
-        self.config = config = config or HardenConfig()
-        self.label_set = tuple(label_set)
-        if len(self.label_set) < 2 or len(set(self.label_set)) != len(self.label_set):
-            raise ValueError(f"the label set needs two or more distinct labels, got {label_set}")
-        self.label_map = load_label_map(label_map)
-        shared = {s for s in surrogates if isinstance(s, str)} & {
-            v for v in verifiers if isinstance(v, str)}
-        held_out = sorted(n for n in shared if not is_solver_name(n))
-        if held_out:  # a foreign solver as both is the point: its own graph verifies
-            log.warning("warning: %s are both surrogate and verifier: the verifier is not held "
-                        "out", held_out)
+    def __init__(self, task: str | Task = "labels", *, surrogates: Sequence | None = None,
+                 verifiers: Sequence | None = None, config: HardenConfig | None = None,
+                 **options: Any) -> None:
+        self.task = get_task(task)
+        unknown = sorted(set(options) - set(self.task.options))
+        if unknown:
+            raise TypeError(f"the {self.task.name} task takes no option {', '.join(unknown)} "
+                            f"(it takes: {', '.join(self.task.options) or 'none'})")
+        self.config = config = (config or HardenConfig()).for_task(self.task)
         self.device = resolve_device(config.device)
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
-        no_gradient: list[str] = []
-        members = build_surrogates(surrogates, self.label_set, self.device, templates,
-                                   self.label_map, no_gradient)
-        verifiers = list(verifiers) + [n for n in no_gradient if n not in verifiers]
-        if not members:
-            raise ValueError(
-                f"no surrogate left to attack ({', '.join(no_gradient)} cannot be converted to "
-                f"torch); add one with a gradient path, e.g. --surrogates "
-                f"{','.join([*no_gradient, *DEFAULT_SURROGATES])}")
-        weights = surrogate_weights
-        if weights is not None and no_gradient:
-            weights = [w for s, w in zip(surrogates, weights, strict=True)
-                       if str(s) not in no_gradient]
-        self.ensemble = Ensemble(members, weights)
-        self.verifiers = build_verifiers(verifiers, self.label_set, self.device, templates,
-                                         self.label_map)
-        surrogate_names = {getattr(m, "name", None) for m in members}
-        self.white_box = bool(self.verifiers) and all(
-            getattr(v, "name", None) in surrogate_names for v in self.verifiers)
-        self.plan = Plan.of(config, self.white_box)
-        self.scheduler = self._scheduler()
+        self.models: Models = self.task.load(surrogates, verifiers, config=config,
+                                             device=self.device, **options)
+        self._build()
         self._real_parity_checked = False
+
+    def _build(self) -> None:
+        names = {getattr(m, "name", None) for m in self.models.surrogates}
+        self.white_box = bool(self.models.verifiers) and all(
+            getattr(v, "name", None) in names for v in self.models.verifiers)
+        self.plan = self.task.plan(self.config, self.white_box)
+        attack = make_attack(self.models.ensemble(), self.config, self.plan, self.device,
+                             self.generator)
+        self.scheduler = Scheduler(attack, self.models, self.config, self.device,
+                                   relax_mask=self.plan.relax_mask)
+
+    @property
+    def surrogates(self) -> list:
+        return self.models.surrogates
+
+    @property
+    def verifiers(self) -> list:
+        return self.models.verifiers
 
     def with_config(self, config: HardenConfig) -> Hardener:
         """Another schedule (budget, steps, views) on the same models, built at no cost."""
         other = object.__new__(Hardener)
         other.__dict__.update(self.__dict__)
-        other.config = config
-        other.plan = Plan.of(config, self.white_box)
+        other.config = config.for_task(self.task)
         other.generator = torch.Generator().manual_seed(config.seed)
-        other.scheduler = other._scheduler()
+        other._build()
         return other
 
-    def _scheduler(self) -> Scheduler:
-        return Scheduler(make_attack(self.ensemble, self.config, self.plan, self.device,
-                                     self.generator),
-                         list(self.ensemble.members), self.verifiers, self.label_set,
-                         self.config, self.device, relax_mask=self.plan.relax_mask)
+    def problem(self, truth: Any) -> str | None:
+        """Why ``truth`` cannot be an item's truth for these models (None: it can)."""
+        return self.models.problem(truth)
 
-    def _check_real_parity(self, images: Sequence[torch.Tensor]) -> None:
-        """Converted solvers against their own onnxruntime graph on the first real tiles. One
-        that disagrees there would attack with wrong gradients: it is left out of the ensemble
-        (still verifying), with a warning."""
-        from ..export.solver import SolverClassifier, SolverParityError
+    def check(self, truths: Sequence[Any], targets: Sequence[Any] | None = None
+              ) -> list[str | None]:
+        """Why each truth cannot be hardened here (None: it can), before any image is read;
+        raises for what no item can be (a model that lacks a label the run asks about)."""
+        problems = [self.models.problem(t) for t in truths]
+        ok = [i for i, p in enumerate(problems) if p is None]
+        if ok:
+            self.models.encode([truths[i] for i in ok],
+                               None if targets is None else [targets[i] for i in ok])
+        return problems
 
-        self._real_parity_checked = True
-        members = list(self.ensemble.members)
-        solvers = [m for m in members if isinstance(m, SolverClassifier)]
-        if not solvers or not images:
-            return
-        batch = [im for im in images if im.shape == images[0].shape][:8]
-        x = as_float(torch.stack(batch))
-        failed = []
-        for m in solvers:
-            try:
-                m.solver.check_parity(x)
-            except SolverParityError as e:
-                log.warning("warning: %s on the first %d tiles of this run: its torch "
-                            "gradients would not be the solver's; it is used as a verifier "
-                            "only", e, len(batch))
-                failed.append(m)
-        if not failed:
-            return
-        keep = [m for m in members if m not in failed]
-        if not keep:
-            raise SolverParityError(f"no surrogate left: {', '.join(m.name for m in failed)} "
-                                    f"failed parity on this run's tiles")
-        names = {v.name for v in self.verifiers}
-        self.verifiers += [m.solver.verifier(self.label_set, device=self.device.type)
-                           for m in failed if m.name not in names]
-        self.ensemble = Ensemble(keep)
-        self.scheduler = self._scheduler()
+    def describe(self) -> dict:
+        """The models loaded, as a run's summary names them."""
+        m = self.models
+        return {"surrogates": [s.name for s in m.surrogates],
+                "verifiers": [v.name for v in m.verifiers],
+                "left_out": dict(m.left_out), "notes": list(m.notes)}
 
-    def run(self, images: Sequence[ImageLike], labels: Sequence[str],
-            targets: Sequence[str | None] | None = None,
+    def run(self, images: Sequence[ImageLike], truths: Sequence[Any],
+            targets: Sequence[Any] | None = None,
             on_result: Callable[[HardenResult], None] | None = None,
-            should_stop: Callable[[int], bool] | None = None) -> list[HardenResult]:
-        """``should_stop(i)``: once true, image ``i`` leaves before the next attack step and
+            should_stop: Callable[[int], bool] | None = None) -> list[HardenResult | None]:
+        """``should_stop(i)``: once true, item ``i`` leaves before the next attack step and
         its result is None (the service's abandoned requests)."""
-        labels = list(labels)
-        if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        unknown = sorted(set(labels) - set(self.label_set))
-        if unknown:
-            raise ValueError(f"labels {unknown} are not in the label set {self.label_set}")
-        if targets is not None and len(targets) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        truths = list(truths)
+        if len(truths) != len(images):
+            raise ValueError(f"{len(images)} images but {len(truths)} {self.task.truth}s")
         if self.config.targeted and (targets is None or any(t is None for t in targets)):
-            raise ValueError("a targeted run needs one target label per image")
-        if targets is not None:
-            bad = [t for t, y in zip(targets, labels, strict=True)
-                   if t is not None and (t == y or t not in self.label_set)]
-            if bad:
-                raise ValueError(f"targets must be in the label set and differ from the labels: "
-                                 f"{bad}")
-        asked = set(labels) | {t for t in targets or () if t is not None}
-        check_known([*self.ensemble.members, *self.verifiers], sorted(asked))
+            raise ValueError("a targeted run needs one target per image")
+        y, t = self.models.encode(truths, targets)
         tensors = [to_tensor(im) for im in images]
+        small = [tuple(x.shape[-2:]) for x in tensors if min(x.shape[-2:]) < 8]
+        if small:
+            raise ValueError(f"images of {small[0][1]}x{small[0][0]} px are too small; an "
+                             f"image needs at least 8 px on each side")
         # the random stream is a function of the seed and of this call's inputs, not of what
         # ran before: a batch gives the same results in any process (Ray workers, a resumed
         # run, the service) as in one
-        self.generator.manual_seed(batch_seed(self.config.seed, tensors, labels, targets))
+        self.generator.manual_seed(batch_seed(self.config.seed, tensors, truths, targets))
         if not self._real_parity_checked:
-            self._check_real_parity(tensors)
-        index = {lab: i for i, lab in enumerate(self.label_set)}
-        return self.scheduler.run(
-            tensors, [index[y] for y in labels],
-            [-1 if t is None else index[t] for t in targets] if targets is not None else None,
-            on_result, should_stop,
-        )
+            self._real_parity_checked = True
+            if self.models.check_parity(tensors):
+                self._build()
+        return self.scheduler.run(tensors, y, t, on_result, should_stop)
 
 
-def harden(
-    images: Sequence[ImageLike],
-    labels: Sequence[str],
-    *,
-    label_set: Sequence[str] | None = None,
-    surrogates: Sequence[str | nn.Module] = DEFAULT_SURROGATES,
-    verifiers: Sequence[str | Scorer] = DEFAULT_VERIFIERS,
-    config: HardenConfig | None = None,
-    targets: Sequence[str | None] | None = None,
-    surrogate_weights: Sequence[float] | None = None,
-    templates: str = DEFAULT_TEMPLATES,
-    label_map: LabelMap | str | Mapping | None = None,
-    on_result: Callable[[HardenResult], None] | None = None,
-    ray: Any = None,
-) -> list[HardenResult]:
-    """Perturb ``images`` so that the held-out ``verifiers`` get their ``labels`` wrong.
+def harden(images: Sequence[ImageLike], truths: Sequence[Any], *, task: str | Task = "labels",
+           surrogates: Sequence | None = None, verifiers: Sequence | None = None,
+           config: HardenConfig | None = None, targets: Sequence[Any] | None = None,
+           on_result: Callable[[HardenResult], None] | None = None, ray: Any = None,
+           **options: Any) -> list[HardenResult]:
+    """Perturb ``images`` so that the ``verifiers`` answer them wrong.
 
     Args:
         images: uint8 HxWx3 arrays, PIL images or [3, H, W] float tensors in [0, 1].
-        labels: the true label of each image, members of ``label_set``.
-        label_set: the labels a solver chooses among (default: the sorted labels seen; one
-            label seen makes a binary challenge against the built-in negatives).
-        surrogates: model names (see ``advx models``; ``onnx:SPEC.json`` for a foreign solver)
-            or classifiers over ``label_set``, attacked with gradients.
-        verifiers: model names (ImageNet / zero-shot models are exported to ONNX and cached;
-            foreign solvers run their own graph) or scorers; an image is done once all of them
-            are fooled, by their own decision rule, under every transform of
+        truths: each image's truth: its label (``task="labels"``), the text it shows
+            (``task="text"``).
+        task: a registered task (:mod:`advx.engine.tasks`).
+        surrogates: models attacked with gradients, by name (``advx models``; ``onnx:SPEC.json``
+            for a foreign solver) or as modules (default: the task's).
+        verifiers: models that must be fooled (registry models are exported to ONNX and
+            cached; foreign solvers run their own graph; default: the task's); an image is done
+            once all of them are, by the task's rule, under each deciding view of
             ``config.transforms``.
-        config: budgets, attack, schedule (:class:`HardenConfig`).
-        targets: a decoy label per image (or None): the solver should pick / select the decoy
-            (required for every image when ``config.targeted``).
-        surrogate_weights: per-surrogate weights of the ensemble (default equal).
-        templates: prompt template set of zero-shot models ("simple", "openai", "photo").
-        label_map: labels -> ImageNet classes for ImageNet classifiers, a dict or a JSON file
-            (``{"label": ["ImageNet class name or index", ...]}``), consulted before the
-            built-in map.
+        config: budgets, attack, schedule (:class:`HardenConfig`; its ``transforms`` defaults
+            to the task's view preset).
+        targets: a decoy per image (or None), for tasks that take one (``labels``: the solver
+            should pick / select the decoy; required for every image when
+            ``config.targeted``).
         on_result: called with each result as soon as its image is finished.
         ray: ``"local"``, ``"auto"``, a cluster address or an ``advx.RayOptions``: the images
             go to Ray workers in runs of ``2 * config.batch_size`` (each the same as
             ``Hardener.run`` on that run in one process).
+        options: the task's own (``labels``: ``label_set``, default the sorted labels seen, one
+            label making a binary challenge against built-in negatives; ``label_map``,
+            ``templates``, ``surrogate_weights``).
 
     Returns:
-        One :class:`HardenResult` per image, in input order.
+        One result per image (the task's :class:`~advx.engine.results.HardenResult`), in input
+        order.
     """
-    lmap = load_label_map(label_map)
-    label_set = tuple(label_set) if label_set is not None else default_label_set(labels, lmap)
+    t = get_task(task)
+    options = t.plan_run(list(truths), options)
+    options.pop("decoy", None)
+    build = _Build(t.name, surrogates, verifiers, config, options)
     if ray is not None:
-        import functools
-
         from .folder.distributed import run_in_memory
 
-        build = functools.partial(Hardener, label_set, surrogates=surrogates,
-                                  verifiers=verifiers, config=config,
-                                  surrogate_weights=surrogate_weights, templates=templates,
-                                  label_map=lmap)
-        return run_in_memory(ray, build, images, labels, targets,
+        return run_in_memory(ray, build, images, truths, targets,
                              2 * (config or HardenConfig()).batch_size, on_result)
-    hardener = Hardener(label_set, surrogates=surrogates, verifiers=verifiers, config=config,
-                        surrogate_weights=surrogate_weights, templates=templates, label_map=lmap)
-    return hardener.run(images, labels, targets, on_result)
+    return build().run(images, truths, targets, on_result)
+
+
+class _Build:
+    """Builds a Hardener (picklable: Ray workers build their own)."""
+
+    def __init__(self, task: str, surrogates, verifiers, config, options: dict) -> None:
+        self.task, self.surrogates, self.verifiers = task, surrogates, verifiers
+        self.config, self.options = config, options
+
+    def __call__(self) -> Hardener:
+        return Hardener(self.task, surrogates=self.surrogates, verifiers=self.verifiers,
+                        config=self.config, **self.options)
+
+
+__all__ = ["Hardener", "ImageLike", "batch_seed", "harden", "to_tensor"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .views.presets import DEFAULT_PRESET, check_roles, get_preset
+from .views.presets import check_roles, get_preset
 
 ATTACKS = ("auto", "mifgsm", "pgd")
 OUTPUT_FORMATS = ("png", "jpeg")
@@ -22,7 +22,8 @@ class HardenConfig:
     steps: int = 40  # step limit per image
     alpha: float | None = None  # step size in /255 (default eps / 4)
     targeted: bool = False  # push towards a decoy label instead of away from the true one
-    transforms: str = DEFAULT_PRESET  # the solver views: what EOT samples and verification checks
+    # the solver views: what EOT samples and verification checks (None: the task's preset)
+    transforms: str | None = None
     # the views an image must beat before it is done (None: the preset's deciding views); the
     # others are reported. A verifier that is also a surrogate is held to every view
     decide: tuple[str, ...] | None = None
@@ -57,17 +58,34 @@ class HardenConfig:
         need(1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]")
         need(self.batch_size >= 1, "batch_size must be >= 1")
         need(self.amp in AMP, f"amp must be one of {AMP}")
-        preset = get_preset(self.transforms)
         if self.decide is not None:
             if isinstance(self.decide, str):
                 raise ValueError("decide must be a sequence of view names, not a string")
             object.__setattr__(self, "decide", tuple(self.decide))  # JSON gives a list
-            check_roles(preset, self.decide)
+        if self.transforms is not None:  # else checked once a task names its preset
+            preset = get_preset(self.transforms)
+            if self.decide is not None:
+                check_roles(preset, self.decide)
 
     @property
     def deciding(self) -> tuple[str, ...]:
-        """The views that decide for verifiers that are not surrogates."""
+        """The views that decide for verifiers that are not surrogates (``transforms`` set)."""
+        if self.transforms is None:
+            raise ValueError("no view preset yet: transforms is None until a task names its own")
         return self.decide if self.decide is not None else get_preset(self.transforms).deciding
+
+    def plan(self, white_box: bool) -> Plan:
+        """What a run with this config derives from whether it is white-box."""
+        return Plan.of(self, white_box)
+
+    def for_task(self, task) -> HardenConfig:
+        """This config with the task's view preset where it names none (``task``: a name or a
+        :class:`~advx.engine.tasks.base.Task`)."""
+        from .tasks.base import get_task
+
+        if self.transforms is not None:
+            return self
+        return replace(self, transforms=get_task(task).preset)
 
     @property
     def eps_01(self) -> float:

@@ -1,221 +1,284 @@
-"""How often models solve a set of tiles, one at a time and as 3x3 grid challenges ("select all
-images with X"): what ``advx eval`` reports, as a library call (:func:`evaluate_folder`)."""
+"""``advx eval`` as a library call, for every task: how the models answer a set of items under
+each view of a preset, and how often a hardened set fools them.
+
+The set is a folder (as ``advx harden`` reads it: label sub-folders or a labels CSV) or the
+output folder of an advx run: its results.jsonl gives each hardened image, the input it came
+from and its truth, its summary.json the task, the input folder (where the originals are) and
+the run's options. With the originals (``clean``: the same relative paths; for a run, the
+inputs its records name) a model is fooled on an item under a view when it answered the
+original right under that view and answers the hardened one wrong; items it answered wrong
+clean are counted apart, never as fooled. An item that cannot be evaluated (a path outside the
+folder, a missing, unreadable or tiny image or original, a truth the models cannot take) is
+skipped and its reason listed; the figures are over the rest.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-import numpy as np
 import torch
 
-from ..export.defaults import DEFAULT_TEMPLATES
-from ..export.onnx.manifest import MANIFEST
-from ..export.onnx.verifier import OnnxVerifier
-from ..export.zoo import (
-    LabelMap,
-    create_classifier,
-    create_verifier,
-    is_solver_name,
-    load_label_map,
-)
-from .api import check_known, default_label_set, resolve_device
-from .attacks.ensemble import decision_of
 from .errors import RunError
 from .folder.records import RESULTS, SUMMARY, read_records
 from .images import ImageLoadError, load_image
-from .tasks.labels.dataset import discover
-from .tasks.labels.grids import grid_solve_rate_sets, sample_grids
-from .tasks.labels.scoring import SeenTiles
-from .views.view import look, views_of
+from .tasks.base import Task, get_task
+from .views.presets import get_preset
+from .views.view import views_of
+from .working import MIN_SIDE  # the smallest side a run hardens (and serve takes)
 
-# images [N, 3, H, W] in [0, 1] (and a view's ``geometry=``) -> logits over the label set, in
-# its order; ``decision`` and ``known`` attributes as for verifiers (see scoring.Scorer)
-ScoreFn = Callable[..., torch.Tensor]
+CHUNK = 128  # items decoded and answered at a time
 
 
 @dataclass(frozen=True)
+class EvalRow:
+    where: str  # where the item was listed ("labels.csv line 3"), for its skip reason
+    path: str  # the image evaluated, POSIX, relative to the set's folder
+    truth: Any
+    clean: str | None = None  # its original, relative to the clean folder (None: none)
+
+
+@dataclass
 class EvalSet:
-    paths: list[Path]
-    labels: list[str]
-    label_set: tuple[str, ...]
+    task: Task
+    root: Path
+    rows: list[EvalRow]
     source: str  # "folder" | "advx run"
+    clean_root: Path | None = None  # the originals' folder (None: no fooled figures)
+    run: dict = field(default_factory=dict)  # the run's summary.json (an advx run)
+    skipped: list[str] = field(default_factory=list)  # "where: why", one per item left out
+    notes: list[str] = field(default_factory=list)
 
 
-def _selected(scorer: ScoreFn, logits: torch.Tensor) -> list[set[int]]:
-    """The label indices a model selects per image, by its own decision rule."""
-    if decision_of(scorer) == "multilabel":
-        known = np.asarray(getattr(scorer, "known", [True] * logits.shape[1]))
-        return [set(np.flatnonzero((row >= 0) & known).tolist()) for row in logits.numpy()]
-    return [{int(i)} for i in logits.argmax(1).tolist()]
-
-
-def evaluate(images: Iterable[np.ndarray | None], labels: Sequence[str],
-             scorers: Mapping[str, ScoreFn], label_set: Sequence[str], *,
-             transforms: str = "none", grids: int = 200, seed: int = 0,
-             batch_size: int = 16) -> dict:
-    """Score ``images`` (uint8 HxWx3; None for an unreadable one, left out) with every scorer
-    under every verification view of the preset ``transforms``. Accuracy is the share of tiles
-    a model selects for their own label, by its decision rule (its top label; P >= threshold
-    for a multi-label solver); grids are solved when exactly the target's tiles are selected."""
-    label_set = tuple(label_set)
-    y = np.array([label_set.index(lab) for lab in labels])
-    views = views_of(transforms)
-    preds: dict[tuple[str, str], list[set[int] | None]] = {
-        (m, v.name): [None] * len(y) for m in scorers for v in views}
-    valid = np.zeros(len(y), dtype=bool)
-    batch: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> None:
-        by_shape: dict[tuple, list[tuple[int, np.ndarray]]] = {}
-        for i, px in batch:
-            by_shape.setdefault(px.shape, []).append((i, px))
-        for group in by_shape.values():
-            idx = [i for i, _ in group]
-            x = torch.from_numpy(np.stack([px for _, px in group])).permute(0, 3, 1, 2)
-            x = x.float() / 255
-            seen, rows = SeenTiles(x, views), torch.arange(len(x))
-            for view in views:
-                xs = seen(view, rows)  # each filter once per batch, whatever the scorers
-                for name, scorer in scorers.items():
-                    with torch.no_grad():
-                        logits = torch.as_tensor(look(scorer, xs, view)).float().cpu()
-                    for i, sel in zip(idx, _selected(scorer, logits), strict=True):
-                        preds[(name, view.name)][i] = sel
-        batch.clear()
-
-    for i, px in enumerate(images):
-        if px is None:
-            continue
-        valid[i] = True
-        batch.append((i, px))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    keep = np.flatnonzero(valid)
-    challenge = sample_grids(y[keep].tolist(), grids, seed)
-    rows = []
-    for (name, t), p in preds.items():
-        pk = [p[i] for i in keep]
-        rows.append({"model": name, "view": t, "decision": decision_of(scorers[name]),
-                     "accuracy": (float(np.mean([y[i] in s for i, s in zip(keep, pk,
-                                                                             strict=True)]))
-                                  if len(keep) else None),
-                     "grid_solve_rate": grid_solve_rate_sets(pk, y[keep], challenge)})
-    return {"label_set": list(label_set), "images": len(keep),
-            "skipped": int(len(y) - len(keep)), "grids": len(challenge), "seed": seed,
-            "transforms": transforms, "results": rows}
-
-
-def run_label_map(input_dir: Path) -> dict | None:
-    """The label map an advx output folder was hardened with (kept in its summary.json), or
-    None for a folder without one."""
+def relative_file(root: Path, raw: str) -> tuple[str | None, str | None]:
+    """(``raw`` as a POSIX path inside ``root``, None), or (None, why it is not a file there):
+    empty, absolute, climbing out with ``..`` or a link, or missing."""
+    raw = raw.strip()
+    if not raw:
+        return None, "empty path"
+    rel = PurePosixPath(raw.replace("\\", "/"))
+    if rel.is_absolute() or Path(raw).is_absolute() or Path(raw).drive:
+        return None, f"path {raw!r} must be relative to {root}"
+    if ".." in rel.parts:
+        return None, f"path {raw!r} points outside {root}"
+    full = root / rel
     try:
-        return json.loads((input_dir / SUMMARY).read_text("utf-8")).get("label_map_entries")
-    except (OSError, ValueError, AttributeError):
-        return None
+        inside = full.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        inside = False
+    if not inside:
+        return None, f"path {raw!r} leads outside {root} (a link)"
+    if not full.is_file():
+        return None, f"no file {rel.as_posix()!r} under {root}"
+    return rel.as_posix(), None
 
 
-def load_eval_set(input_dir: Path, labels_csv: Path | None,
-                  label_set: Sequence[str] | None, label_map: LabelMap | None = None) -> EvalSet:
-    """A labelled folder (as for harden) or an advx output folder (its results.jsonl)."""
-    results = input_dir / RESULTS
-    if results.exists():
-        if labels_csv is not None:
-            raise RunError(f"{input_dir} is an advx output folder (it has {RESULTS}); "
-                           f"--labels is for labelled input folders")
-        records, _ = read_records(results)
-        ok = sorted((r for r in records if r["status"] != "error" and r.get("output")),
-                    key=lambda r: r["path"])
-        if not ok:
-            raise RunError(f"{results} lists no hardened images")
-        paths = [input_dir / r["output"] for r in ok]
-        labels = [r["label"] for r in ok]
-        source = "advx run"
-        if not label_set:
-            try:
-                label_set = json.loads((input_dir / SUMMARY).read_text("utf-8"))["label_set"]
-            except (OSError, ValueError, KeyError):
-                label_set = None
-    else:
-        items = discover(input_dir, labels_csv)
-        paths = [input_dir / it.path for it in items]
-        labels = [it.label for it in items]
-        source = "folder"
-    if not label_set:
-        label_set = default_label_set(labels, label_map)
-    label_set = tuple(label_set)
-    unknown = sorted(set(labels) - set(label_set))
-    if unknown:
-        raise RunError(f"labels {unknown} of {input_dir} are not in the label set {label_set}")
-    return EvalSet(paths, labels, label_set, source)
+def _run_summary(root: Path) -> dict:
+    try:
+        data = json.loads((root / SUMMARY).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def load_scorer(spec: str, label_set: Sequence[str], *, device: str = "auto",
-                templates: str = DEFAULT_TEMPLATES, label_map: LabelMap | None = None
-                ) -> tuple[str, ScoreFn]:
-    """A zoo model name (torch), a foreign solver ``onnx:SPEC.json`` (its graph, in
-    onnxruntime) or an ``advx export`` folder (ONNX), as (name, scorer) with logits over
-    ``label_set`` in its order."""
-    label_set = tuple(label_set)
-    dev = resolve_device(device)
-    if ":" in spec and is_solver_name(spec):
-        v = create_verifier(spec, label_set, device="cuda" if dev.type == "cuda" else "cpu")
-        return v.name, v
-    path = Path(spec).expanduser()
-    if (path / MANIFEST).is_file():
-        v = OnnxVerifier(path, device="auto" if dev.type == "cuda" else "cpu")
-        missing = [lab for lab in label_set if lab not in v.labels]
-        if missing:
-            raise RunError(f"the export {spec} scores {list(v.labels)}, not {missing}; "
-                           f"re-export it with --labels {','.join(label_set)}")
-        perm = torch.tensor([v.labels.index(lab) for lab in label_set])
-        return (f"{v.name} ({v.manifest.precision} onnx)",
-                lambda x, geometry=None: v(x, geometry)[:, perm])
-    clf = create_classifier(spec, label_set, templates=templates, device=str(dev),
-                            label_map=label_map)
-
-    def run(x, geometry=None):
-        return clf(x.to(dev), geometry).cpu()
-
-    run.decision = getattr(clf, "decision", "closed")
-    run.known = getattr(clf, "known", None)
-    return clf.name, run
-
-
-def read_pixels(paths: Sequence[Path], skipped: list[str]) -> Iterable[np.ndarray | None]:
-    """Each image's pixels (uint8 HxWx3), or None for one that cannot be read (its reason is
-    appended to ``skipped``)."""
-    for p in paths:
-        try:
-            yield load_image(p).pixels
-        except ImageLoadError as e:
-            skipped.append(f"{p}: {e.reason}")
-            yield None
-
-
-def evaluate_folder(input_dir: str | Path, models: Sequence[str], *,
-                    labels_csv: str | Path | None = None,
-                    label_set: Sequence[str] | None = None,
-                    label_map: LabelMap | str | Path | Mapping | None = None,
-                    transforms: str = "none", grids: int = 200, seed: int = 0,
-                    device: str = "auto", templates: str = DEFAULT_TEMPLATES) -> dict:
-    """``advx eval``: score the tiles of ``input_dir`` (a labelled folder, or an advx output
-    folder whose results.jsonl gives each hardened image and its label) with every model of
-    ``models`` (zoo names, ``onnx:SPEC.json`` solvers, ``advx export`` folders).
-
-    Returns :func:`evaluate`'s figures, with the ``input`` folder, its ``source`` ("folder" or
-    "advx run") and the ``unreadable`` images (path: reason).
-    """
+def load_set(input_dir: Path, task: str | Task | None = None, labels_csv: Path | None = None,
+             clean_dir: Path | None = None) -> EvalSet:
+    """A folder as a task reads it, or an advx run's output folder (its task and originals
+    found through summary.json unless given)."""
     input_dir = Path(input_dir)
-    lmap = load_label_map(label_map if label_map is not None else run_label_map(input_dir))
-    data = load_eval_set(input_dir, Path(labels_csv) if labels_csv else None, label_set, lmap)
-    scorers = dict(load_scorer(m, data.label_set, device=device, templates=templates,
-                               label_map=lmap) for m in models)
-    check_known(list(scorers.values()), sorted(set(data.labels)))
-    skipped: list[str] = []
-    result = evaluate(read_pixels(data.paths, skipped), data.labels, scorers, data.label_set,
-                      transforms=transforms, grids=grids, seed=seed)
-    return {"input": str(input_dir), "source": data.source, **result, "unreadable": skipped}
+    if not input_dir.is_dir():
+        raise RunError(f"input folder not found: {input_dir}")
+    if clean_dir is not None and not Path(clean_dir).is_dir():
+        raise RunError(f"--clean {clean_dir} is not a folder")
+    clean = Path(clean_dir) if clean_dir is not None else None
+    if not (input_dir / RESULTS).exists():
+        t = get_task(task or "labels")
+        rows, skipped = [], []
+        for r in t.read_rows(input_dir, labels_csv):
+            where = f"{Path(labels_csv).name} line {r.line}" if labels_csv and r.line \
+                else r.path
+            why = r.problem or relative_file(input_dir, r.path)[1]
+            if why is None and clean is not None:
+                why = relative_file(clean, r.path)[1]
+                why = None if why is None else f"its original: {why}"
+            if why is not None:
+                skipped.append(why if r.problem else f"{where}: {why}")
+                continue
+            rows.append(EvalRow(where, r.path, r.truth, r.path if clean is not None else None))
+        return EvalSet(t, input_dir, rows, "folder", clean, {}, skipped)
+    if labels_csv is not None:
+        raise RunError(f"{input_dir} is an advx output folder (it has {RESULTS}); --labels "
+                       f"is for folders of inputs")
+    run = _run_summary(input_dir)
+    t = get_task(run.get("task") or task or "labels")
+    if task is not None and get_task(task).name != t.name:
+        raise RunError(f"{input_dir} holds a {t.name} run; evaluate it with --task {t.name}")
+    notes = []
+    if clean is None:
+        given = run.get("input")
+        if isinstance(given, str) and Path(given).is_dir():
+            clean = Path(given)
+        else:
+            notes.append(f"the originals of this run ({SUMMARY}: input {given!r}) are not "
+                         f"found: no fooled figures; pass --clean DIR for them")
+    records, bad = read_records(input_dir / RESULTS)
+    rows, skipped = [], [f"{RESULTS}: {bad} unreadable line(s)"] if bad else []
+    seen: set[str] = set()
+    for r in sorted(records, key=lambda r: r["path"]):
+        where = f"{RESULTS} {r['path']!r}"
+        if r.get("status") == "error" or not isinstance(r.get("output"), str):
+            skipped.append(f"{where}: not hardened ({r.get('error') or 'no output'})")
+            continue
+        key, why = relative_file(input_dir, r["output"])
+        if why is None and key in seen:
+            why = f"{key!r} listed again"
+        src = None
+        if why is None and clean is not None:
+            src, why = relative_file(clean, r["path"])
+            why = None if why is None else f"its original: {why}"
+        if why is not None:
+            skipped.append(f"{where}: {why}")
+            continue
+        seen.add(key)
+        rows.append(EvalRow(where, key, r.get(t.truth), src))
+    if not rows:
+        raise RunError(f"{input_dir / RESULTS} lists no hardened images")
+    return EvalSet(t, input_dir, rows, "advx run", clean, run, skipped, notes)
+
+
+def _pixels(path: Path) -> tuple[torch.Tensor | None, str | None]:
+    """[3, H, W] uint8, or None and why not."""
+    try:
+        px = load_image(path).pixels
+    except ImageLoadError as e:
+        return None, e.reason
+    if min(px.shape[:2]) < MIN_SIDE:
+        return None, (f"{px.shape[1]}x{px.shape[0]} px is too small (sides of at least "
+                      f"{MIN_SIDE} px)")
+    return torch.from_numpy(px.copy()).permute(2, 0, 1).contiguous(), None
+
+
+def _extend(into: dict, more: dict) -> None:
+    for name, views in more.items():
+        for w, got in views.items():
+            into.setdefault(name, {}).setdefault(w, []).extend(got)
+
+
+def read_set(data: EvalSet, scorers: Sequence, views: Sequence, chunk: int = CHUNK
+             ) -> tuple[list[Any], dict, dict | None]:
+    """Each scorer's answer under each view of every item that can be read (and of its
+    original), a chunk at a time; the others go to ``data.skipped``."""
+    task = data.task
+    truths: list[Any] = []
+    answers: dict = {}
+    clean: dict | None = {} if data.clean_root is not None else None
+    todo = []
+    for row in data.rows:
+        why = task.eval_problem(scorers, row.truth)
+        if why is not None:
+            data.skipped.append(f"{row.where}: {why}")
+        else:
+            todo.append(row)
+    for lo in range(0, len(todo), chunk):
+        ok, ims, originals = [], [], []
+        for row in todo[lo : lo + chunk]:
+            im, why = _pixels(data.root / row.path)
+            if im is not None and clean is not None:
+                orig, why = _pixels(data.clean_root / row.clean)
+                why = None if why is None else f"its original {row.clean}: {why}"
+            if why is not None:
+                data.skipped.append(f"{row.where}: {why}")
+                continue
+            ok.append(row)
+            ims.append(im)
+            if clean is not None:
+                originals.append(orig)
+        if not ok:
+            continue
+        truths += [r.truth for r in ok]
+        _extend(answers, task.answers(scorers, ims, views, [r.truth for r in ok]))
+        if clean is not None:
+            _extend(clean, task.answers(scorers, originals, views, [r.truth for r in ok]))
+    return truths, answers, clean
+
+
+def figures(task: Task, scorers: Sequence, truths: Sequence[Any], answers: Mapping,
+            clean: Mapping | None = None, deciding: Sequence[str] = ()) -> list[dict]:
+    """One row per scorer and view: how often it answers right (``right_rate``); with the
+    originals, how often it did clean (``right_clean_rate``) and ``fooled`` among the items
+    it answered right clean (``fooled_rate``); and the task's own figures."""
+    out = []
+    for s in scorers:
+        for w, got in answers[s.name].items():
+            rows = [{"truth": t, "answer": a} for t, a in zip(truths, got, strict=True)]
+            right = [task.right(a, t, s) for t, a in zip(truths, got, strict=True)]
+            row = {"model": s.name, "view": w, "deciding": w in deciding, "n": len(truths),
+                   "right": sum(right),
+                   "right_rate": round(sum(right) / len(truths), 4) if truths else None}
+            if clean is not None:
+                before = clean[s.name][w]
+                for r, c in zip(rows, before, strict=True):
+                    r["clean"] = c
+                was = [task.right(c, t, s) for t, c in zip(truths, before, strict=True)]
+                fooled = sum(a and not b for a, b in zip(was, right, strict=True))
+                row.update(right_clean=sum(was),
+                           right_clean_rate=round(sum(was) / len(truths), 4),
+                           fooled=fooled,
+                           fooled_rate=round(fooled / sum(was), 4) if sum(was) else None)
+            row.update({k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in task.eval_figures(rows, s).items()})
+            out.append(row)
+    return out
+
+
+def evaluate_folder(input_dir: str | Path, models: Sequence[str] | None = None, *,
+                    task: str | None = None, labels_csv: str | Path | None = None,
+                    clean_dir: str | Path | None = None, transforms: str | None = None,
+                    device: str = "auto", **options: Any) -> dict:
+    """``advx eval``: answer the items of ``input_dir`` (see the module docstring) with every
+    model of ``models`` (the task's names; default: its default verifiers) under each view of
+    ``transforms`` (default: an advx run's own, else the task's preset).
+
+    ``task``: a registered task (default: an advx run's own, else ``labels``); ``options``:
+    the task's own (``labels``: ``label_set``, ``label_map``, ``templates``, default the
+    run's). Returns the set (``input``, ``source``, ``clean``), the ``models`` read with and
+    those ``left_out``, the ``items`` evaluated, the items ``skipped`` (where: why), ``notes``
+    and :func:`figures`'s rows as ``results``.
+    """
+    data = load_set(Path(input_dir), task, Path(labels_csv) if labels_csv else None,
+                    Path(clean_dir) if clean_dir else None)
+    t = data.task
+    unknown = sorted(set(options) - set(t.options))
+    if unknown:
+        raise RunError(f"the {t.name} task takes no option {', '.join(unknown)}")
+    given = {k: data.run[k] for k in ("label_set",) if data.run.get(k) and k in t.options}
+    if data.run.get("label_map_entries") is not None and "label_map" in t.options:
+        given["label_map"] = data.run["label_map_entries"]
+    if data.run.get("templates") and "templates" in t.options:
+        given["templates"] = data.run["templates"]
+    truths = [r.truth for r in data.rows]
+    opts = t.plan_run(truths, {**given, **{k: v for k, v in options.items() if v is not None}})
+    opts.pop("decoy", None)
+    scorers, left_out = t.load_scorers(models, device=device, truths=truths, **opts)
+    if not scorers:
+        raise RunError(f"no model to evaluate with: {'; '.join(left_out)}")
+    preset = get_preset(transforms or (data.run.get("config") or {}).get("transforms")
+                        or t.preset)
+    got_truths, answers, clean = read_set(data, scorers, views_of(preset))
+    if not got_truths:
+        shown = "; ".join(data.skipped[:5]) or "the set lists none"
+        raise RunError(f"no item of {input_dir} could be evaluated ({shown})")
+    return {"task": t.name, "input": str(input_dir), "source": data.source,
+            "clean": None if data.clean_root is None else str(data.clean_root),
+            "transforms": preset.name, "models": [s.name for s in scorers],
+            "left_out": left_out, "items": len(got_truths), "skipped": data.skipped,
+            "notes": data.notes,
+            **({"label_set": list(opts["label_set"])} if "label_set" in opts else {}),
+            "results": figures(t, scorers, got_truths, answers, clean, preset.deciding)}
+
+
+__all__ = ["EvalRow", "EvalSet", "evaluate_folder", "figures", "load_set", "read_set",
+           "relative_file"]

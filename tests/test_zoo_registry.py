@@ -49,9 +49,9 @@ def test_registry_alone_loads_no_builder():
     out = _run("""
         import sys, types
         from pathlib import Path
-        import advx.engine
+        import advx.export
         pkg = types.ModuleType("advx.export.zoo")
-        pkg.__path__ = [str(Path(advx.engine.__file__).parent / "zoo")]
+        pkg.__path__ = [str(Path(advx.export.__file__).parent / "zoo")]
         sys.modules["advx.export.zoo"] = pkg
         import advx.export.zoo.registry as registry
         print(sorted(m for m in sys.modules if m.startswith("advx.export.zoo")))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..engine.api import resolve_device
+from ..engine.devices import resolve_device
 from .cases import BenchRow, short_name
 from .flops import STEP_FLOPS_PER_FORWARD, device_peak, hardware_name
 from .harness import TEMPLATES, ModelCache, Workload, bench_labels, measured, sync

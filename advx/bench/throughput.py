@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..engine.api import resolve_device
+from ..engine.devices import resolve_device
 from ..export.zoo import parse_name
 from .cases import ATTACK_IMPLS, VERIFY_BACKENDS, BenchRow, BenchUnavailable
 from .flops import STEP_FLOPS_PER_FORWARD

@@ -43,11 +43,6 @@ def takes_geometry(model: nn.Module) -> bool:
         return False
 
 
-def is_oom(err: BaseException) -> bool:
-    """Whether ``err`` is a device running out of memory (the batch should shrink)."""
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def micro_batch_size(shape: tuple[int, ...], device: torch.device) -> int:
     """Rows per member backward pass for inputs of ``shape`` [3, H, W]: bounded on the CPU,
     the whole batch on accelerators (whose out-of-memory back-off halves the batch)."""

@@ -211,8 +211,11 @@ class _HardenerActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def harden(self, images, labels, targets) -> list:
-        return self.hardener.run(images, labels, targets)
+    def harden(self, images, truths, targets) -> list:
+        return self.hardener.run(images, truths, targets)
+
+    def check(self, truths, targets) -> tuple[list[str | None], dict]:
+        return self.hardener.check(truths, targets), self.hardener.describe()
 
 
 @dataclass
@@ -220,8 +223,8 @@ class Batch:
     """Inputs prepared by the driver; ``context`` comes back with each result."""
 
     images: list
-    labels: list[str]
-    targets: list[str | None] | None
+    truths: list
+    targets: list | None
     context: Sequence[Any]
 
 
@@ -264,7 +267,7 @@ class RayPool:
                     exhausted = True
                     break
                 i = min(load, key=load.get)
-                ref = self.actors[i].harden.remote(batch.images, batch.labels, batch.targets)
+                ref = self.actors[i].harden.remote(batch.images, batch.truths, batch.targets)
                 in_flight[ref], owner[ref] = batch, i
                 load[i] += 1
             if not in_flight:
@@ -285,6 +288,15 @@ class RayPool:
                 for result in results:
                     deliver(batch, result)
 
+    def check(self, truths: Sequence, targets: Sequence | None
+              ) -> tuple[list[str | None], dict]:
+        """Why each truth cannot be hardened (:meth:`Hardener.check`, on one worker), and the
+        models the workers loaded."""
+        try:
+            return self.ray.get(self.actors[0].check.remote(list(truths), targets))
+        except Exception as e:
+            raise _cause(e) from None
+
     def pids(self) -> list[int]:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
@@ -297,16 +309,16 @@ class RayPool:
 
 
 def run_in_memory(ray: str | RayOptions, build: Callable[[], Any], images: Sequence,
-                  labels: Sequence[str], targets: Sequence[str | None] | None, chunk: int,
+                  truths: Sequence, targets: Sequence | None, chunk: int,
                   on_result: Callable[[Any], None] | None = None) -> list:
     """``advx.harden(..., ray=...)``: in-memory images hardened by Ray workers in runs of
     ``chunk``; results in input order (``on_result`` as each run completes)."""
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if len(truths) != len(images):
+        raise ValueError(f"{len(images)} images but {len(truths)} truths")
     if targets is not None and len(targets) != len(images):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     results: list = [None] * len(images)
-    batches = (Batch(list(images[i : i + chunk]), list(labels[i : i + chunk]),
+    batches = (Batch(list(images[i : i + chunk]), list(truths[i : i + chunk]),
                      None if targets is None else list(targets[i : i + chunk]),
                      range(i, min(i + chunk, len(images))))
                for i in range(0, len(images), chunk))

@@ -19,8 +19,6 @@ from typing import Any, Self, TextIO
 
 import numpy as np
 
-from ..tasks.labels.grids import grid_solve_rate_sets, sample_grids
-
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.html"
@@ -70,19 +68,17 @@ def dumps(record: dict) -> str:
     return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
 
 
-def error_record(path: str, label: str, reason: str, notes: Iterable[str] = (), *,
+def error_record(path: str, value: object, reason: str, notes: Iterable[str] = (), *,
                  truth: str = "label") -> dict:
-    """An input that was not hardened; ``truth`` names the field of its answer (``label``, or
-    ``text`` for a text captcha)."""
-    return {"path": path, "output": None, truth: label, "status": "error", "error": reason,
+    """An input that was not hardened; ``truth`` names the field of its truth, ``value``."""
+    return {"path": path, "output": None, truth: value, "status": "error", "error": reason,
             "notes": list(notes)}
 
 
 def result_record(path: str, output: str, engine_record: dict, notes: Iterable[str], *,
                   truth: str = "label") -> dict:
-    """A hardened input's record: the engine's ``to_record()`` (``HardenResult``, or
-    ``TextResult`` with ``truth="text"``) plus path, output and the load notes (before the
-    engine's own notes)."""
+    """A hardened input's record: the engine's ``to_record()`` (its truth in the field
+    ``truth``) plus path, output and the load notes (before the engine's own notes)."""
     rec = dict(engine_record)
     rec.pop("index", None)  # the position within one engine call, meaningless here
     head = {"path": path, "output": output, truth: rec.pop(truth),
@@ -151,8 +147,8 @@ def records_to_keep(out_dir: Path, records: Iterable[dict], outputs: dict[str, s
     return kept
 
 
-def changed_options(out_dir: Path, info: dict, keys: Iterable[str]) -> list[str]:
-    """The options of ``info`` (``keys``, and each ``config`` field) that differ from those
+def changed_options(out_dir: Path, info: dict) -> list[str]:
+    """The options of ``info`` (each key, and each ``config`` field) that differ from those
     the earlier run's summary.json holds (compared on --resume; none when it is unreadable)."""
     try:
         old = json.loads((out_dir / SUMMARY).read_text(encoding="utf-8"))
@@ -160,7 +156,7 @@ def changed_options(out_dir: Path, info: dict, keys: Iterable[str]) -> list[str]
         return []
     # like with like: this run's options as summary.json holds them (tuples become lists)
     info = json.loads(json.dumps(info, default=str))
-    changed = [k for k in keys if k in old and old[k] != info.get(k)]
+    changed = [k for k in info if k != "config" and k in old and old[k] != info[k]]
     changed += [f"config.{k}" for k, v in info["config"].items()
                 if k in old.get("config", {}) and old["config"][k] != v]
     return changed
@@ -183,37 +179,94 @@ def finite_mean(values: Iterable[float | None]) -> float | None:
     return round(sum(vals) / len(vals), 4) if vals else None
 
 
-def summarize(records: Sequence[dict], *, total: int) -> dict:
-    """Counts and means over the records (``total`` = inputs in the run)."""
+def summarize(records: Sequence[dict], task, *, total: int) -> dict:
+    """Counts and means over the records (``total`` = inputs in the run), the headline and
+    the task's own figures."""
     status = Counter(r["status"] for r in records)
     hardened = [r for r in records if r["status"] != "error"]
-    fooled = [r for r in hardened if r["status"] == "fooled"]
-    by_step = Counter(int(r["fooled_at"]) for r in fooled if r.get("fooled_at") is not None)
-    views = per_view(hardened)
+    already = [r for r in hardened if r.get("stop_reason") == "already_fooled"]
+    attacked = [r for r in hardened if r.get("stop_reason") != "already_fooled"]
+    fooled = [r for r in attacked if r["status"] == "fooled"]
+    by_step = Counter(int(r["fooled_at"]) for r in hardened
+                      if r["status"] == "fooled" and r.get("fooled_at") is not None)
+    ssim = distribution([r.get("ssim") for r in hardened])
     return {
-        "headline": headline(hardened, views),
+        "headline": headline(hardened, task),
         "total": total,
         "done": len(records),
         "pending": max(0, total - len(records)),
         "fooled": status["fooled"],
         "unfooled": status["unfooled"],
         "errors": status["error"],
-        "fooled_rate": round(len(fooled) / len(hardened), 4) if hardened else None,
+        # wrong under the deciding views before any attack: counted apart from the rates
+        "already_fooled": len(already),
+        "fooled_rate": round(len(fooled) / len(attacked), 4) if attacked else None,
         # strict: every verifier wrong under every view, the reported ones included
         "fooled_every_view_rate": (round(sum(bool(r.get("fooled_every_view"))
-                                             for r in hardened) / len(hardened), 4)
-                                   if hardened else None),
+                                             for r in attacked) / len(attacked), 4)
+                                   if attacked else None),
         "mean_psnr": finite_mean(r.get("psnr") for r in hardened),
         "mean_ssim": finite_mean(r.get("ssim") for r in hardened),
+        "min_ssim": None if ssim is None else ssim["min"],
         "mean_linf": finite_mean(r.get("linf") for r in hardened),
         "mean_l2": finite_mean(r.get("l2") for r in hardened),
         "mean_steps": finite_mean(r.get("steps") for r in hardened),
+        "mean_seconds_in_batch": finite_mean(r.get("seconds") for r in hardened),
         "fooled_by_step": {str(k): by_step[k] for k in sorted(by_step)},
         "stop_reasons": dict(sorted(Counter(str(r.get("stop_reason")) for r in hardened).items())),
-        "per_model": per_model(hardened),
-        "per_view": views,
-        "ssim_distribution": distribution([r.get("ssim") for r in hardened]),
+        "ssim_distribution": ssim,
+        **task.summary(hardened),
     }
+
+
+def _right(record: dict, field: str, verifier: str, view: str) -> bool | None:
+    """Whether ``verifier`` answered right under ``view`` (``field``: right_before or
+    right_after; None: not recorded)."""
+    got = ((record.get(field) or {}).get(verifier) or {}).get(view)
+    return None if got is None else bool(got)
+
+
+def deciding_of(record: dict, verifier: str) -> list[str]:
+    """The views that decide for ``verifier`` on this item (all of them when unrecorded)."""
+    return ((record.get("deciding") or {}).get(verifier)
+            or list((record.get("right_after") or {}).get(verifier) or ()))
+
+
+def headline(records: Sequence[dict], task) -> dict[str, dict]:
+    """What an operator acts on, per verifier, by one rule: a verifier is fooled under a view
+    only on items it answered right clean under that view; the others are counted apart.
+
+    - ``beaten_rate``: among the items it answered right clean under every deciding view
+      (``solved_clean`` of them), the share it answers wrong under all of them as delivered;
+    - per view: ``right_clean``, ``fooled`` (of those) and ``fooled_rate``; ``wrong_clean``
+      (already wrong clean: not counted); and the task's own figures (labels: 3x3 grid solve
+      rates before and after; text: mean character error rate)."""
+    rows = [r for r in records if isinstance(r.get("right_after"), dict)]
+    out: dict[str, dict] = {}
+    for v in dict.fromkeys(v for r in rows for v in r["right_after"]):
+        mine = [r for r in rows if v in r["right_after"]]
+        views = list(dict.fromkeys(w for r in mine for w in r["right_after"][v]))
+        deciding = list(dict.fromkeys(w for r in mine for w in deciding_of(r, v)))
+        solved = [r for r in mine
+                  if all(_right(r, "right_before", v, w) for w in deciding_of(r, v))]
+        beaten = [not any(_right(r, "right_after", v, w) for w in deciding_of(r, v))
+                  for r in solved]
+        by_view = {}
+        for w in views:
+            seen = [r for r in mine if _right(r, "right_after", v, w) is not None]
+            clean = [r for r in seen if _right(r, "right_before", v, w)]
+            fooled = sum(not _right(r, "right_after", v, w) for r in clean)
+            by_view[w] = {
+                "right_clean": len(clean),
+                "wrong_clean": sum(_right(r, "right_before", v, w) is False for r in seen),
+                "fooled": fooled,
+                "fooled_rate": round(fooled / len(clean), 4) if clean else None,
+                **task.view_figures(seen, v, w),
+            }
+        out[v] = {"beaten_rate": round(sum(beaten) / len(beaten), 4) if beaten else None,
+                  "beaten": sum(beaten), "solved_clean": len(solved), "deciding": deciding,
+                  "reported": [w for w in views if w not in deciding], "views": by_view}
+    return out
 
 
 def distribution(values: Iterable[float | None]) -> dict | None:
@@ -231,108 +284,3 @@ def distribution(values: Iterable[float | None]) -> dict | None:
                           "counts": [int(c) for c in counts]}}
 
 
-def _grids(rows: Sequence[dict], grids: int, seed: int):
-    """(label -> index, each row's label index, the seeded 3x3 grids) of ``rows``; the index
-    grows as selections name further labels."""
-    index: dict[str, int] = {}
-    y = [index.setdefault(r["label"], len(index)) for r in rows]
-    return index, y, sample_grids(y, grids, seed)
-
-
-def per_view(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
-    """Per verifier and per view of the matrix: the share of tiles it gets wrong (fooling
-    margin >= 0: its own decision is wrong) and its 3x3 grid solve rate, before and after."""
-    rows = [r for r in records if isinstance(r.get("margins_by_view"), dict)
-            and isinstance(r.get("selected_by_view_after"), dict)]
-    if not rows:
-        return {}
-    index, y, challenge = _grids(rows, grids, seed)
-    out: dict[str, dict] = {}
-    verifiers = sorted({v for r in rows for v in r["margins_by_view"]})
-    for v in verifiers:
-        views = list(dict.fromkeys(w for r in rows for w in (r["margins_by_view"].get(v) or {})))
-        stats = {}
-        for w in views:
-            margins = [(r["margins_by_view"].get(v) or {}).get(w) for r in rows]
-            known = [m for m in margins if m is not None]
-            entry = {"fooled_rate": round(sum(m >= 0 for m in known) / len(known), 4)
-                     if known else None}
-            for when in ("before", "after"):
-                sel = [(r.get(f"selected_by_view_{when}") or {}).get(v, {}).get(w)
-                       for r in rows]
-                if all(s is not None for s in sel):
-                    sets = [{index.setdefault(lab, len(index)) for lab in s} for s in sel]
-                    rate = grid_solve_rate_sets(sets, y, challenge)
-                    entry[f"grid_solve_rate_{when}"] = None if rate is None else round(rate, 4)
-            stats[w] = entry
-        out[v] = stats
-    return out
-
-
-def _wrong(margin: float | None) -> bool:
-    """A fooling margin read by the solver's own rule: >= 0 means its answer is wrong."""
-    return margin is not None and margin >= 0
-
-
-def still_right(record: dict) -> dict[str, list[str]]:
-    """verifier -> the views under which it still reads the tile's label (fooling margin < 0:
-    its own decision is right)."""
-    return {v: [w for w, m in views.items() if m is not None and not _wrong(m)]
-            for v, views in (record.get("margins_by_view") or {}).items()}
-
-
-def headline(records: Sequence[dict], views: dict[str, dict] | None = None) -> dict[str, dict]:
-    """What an operator acts on, per verifier: the share of tiles it gets wrong under all of its
-    deciding views at once (by its own decision rule), the views that decide for it, and under
-    each view its 3x3 grid solve rate before and after (``views``: :func:`per_view` of the same
-    records, computed here when not given)."""
-    views = per_view(records) if views is None else views
-    out: dict[str, dict] = {}
-    for v, by_view in views.items():
-        rows = [r for r in records if v in (r.get("margins_by_view") or {})]
-        deciding = list(dict.fromkeys(w for r in rows for w in (r.get("deciding") or {}).get(
-            v, r["margins_by_view"][v])))
-        beaten = [all(_wrong(r["margins_by_view"][v].get(w)) for w in
-                      (r.get("deciding") or {}).get(v, r["margins_by_view"][v])) for r in rows]
-        out[v] = {
-            "beaten_rate": round(sum(beaten) / len(beaten), 4) if beaten else None,
-            "deciding": deciding,
-            "grid_solve_rate": {w: {"before": e.get("grid_solve_rate_before"),
-                                    "after": e.get("grid_solve_rate_after")}
-                                for w, e in by_view.items()},
-        }
-    return out
-
-
-def per_model(records: Sequence[dict], grids: int = 200, seed: int = 0) -> dict[str, dict]:
-    """Per model, by its own decision rule: how often it selects a tile for the tile's label,
-    and how many seeded 3x3 grids ("select all X") it solves, before and after hardening."""
-    rows = [r for r in records if isinstance(r.get("selected_before"), dict)
-            and isinstance(r.get("selected_after"), dict)]
-    if not rows:
-        return {}
-    index, y, challenge = _grids(rows, grids, seed)
-    models = sorted({m for r in rows for m in r["selected_before"]})
-    out = {}
-    for m in models:
-        have = [i for i, r in enumerate(rows) if m in r["selected_before"]
-                and m in r["selected_after"]]
-        if len(have) != len(rows):
-            continue
-        sets = {}
-        for when in ("before", "after"):
-            sets[when] = [{index.setdefault(lab, len(index)) for lab in r[f"selected_{when}"][m]}
-                          for r in rows]
-        stats: dict = {}
-        for when in ("before", "after"):
-            hits = sum(y[i] in sets[when][i] for i in range(len(rows)))
-            stats[f"select_rate_{when}"] = round(hits / len(rows), 4)
-            rate = grid_solve_rate_sets(sets[when], y, challenge)
-            stats[f"grid_solve_rate_{when}"] = None if rate is None else round(rate, 4)
-        probs = [(r.get("probabilities_before") or {}).get(m, {}).get(r["label"]) for r in rows]
-        after = [(r.get("probabilities_after") or {}).get(m, {}).get(r["label"]) for r in rows]
-        if all(p is not None for p in probs + after):
-            stats["mean_p_label_before"] = finite_mean(probs)
-            stats["mean_p_label_after"] = finite_mean(after)
-        out[m] = stats
-    return out

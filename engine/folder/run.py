@@ -1,28 +1,37 @@
-"""``advx harden`` as a function: stream a labelled folder through one Hardener, writing each
-image and its record as soon as it is finished (see records.py for the files and resume)."""
+"""``advx harden`` as a function, for every task: stream the items of a folder (its label
+sub-folders or a labels CSV, as the task reads them) through one Hardener (or Ray workers),
+writing each hardened image and its record as soon as it is finished (see records.py for the
+files and resume).
+
+Unusable items (a missing or unreadable image, one too small, a truth the models cannot take)
+get an error record and the run goes on. An image whose longer side is over ``max_side`` is
+attacked on a downscaled working copy and its perturbation carried to full size, for tasks
+that allow it; for the others (a text captcha, whose readings are those of the delivered file)
+it is refused.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import shlex
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ... import __version__
-from ...export.defaults import DEFAULT_TEMPLATES
 from ...export.files import write_text_atomic
 from ..config import HardenConfig
-from ..defaults import DEFAULT_MAX_SIDE, DEFAULT_SURROGATES, DEFAULT_VERIFIERS
+from ..defaults import DEFAULT_MAX_SIDE
 from ..errors import RunError
 from ..images import ImageLoadError, load_image, save_image_atomic
-from ..tasks.labels.dataset import discover
+from ..rows import Row
+from ..tasks.base import Task, get_task
 from ..working import MIN_SIDE, downscale, full_size_delivery, working_size
 from . import records as rec
 from .distributed import Batch, RayOptions, RayPool
@@ -33,16 +42,15 @@ from .report import write_report
 class HardenJob:
     input_dir: Path
     out_dir: Path
-    labels_csv: Path | None = None
-    label_set: tuple[str, ...] | None = None  # None: the sorted labels seen
-    surrogates: tuple[str, ...] = DEFAULT_SURROGATES
-    verifiers: tuple[str, ...] = DEFAULT_VERIFIERS
+    task: str = "labels"
+    labels_csv: Path | None = None  # None: the task's folder layout, or INPUT/labels.csv
+    surrogates: tuple[str, ...] | None = None  # None: the task's defaults
+    verifiers: tuple[str, ...] | None = None
     config: HardenConfig = field(default_factory=HardenConfig)
-    templates: str = DEFAULT_TEMPLATES
+    # the task's own options (labels: label_set, label_map (a JSON file), templates, decoy)
+    options: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
-    max_side: int = DEFAULT_MAX_SIDE  # longer sides above this are attacked on a downscaled copy
-    label_map: Path | None = None  # JSON labels -> ImageNet classes, before the built-in map
-    decoy: str | None = None  # push tiles of other labels to be selected as this one
+    max_side: int = DEFAULT_MAX_SIDE  # longer sides above this: a working copy (or refused)
     ray: RayOptions | None = None  # spread the images over Ray workers
 
 
@@ -57,8 +65,7 @@ class Outcome:
 class _Pending:
     """An input loaded and handed to the engine, waiting for its result."""
 
-    path: str
-    label: str
+    row: Row
     notes: list[str]
     working: np.ndarray | None = None  # the downscaled copy of a large image
     full_size: tuple[int, int] | None = None  # (W, H) of a large image
@@ -67,15 +74,16 @@ class _Pending:
 class Progress:
     """Counts what is done; shows a tqdm bar on stderr unless quiet."""
 
-    def __init__(self, total: int, kept: Sequence[dict], show: bool) -> None:
+    def __init__(self, total: int, kept: Sequence[dict], show: bool, unit: str) -> None:
         self.fooled = sum(r["status"] == "fooled" for r in kept)
         self.hardened = sum(r["status"] != "error" for r in kept)
         self.new = 0
+        self.new_hardened = 0
         self.bar = None
         if show:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=len(kept), unit="img", desc="hardening",
+            self.bar = tqdm(total=total, initial=len(kept), unit=unit, desc="hardening",
                             dynamic_ncols=True, leave=True)
             self._postfix()
 
@@ -87,6 +95,7 @@ class Progress:
         self.new += 1
         if record["status"] != "error":
             self.hardened += 1
+            self.new_hardened += 1
             self.fooled += record["status"] == "fooled"
         if self.bar is not None:
             self._postfix()
@@ -95,20 +104,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def resolve_label_set(labels_seen: Sequence[str], given: Sequence[str] | None,
-                      label_map=None) -> tuple[str, ...]:
-    """--label-set, or the sorted labels seen; one label alone is a binary challenge ("select
-    all X") against the built-in negatives."""
-    if not given:
-        from ..api import default_label_set  # torch: see _build_hardener
-
-        return default_label_set(labels_seen, label_map)
-    unknown = sorted(set(labels_seen) - set(given))
-    if unknown:
-        raise RunError(f"labels {unknown} of the input are not in --label-set {','.join(given)}")
-    return tuple(given)
 
 
 def check_dirs(input_dir: Path, out_dir: Path) -> None:
@@ -125,25 +120,26 @@ def chunked(seq: Sequence, n: int) -> Iterator[Sequence]:
         yield seq[i : i + n]
 
 
-def run_info(job: HardenJob, label_set: Sequence[str]) -> dict:
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def run_info(job: HardenJob, task: Task, config: HardenConfig) -> dict:
     """What produced the outputs (compared on --resume)."""
-    return {"config": dataclasses.asdict(job.config), "surrogates": list(job.surrogates),
-            "verifiers": list(job.verifiers), "templates": job.templates,
-            "label_set": list(label_set), "max_side": job.max_side,
-            "label_map": str(Path(job.label_map).resolve()) if job.label_map else None,
-            # the map itself, so that `advx eval` of the outputs needs no path that may not
-            # resolve from where it runs
-            "label_map_entries": (json.loads(Path(job.label_map).read_text(encoding="utf-8"))
-                                  if job.label_map else None),
-            "decoy": job.decoy}
-
-
-_RESUME_KEYS = ("surrogates", "verifiers", "templates", "label_set", "max_side", "label_map",
-                "decoy")
-
-
-def _changed_options(out_dir: Path, info: dict) -> list[str]:
-    return rec.changed_options(out_dir, info, _RESUME_KEYS)
+    info: dict[str, Any] = {
+        "task": task.name, "config": dataclasses.asdict(config),
+        "surrogates": None if job.surrogates is None else list(job.surrogates),
+        "verifiers": None if job.verifiers is None else list(job.verifiers),
+        "max_side": job.max_side,
+        **{k: _jsonable(v) for k, v in job.options.items()}}
+    lmap = job.options.get("label_map")
+    if lmap is not None:  # the map itself, so that `advx eval` of the outputs needs no path
+        info["label_map_entries"] = json.loads(Path(lmap).read_text(encoding="utf-8"))
+    return info
 
 
 def run_harden(job: HardenJob, *, show_progress: bool = True,
@@ -151,55 +147,51 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     """Harden every input of ``job`` not yet done; write results.jsonl, summary.json and
     report.html. Raises RunError / DatasetError / model errors before touching ``out_dir``;
     returns with ``interrupted`` set on Ctrl-C (what is finished is kept)."""
+    task = get_task(job.task)
     if job.labels_csv is None and (job.input_dir / rec.RESULTS).exists():
-        raise RunError(f"{job.input_dir} is an advx output folder (it has {rec.RESULTS}); its "
-                       f"{rec.REPORT_FILES}/ would be read as a label. To harden its images "
-                       f"again, list them in a --labels CSV")
-    from ...export.zoo import load_label_map  # torch: see _build_hardener
-
-    items = discover(job.input_dir, job.labels_csv)
-    label_map = load_label_map(job.label_map)
-    label_set = resolve_label_set([it.label for it in items], job.label_set, label_map)
-    if job.decoy is not None and job.decoy not in label_set:
-        raise RunError(f"--decoy {job.decoy!r} is not in the label set "
-                       f"({', '.join(label_set[:12])}{', ...' if len(label_set) > 12 else ''})")
+        raise RunError(f"{job.input_dir} is an advx output folder (it has {rec.RESULTS}); to "
+                       f"harden its images again, list them in a --labels CSV")
+    unknown = sorted(set(job.options) - set(task.options))
+    if unknown:
+        raise RunError(f"the {task.name} task takes no option {', '.join(unknown)}")
+    config = job.config.for_task(task)
+    rows = task.read_rows(job.input_dir, job.labels_csv)
     check_dirs(job.input_dir, job.out_dir)
-    outputs = rec.output_paths([it.path for it in items], job.config.output_format)
-    results = job.out_dir / rec.RESULTS
-    info = run_info(job, label_set)
-    kept: dict[str, dict] = {}
-    if results.exists():
-        if not job.resume:
-            raise RunError(f"{job.out_dir} already holds {rec.RESULTS} from an earlier run: pass "
-                           f"--resume to finish that run, or choose another --out")
-        old, bad = rec.read_records(results)
-        kept = rec.records_to_keep(job.out_dir, old, outputs)
-        if bad:
-            warn(f"resume: skipped {bad} unreadable line(s) of {rec.RESULTS} (a torn write)")
-        changed = _changed_options(job.out_dir, info)
-        if changed:
-            warn(f"resume: options differ from the earlier run ({', '.join(changed)}); "
-                 f"finished images keep their earlier settings")
-    pending = [it for it in items if it.path not in kept]
-    index = {it.path: i for i, it in enumerate(items)}
-    ordered_kept = sorted(kept.values(), key=lambda r: index[r["path"]])
+    usable = [r for r in rows if r.problem is None]
+    options = task.plan_run([r.truth for r in usable], job.options)
+    outputs = rec.output_paths([r.path for r in usable], config.output_format)
+    info = run_info(job, task, config)
+    kept = _kept(job, task, rows, outputs, info, warn)
+    pending = [r for r in rows if r.problem is not None or r.path not in kept]
+    order = {r.path: i for i, r in enumerate(rows)}
+    ordered_kept = sorted(kept.values(), key=lambda r: order[r["path"]])
 
     t_setup = time.perf_counter()
-    asked = sorted({it.label for it in pending} | ({job.decoy} if job.decoy else set()))
-    hardener = pool = None
-    if pending and job.ray is not None:
-        pool = RayPool(job.ray, functools.partial(_build_hardener, job, label_set, label_map,
-                                                  asked))
-        info["ray_workers"] = pool.size
-    elif pending:
-        hardener = _build_hardener(job, label_set, label_map, asked)
+    todo = [r for r in pending if r.problem is None]
+    targets = task.targets([r.truth for r in todo], options)
+    decoys = dict(zip((r.path for r in todo), targets or [None] * len(todo), strict=True))
+    models, hardener, pool = _earlier_models(job.out_dir), None, None
+    problems: dict[str, str] = {}
+    if todo:
+        build = _Build(task.name, job.surrogates, job.verifiers, config,
+                       {k: v for k, v in options.items() if k != "decoy"})
+        if job.ray is not None:
+            pool = RayPool(job.ray, build)
+            info["ray_workers"] = pool.size
+            checked, models = pool.check([r.truth for r in todo], targets)
+        else:
+            hardener = build()
+            checked = hardener.check([r.truth for r in todo], targets)
+            models = hardener.describe()
+        problems = {r.path: why for r, why in zip(todo, checked, strict=True) if why}
     info["setup_seconds"] = round(time.perf_counter() - t_setup, 3)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     rec.remove_temp_files(job.out_dir)
+    results = job.out_dir / rec.RESULTS
     write_text_atomic(results, "".join(rec.dumps(r) + "\n" for r in ordered_kept))
 
     t0 = time.perf_counter()
-    progress = Progress(len(items), ordered_kept, show_progress)
+    progress = Progress(len(rows), ordered_kept, show_progress, "img")
     interrupted = False
     try:
         with rec.RecordWriter(results) as writer:
@@ -208,160 +200,221 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
                 progress.update(r)
 
             def deliver(batch, result) -> None:
-                record(_deliver(job, batch.context[result.index], result, outputs))
+                record(_deliver(job, task, config, batch.context[result.index], result,
+                                outputs))
 
-            batches = (b for c in chunked(pending, 2 * job.config.batch_size)
-                       if (b := _prepare(job, c, record)) is not None)
+            batches = (b for c in chunked(pending, 2 * config.batch_size)
+                       if (b := _prepare(job, task, c, problems, decoys, record)) is not None)
             if pool is not None:
                 pool.run(batches, deliver)
             else:
                 for b in batches:
-                    hardener.run(b.images, b.labels, b.targets,
+                    hardener.run(b.images, b.truths, b.targets,
                                  on_result=lambda r, b=b: deliver(b, r))
     except KeyboardInterrupt:
         interrupted = True
     except BaseException as exc:
         progress.close()
         with contextlib.suppress(Exception):  # the first error is the one to report
-            _finish(job, len(items), info, time.perf_counter() - t0, progress.new, False,
-                    error=f"{type(exc).__name__}: {exc}")
+            _finish(job, task, len(rows), info, models, time.perf_counter() - t0, progress,
+                    False, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if pool is not None:
             pool.close()
     progress.close()
-    summary = _finish(job, len(items), info, time.perf_counter() - t0, progress.new,
+    summary = _finish(job, task, len(rows), info, models, time.perf_counter() - t0, progress,
                       interrupted)
     hint = (f"advx harden {shlex.quote(str(job.input_dir))} --out {shlex.quote(str(job.out_dir))}"
-            f" --resume  (with the options used before)")
+            + (f" --task {task.name}" if task.name != "labels" else "")
+            + " --resume  (with the options used before)")
     return Outcome(summary, interrupted, hint)
 
 
-def _build_hardener(job: HardenJob, label_set: Sequence[str], label_map,
-                    asked: Sequence[str]):
-    """The models, checked to know every label the run asks about (before OUT is touched)."""
-    # The engine's torch side (the API, the zoo) is imported where a run builds its models, in
-    # this process or in each Ray worker: the folder package itself loads without torch.
-    from ..api import Hardener, check_known
+def _kept(job: HardenJob, task: Task, rows: Sequence[Row], outputs: dict[str, str],
+          info: dict, warn: Callable[[str], None]) -> dict[str, dict]:
+    """path -> the earlier record a resumed run keeps: its output exists (or it is an error)
+    and its truth is still the row's."""
+    results = job.out_dir / rec.RESULTS
+    if not results.exists():
+        return {}
+    if not job.resume:
+        raise RunError(f"{job.out_dir} already holds {rec.RESULTS} from an earlier run: pass "
+                       f"--resume to finish that run, or choose another --out")
+    old, bad = rec.read_records(results)
+    if bad:
+        warn(f"resume: skipped {bad} unreadable line(s) of {rec.RESULTS} (a torn write)")
+    changed = rec.changed_options(job.out_dir, info)
+    if changed:
+        warn(f"resume: options differ from the earlier run ({', '.join(changed)}); finished "
+             f"images keep their earlier settings")
+    truth = {r.path: r.truth for r in rows if r.problem is None}
+    return {p: r for p, r in rec.records_to_keep(job.out_dir, old, outputs).items()
+            if r.get(task.truth) == truth[p] or r["status"] == "error"}
 
-    hardener = Hardener(label_set, surrogates=job.surrogates, verifiers=job.verifiers,
-                        config=job.config, templates=job.templates, label_map=label_map)
-    check_known([*hardener.ensemble.members, *hardener.verifiers], asked)
-    return hardener
+
+class _Build:
+    """Builds the run's Hardener, here or in each Ray worker (picklable)."""
+
+    def __init__(self, task: str, surrogates, verifiers, config: HardenConfig,
+                 options: dict) -> None:
+        self.task, self.surrogates, self.verifiers = task, surrogates, verifiers
+        self.config, self.options = config, options
+
+    def __call__(self):
+        # The engine's torch side is imported where a run builds its models, in this process
+        # or in each Ray worker: the folder package itself loads without torch.
+        from ..api import Hardener
+
+        return Hardener(self.task, surrogates=self.surrogates, verifiers=self.verifiers,
+                        config=self.config, **self.options)
 
 
-def _prepare(job: HardenJob, chunk, record: Callable[[dict], None]):
-    """Load a chunk of inputs (large ones downscaled to their working copy); unreadable or
-    too-small ones get their error record at once. None when nothing is left to attack."""
-    images, labels, pending = [], [], []
-    for it in chunk:
+def _earlier_models(out_dir: Path) -> dict | None:
+    """The models of the earlier run (a resumed run with nothing left loads none)."""
+    try:
+        return json.loads((out_dir / rec.SUMMARY).read_text(encoding="utf-8")).get("models")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _prepare(job: HardenJob, task: Task, chunk: Sequence[Row], problems: Mapping[str, str],
+             decoys: Mapping[str, Any], record: Callable[[dict], None]) -> Batch | None:
+    """Load a chunk of inputs (large ones downscaled to their working copy, where the task
+    allows it); unusable ones get their error record at once. None when nothing is left."""
+    images, truths, pending = [], [], []
+    for row in chunk:
+        where = f"{job.labels_csv.name} line {row.line}: " if job.labels_csv and row.line else ""
+
+        def fail(reason: str, notes: Sequence[str] = (), row: Row = row) -> None:
+            record(rec.error_record(row.path, row.truth, reason, [*row.notes, *notes],
+                                    truth=task.truth))
+
+        if row.problem is not None:
+            fail(row.problem)
+            continue
+        if row.path in problems:
+            fail(where + problems[row.path])
+            continue
         try:
-            loaded = load_image(job.input_dir / it.path)
+            loaded = load_image(job.input_dir / row.path)
         except ImageLoadError as e:
-            record(rec.error_record(it.path, it.label, e.reason))
+            fail(where + e.reason)
             continue
         px, notes = loaded.pixels, list(loaded.notes)
         h, w = px.shape[:2]
         size = working_size(w, h, job.max_side)
+        if size is not None and not task.rescale:
+            fail(f"{where}{w}x{h} px is over --max-side {job.max_side}: a {task.noun} is "
+                 f"hardened at its own size", notes)
+            continue
         if min(size or (w, h)) < MIN_SIDE:
             why = f"image too small to harden: {w}x{h}" + (
                 f" (working copy {size[0]}x{size[1]})" if size else "")
-            record(rec.error_record(it.path, it.label, f"{why}; sides must be >= {MIN_SIDE} px",
-                                    notes))
+            fail(f"{where}{why}; sides must be >= {MIN_SIDE} px", notes)
             continue
-        p = _Pending(it.path, it.label, notes)
+        p = _Pending(row, [*row.notes, *notes])
         if size is not None:
             p.working, p.full_size = downscale(px, size), (w, h)
             px = p.working
         images.append(px)
-        labels.append(it.label)
+        truths.append(row.truth)
         pending.append(p)
     if not images:
         return None
-    targets = None if job.decoy is None else [None if y == job.decoy else job.decoy
-                                              for y in labels]
-    return Batch(images, labels, targets, pending)
+    targets = [decoys.get(p.row.path) for p in pending]
+    return Batch(images, truths, targets if any(t is not None for t in targets) else None,
+                 pending)
 
 
-def _deliver(job: HardenJob, p: _Pending, result, outputs: dict[str, str]) -> dict:
+def _deliver(job: HardenJob, task: Task, config: HardenConfig, p: _Pending, result,
+             outputs: dict[str, str]) -> dict:
     """Write the hardened image (atomically) and return its record."""
-    cfg = job.config
     image, notes, extra = result.image, list(p.notes), {}
+    path = p.row.path
     if p.working is not None:
         try:  # reloaded rather than kept in memory
-            original = load_image(job.input_dir / p.path).pixels
+            original = load_image(job.input_dir / path).pixels
         except ImageLoadError as e:
-            return rec.error_record(p.path, p.label, f"unreadable on reload: {e.reason}", notes)
+            return rec.error_record(path, p.row.truth, f"unreadable on reload: {e.reason}",
+                                    notes, truth=task.truth)
         if original.shape[1::-1] != p.full_size:
-            return rec.error_record(p.path, p.label, "the input changed during the run", notes)
-        image, extra, scale = full_size_delivery(original, p.working, result.image, cfg)
+            return rec.error_record(path, p.row.truth, "the input changed during the run",
+                                    notes, truth=task.truth)
+        image, extra, scale = full_size_delivery(original, p.working, result.image, config)
         if scale < 1:  # rare: the floor holds at full size too
             notes.append(f"perturbation scaled by {scale:.3f} at full size to hold SSIM >= "
-                         f"{cfg.ssim_floor}")
+                         f"{config.ssim_floor}")
         wh, ww = p.working.shape[:2]
         notes.append(f"attacked at {ww}x{wh}; perturbation upsampled to full size "
-                     f"{p.full_size[0]}x{p.full_size[1]}; status, predictions and margins refer "
+                     f"{p.full_size[0]}x{p.full_size[1]}; status, answers and margins refer "
                      f"to the working copy, metrics to the full-size image")
-    out = outputs[p.path]
-    save_image_atomic(job.out_dir / out, image, fmt=cfg.output_format, quality=cfg.jpeg_quality)
-    record = rec.result_record(p.path, out, result.to_record(), notes)
+    out = outputs[path]
+    save_image_atomic(job.out_dir / out, image, fmt=config.output_format,
+                      quality=config.jpeg_quality)
+    record = rec.result_record(path, out, result.to_record(), notes, truth=task.truth)
     record.update(extra)
     return record
 
 
-def _finish(job: HardenJob, total: int, info: dict, seconds: float, new: int,
-            interrupted: bool, error: str | None = None) -> dict:
+def _finish(job: HardenJob, task: Task, total: int, info: dict, models: dict | None,
+            seconds: float, progress: Progress, interrupted: bool,
+            error: str | None = None) -> dict:
     """Write summary.json and report.html for what results.jsonl holds now."""
     records, _ = rec.read_records(job.out_dir / rec.RESULTS)
     records.sort(key=lambda r: r["path"])
+    new = progress.new_hardened
     summary = {
+        "task": task.name,
         "advx_version": __version__,
         "input": str(job.input_dir),
+        "labels": None if job.labels_csv is None else str(job.labels_csv),
         "output": str(job.out_dir),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": len(records) >= total,
         "interrupted": interrupted,
         "error": error,  # why the run stopped, when it failed
-        **rec.summarize(records, total=total),
+        **rec.summarize(records, task, total=total),
         "images_per_s": round(new / seconds, 4) if seconds > 0 and new else None,
+        "seconds_per_image": round(seconds / new, 3) if new else None,
         "seconds": round(seconds, 3),
-        "new_this_run": new,
+        "new_this_run": progress.new,
+        "models": models,
         **info,
     }
     write_text_atomic(job.out_dir / rec.SUMMARY, json.dumps(summary, indent=2) + "\n")
-    write_report(job.out_dir, records, summary, job.input_dir)
+    write_report(job.out_dir, records, summary, job.input_dir, task)
     return summary
 
 
-def harden_folder(input_dir: str | Path, out_dir: str | Path, *,
+def harden_folder(input_dir: str | Path, out_dir: str | Path, *, task: str = "labels",
                   labels_csv: str | Path | None = None,
-                  label_set: Sequence[str] | None = None,
-                  surrogates: Sequence[str] = DEFAULT_SURROGATES,
-                  verifiers: Sequence[str] = DEFAULT_VERIFIERS,
+                  surrogates: Sequence[str] | None = None,
+                  verifiers: Sequence[str] | None = None,
                   config: HardenConfig | None = None,
-                  templates: str = DEFAULT_TEMPLATES,
-                  label_map: str | Path | None = None,
-                  decoy: str | None = None,
                   max_side: int = DEFAULT_MAX_SIDE,
                   resume: bool = False,
                   ray: str | RayOptions | None = None,
                   show_progress: bool = False,
-                  warn: Callable[[str], None] = print) -> Outcome:
-    """Harden a labelled folder into ``out_dir`` exactly as ``advx harden`` does: images at
-    their relative paths, ``results.jsonl`` (a record per input, appended as each finishes),
+                  warn: Callable[[str], None] = print,
+                  **options: Any) -> Outcome:
+    """Harden a folder into ``out_dir`` exactly as ``advx harden`` does: images at their
+    relative paths, ``results.jsonl`` (a record per input, appended as each finishes),
     ``summary.json`` and ``report.html``; ``resume=True`` finishes an interrupted run.
 
-    ``ray``: ``"local"``, ``"auto"``, a cluster address or :class:`RayOptions` to spread the
-    images over Ray workers (records are the same as in one process with the same seed).
-    Returns the summary; raises :class:`~advx.engine.errors.RunError` and the typed dataset
-    and model errors before anything is written.
+    ``task``: a registered task (``labels``: INPUT/<label>/... or a path,label CSV; ``text``:
+    a path,text CSV, default INPUT/labels.csv). ``options``: the task's own (``labels``:
+    ``label_set``, ``label_map`` (a JSON file), ``templates``, ``decoy``). ``ray``:
+    ``"local"``, ``"auto"``, a cluster address or :class:`RayOptions` to spread the images
+    over Ray workers (records are the same as in one process with the same seed). Raises
+    :class:`~advx.engine.errors.RunError` and the typed dataset and model errors before
+    anything is written.
     """
     job = HardenJob(
-        input_dir=Path(input_dir), out_dir=Path(out_dir),
+        input_dir=Path(input_dir), out_dir=Path(out_dir), task=task,
         labels_csv=Path(labels_csv) if labels_csv else None,
-        label_set=tuple(label_set) if label_set else None,
-        surrogates=tuple(surrogates), verifiers=tuple(verifiers),
-        config=config or HardenConfig(), templates=templates,
-        label_map=Path(label_map) if label_map else None, decoy=decoy, max_side=max_side,
+        surrogates=tuple(surrogates) if surrogates else None,
+        verifiers=tuple(verifiers) if verifiers else None,
+        config=config or HardenConfig(), options=options, max_side=max_side,
         resume=resume, ray=RayOptions(ray) if isinstance(ray, str) else ray)
     return run_harden(job, show_progress=show_progress, warn=warn)

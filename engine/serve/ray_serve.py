@@ -1,4 +1,5 @@
-"""``advx serve --ray ADDRESS``: the HTTP API of :mod:`advx.engine.serve.http` from Ray Serve replicas.
+"""``advx serve --ray ADDRESS``: the HTTP API of :mod:`.http` from Ray Serve replicas, for
+every task.
 
 Two deployments. ``advx-hardener`` (``replicas`` of them, each holding the models: a
 :class:`~advx.engine.serve.service.HardenService` without its worker thread) gathers requests with
@@ -18,13 +19,14 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from ray import serve
 
-from .label_sets import LabelSets
+from .requests import Group, Requests, Unreadable
 from .service import DeadlineExceeded, HardenService, QueueFull
 
 APP_NAME = "advx"
@@ -36,12 +38,9 @@ class Job:
     ingress and the replica may run on different machines)."""
 
     image: np.ndarray
-    label: str
-    label_set: tuple[str, ...]
-    eps: float | None
-    steps: int | None
+    truth: Any
+    group: Group
     deadline: float
-    decide: tuple[str, ...] | None = None  # the deciding views (None: the server's)
     stop: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def abandoned(self) -> bool:
@@ -54,14 +53,14 @@ class Job:
 class HardenerReplica:
     """The models of one replica and its batches (the ``advx-hardener`` deployment)."""
 
-    def __init__(self, label_set: Sequence[str], service_args: dict, batch_size: int) -> None:
+    def __init__(self, service_args: dict, batch_size: int) -> None:
         import ray
         import torch
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus:
             torch.set_num_threads(max(1, int(cpus)))
-        self.service = HardenService(label_set, **service_args, start=False)
+        self.service = HardenService(**service_args, start=False)
         self.batch.set_max_batch_size(batch_size)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
@@ -77,21 +76,23 @@ class HardenerReplica:
             raise
 
     def _run(self, jobs: list[Job]) -> list:
-        cfg = self.service.config
         out: list = [None] * len(jobs)
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[Group, list[int]] = {}
         for i, j in enumerate(jobs):
-            key = (j.label_set, cfg.eps if j.eps is None else j.eps,
-                   cfg.steps if j.steps is None else j.steps, self.service.deciding(j.decide))
-            groups.setdefault(key, []).append(i)
-        for (ls, eps, steps, decide), idx in groups.items():
+            groups.setdefault(j.group, []).append(i)
+        for group, idx in groups.items():
             live = [i for i in idx if not jobs[i].abandoned()]
             if not live:
                 continue
             try:
+                for i in live:  # a truth the models cannot take fails its own request
+                    why = self.service.problem(group, jobs[i].truth)
+                    if why is not None:
+                        out[i] = Unreadable(why)
+                live = [i for i in live if out[i] is None]
                 results = self.service.run_group(
-                    ls, eps, steps, [jobs[i].image for i in live], [jobs[i].label for i in live],
-                    should_stop=lambda k, live=live: jobs[live[k]].abandoned(), decide=decide)
+                    group, [jobs[i].image for i in live], [jobs[i].truth for i in live],
+                    should_stop=lambda k, live=live: jobs[live[k]].abandoned())
             except Exception as e:  # every request of the group learns why
                 for i in live:
                     out[i] = e
@@ -107,9 +108,8 @@ class HardenerReplica:
 class RayBackend:
     """The ingress's face of the hardener deployment (what :func:`create_app` talks to)."""
 
-    def __init__(self, handle, label_sets: LabelSets, config, models: dict, max_queue: int
-                 ) -> None:
-        self.handle, self.label_sets, self.config = handle, label_sets, config
+    def __init__(self, handle, requests: Requests, models: dict, max_queue: int) -> None:
+        self.handle, self.requests, self.configs = handle, requests, requests.configs
         self._models, self.max_queue = models, max_queue
         self.in_flight, self.batches_s = 0, None
 
@@ -126,11 +126,13 @@ class RayBackend:
     def models(self) -> dict:
         return self._models
 
-    async def harden(self, image, label: str, label_set: tuple[str, ...], eps, steps,
-                     timeout_s: float, decide: tuple[str, ...] | None = None):
+    def check(self, group: Group, truth: Any) -> str | None:
+        return None  # the replica checks the truth against its models
+
+    async def harden(self, image, truth: Any, group: Group, timeout_s: float):
         from ray.serve.exceptions import BackPressureError
 
-        job = Job(image, label, label_set, eps, steps, time.time() + timeout_s, decide)
+        job = Job(image, truth, group, time.time() + timeout_s)
         self.in_flight += 1
         t0 = time.monotonic()
         try:
@@ -156,10 +158,9 @@ class RayBackend:
 class IngressReplica:
     """The ``advx-ingress`` deployment: the FastAPI app over the hardener deployment."""
 
-    def __init__(self, hardeners, label_set: Sequence[str], allowed, config, models: dict,
-                 limits, token: str | None, max_queue: int) -> None:
-        self.backend = RayBackend(hardeners, LabelSets(label_set, allowed), config, models,
-                                  max_queue)
+    def __init__(self, hardeners, tasks: dict, config, models: dict, limits,
+                 token: str | None, max_queue: int) -> None:
+        self.backend = RayBackend(hardeners, Requests(tasks, config), models, max_queue)
         self.limits, self.token = limits, token
 
     def __serve_build_asgi_app__(self):
@@ -168,8 +169,8 @@ class IngressReplica:
         return create_app(self.backend, limits=self.limits, token=self.token)
 
 
-def build_app(label_set: Sequence[str], service_args: dict, limits, *, token: str | None,
-              replicas: int, cpus_per_replica: float, gpus_per_replica: float):
+def build_app(service_args: dict, limits, *, token: str | None, replicas: int,
+              cpus_per_replica: float, gpus_per_replica: float):
     """The Ray Serve application (ingress bound to the hardener deployment)."""
     batch = service_args.get("max_batch", 16)
     max_queue = service_args.get("max_queue", 32)
@@ -182,16 +183,17 @@ def build_app(label_set: Sequence[str], service_args: dict, limits, *, token: st
         # the ingress only waits; the hardeners' queue is the bound
         max_ongoing_requests=4 * (max_queue + batch * replicas) + 16,
         ray_actor_options={"num_cpus": 0})
-    config = service_args["config"]
-    models = {"surrogates": list(service_args["surrogates"]),
-              "verifiers": list(service_args["verifiers"]), "label_set": list(label_set),
-              "transforms": config.transforms, "replicas": replicas}
-    return ingress.bind(hardener.bind(tuple(label_set), service_args, batch), tuple(label_set),
-                        service_args.get("allowed_label_sets"), config, models, limits, token,
-                        max_queue)
+    config, tasks = service_args["config"], service_args["tasks"]
+    requests = Requests(tasks, config)
+    models = {t: {"transforms": requests.configs[t].transforms,
+                  "surrogates": None if s.surrogates is None else list(s.surrogates),
+                  "verifiers": None if s.verifiers is None else list(s.verifiers),
+                  "replicas": replicas} for t, s in tasks.items()}
+    return ingress.bind(hardener.bind(service_args, batch), tasks, config, models, limits,
+                        token, max_queue)
 
 
-def serve_on_ray(address: str, label_set: Sequence[str], service_args: dict, limits, *,
+def serve_on_ray(address: str, service_args: dict, limits, *,
                  token: str | None, host: str, port: int, replicas: int = 1,
                  echo: Callable[[str], None] = print, stop: threading.Event | None = None
                  ) -> None:
@@ -204,7 +206,7 @@ def serve_on_ray(address: str, label_set: Sequence[str], service_args: dict, lim
     try:
         workers, cpus, gpus = plan(ray.cluster_resources(), RayOptions(address, workers=replicas))
         serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
-        serve.run(build_app(label_set, service_args, limits, token=token, replicas=workers,
+        serve.run(build_app(service_args, limits, token=token, replicas=workers,
                             cpus_per_replica=cpus, gpus_per_replica=gpus),
                   name=APP_NAME, route_prefix="/", blocking=False)
         echo(f"advx serve: {workers} Ray Serve replica(s) ready; listening on "

@@ -1,25 +1,19 @@
-"""A long-lived hardening service: models built once, concurrent requests batched together.
+"""A long-lived hardening service, for every task: models built once, concurrent requests
+batched together.
 
 Requests wait in a bounded queue (``max_queue``: beyond it :meth:`HardenService.submit` raises
 :class:`QueueFull`); one worker thread takes every request that is waiting (up to
 ``max_batch``, after a short gathering window) and runs them through the scheduler together,
-so images of different requests share attack steps and verification passes. Requests with other
-budgets, label sets or deciding views (``decide``) run as their own group, on the same models.
-Each request gets a :class:`concurrent.futures.Future` of its :class:`HardenResult`.
+so images of different requests share attack steps and verification passes. Requests of other
+tasks, model sets (labels: label sets), budgets or deciding views (``decide``) run as their own
+group, on the same models. Each request gets a :class:`concurrent.futures.Future` of its result.
 
 Work is bounded per request: an image whose longer side is over ``max_side`` is attacked on a
 downscaled working copy and its perturbation carried to full size, as folder runs do
-(:mod:`.serve_images`). A request whose future is cancelled (its caller is gone)
-or whose deadline passes leaves its batch before the next attack step. Label sets are
-normalised (order does not matter); the models of at most ``max_label_sets`` of them are kept,
-least recently used first out, and the exports the service built for one are removed with it
-(:mod:`.label_sets`).
-
-Text CAPTCHAs (:meth:`HardenService.submit_text`) take the same queue, deadlines and
-cancellation; their OCR solvers are loaded on the first text request (:mod:`.text_hardeners`),
-or at start by a service with no default label set (text captchas only, or a label set sent
-with each image), and a captcha is hardened at its own size (one whose longer side is over
-``max_side`` is refused), so that its readings are those of the delivered file.
+(:mod:`.uploads`), for tasks that allow it; for the others (a text captcha, whose readings are
+those of the delivered file) it is refused. A request whose future is cancelled (its caller is
+gone) or whose deadline passes leaves its batch before the next attack step. The models of at
+most ``max_label_sets`` model sets per task are kept (:mod:`.hardeners`).
 """
 
 from __future__ import annotations
@@ -30,19 +24,19 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ...export.defaults import DEFAULT_TEMPLATES
 from ..config import HardenConfig
 from ..defaults import DEFAULT_MAX_SIDE, SERVE_MAX_LABEL_SETS, SERVE_MAX_QUEUE
-from ..results import HardenResult, TextResult
-from ..views.presets import resolve_decide
-from .label_sets import HardenerCache, LabelSets
-from .text_hardeners import TextHardeners
+from ..results import HardenResult
+from ..tasks.base import get_task
+from .hardeners import HardenerCache
+from .requests import Group, Requests, TaskSetup
 from .uploads import Prepared, deliver, prepare, release_memory
 
 log = logging.getLogger(__name__)
@@ -64,11 +58,8 @@ class DeadlineExceeded(TimeoutError):
 @dataclass(eq=False)
 class _Request:
     prepared: Prepared
-    label: str  # the tile's label, or a text captcha's truth
-    label_set: tuple[str, ...] | None  # None: a text captcha
-    eps: float
-    steps: int
-    decide: tuple[str, ...] | None  # the deciding views (None: the default ones)
+    truth: Any
+    group: Group
     future: Future
     deadline: float | None  # time.monotonic() after which the request is given up
 
@@ -78,7 +69,7 @@ class _Request:
             self.deadline is not None and time.monotonic() > self.deadline)
 
 
-def _settle(fut: Future, result: HardenResult | TextResult | None = None,
+def _settle(fut: Future, result: HardenResult | None = None,
             error: BaseException | None = None) -> bool:
     """Resolve ``fut`` unless its caller cancelled it meanwhile; True when resolved."""
     with contextlib.suppress(InvalidStateError):
@@ -93,33 +84,26 @@ def _settle(fut: Future, result: HardenResult | TextResult | None = None,
 class HardenService:
     """Harden single images as they come, many at a time (see the module docstring).
 
-    ``start=False`` builds the models but starts no worker (:meth:`start` does; Ray Serve
+    ``tasks``: the tasks served and what each loads (default: every registered task with its
+    defaults; a task's models load on its first request unless its setup is ``eager``).
+    ``start=False`` builds the eager models but starts no worker (:meth:`start` does; Ray Serve
     replicas call :meth:`run_group` themselves)."""
 
-    def __init__(self, label_set: Sequence[str], *, surrogates: Sequence[str],
-                 verifiers: Sequence[str], config: HardenConfig | None = None,
-                 templates: str = DEFAULT_TEMPLATES, label_map=None, max_batch: int = 16,
+    def __init__(self, tasks: Mapping[str, TaskSetup] | None = None, *,
+                 config: HardenConfig | None = None, max_batch: int = 16,
                  window_s: float = 0.05, max_label_sets: int = SERVE_MAX_LABEL_SETS,
                  max_queue: int = SERVE_MAX_QUEUE, max_side: int = DEFAULT_MAX_SIDE,
-                 allowed_label_sets: Iterable[Sequence[str]] | None = None,
-                 text_surrogates: Sequence[str] | None = None,
-                 text_verifiers: Sequence[str] | None = None, start: bool = True) -> None:
+                 start: bool = True) -> None:
+        from ..tasks import TASKS
+
         if max_queue < 1 or max_label_sets < 1 or max_batch < 1:
             raise ValueError("max_queue, max_label_sets and max_batch must be >= 1")
         self.config = config or HardenConfig()
-        self.surrogates, self.verifiers = tuple(surrogates), tuple(verifiers)
-        self.templates, self.label_map = templates, label_map
-        self.label_sets = LabelSets(label_set, allowed_label_sets)
-        self.default_label_set = self.label_sets.default
+        self.setups = dict(tasks) if tasks is not None else {t: TaskSetup() for t in TASKS}
         self.max_batch, self.window_s = max_batch, window_s
         self.max_label_sets, self.max_queue, self.max_side = max_label_sets, max_queue, max_side
-        self._hardeners = HardenerCache(
-            self.default_label_set, surrogates=self.surrogates, verifiers=self.verifiers,
-            config=self.config, templates=templates, label_map=label_map,
-            max_label_sets=max_label_sets)
-        # OCR solvers (None: every built-in one that loads), built on the first text request
-        self.text = TextHardeners(self.config, surrogates=text_surrogates,
-                                  verifiers=text_verifiers)
+        self.requests = Requests(self.setups, self.config)
+        self.hardeners = HardenerCache(self.requests, max_sets=max_label_sets)
         self._waiting: deque[_Request] = deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -129,10 +113,9 @@ class HardenService:
         self.running = 0  # requests in the scheduler run now
         self.busy = False
         self._batch_s: float | None = None  # moving average of a batch's duration
-        if self.default_label_set:  # build now
-            self.hardener(self.default_label_set, self.config.eps, self.config.steps)
-        else:  # text captchas only (or label sets sent with each request): the OCR solvers now
-            self.text_hardener()
+        for task, setup in self.setups.items():
+            if setup.eager:
+                self.hardener(task)
         self._worker: threading.Thread | None = None
         if start:
             self.start()
@@ -143,99 +126,72 @@ class HardenService:
                                             daemon=True)
             self._worker.start()
 
-    # --- models --------------------------------------------------------------------------------
+    # --- models ------------------------------------------------------------------------------
 
-    def hardener(self, label_set: tuple[str, ...], eps: float, steps: int,
-                 decide: Sequence[str] | None = None):
-        """The Hardener for a label set, budget and deciding views: models built once per label
-        set (at most ``max_label_sets`` kept, least recently used out), a fresh schedule
-        (cheap) per budget and deciding views."""
-        return self._hardeners.get(label_set, eps, steps, self.deciding(decide))
+    def hardener(self, task: str = "labels", options: Mapping[str, Any] | tuple | None = None,
+                 eps: float | None = None, steps: int | None = None,
+                 decide: tuple[str, ...] | None = None):
+        """The Hardener of a task's model set (default: its setup's), budget and deciding
+        views; models built once per set, a fresh schedule (cheap) per budget and views."""
+        opts = dict(options) if options is not None else None
+        return self.hardeners.get(task, opts, eps, steps, decide)
+
+    def problem(self, group: Group, truth: Any) -> str | None:
+        """Why ``truth`` cannot be hardened in ``group`` (None: it can); builds the group's
+        hardener when not kept (the first call of a task loads its models)."""
+        return self._hardener(group).problem(truth)
+
+    def _hardener(self, g: Group):
+        return self.hardener(g.task, dict(g.options), g.eps, g.steps, g.decide)
 
     @property
     def label_set_builds(self) -> int:
-        """Label sets whose models were built."""
-        return self._hardeners.builds
+        """Model sets whose models were built."""
+        return self.hardeners.builds
 
     @property
     def build_seconds(self) -> float:
-        """Time spent building them."""
-        return self._hardeners.build_seconds
-
-    def cached_label_sets(self) -> list[tuple[str, ...]]:
-        return self._hardeners.label_sets()
+        return self.hardeners.build_seconds
 
     def export_bytes(self) -> int:
         """Bytes on disk of the exports this service built and keeps."""
-        return self._hardeners.export_bytes()
-
-    def text_hardener(self, eps: float | None = None, steps: int | None = None,
-                      decide: Sequence[str] | None = None):
-        """The TextHardener of a budget and deciding views of the text preset (default the
-        service's); the first call loads the OCR solvers (seconds), and raises ValueError /
-        ModelUnavailableError when none loads."""
-        return self.text.get(eps, steps, self.deciding(decide, text=True))
-
-    def check_text(self, text: object, eps: float | None = None, steps: int | None = None,
-                   decide: Sequence[str] | None = None) -> str | None:
-        """Why ``text`` cannot be a text captcha's truth here (None: it can); builds the
-        hardener of the budget when not kept, so that :meth:`submit_text` does not wait."""
-        return self.text_hardener(eps, steps, decide).check_text(text)
-
-    def deciding(self, decide: str | Sequence[str] | None, text: bool = False
-                 ) -> tuple[str, ...] | None:
-        """A request's deciding views (of the text preset for a text captcha; ``all``: every
-        view) in the preset's order, None for the default ones (their requests share batches);
-        ValueError naming the preset's views."""
-        cfg = self.text.config if text else self.config
-        d = None if decide is None else resolve_decide(cfg.transforms, decide)
-        return None if d is None or set(d) == set(cfg.deciding) else d
+        return self.hardeners.export_bytes()
 
     # --- requests ------------------------------------------------------------------------------
 
-    def submit(self, image: np.ndarray | Prepared, label: str, *,
-               label_set: Sequence[str] | None = None, eps: float | None = None,
-               steps: int | None = None, timeout_s: float | None = None,
-               decide: str | Sequence[str] | None = None) -> Future:
-        """Queue one uint8 HxWx3 image (or a :class:`Prepared` one); the future resolves to its
-        HardenResult at the input's size. ``decide``: its deciding views (default the
-        service's). Raises ValueError (label, label set, views) and QueueFull.
-        Cancelling the future, or ``timeout_s`` passing (DeadlineExceeded), stops its work at
-        the next attack step."""
-        ls, decide = self.label_sets.resolve(label, label_set), self.deciding(decide)
-        if not isinstance(image, Prepared):
-            image = prepare(np.asarray(image), max_pixels=2**62, max_side=self.max_side)
-        return self._enqueue(image, label, ls, eps, steps, decide, timeout_s)
-
-    def submit_text(self, image: np.ndarray | Prepared, text: str, *, eps: float | None = None,
-                    steps: int | None = None, timeout_s: float | None = None,
-                    decide: str | Sequence[str] | None = None) -> Future:
-        """Queue one text captcha (uint8 HxWx3, or a :class:`Prepared` one at full size) and the
-        text it shows (``decide``: views of the text preset); the future resolves to its
-        TextResult. Raises CharsetError (a ValueError naming the solver and the characters),
-        ValueError (a captcha over ``max_side``, views) and QueueFull; cancelling and
-        deadlines as for :meth:`submit`."""
-        from ...export.solver.charset import CharsetError
-
-        decide = self.deciding(decide, text=True)  # views of the text preset
-        why = self.check_text(text, eps, steps, decide)
+    def submit(self, image: np.ndarray | Prepared, truth: Any, *, task: str = "labels",
+               eps: float | None = None, steps: int | None = None,
+               timeout_s: float | None = None, decide: str | Sequence[str] | None = None,
+               **options: Any) -> Future:
+        """Queue one uint8 HxWx3 image (or a :class:`Prepared` one) and its truth; the future
+        resolves to its result at the input's size. ``options``: the task's request options
+        (labels: ``label_set``); ``decide``: its deciding views (default the preset's). Raises
+        ValueError (truth, options, views, an image too large for a task hardened at its own
+        size), NotAllowed and QueueFull. Cancelling the future, or ``timeout_s`` passing
+        (DeadlineExceeded), stops its work at the next attack step."""
+        group = self.requests.group(task, truth, eps=eps, steps=steps, decide=decide, **options)
+        why = self.problem(group, truth)
         if why is not None:
-            raise CharsetError(why)
+            raise ValueError(why)
         if not isinstance(image, Prepared):
             image = prepare(np.asarray(image), max_pixels=2**62, max_side=self.max_side)
-        if image.full_size is not None:
-            w, h = image.full_size
-            raise ValueError(f"a text captcha of {w}x{h} px is over the longest side of "
-                             f"{self.max_side} px: text captchas are hardened at their own size")
-        return self._enqueue(image, text, None, eps, steps, decide, timeout_s)
+        self.check_size(task, image)
+        return self.enqueue(image, truth, group, timeout_s)
 
-    def _enqueue(self, image: Prepared, label: str, label_set: tuple[str, ...] | None,
-                 eps: float | None, steps: int | None, decide: tuple[str, ...] | None,
-                 timeout_s: float | None) -> Future:
+    def check_size(self, task: str, image: Prepared) -> None:
+        """ValueError for an image over ``max_side`` of a task hardened at its own size."""
+        t = get_task(task)
+        if image.full_size is not None and not t.rescale:
+            w, h = image.full_size
+            raise ValueError(f"a {t.noun} of {w}x{h} px is over the longest side of "
+                             f"{self.max_side} px: a {t.noun} is hardened at its own size")
+
+    def enqueue(self, image: Prepared, truth: Any, group: Group,
+                timeout_s: float | None) -> Future:
+        """Queue a request already resolved (its group) and checked (:meth:`problem`)."""
         fut: Future = Future()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        req = _Request(image, label, label_set, self.config.eps if eps is None else eps,
-                       self.config.steps if steps is None else steps, decide, fut, deadline)
+        req = _Request(image, truth, group, fut, deadline)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the service is closed")
@@ -266,15 +222,21 @@ class HardenService:
         return {"queued": self.pending(), "running": self.running, "busy": self.busy,
                 "batches": self.batches, "completed": self.completed,
                 "abandoned": self.abandoned, "max_queue": self.max_queue,
-                "label_sets_cached": len(self._hardeners),
+                "label_sets_cached": len(self.hardeners),
                 "label_set_builds": self.label_set_builds}
 
     def models(self) -> dict:
-        return {"surrogates": list(self.surrogates), "verifiers": list(self.verifiers),
-                "label_set": list(self.default_label_set),
-                "transforms": self.config.transforms,
-                # None until the first text request loads the OCR solvers
-                "text": self.text.solver_names()}
+        """Per task served: its view preset and the models loaded (None until its first
+        request loads them)."""
+        out = {}
+        for task, setup in self.setups.items():
+            h = self.hardeners.loaded(task)
+            out[task] = {"transforms": self.hardeners.configs[task].transforms,
+                         "options": {k: list(v) if isinstance(v, tuple) else v
+                                     for k, v in setup.options.items()
+                                     if isinstance(v, str | tuple | list | int | float)},
+                         "loaded": None if h is None else h.describe()}
+        return out
 
     def close(self) -> None:
         with self._cv:
@@ -311,36 +273,26 @@ class HardenService:
             n = min(self.max_batch, len(self._waiting))
             return [self._waiting.popleft() for _ in range(n)]
 
-    def run_group(self, label_set: tuple[str, ...], eps: float, steps: int,
-                  images: Sequence[np.ndarray], labels: Sequence[str],
-                  should_stop: Callable[[int], bool] | None = None,
-                  decide: tuple[str, ...] | None = None) -> list[HardenResult | None]:
-        """Harden images of one label set, budget and deciding views together (None:
-        stopped)."""
-        h = self.hardener(label_set, eps, steps, decide)
+    def run_group(self, group: Group, images: Sequence[np.ndarray], truths: Sequence[Any],
+                  should_stop: Callable[[int], bool] | None = None
+                  ) -> list[HardenResult | None]:
+        """Harden images of one group together (None: stopped)."""
+        h = self._hardener(group)
         self.batches += 1
-        return h.run(list(images), list(labels), should_stop=should_stop)
-
-    def run_text_group(self, eps: float, steps: int, images: Sequence[np.ndarray],
-                       texts: Sequence[str], should_stop: Callable[[int], bool] | None = None,
-                       decide: tuple[str, ...] | None = None) -> list[TextResult | None]:
-        """Harden text captchas of one budget and deciding views together (None: stopped)."""
-        h = self.text_hardener(eps, steps, decide)
-        self.batches += 1
-        return h.run(list(images), list(texts), should_stop=should_stop)
+        return h.run(list(images), list(truths), should_stop=should_stop)
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
             if not batch:
                 continue
             t0 = time.monotonic()
-            groups: dict[tuple, list[_Request]] = {}
+            groups: dict[Group, list[_Request]] = {}
             for r in batch:
-                groups.setdefault((r.label_set, r.eps, r.steps, r.decide), []).append(r)
+                groups.setdefault(r.group, []).append(r)
             self.busy, self.running = True, len(batch)
-            for key, reqs in groups.items():
+            for group, reqs in groups.items():
                 try:
-                    self._run(key, reqs)
+                    self._run(group, reqs)
                 except Exception as e:  # every request of the group learns why
                     log.exception("hardening failed")
                     for r in reqs:
@@ -350,7 +302,7 @@ class HardenService:
             self.busy, self.running = False, 0
             release_memory()
 
-    def _run(self, key: tuple, reqs: list[_Request]) -> None:
+    def _run(self, group: Group, reqs: list[_Request]) -> None:
         live = []
         for r in reqs:
             if r.abandoned():
@@ -359,20 +311,15 @@ class HardenService:
                 live.append(r)
         if not live:
             return
-        label_set, eps, steps, decide = key
-        images, labels = [r.prepared.working for r in live], [r.label for r in live]
-        if label_set is None:  # text captchas
-            results = self.run_text_group(eps, steps, images, labels, decide=decide,
-                                          should_stop=lambda i: live[i].abandoned())
-        else:
-            results = self.run_group(label_set, eps, steps, images, labels, decide=decide,
-                                     should_stop=lambda i: live[i].abandoned())
+        results = self.run_group(group, [r.prepared.working for r in live],
+                                 [r.truth for r in live],
+                                 should_stop=lambda i: live[i].abandoned())
         for r, res in zip(live, results, strict=True):
             if res is None or r.abandoned():
                 self._give_up(r)
                 continue
             try:
-                res = deliver(r.prepared, res, self.config)
+                res = deliver(r.prepared, res, self.hardeners.configs[group.task])
             except Exception as e:
                 _settle(r.future, error=e)
                 continue
@@ -380,6 +327,4 @@ class HardenService:
             _settle(r.future, res)
 
 
-def result_header(result: HardenResult | TextResult) -> dict:
-    """The JSON record of a result (no pixels), as the service returns it."""
-    return result.to_record()
+__all__ = ["DeadlineExceeded", "Group", "HardenService", "QueueFull", "TaskSetup"]

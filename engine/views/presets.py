@@ -110,7 +110,6 @@ register_preset(Preset("text", ("own", "grey", "otsu", "jpeg75", "jpeg50", "medi
                             "reach at 8/255 on high-contrast text, even white-box), JPEG 50, "
                             "non-local means, resize 0.5 and a 3 degree rotation"))
 
-DEFAULT_PRESET = "solver"
 TRANSFORM_PRESETS: tuple[str, ...] = tuple(PRESETS)
 
 VIEW_GLOSSARY = (

@@ -20,6 +20,8 @@ name in :mod:`advx.engine.views.presets`; this module holds the objects behind t
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +111,12 @@ class View:
         return ", ".join(p for p in parts if p)
 
 
+def by_cost(views: Sequence[View]) -> list[View]:
+    """Cheap views first (stable): a lazy pass stops scoring a row at its first view that
+    cannot be beaten any more, so the costly ones run on the fewest rows."""
+    return sorted(views, key=lambda w: w.cost)
+
+
 def score(scorer, images: torch.Tensor, view: View) -> torch.Tensor:
     """A scorer's logits for ``images`` seen through ``view``."""
     return look(scorer, view.images(images), view)
@@ -188,3 +196,32 @@ def eot_of(preset: Preset | str, samples: int = 1) -> Eot:
     p = get_preset(preset) if isinstance(preset, str) else preset
     return Eot(_named(EOT_TRANSFORMS, p.eot, "EOT transforms", p.name),
                GeometryDraw() if p.geometry else None, samples)
+
+
+
+class SeenTiles:
+    """The delivered tiles as each view's solver has them (before its geometry), computed once
+    per row and source however many verifiers and views share it (non-local means is the
+    costly one: its views differ only in geometry). Each view is asked once; a source is let
+    go after the last view that uses it, so large images are not all held at once."""
+
+    def __init__(self, delivered: torch.Tensor, views: Sequence[View]) -> None:
+        self.delivered = delivered
+        self.left = Counter(v.source for v in views)  # views still to ask, per source
+        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, view: View, rows: torch.Tensor) -> torch.Tensor | None:
+        """``view``'s tiles for ``rows`` (None when there are none)."""
+        key, n = view.source, len(self.delivered)
+        self.left[key] -= 1
+        out, done = self.cache.pop(key, (None, torch.zeros(n, dtype=torch.bool)))
+        need = rows[~done[rows]]
+        if len(need):
+            x = view.images(self.delivered[need])
+            if out is None:
+                out = x.new_empty((n, *x.shape[1:]))
+            out[need.to(out.device)] = x
+            done[need] = True
+        if out is not None and self.left[key] > 0:
+            self.cache[key] = (out, done)
+        return out[rows.to(out.device)] if len(rows) else None

@@ -1,29 +1,18 @@
-"""Dataset discovery: labelled images from sub-folders or a path,label CSV."""
+"""The tiles of a labels run: labelled images from sub-folders or a path,label CSV."""
 
 from __future__ import annotations
 
 import csv
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ...errors import DatasetError
 from ...images import IMAGE_EXTENSIONS
+from ...rows import Row, read_labels_csv
 
 
-@dataclass(frozen=True)
-class Item:
-    """One dataset entry: ``path`` is POSIX and relative to the input root."""
-
-    path: str
-    label: str
-
-
-class DatasetError(ValueError):
-    """The input folder or labels CSV is unusable; the message says where and why."""
-
-
-def discover(root: Path, labels_csv: Path | None = None) -> list[Item]:
+def discover(root: Path, labels_csv: Path | None = None) -> list[Row]:
     """List the images under ``root`` with their labels, sorted by path.
 
     Folder mode (no CSV): each image with an extension in :data:`IMAGE_EXTENSIONS`
@@ -37,11 +26,11 @@ def discover(root: Path, labels_csv: Path | None = None) -> list[Item]:
     if not root.is_dir():
         raise DatasetError(f"input folder not found: {root}")
     items = _from_folders(root) if labels_csv is None else _from_csv(root, Path(labels_csv))
-    return sorted(items, key=lambda item: item.path)
+    return sorted(items, key=lambda row: row.path)
 
 
-def _from_folders(root: Path) -> list[Item]:
-    items: list[Item] = []
+def _from_folders(root: Path) -> list[Row]:
+    items: list[Row] = []
     loose: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -56,7 +45,7 @@ def _from_folders(root: Path) -> list[Item]:
             label = top.replace("_", " ").strip()
             if not label:
                 raise DatasetError(f"folder '{top}' under {root} does not give a usable label")
-            items.append(Item(path=rel, label=label))
+            items.append(Row(rel, label))
     if loose:
         loose.sort()
         raise DatasetError(
@@ -69,27 +58,11 @@ def _from_folders(root: Path) -> list[Item]:
     return items
 
 
-def _from_csv(root: Path, labels_csv: Path) -> list[Item]:
+def _from_csv(root: Path, labels_csv: Path) -> list[Row]:
     return read_labels_csv(labels_csv, lambda name, fh: _parse_csv(root, name, fh))
 
 
-def read_labels_csv(labels_csv: Path, parse):
-    """``parse(file name, open text file)`` on a labels CSV (UTF-8, BOM allowed); unreadable,
-    undecodable or malformed files become a DatasetError naming the file."""
-    labels_csv = Path(labels_csv)
-    name = labels_csv.name
-    try:
-        with open(labels_csv, encoding="utf-8-sig", newline="") as fh:
-            return parse(name, fh)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{name}: not valid UTF-8 ({exc.reason})") from exc
-    except csv.Error as exc:
-        raise DatasetError(f"{name}: malformed CSV ({exc})") from exc
-    except OSError as exc:
-        raise DatasetError(f"cannot read labels file {labels_csv}: {exc.strerror or exc}") from exc
-
-
-def _parse_csv(root: Path, name: str, fh: Iterable[str]) -> list[Item]:
+def _parse_csv(root: Path, name: str, fh: Iterable[str]) -> list[Row]:
     reader = csv.reader(fh)
     header = next(reader, None)
     if header is None:
@@ -98,7 +71,7 @@ def _parse_csv(root: Path, name: str, fh: Iterable[str]) -> list[Item]:
         raise DatasetError(
             f"{name} line {reader.line_num}: expected header 'path,label', got {','.join(header)!r}"
         )
-    items: list[Item] = []
+    items: list[Row] = []
     first_seen: dict[str, int] = {}
     for row in reader:
         line = reader.line_num
@@ -125,7 +98,7 @@ def _parse_csv(root: Path, name: str, fh: Iterable[str]) -> list[Item]:
         if not (root / key).is_file():
             raise DatasetError(f"{where}: file '{key}' not found under {root}")
         first_seen[key] = line
-        items.append(Item(path=key, label=label))
+        items.append(Row(key, label, line))
     if not items:
         raise DatasetError(f"{name}: no entries after the header")
     return items

@@ -5,7 +5,6 @@ verdict."""
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from ...attacks.ensemble import decision_of
-from ...views.view import View, look
+from ...views.view import SeenTiles, View, look
 from .losses import fooling_margin
 
 
@@ -79,7 +78,7 @@ def accepts_geometry(scorer) -> bool:
 
 
 @dataclass
-class Verdict:
+class ViewScores:
     """One verification pass over a batch."""
 
     mins: torch.Tensor  # [N] min fooling margin over the deciding (verifier, view) pairs
@@ -97,7 +96,7 @@ class Verdict:
 def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
                 views: Sequence[View], delivered: torch.Tensor, y: torch.Tensor,
                 t: torch.Tensor, required: float, lazy: bool = False,
-                deciding: Sequence[Collection[str]] | None = None) -> Verdict:
+                deciding: Sequence[Collection[str]] | None = None) -> ViewScores:
     """One verification pass: each verifier (its logits reordered by ``perms`` into the label
     set) scores the delivered images under the views. ``t`` holds a decoy label per row, or
     -1; a verifier is fooled by a margin >= ``required``. ``deciding[k]`` names the views that
@@ -141,32 +140,4 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
                 score_sum += torch.nan_to_num(m, nan=-cap).clamp(max=cap)
     # the first view scored is the cheapest (the verifier's own), for every row
     own = {v.name: logits[v.name].get(views[order[0]].name) for v in verifiers}
-    return Verdict(mins, per_v, own, by_view, logits, score_sum, strict)
-
-
-class SeenTiles:
-    """The delivered tiles as each view's solver has them (before its geometry), computed once
-    per row and source however many verifiers and views share it (non-local means is the
-    costly one: its views differ only in geometry). Each view is asked once; a source is let
-    go after the last view that uses it, so large images are not all held at once."""
-
-    def __init__(self, delivered: torch.Tensor, views: Sequence[View]) -> None:
-        self.delivered = delivered
-        self.left = Counter(v.source for v in views)  # views still to ask, per source
-        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, view: View, rows: torch.Tensor) -> torch.Tensor | None:
-        """``view``'s tiles for ``rows`` (None when there are none)."""
-        key, n = view.source, len(self.delivered)
-        self.left[key] -= 1
-        out, done = self.cache.pop(key, (None, torch.zeros(n, dtype=torch.bool)))
-        need = rows[~done[rows]]
-        if len(need):
-            x = view.images(self.delivered[need])
-            if out is None:
-                out = x.new_empty((n, *x.shape[1:]))
-            out[need.to(out.device)] = x
-            done[need] = True
-        if out is not None and self.left[key] > 0:
-            self.cache[key] = (out, done)
-        return out[rows.to(out.device)] if len(rows) else None
+    return ViewScores(mins, per_v, own, by_view, logits, score_sum, strict)
