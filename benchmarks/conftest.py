@@ -1,7 +1,7 @@
 """The pytest-benchmark suite of advx. Not part of the test command (testpaths is tests/).
 
-    pytest benchmarks --benchmark-json=benchmarks/results/throughput-cpu.json  # no GPU
-    pytest benchmarks --benchmark-json=throughput-gpu.json                     # on a GPU
+    pytest benchmarks --benchmark-json=benchmarks/results/throughput/throughput-cpu.json  # CPU
+    pytest benchmarks --benchmark-json=throughput-gpu.json  # on a GPU (README: GPU run)
 
 Each test module lists GPU_CASES and CPU_CASES (advx.bench.Case). On a machine with CUDA the
 GPU cases run and the CPU-only ones are skipped; without CUDA the reverse, each skip with its

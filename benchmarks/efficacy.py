@@ -15,7 +15,7 @@ matrix and views outside it. ``--engine`` picks the HardenConfig: a name of ENGI
 object of HardenConfig fields. See benchmarks/README.md for the figures.
 
     .venv/bin/python benchmarks/efficacy.py --setting transfer --json transfer.json
-    .venv/bin/python benchmarks/efficacy.py --markdown benchmarks/results/transfer.json
+    .venv/bin/python benchmarks/efficacy.py --markdown benchmarks/results/efficacy/transfer.json
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def run(setting: str, engine: str, per_photo: int, eps: float, steps: int) -> di
     surrogates, verifiers = SETTINGS[setting]
     config = dataclasses.replace(HardenConfig(eps=eps, steps=steps), **overrides)
     t0 = time.perf_counter()
-    hardener = Hardener(LABELS, surrogates=surrogates, verifiers=verifiers, config=config)
+    hardener = Hardener("labels", surrogates=surrogates, verifiers=verifiers, config=config,
+                        label_set=LABELS)
     setup = time.perf_counter() - t0
     t0 = time.perf_counter()
     results = hardener.run(images, labels)

@@ -1,5 +1,6 @@
 """Load test of ``advx serve`` against the targets of its limits: on 127.0.0.1 only, bounded in
-requests and in time. It starts one server (the default models unless told otherwise), then:
+requests and in time. It starts one server (``--tasks``: the labels task alone by default, with
+its default models unless told otherwise; every scenario sends labels requests), then:
 
   burst      N concurrent 224 px requests with a queue bound: each answered within its deadline
              or refused in under 1 s; how long the worker stays busy after the last client;
@@ -12,6 +13,8 @@ requests and in time. It starts one server (the default models unless told other
 
     python benchmarks/serve_load.py                       # every scenario, defaults
     python benchmarks/serve_load.py --label-sets 12 --only burst,large,upload,label-sets
+    python benchmarks/serve_load.py --only burst -- --surrogates effnet-lite0 --verifiers \
+        effnet-lite0                                      # more `advx serve` options
 
 Prints one line per figure and a JSON summary (``--json FILE`` writes it).
 """
@@ -156,6 +159,7 @@ def start_server(args, tmp: Path) -> tuple[subprocess.Popen, str, Path]:
     (tmp / "tmpdir").mkdir()
     env.pop("ADVX_TOKEN", None)
     cmd = [sys.executable, "-m", "advx.cli.main", "serve", "--host", HOST, "--port", str(port),
+           "--tasks", args.tasks,
            "--label-set", "cat," + ",".join(POOL[:2]), "--max-queue", str(args.max_queue),
            "--timeout", str(args.timeout), "--batch-size", str(args.batch_size),
            "--max-label-sets", str(args.max_label_sets), *args.server_args]
@@ -317,6 +321,9 @@ def label_sets(base: str, cache: Path, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="burst,large,upload,label-sets")
+    ap.add_argument("--tasks", default="labels",
+                    help="the tasks the server serves (`advx serve --tasks`); the scenarios "
+                         "send labels requests, so it must include labels")
     ap.add_argument("--burst", type=int, default=40, help="concurrent 224 px requests")
     ap.add_argument("--max-queue", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -328,6 +335,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("server_args", nargs="*", help="more `advx serve` options, after --")
     args = ap.parse_args()
+    if "labels" not in args.tasks.split(","):
+        ap.error("--tasks must include labels: every scenario sends labels requests")
     only = set(args.only.split(","))
     summary: dict = {}
     with tempfile.TemporaryDirectory(prefix="advx-serve-load-") as tmp_:

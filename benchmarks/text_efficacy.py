@@ -9,6 +9,8 @@ Settings (``--setting``):
 - ``otsu-bound``: the white-box bound after Otsu binarisation: each solver alone, every
   gradient through the binarisation (its straight-through stand-in), eps everywhere (no mask,
   no SSIM floor, one rung), Otsu the one deciding view, no early stop before ``--steps``.
+- ``median-bound``: the same bound for the 3x3 median (views own, median3, jpeg75; EOT through
+  the soft median; the median the one deciding view).
 - ``transfer-bound``: the transfer bound: as ``transfer``, but eps everywhere (no mask, no
   SSIM floor, one rung) and every one of ``--steps`` (default 100) spent on every captcha (a
   required margin no reading reaches), the last iterate delivered.
@@ -24,6 +26,7 @@ time of the run divided by its captchas (models built beforehand).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -33,25 +36,48 @@ from pathlib import Path
 
 import torch
 
+SETTINGS = ("whitebox", "transfer", "defaults", "otsu-bound", "median-bound", "transfer-bound")
+# the bounds' view presets: name -> (views, EOT transforms, the one deciding view)
+BOUNDS = {"otsu-bound": (("own", "otsu"), ("soft-otsu",), ("otsu",)),
+          "median-bound": (("own", "median3", "jpeg75"), ("softmedian3",), ("median3",))}
+
+
+def fooled_table(scorers, texts, clean, after) -> dict[str, dict[str, dict]]:
+    """solver -> view -> {n, read_clean, read_clean_rate, fooled, fooled_rate, cer}: the
+    engine's figures (:func:`advx.engine.evaluate.figures`, one rule for every task: fooled
+    among the captchas read right clean under that view), under this file's field names."""
+    from advx.engine.evaluate import figures
+    from advx.engine.tasks import get_task
+
+    table: dict[str, dict[str, dict]] = {}
+    for row in figures(get_task("text"), scorers, texts, after, clean):
+        table.setdefault(row["model"], {})[row["view"]] = {
+            "n": row["n"], "read_clean": row["right_clean"],
+            "read_clean_rate": row["right_clean_rate"], "cer": row.get("cer"),
+            "fooled": row["fooled"], "fooled_rate": row["fooled_rate"]}
+    return table
+
 
 def run_one(caps, surrogates, verifiers, judges, config) -> dict:
-    from advx.engine.tasks.text.api import TextHardener, load_text_solver
-    from advx.engine.tasks.text.eval import fooled_table, read_views
+    from advx import Hardener
+    from advx.engine.tasks import get_task
     from advx.engine.views.view import views_of
 
     texts = [t for t, _ in caps]
     images = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous() for _, a in caps]
-    hardener = TextHardener(surrogates=surrogates, verifiers=verifiers, config=config)
+    hardener = Hardener("text", surrogates=surrogates, verifiers=verifiers, config=config)
     t0 = time.perf_counter()
     results = hardener.run(images, texts)
     wall = time.perf_counter() - t0
     delivered = [torch.from_numpy(r.image).permute(2, 0, 1).contiguous() for r in results]
-    solvers = [load_text_solver(j) for j in judges]
-    readers = [s.verifier() for s in solvers]
-    views = views_of(config.transforms)
-    clean = read_views(readers, images, views)
-    after = read_views(readers, delivered, views)
-    table = fooled_table({s.name: s.charset for s in solvers}, texts, clean, after)
+    task = get_task("text")
+    readers, left_out = task.load_scorers(judges, device="cpu")
+    if left_out:
+        raise SystemExit(f"a judge cannot be loaded: {'; '.join(left_out)}")
+    views = views_of(hardener.config.transforms)
+    clean = task.answers(readers, images, views, texts)
+    after = task.answers(readers, delivered, views, texts)
+    table = fooled_table(readers, texts, clean, after)
     ssim = [r.ssim for r in results]
     return {
         "surrogates": list(surrogates), "verifiers": list(verifiers), "judges": list(judges),
@@ -95,8 +121,7 @@ def markdown(paths: list[Path]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=("whitebox", "transfer", "defaults", "otsu-bound",
-                                         "transfer-bound"))
+    p.add_argument("--setting", choices=SETTINGS)
     p.add_argument("--markdown", nargs="+", type=Path, metavar="JSON",
                    help="print the tables of these result files and exit")
     p.add_argument("--n", type=int, default=40, help="captchas drawn (default 40)")
@@ -114,11 +139,13 @@ def main(argv=None) -> int:
         return 0
     if a.setting is None or a.json is None:
         p.error("--setting and --json are required (or --markdown FILES)")
-    from advx.engine.tasks.text.api import DEFAULT_TEXT_SOLVERS, text_config
+    from advx import HardenConfig
+    from advx.engine.schedule import scheduler
+    from advx.engine.tasks.text import DEFAULT_SOLVERS
     from advx.engine.tasks.text.draw import draw_captchas
 
     torch.set_num_threads(a.threads)
-    names = a.solvers.split(",") if a.solvers else list(DEFAULT_TEXT_SOLVERS)
+    names = a.solvers.split(",") if a.solvers else list(DEFAULT_SOLVERS)
     over = {}
     if a.steps is not None:
         over["steps"] = a.steps
@@ -126,37 +153,34 @@ def main(argv=None) -> int:
         over["eps"] = a.eps
     if a.texture_mask is not None:
         over["texture_mask"] = None if a.texture_mask == "none" else float(a.texture_mask)
-    if a.setting == "otsu-bound":
-        from advx.engine.tasks.text import scheduler as text_scheduler
+    if a.setting in BOUNDS:
         from advx.engine.views.presets import Preset, register_preset
 
-        register_preset(Preset("otsu-bound", ("own", "otsu"), ("soft-otsu",), ("otsu",)))
-        text_scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
+        register_preset(Preset(a.setting, *BOUNDS[a.setting]))
+        scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
         over = {"steps": 100, "texture_mask": None, "ssim_floor": None, "eps_rungs": 1, **over,
-                "transforms": "otsu-bound"}
+                "transforms": a.setting}
     if a.setting == "transfer-bound":
-        from advx.engine.tasks.text import scheduler as text_scheduler
-
-        text_scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
+        scheduler.NO_PROGRESS_PASSES = 1 << 30  # every step is spent: a bound
         over = {"steps": 100, "texture_mask": None, "ssim_floor": None, "eps_rungs": 1,
                 "required_margin": 1e6, **over}
-    config = text_config(**over)
+    config = HardenConfig(**over).for_task("text")  # transforms: the text preset unless set
     caps = draw_captchas(a.n, seed=a.seed)
     runs = {}
-    if a.setting in ("whitebox", "otsu-bound"):
+    if a.setting in ("whitebox", *BOUNDS):
         for s in names:
             runs[s] = run_one(caps, [s], [s], [s], config)
             print(s, json.dumps({w: r.get("fooled_rate") for w, r in
                                  runs[s]["per_view"][s].items()}), file=sys.stderr)
     elif a.setting in ("transfer", "transfer-bound"):
         for held in names:
-            rest = [s for s in DEFAULT_TEXT_SOLVERS if s != held]
+            rest = [s for s in DEFAULT_SOLVERS if s != held]
             runs[held] = run_one(caps, rest, rest, [held], config)
             print(held, json.dumps({w: r.get("fooled_rate") for w, r in
                                     runs[held]["per_view"][held].items()}), file=sys.stderr)
     else:
         runs["defaults"] = run_one(caps, names, names, names, config)
-    out = {"setting": a.setting, "n": a.n, "seed": a.seed, "config": config.__dict__,
+    out = {"setting": a.setting, "n": a.n, "seed": a.seed, "config": dataclasses.asdict(config),
            "machine": {"cpu_threads": a.threads, "python": platform.python_version(),
                        "torch": torch.__version__},
            "command": "benchmarks/text_efficacy.py " + " ".join(argv or sys.argv[1:]),

@@ -1,7 +1,8 @@
 """Cost of one attack step per OCR surrogate: forward and backward of the CTC loss through each
 built-in solver's torch twin, a batch of drawn 160 x 60 captchas, in ms per captcha-step.
 
-    .venv/bin/python benchmarks/text_step.py --json benchmarks/results/throughput-text-step.json
+    .venv/bin/python benchmarks/text_step.py \
+        --json benchmarks/results/throughput/throughput-text-step.json
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    from advx.engine.tasks.text.api import DEFAULT_TEXT_SOLVERS, load_text_solvers
+    from advx.engine.tasks.text import DEFAULT_SOLVERS
     from advx.engine.tasks.text.draw import draw_captchas
-    from advx.engine.tasks.text.scheduler import TextEnsemble
+    from advx.engine.tasks.text.models import TextEnsemble, load_text_solvers
 
     torch.set_num_threads(a.threads)
     caps = draw_captchas(a.batch, seed=0)
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         print(s.name, json.dumps(out[s.name]), file=sys.stderr)
     total = sum(r["ms_per_captcha_step"] for r in out.values())
     result = {"batch": a.batch, "threads": a.threads, "solvers": out, "all_ms": total,
-              "left_out": left_out, "default_solvers": list(DEFAULT_TEXT_SOLVERS),
+              "left_out": left_out, "default_solvers": list(DEFAULT_SOLVERS),
               "machine": {"python": platform.python_version(), "torch": torch.__version__},
               "command": "benchmarks/text_step.py " + " ".join(argv or sys.argv[1:])}
     print(f"all {total:.1f} ms per captcha-step", file=sys.stderr)

@@ -9,7 +9,7 @@ import click
 
 from ..engine.config import HardenConfig
 from ..engine.tasks.labels.demo import CROPS
-from .common import EXIT_INTERRUPTED, exit_codes, fail_cleanly, task_option
+from .common import EXIT_INTERRUPTED, exit_codes, fail_cleanly, task_option, tasks_help
 from .harden import summary_table
 
 
@@ -40,10 +40,7 @@ def demo_cmd(task: str, out_dir: Path, steps: int, tiles_per_photo: int | None,
     is attacked and verified. About a minute on 2 CPU cores.
 
     \b
-    Example:
-      advx demo --out /tmp/advx-demo
-      advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms solver
-      advx demo --task text --out /tmp/advx-demo
+    Tasks (--task):
     """
     from ..engine.folder import HardenJob, run_harden
 
@@ -76,3 +73,12 @@ def demo_cmd(task: str, out_dir: Path, steps: int, tiles_per_photo: int | None,
         raise SystemExit(EXIT_INTERRUPTED)
     click.echo(f"report: {(hardened / 'report.html').resolve()}")
 
+
+demo_cmd.help += tasks_help() + """
+
+    \b
+    Example:
+      advx demo --out /tmp/advx-demo
+      advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms solver
+      advx demo --task text --out /tmp/advx-demo
+"""

@@ -200,8 +200,13 @@ def harden(images: Sequence[ImageLike], truths: Sequence[Any], *, task: str | Ta
         One result per image (the task's :class:`~advx.engine.results.HardenResult`), in input
         order.
     """
+    from .errors import RunError
+
     t = get_task(task)
-    options = t.plan_run(list(truths), options)
+    try:
+        options = t.plan_run(list(truths), options)
+    except RunError as e:  # an argument error here, as Hardener.run raises for the same truths
+        raise ValueError(str(e)) from e
     options.pop("decoy", None)
     build = _Build(t.name, surrogates, verifiers, config, options)
     if ray is not None:

@@ -25,7 +25,7 @@ import torch
 from .errors import RunError
 from .folder.records import RESULTS, SUMMARY, read_records
 from .images import ImageLoadError, load_image
-from .tasks.base import Task, get_task
+from .tasks.base import LABELS_CSV, Task, get_task
 from .views.presets import get_preset
 from .views.view import views_of
 from .working import MIN_SIDE  # the smallest side a run hardens (and serve takes)
@@ -98,8 +98,8 @@ def load_set(input_dir: Path, task: str | Task | None = None, labels_csv: Path |
         t = get_task(task or "labels")
         rows, skipped = [], []
         for r in t.read_rows(input_dir, labels_csv):
-            where = f"{Path(labels_csv).name} line {r.line}" if labels_csv and r.line \
-                else r.path
+            where = (f"{Path(labels_csv or LABELS_CSV).name} line {r.line}" if r.line
+                     else r.path)
             why = r.problem or relative_file(input_dir, r.path)[1]
             if why is None and clean is not None:
                 why = relative_file(clean, r.path)[1]

@@ -32,19 +32,69 @@ def test_harden_invariants_and_repeatability():
     assert all(np.array_equal(a.image, b.image) for a, b in zip(results, again, strict=True))
 
 
+def test_results_and_records_of_the_labels_task():
+    from advx.engine.results import HardenResult
+    from advx.engine.tasks.labels import LabelResult
+
+    images, labels = uint8_images(3), ["cat", "dog", "bus"]
+    views = [v.name for v in views_of("jpeg")]
+    results = advx.harden(images, labels, label_set=LABELS, surrogates=[TinyNet(0, "s")],
+                          verifiers=[TinyNet(1, "v")], config=cfg(transforms="jpeg", eps=16))
+    for r in results:
+        assert isinstance(r, LabelResult) and isinstance(r, HardenResult)
+        assert advx.LabelResult is LabelResult and r.task == "labels"
+        assert r.deciding == {"v": views}
+        # the verifier's answer under each view is right where it selects the tile's label
+        for when in ("before", "after"):
+            right = getattr(r, f"right_{when}")
+            selected = getattr(r, f"selected_by_view_{when}")
+            assert set(right) == {"v"} and list(right["v"]) == views
+            assert right["v"] == {w: r.label in selected["v"][w] for w in views}
+        assert r.fooled == (not any(r.right_after["v"].values()))
+        rec = r.to_record()
+        assert rec["task"] == "labels" and rec["label"] == r.label and "image" not in rec
+        assert rec["right_after"] == r.right_after
+
+
+def test_the_hardener_s_models_and_checks():
+    from advx.engine.tasks.labels.models import LabelModels
+
+    s, v = TinyNet(0, "s"), ViewRecorder()
+    h = advx.Hardener("labels", surrogates=[s], verifiers=[v], config=cfg(), label_set=LABELS)
+    assert h.task.name == "labels" and isinstance(h.models, LabelModels)
+    assert h.models.surrogates == h.surrogates == [s] and h.verifiers == [v]
+    assert h.models.ensemble().members[0] is s
+    assert h.config.transforms == "none" and h.scheduler.config is h.config
+    assert h.problem("cat") is None and "not in the label set" in h.problem("emu")
+    assert h.check(["cat", "emu", "bus"]) == [None, h.problem("emu"), None]
+    with pytest.raises(ValueError, match="targets must be in the label set"):
+        h.check(["cat"], ["cat"])
+    assert h.describe() == {"surrogates": ["s"], "verifiers": ["views"], "left_out": {},
+                            "notes": []}
+    # no preset named: the task's own
+    assert advx.Hardener(surrogates=[s], verifiers=[v], label_set=LABELS).config.transforms \
+        == "solver"
+    with pytest.raises(TypeError, match="takes no option max_len"):
+        advx.Hardener(surrogates=[s], verifiers=[v], label_set=LABELS, max_len=3)
+    with pytest.raises(ValueError, match="needs a label_set"):
+        advx.Hardener(surrogates=[s], verifiers=[v])
+    with pytest.raises(ValueError, match="unknown task 'shapes'"):
+        advx.Hardener("shapes")
+
+
 def test_the_attack_is_built_from_the_plan():
     from advx.engine.views.transforms import InputDiversity
 
-    h = advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[ViewRecorder()],
-                      config=cfg(transforms="solver", eps=8, steps=12))
+    h = advx.Hardener(surrogates=[TinyNet(0, "s")], verifiers=[ViewRecorder()],
+                      config=cfg(transforms="solver", eps=8, steps=12), label_set=LABELS)
     a = h.scheduler.attack
     assert a.name == h.plan.attack == "mifgsm" and a.steps == 12 and not a.targeted
     assert a.eps_01 == 8 / 255 and a.alpha_01 == 2 / 255 and a.amp_dtype is None
     assert a.diversity == InputDiversity(0.5) and a.eot_samples == 1
     assert a.eot == eot_of("solver") and a.eot.geometry is not None
     assert a.generator is h.generator
-    w = advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[TinyNet(0, "s")],
-                      config=cfg())
+    w = advx.Hardener(surrogates=[TinyNet(0, "s")], verifiers=[TinyNet(0, "s")],
+                      config=cfg(), label_set=LABELS)
     assert w.scheduler.attack.diversity is None and w.scheduler.attack.name == "pgd"
 
 
@@ -59,9 +109,15 @@ def test_targeted_run_and_argument_errors():
     with pytest.raises(ValueError, match="target"):
         advx.harden(images, ["cat", "dog"], label_set=LABELS, surrogates=[TinyNet()],
                     verifiers=[], config=cfg(targeted=True))
-    with pytest.raises(ValueError, match="not in the label set"):
+    with pytest.raises(ValueError, match=r"labels \['emu'\] .*not in --label-set cat,dog,bus"):
         advx.harden(images, ["cat", "emu"], label_set=LABELS, surrogates=[TinyNet()],
                     verifiers=[])
+    with pytest.raises(ValueError, match="not in the label set"):  # as Hardener.run says it
+        advx.Hardener(surrogates=[TinyNet()], verifiers=[], label_set=LABELS).run(
+            images, ["cat", "emu"])
+    with pytest.raises(ValueError, match="--decoy 'emu' is not in the label set"):
+        advx.harden(images, ["cat", "dog"], label_set=LABELS, surrogates=[TinyNet()],
+                    verifiers=[], decoy="emu")
     with pytest.raises(ValueError, match="2 images but 1 labels"):
         advx.harden(images, ["cat"], label_set=LABELS, surrogates=[TinyNet()], verifiers=[])
 
@@ -115,7 +171,7 @@ def test_seeded_runs_repeat_exactly_under_the_solver_views():
 def test_cpu_surrogate_towers_run_channels_last_with_the_same_values(tiny_models):
     """On the CPU, an ImageNet tower is put in channels_last (faster oneDNN kernels): logits and
     input gradients equal those of the same weights in the default layout."""
-    from advx.engine.api import build_surrogates
+    from advx.engine.tasks.labels.models import build_surrogates
     from advx.export.zoo import create_classifier
 
     (m,) = build_surrogates([tiny_models["timm"]], LABELS, torch.device("cpu"))

@@ -45,8 +45,8 @@ def test_sgm_is_on_for_transfer_and_off_white_box():
     assert Plan.of(HardenConfig(), white_box=True).skip_gamma is None
 
     def hardener(verifier):
-        return advx.Hardener(LABELS, surrogates=[TinyNet(0, "s")], verifiers=[verifier],
-                             config=HardenConfig(transforms="none"))
+        return advx.Hardener(surrogates=[TinyNet(0, "s")], verifiers=[verifier],
+                             config=HardenConfig(transforms="none"), label_set=LABELS)
 
     transfer = hardener(TinyNet(0, "v"))
     assert not transfer.white_box and transfer.plan == Plan.of(transfer.config, False)
@@ -58,3 +58,25 @@ def test_sgm_is_on_for_transfer_and_off_white_box():
     other = transfer.with_config(HardenConfig(transforms="none", attack="pgd"))
     assert other.plan.attack == "pgd" and other.scheduler.attack.name == "pgd"
     assert transfer.scheduler.attack.name == "mifgsm", "the original is left as it was"
+
+
+def test_the_views_are_the_task_s_preset_unless_named():
+    c = HardenConfig()
+    assert c.transforms is None
+    with pytest.raises(ValueError, match="no view preset yet"):
+        _ = c.deciding
+    labels, text = c.for_task("labels"), c.for_task("text")
+    assert (labels.transforms, text.transforms) == ("solver", "text")
+    assert labels.deciding == ("own", "whole-tile", "jpeg75", "resize0.75")
+    assert text.deciding == ("own", "grey", "jpeg75", "median3")
+    named = HardenConfig(transforms="jpeg")
+    assert named.for_task("text") is named  # a preset named is kept
+    # deciding views are checked once the preset is known: the task's, or the one named
+    decide = HardenConfig(decide=["grey", "otsu"])
+    assert decide.decide == ("grey", "otsu") and decide.for_task("text").deciding == (
+        "grey", "otsu")
+    with pytest.raises(ValueError, match="deciding views must be distinct views of preset "
+                                         "'solver'"):
+        decide.for_task("labels")
+    with pytest.raises(ValueError, match="deciding views"):
+        HardenConfig(transforms="jpeg", decide=("grey",))

@@ -1,6 +1,7 @@
-"""Tests of benchmarks/efficacy.py that run nothing heavy: its named engines are HardenConfig
-fields, bad --engine values fail with a message, and every efficacy result file the docs cite
-renders; and benchmarks/ keeps its JSON in one results folder."""
+"""Tests of the benchmark scripts that run nothing heavy: efficacy.py's named engines are
+HardenConfig fields, bad --engine values fail with a message, and every efficacy and text result
+file renders; and benchmarks/ keeps its results in a folder per suite under results/, each file
+cited by benchmarks/README.md and each cited file there."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from advx.engine.config import HardenConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS = BENCHMARKS / "results"
+SUITES = ("efficacy", "text", "serve", "throughput", "identity")
+# written by benchmarks/gpu.sh into results/throughput/ once a GPU run is done (README: GPU run)
+GPU_RESULTS = {"throughput/throughput-gpu-torch.json", "throughput/throughput-gpu-carried.json"}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +55,20 @@ def test_flags(efficacy) -> None:
 
 
 def efficacy_results() -> list[Path]:
-    return sorted(p for p in RESULTS.glob("*.json")
-                  if not p.name.startswith(("throughput-", "serve-load", "text-")))
+    return sorted((RESULTS / "efficacy").glob("*.json"))
+
+
+def text_results() -> list[Path]:
+    return sorted((RESULTS / "text").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def text_efficacy():
+    spec = importlib.util.spec_from_file_location("text_efficacy",
+                                                  BENCHMARKS / "text_efficacy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_efficacy_result_renders(efficacy, capsys: pytest.CaptureFixture) -> None:
@@ -66,15 +82,14 @@ def test_every_efficacy_result_renders(efficacy, capsys: pytest.CaptureFixture) 
         assert f"| `{p.stem}` | lite2-whole-tile |" in table
 
 
-def test_every_text_result_has_its_figures() -> None:
+def test_every_text_result_has_its_figures(text_efficacy) -> None:
     """benchmarks/text_efficacy.py's files: per run, per judge and view, the fooled share of
     the captchas read right clean, and the budget and time figures the README cites."""
-    paths = sorted(RESULTS.glob("text-*.json"))
+    paths = text_results()
     assert paths
     for p in paths:
         run = json.loads(p.read_text())
-        assert run["setting"] in ("whitebox", "transfer", "defaults", "otsu-bound",
-                                  "transfer-bound"), p.name
+        assert run["setting"] in text_efficacy.SETTINGS, p.name
         for name, r in run["runs"].items():
             assert {"ssim_mean", "ssim_min", "seconds_per_captcha", "steps_mean"} <= set(r)
             for judge in r["judges"]:
@@ -84,12 +99,10 @@ def test_every_text_result_has_its_figures() -> None:
                 assert name not in r["surrogates"] + r["verifiers"], p.name
 
 
-def test_every_text_result_renders(capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("text_efficacy",
-                                                  BENCHMARKS / "text_efficacy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    paths = sorted(RESULTS.glob("text-*.json"))
+def test_every_text_result_renders(text_efficacy, capsys: pytest.CaptureFixture) -> None:
+    module = text_efficacy
+    paths = text_results()
+    assert paths
     assert module.main(["--markdown", *map(str, paths)]) == 0
     table = capsys.readouterr().out
     for p in paths:
@@ -100,18 +113,22 @@ def test_every_text_result_renders(capsys: pytest.CaptureFixture) -> None:
         module.main(["--setting", "whitebox"])  # no --json
 
 
-def test_benchmark_json_lives_in_one_folder() -> None:
-    stray = [p for p in BENCHMARKS.rglob("*.json") if p.parent != RESULTS]
+def test_benchmark_results_live_in_a_folder_per_suite() -> None:
+    stray = [p for p in BENCHMARKS.rglob("*.json") if RESULTS not in p.parents]
     assert not stray, f"JSON outside benchmarks/results: {stray}"
+    misplaced = [p.relative_to(RESULTS) for p in RESULTS.rglob("*")
+                 if p.is_file() and (p.parent.parent != RESULTS or p.parent.name not in SUITES)]
+    assert not misplaced, f"results outside a suite folder ({', '.join(SUITES)}): {misplaced}"
 
 
 def test_the_readme_cites_only_kept_results() -> None:
     import re
 
     readme = (BENCHMARKS / "README.md").read_text()
-    cited = set(re.findall(r"results/([\w.-]+\.(?:json|txt))", readme))
-    kept = {p.name for p in RESULTS.iterdir()}
+    cited = set(re.findall(r"results/([\w./-]+\.(?:json|txt))", readme))
+    kept = {p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*") if p.is_file()}
     assert cited, "the README cites no result file"
     assert cited <= kept, f"cited but not kept: {sorted(cited - kept)}"
-    assert kept <= cited | {"throughput-gpu-torch.json", "throughput-gpu-carried.json"}, (
-        f"kept but not cited: {sorted(kept - cited)}")
+    assert kept <= cited | GPU_RESULTS, f"kept but not cited: {sorted(kept - cited)}"
+    for suite in SUITES:  # every suite holds what the README cites of it
+        assert any(c.startswith(f"{suite}/") for c in cited), suite

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from advx.engine import images as aimages
+from advx.engine.errors import DatasetError
 from advx.engine.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
@@ -21,7 +22,8 @@ from advx.engine.images import (
     load_image,
     save_image_atomic,
 )
-from advx.engine.tasks.labels.dataset import DatasetError, Item, discover
+from advx.engine.rows import Row
+from advx.engine.tasks.labels.dataset import discover
 from advx.export import files as afiles
 from advx.export.files import write_text_atomic
 
@@ -486,13 +488,15 @@ def _tree(root: Path) -> None:
 
 def test_discover_folders(tmp_path: Path) -> None:
     _tree(tmp_path)
+    # from the folder layout: no CSV line, no problem, no notes
     assert discover(tmp_path) == [
-        Item("cat/a.webp", "cat"),
-        Item("cat/broken.jpg", "cat"),
-        Item("cat/sub/b.JPG", "cat"),
-        Item("traffic_light/001.png", "traffic light"),
-        Item("zebra crossing/ü 写真.tiff", "zebra crossing"),
+        Row("cat/a.webp", "cat"),
+        Row("cat/broken.jpg", "cat"),
+        Row("cat/sub/b.JPG", "cat"),
+        Row("traffic_light/001.png", "traffic light"),
+        Row("zebra crossing/ü 写真.tiff", "zebra crossing"),
     ]
+    assert all(r.line == 0 and r.problem is None and r.notes == () for r in discover(tmp_path))
     assert ".tiff" in IMAGE_EXTENSIONS
 
 
@@ -522,10 +526,10 @@ def test_discover_csv_ok(tmp_path: Path) -> None:
         "./cat//a.webp,cat\n",
         encoding="utf-8-sig",
     )
-    assert discover(tmp_path, csv_path) == [
-        Item("cat/a.webp", "cat"),
-        Item("root level.png", "bus, red"),
-        Item("traffic_light/001.png", "traffic_light"),
+    assert discover(tmp_path, csv_path) == [  # each with its line in the CSV
+        Row("cat/a.webp", "cat", 5),
+        Row("root level.png", "bus, red", 4),
+        Row("traffic_light/001.png", "traffic_light", 2),
     ]
 
 

@@ -137,9 +137,16 @@ def test_label_map_option_and_unexpressible_folder(tmp_path):
                                    "--label-map", str(lmap)])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "out"), "--models", "effnet-lite0",
-                                   "--label-map", str(lmap), "--grids", "5", "--json"])
+                                   "--label-map", str(lmap), "--transforms", "none", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["label_set"] == ["bus", "crosswalk"]
+    given = json.loads(res.output)
+    assert given["label_set"] == ["bus", "crosswalk"]
+    # the run's summary holds its label map: the outputs are read with it, file or not
+    lmap.unlink()
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "out"), "--models", "effnet-lite0",
+                                   "--transforms", "none", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["results"] == given["results"]
 
 
 def test_one_label_folder_is_a_binary_challenge(tmp_path):

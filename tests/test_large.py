@@ -43,6 +43,8 @@ def test_eight_megapixel_image_end_to_end(photos, tmp_path):
     assert r["ssim"] >= 0.90  # the SSIM floor, held at full size
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and (out / "report.html").is_file()
+    assert summary["task"] == r["task"] == "labels" and summary["min_ssim"] == round(r["ssim"], 4)
+    assert set(summary["headline"]) == set(summary["models"]["verifiers"])
 
 
 def test_the_ssim_floor_holds_at_full_size():

@@ -10,7 +10,6 @@ import pytest
 from advx.engine.config import HardenConfig
 from advx.engine.views import presets
 from advx.engine.views.presets import (
-    DEFAULT_PRESET,
     PRESETS,
     TRANSFORM_PRESETS,
     VIEW_GLOSSARY,
@@ -38,8 +37,19 @@ def test_every_preset_s_names_resolve(name):
 
 
 def test_the_registry_names_every_preset_once():
-    assert tuple(PRESETS) == TRANSFORM_PRESETS and DEFAULT_PRESET in PRESETS
-    assert HardenConfig().transforms == DEFAULT_PRESET
+    from advx.engine.tasks import TASKS, get_task
+
+    assert tuple(PRESETS) == TRANSFORM_PRESETS
+    # no global default: a config names none until a task gives its own
+    assert HardenConfig().transforms is None
+    assert (get_task("labels").preset, get_task("text").preset) == ("solver", "text")
+    for task in TASKS.values():
+        assert task.preset in PRESETS, task.name
+        assert HardenConfig().for_task(task).transforms == task.preset
+        assert HardenConfig().for_task(task.name).deciding == get_preset(task.preset).deciding
+    assert HardenConfig(transforms="jpeg").for_task("labels").transforms == "jpeg"
+    with pytest.raises(ValueError, match="no view preset yet"):
+        _ = HardenConfig().deciding
     assert get_preset("solver").geometry and not get_preset("jpeg").geometry
     assert eot_of("solver").geometry is not None and eot_of("jpeg").geometry is None
     used = {v for p in PRESETS.values() for v in p.views}

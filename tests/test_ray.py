@@ -93,7 +93,10 @@ def test_ray_records_equal_a_single_process_run(cluster, folder, tmp_path):
     assert one.summary["fooled"] == out.summary["fooled"]
 
 
-def _kill_a_worker_when_up(killed: list[int]) -> threading.Thread:
+def _kill_a_worker_when_up(killed: list[int], out: Path) -> threading.Thread:
+    """Kills the first worker once both are up and the run is about to harden: its
+    results.jsonl is written after the workers' check, as the first batch goes out (the pids
+    are read before: an actor answers them only between its batches)."""
     from advx.engine.folder.distributed import worker_pids
 
     def kill() -> None:
@@ -101,6 +104,8 @@ def _kill_a_worker_when_up(killed: list[int]) -> threading.Thread:
         while time.monotonic() < deadline:
             pids = worker_pids()
             if len(pids) == 2:
+                while not (out / "results.jsonl").exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 pid = pids[sorted(pids)[0]]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -116,7 +121,7 @@ def test_killed_worker_is_restarted_and_its_batch_rerun(cluster, folder, tmp_pat
     import advx
 
     killed: list[int] = []
-    t = _kill_a_worker_when_up(killed)
+    t = _kill_a_worker_when_up(killed, tmp_path / "out")
     out = _harden(folder, tmp_path / "out", advx.RayOptions("auto", workers=2),
                   config=_config(steps=3))
     t.join()
@@ -133,7 +138,7 @@ def test_killed_worker_without_restarts_then_resume(cluster, folder, tmp_path):
     from advx.engine.errors import RunError
 
     killed: list[int] = []
-    t = _kill_a_worker_when_up(killed)
+    t = _kill_a_worker_when_up(killed, tmp_path / "out")
     opts = advx.RayOptions("auto", workers=2, max_retries=0)
     with pytest.raises(RunError, match="--resume"):
         _harden(folder, tmp_path / "out", opts, config=_config(steps=3))
@@ -146,6 +151,63 @@ def test_killed_worker_without_restarts_then_resume(cluster, folder, tmp_path):
     after = _records(tmp_path / "out")
     assert len(after) == 6
     assert all(after[p] == r for p, r in before.items())  # kept as they were
+
+
+def test_a_worker_dead_before_the_first_batch_is_a_run_error():
+    """A worker lost during the check before the first batch (its restarts spent): the same
+    RunError naming --resume as a worker lost while hardening, not Ray's own exception."""
+    from advx.engine.errors import RunError
+    from advx.engine.folder.distributed import RayPool
+
+    class DeadRay:
+        exceptions = ray.exceptions
+
+        def get(self, ref):
+            raise ray.exceptions.ActorDiedError()
+
+    class Actor:
+        class check:  # as a Ray actor handle spells its methods
+            @staticmethod
+            def remote(*args):
+                return None
+
+    pool = object.__new__(RayPool)
+    pool.ray, pool.actors = DeadRay(), [Actor()]
+    with pytest.raises(RunError, match=r"restarts are spent.*run again with --resume"):
+        pool.check(["cat"], None)
+
+
+def _no_workers_left(timeout: float = 30) -> bool:
+    from advx.engine.folder.distributed import worker_pids
+
+    deadline = time.monotonic() + timeout
+    while worker_pids():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_a_model_error_found_by_the_workers_check_ends_them(cluster, tmp_path):
+    """The workers check the run's labels against their models (a solver without a label for
+    one): that error is raised as in one process, nothing is written, no worker is left."""
+    import advx
+    from advx.export.zoo import LabelMapError
+
+    from tiny import save_tiny_solver
+
+    name = f"onnx:{save_tiny_solver(tmp_path / 'solver', 'grid')}"
+    rng = np.random.default_rng(0)
+    for label in ("Bus", "stairs"):
+        (tmp_path / "in" / label).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            tmp_path / "in" / label / "0.png")
+    with pytest.raises(LabelMapError, match="has no label for 'stairs'"):
+        advx.harden_folder(tmp_path / "in", tmp_path / "out", surrogates=[name],
+                           verifiers=[name], config=_config(),
+                           ray=advx.RayOptions("auto", workers=2))
+    assert not (tmp_path / "out").exists()  # nothing written
+    assert _no_workers_left()
 
 
 def test_worker_plan_follows_the_cluster():
@@ -183,7 +245,7 @@ def test_api_harden_on_ray_equals_its_runs_in_one_process(cluster, folder):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        h = Hardener(LABELS, surrogates=SURROGATES, config=cfg)
+        h = Hardener(surrogates=SURROGATES, config=cfg, label_set=LABELS)
         chunk = 2 * cfg.batch_size
         want = [r for i in range(0, len(images), chunk)
                 for r in h.run(images[i : i + chunk], labels[i : i + chunk])]
@@ -192,8 +254,42 @@ def test_api_harden_on_ray_equals_its_runs_in_one_process(cluster, folder):
     assert [r.label for r in got] == labels  # in input order
     for a, b in zip(got, want, strict=True):
         assert np.array_equal(a.image, b.image)
-        assert (a.status, a.steps, a.predictions_after) == (b.status, b.steps,
-                                                             b.predictions_after)
+        assert (a.status, a.steps, a.predictions_after, a.right_before, a.right_after) == (
+            b.status, b.steps, b.predictions_after, b.right_before, b.right_after)
+
+
+def test_a_text_folder_run_on_ray_equals_one_process(cluster, tmp_path):
+    """Text captchas go over Ray workers too: the same records and delivered bytes as one
+    process with the same seed."""
+    import advx
+    from advx.engine.config import HardenConfig
+    from advx.engine.tasks.text.draw import write_captcha_folder
+
+    pytest.importorskip("captcha_whisperer")
+    inp = tmp_path / "in"
+    write_captcha_folder(inp, 3, seed=5)
+    config = HardenConfig(steps=3, verify_every=3, batch_size=1, seed=3)
+
+    def run(out, ray_opts=None):
+        return advx.harden_folder(inp, out, task="text", surrogates=["captcha-whisperer"],
+                                  verifiers=["captcha-whisperer"], config=config, ray=ray_opts)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run(tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    out = run(tmp_path / "ray", advx.RayOptions("auto", workers=2))
+    assert out.summary["task"] == "text" and out.summary["ray_workers"] == 2
+    assert out.summary["complete"] and out.summary["errors"] == 0
+    a, b = _records(tmp_path / "one"), _records(tmp_path / "ray")
+    assert len(a) == 3 and a == b
+    for r in a.values():
+        assert r["task"] == "text" and r["text"]
+        assert (tmp_path / "one" / r["output"]).read_bytes() == (
+            tmp_path / "ray" / r["output"]).read_bytes()
+    assert one.summary["headline"] == out.summary["headline"]
 
 
 # --------------------------------------------------------------------------- local instances

@@ -20,12 +20,25 @@ from toys import (
 import advx
 from advx.engine import metrics
 from advx.engine.attacks import PGD
-from advx.engine.attacks.ensemble import is_oom
+from advx.engine.devices import is_oom
 from advx.engine.pixels import quantise
 from advx.engine.schedule.scheduler import Scheduler
+from advx.engine.tasks.base import Verdict
 from advx.engine.tasks.labels import losses
+from advx.engine.tasks.labels.models import LabelModels
+from advx.engine.tasks.labels.scoring import ViewScores
 from advx.engine.views import transforms
 from advx.engine.views.view import views_of
+
+CPU = torch.device("cpu")
+
+
+def scheduler(surrogates, verifiers, config, relax_mask=False) -> Scheduler:
+    """A labels scheduler over LABELS attacking with PGD through ``surrogates``."""
+    models = LabelModels(LABELS, surrogates, verifiers, device=CPU)
+    attack = PGD(models.ensemble(), eps_01=config.eps_01, alpha_01=config.alpha_01,
+                 steps=config.steps)
+    return Scheduler(attack, models, config, CPU, relax_mask=relax_mask)
 
 
 def test_already_misclassified_costs_no_steps():
@@ -67,11 +80,13 @@ def test_verification_sees_exactly_what_is_delivered(fmt):
 
 def test_every_view_scored_on_exactly_the_delivered_pixels():
     rec = ViewRecorder()
-    sched = Scheduler(PGD(TinyNet(), eps_01=8 / 255, alpha_01=2 / 255), [TinyNet()], [rec], LABELS,
-                      cfg(transforms="solver"), torch.device("cpu"))
+    sched = scheduler([TinyNet()], [rec], cfg(transforms="solver", eps=8))
     delivered = quantise(rand_images(3, 32))
-    y, t = torch.tensor([0, 1, 2]), torch.tensor([-1, -1, -1])
-    verdict = sched.verify(delivered, y, t)
+    y, t = sched.models.encode(["cat", "dog", "bus"], None)
+    assert y.tolist() == [0, 1, 2] and t.tolist() == [-1, -1, -1]
+    verdict = sched._timed(sched.check.final, delivered, delivered, y, t)
+    assert isinstance(verdict, Verdict) and isinstance(verdict.detail[0], ViewScores)
+    scores = verdict.detail[0]
     matrix = views_of("solver")
     assert [c[1] for c in rec.calls] == [v.geometry for v in matrix if v.cost == 1] + [
         v.geometry for v in matrix if v.cost > 1]
@@ -80,12 +95,14 @@ def test_every_view_scored_on_exactly_the_delivered_pixels():
         rec.calls, strict=True)}
     for view in matrix:
         assert torch.equal(seen[id(view)], view.images(delivered)), view.name
-    assert set(verdict.by_view["views"]) == {v.name for v in matrix}
+    assert set(scores.by_view["views"]) == {v.name for v in matrix}
+    need = sched.config.required_margin
+    assert torch.equal(verdict.done, scores.mins >= need)
+    assert torch.equal(verdict.score, scores.score)
     # lazily (during the attack) the same rows are found fooled
     rec.calls.clear()
-    lazy = sched.verify(delivered, y, t, lazy=True)
-    need = sched.config.required_margin
-    assert torch.equal(lazy.mins < need, verdict.mins < need)
+    lazy = sched.check.lazy(delivered, y, t)
+    assert torch.equal(lazy.done, verdict.done)
     assert sched.time["verify"] > 0
 
 
@@ -109,8 +126,8 @@ def test_out_of_memory_halves_the_batch():
 
     from advx.engine.api import Hardener
 
-    h = Hardener(LABELS, surrogates=[Fragile()], verifiers=[Fixed(answer=0)],
-                 config=cfg(batch_size=4))
+    h = Hardener(surrogates=[Fragile()], verifiers=[Fixed(answer=0)],
+                 config=cfg(batch_size=4), label_set=LABELS)
     res = h.run(uint8_images(4), ["cat"] * 4)  # never fooled: every image takes every step
     assert len(res) == 4 and h.scheduler.chunk == 1
     assert all(r.steps == 10 and r.linf > 0 for r in res)
@@ -153,9 +170,8 @@ def test_minimal_perturbation_ladder():
 
 def test_the_rungs_and_the_relaxed_last_rung():
     def rungs(relax, **kw):
-        s = Scheduler(PGD(TinyNet(), eps_01=8 / 255, alpha_01=2 / 255), [TinyNet()],
-                      [TinyNet(1, "v")], LABELS, cfg(eps=8, steps=40, verify_every=5, **kw),
-                      torch.device("cpu"), relax_mask=relax)
+        s = scheduler([TinyNet()], [TinyNet(1, "v")],
+                      cfg(eps=8, steps=40, verify_every=5, **kw), relax_mask=relax)
         return [round(e * 255, 6) for e in s.rung_eps_01], s.rung_masked, s.rung_steps
 
     assert rungs(False) == ([2.0, 4.0, 8.0], [True] * 3, 10)
@@ -205,7 +221,6 @@ def test_a_verifier_that_is_also_a_surrogate_is_held_to_every_view(monkeypatch):
     monkeypatch.setitem(presets.PRESETS, "own-median", presets.Preset(
         "own-median", ("own", "median3"), ("identity",), decide=("own",)))
     net = TinyNet()
-    sched = Scheduler(PGD(net, eps_01=8 / 255, alpha_01=2 / 255), [net],
-                      [net, NoiseSaysBus()], LABELS, cfg(transforms="own-median"),
-                      torch.device("cpu"))
+    sched = scheduler([net], [net, NoiseSaysBus()], cfg(transforms="own-median"))
+    assert sched.deciding == sched.check.deciding
     assert sched.deciding == {"tiny": ("own", "median3"), "noise-says-bus": ("own",)}

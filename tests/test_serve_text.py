@@ -1,78 +1,68 @@
-"""``advx serve`` with a ``text`` field: a text captcha hardened over HTTP against a real OCR
-solver (captcha-whisperer), its readings those of the delivered file, the bad requests of the
-text path (422 JSON), a captcha over the size cap (413), and a deadline that stops the work."""
+"""The ``text`` task over HTTP: a text captcha hardened against a real OCR solver
+(captcha-whisperer), its readings and error rates those of the delivered file; and a server
+without a default label set, which serves text at once (a captcha over the size cap refused)
+and asks labels requests for one. (The
+bad requests and the deadline of each task are in test_serve.py, its deciding views in
+test_serve_decide.py.)"""
 
 from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_serve import _health, _post, _Running
+from test_serve import SOLVER, captchas
+from web import Running, get, png, post
 
-SOLVER = "captcha-whisperer"
 EPS = 8
 
 
 @pytest.fixture(scope="module")
 def captcha():
-    from advx.engine.tasks.text.draw import draw_captchas
-
-    return draw_captchas(1, seed=3)[0]
+    return captchas(1)[0]
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service():
     from advx.engine.config import HardenConfig
+    from advx.engine.serve.requests import TaskSetup
     from advx.engine.serve.service import HardenService
 
-    import tiny
-
     pytest.importorskip("captcha_whisperer")
-    model = f"timm:test_efficientnet/{tiny.save_tiny_timm_checkpoint(tmp_path_factory.mktemp('t'))}"
-    cfg = HardenConfig(eps=EPS, steps=2, transforms="none", batch_size=4, eps_rungs=1)
-    svc = HardenService(("cat", "dog"), surrogates=[model], verifiers=[model], config=cfg,
-                        max_batch=4, text_surrogates=[SOLVER], text_verifiers=[SOLVER])
+    cfg = HardenConfig(eps=EPS, steps=2, batch_size=4, eps_rungs=1)
+    svc = HardenService({"text": TaskSetup([SOLVER], [SOLVER])}, config=cfg, max_batch=4)
     yield svc
     svc.close()
 
 
-@pytest.fixture(scope="module")
-def server(service):
-    from advx.engine.serve.http import create_app
-
-    with _Running(create_app(service, max_side=256)) as srv:
-        yield srv
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def test_a_text_captcha_is_hardened_and_its_readings_are_the_delivered_files(server, service,
+def test_a_text_captcha_is_hardened_and_its_readings_are_the_delivered_files(service,
                                                                            captcha):
-    from advx.engine.tasks.text.eval import read_views
+    from advx.engine.serve.http import create_app
+    from advx.engine.tasks.text.evaluate import read_views
     from advx.engine.tasks.text.losses import edit_distance
     from advx.engine.views.view import views_of
 
     text, pixels = captcha
-    assert _health(server.base) and service.models()["text"] is None  # nothing loaded yet
-    status, headers, body = _post(server.base + "/harden", {"text": text}, _png(pixels))
-    assert status == 200, body[:300]
+    with Running(create_app(service)) as server:
+        models = get(server.base + "/models")[1]["tasks"]
+        assert models["text"]["transforms"] == "text"
+        assert models["text"]["loaded"] is None  # nothing loaded before the first request
+        status, headers, body = post(server.base + "/harden", {"text": text}, png(pixels))
+        assert status == 200, body[:300]
+        assert get(server.base + "/models")[1]["tasks"]["text"]["loaded"] == {
+            "surrogates": [SOLVER], "verifiers": [SOLVER], "left_out": {}, "notes": []}
     assert headers["content-type"] == "image/png"
     out = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
     assert out.shape == pixels.shape
     assert np.abs(out.astype(int) - pixels.astype(int)).max() <= EPS
     record = json.loads(headers["x-advx-result"])
+    assert record["task"] == "text"
     assert record["text"] == text and record["status"] in ("fooled", "unfooled")
     assert record["linf"] <= EPS + 1e-4 and record["steps"] <= 2
-    solver = service.text_hardener().solvers[SOLVER]
+    solver = service.hardener("text").models.solvers[SOLVER]
     views = views_of("text")
     again = read_views([solver.verifier()], [torch.from_numpy(out.copy()).permute(2, 0, 1)],
                        views)[SOLVER]
@@ -81,81 +71,43 @@ def test_a_text_captcha_is_hardened_and_its_readings_are_the_delivered_files(ser
     assert record["cer_after"][SOLVER] == {
         w: round(edit_distance(cs.key(r[0]), cs.key(text)) / len(text), 4)
         for w, r in again.items()}
+    assert record["right_after"][SOLVER] == {w: cs.same(r[0], text) for w, r in again.items()}
     fooled = all(not cs.same(record["read_after"][SOLVER][w], text)
                  for w in record["deciding"][SOLVER])
     assert record["status"] == ("fooled" if fooled else "unfooled")
-    assert service.models()["text"] == {"surrogates": [SOLVER], "verifiers": [SOLVER]}
 
 
-def test_bad_text_requests_get_422_json(server, captcha):
-    text, pixels = captcha
-    png = _png(pixels)
-    wide = _png(np.concatenate([pixels, pixels], axis=1))  # 320 px: over --max-side 256
-    cases = [  # (fields, image, status, what the error says)
-        ({"text": "AB~"}, png, 422, f"{SOLVER} cannot read '~'"),
-        ({"text": ""}, png, 422, "empty"),
-        ({"text": f" {text}"}, png, 422, "leading or trailing spaces"),
-        ({"text": text, "label": "cat"}, png, 422, "not both"),
-        ({}, png, 422, "label (or text"),
-        ({"text": text, "label_set": "cat,dog"}, png, 422, "label_set is for image tiles"),
-        ({"text": text, "eps": "99"}, png, 422, "eps must be in"),
-        ({"text": text}, None, 422, "image"),
-        ({"text": text}, wide, 413, "over the longest side of 256 px"),
-    ]
-    for fields, image, want, says in cases:
-        status, headers, body = _post(server.base + "/harden", fields, image)
-        assert status == want, (fields, body[:300])
-        assert headers["content-type"] == "application/json"
-        err = json.loads(body)
-        assert list(err) == ["error"] and says in err["error"], (fields, err)
-
-
-def test_a_deadline_answers_504_and_stops_the_text_work(service, captcha):
-    """A budget that never fools (eps 0.5/255 rounds away) runs at least two verification
-    passes (10 steps) unless stopped; each step is slowed so that the deadline falls first."""
-    from advx.engine.serve.http import create_app
-
-    text, pixels = captcha
-    h = service.text_hardener(0.5, 1000)
-    attack, calls = h.scheduler.attack, []
-    step = attack.step
-
-    def slow(state, *a, **kw):
-        calls.append(time.monotonic())
-        time.sleep(0.4)
-        return step(state, *a, **kw)
-
-    attack.step = slow
-    try:
-        with _Running(create_app(service, timeout_s=1.5)) as srv:
-            status, _, body = _post(srv.base + "/harden", {"text": text, "eps": "0.5",
-                                                           "steps": "1000"}, _png(pixels))
-            t504 = time.monotonic()
-            assert status == 504 and "not hardened within" in json.loads(body)["error"]
-            while service.busy:
-                assert time.monotonic() - t504 < 3, "the worker went on"
-                time.sleep(0.05)
-            assert _health(srv.base)["timed_out"] == 1
-    finally:
-        attack.step = step
-    assert 0 < len(calls) < 10 and all(t < t504 + 0.5 for t in calls)
-
-
-def test_a_server_without_a_default_label_set_serves_text_and_asks_images_for_one(captcha):
+def test_a_server_without_a_default_label_set_serves_text_and_asks_labels_for_one(captcha):
+    """As `advx serve` without --label-set: the text task's models load at start (it needs no
+    option), the labels task's on a request that names its label set."""
     from advx.engine.config import HardenConfig
-    from advx.engine.serve.label_sets import LabelSets
+    from advx.engine.errors import NotAllowed
+    from advx.engine.serve.requests import TaskSetup
     from advx.engine.serve.service import HardenService
 
-    cfg = HardenConfig(eps=EPS, steps=1, transforms="none", batch_size=2, eps_rungs=1)
-    svc = HardenService((), surrogates=["timm:unused"], verifiers=["timm:unused"], config=cfg,
-                        text_surrogates=[SOLVER], text_verifiers=[SOLVER], start=False)
+    pytest.importorskip("captcha_whisperer")
+    cfg = HardenConfig(eps=EPS, steps=1, batch_size=2, eps_rungs=1)
+    svc = HardenService({"labels": TaskSetup(["timm:unused"], ["timm:unused"],
+                                             allowed=[("dog", "cat")]),
+                         "text": TaskSetup([SOLVER], [SOLVER], eager=True)},
+                        config=cfg, max_side=256, start=False)
     try:
-        assert svc.text.built  # the OCR solvers load at start: no image models to build
+        loaded = svc.models()
+        assert loaded["text"]["loaded"] is not None  # the OCR solvers load at start
+        assert loaded["labels"]["loaded"] is None and svc.label_set_builds == 1
         with pytest.raises(ValueError, match=r"no default label set .* send label_set"):
             svc.submit(captcha[1], "cat")
+        # without a default set, a request's set is sorted: every order shares its models
+        group = svc.requests.group("labels", "cat", label_set=["dog", "cat"])
+        assert dict(group.options)["label_set"] == ("cat", "dog")
+        with pytest.raises(NotAllowed, match="not allowed"):
+            svc.requests.group("labels", "cat", label_set=["cat", "bus"])
+        assert svc.label_set_builds == 1  # no labels model was touched
+        # a captcha is hardened at its own size: one over max_side is refused, not downscaled
+        text, pixels = captcha
+        wide = np.concatenate([pixels, pixels], axis=1)  # 320 px
+        with pytest.raises(ValueError, match="320x60 px is over the longest side of 256 px"):
+            svc.submit(wide, text, task="text")
+        assert svc.pending() == 0
     finally:
         svc.close()
-    sets = LabelSets((), allowed=[("dog", "cat")])
-    assert sets.resolve("cat", ["dog", "cat"]) == ("cat", "dog")
-    with pytest.raises(ValueError, match="not allowed"):
-        sets.resolve("cat", ["cat", "bus"])

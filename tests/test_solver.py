@@ -277,14 +277,16 @@ def test_graph_without_torch_equivalent_stays_a_verifier(tmp_path, solvers, capl
                          "output.name": "logits"})
     name = f"onnx:{spec}"
     with caplog.at_level("WARNING"):
-        h = Hardener(("bus", "car"), surrogates=[name, "effnet-lite0"], verifiers=[],
-                     config=HardenConfig(steps=1))
+        h = Hardener(surrogates=[name, "effnet-lite0"], verifiers=[],
+                     config=HardenConfig(steps=1), label_set=("bus", "car"))
     warned = [r.getMessage() for r in caplog.records if "no gradient path" in r.getMessage()]
     assert len(warned) == 1 and "Hardmax" in warned[0], warned
-    assert [m.name for m in h.ensemble.members] == ["effnet-lite0"]
+    assert [m.name for m in h.models.ensemble().members] == ["effnet-lite0"]
+    assert h.describe()["notes"] == [f"{name}: verifier only (no gradient path)"]
     assert [v.name for v in h.verifiers] == [name], "kept as a verifier"
     with pytest.raises(ValueError, match="no surrogate left"):
-        Hardener(("bus", "car"), surrogates=[name], verifiers=[], config=HardenConfig(steps=1))
+        Hardener(surrogates=[name], verifiers=[], config=HardenConfig(steps=1),
+                 label_set=("bus", "car"))
 
 
 def test_solver_knows_only_some_labels(solvers):
@@ -556,8 +558,14 @@ def test_cli_run_with_a_multilabel_solver_reports_per_model(tmp_path, solvers):
     assert stats["select_rate_after"] == pytest.approx(1 - fooled / len(records))
     assert "grid_solve_rate_after" in stats and "mean_p_label_after" in stats
     assert "P(bicycle)" in (out / "report.html").read_text()
-    res = CliRunner().invoke(cli, ["eval", str(out), "--models", name, "--json", "--grids", "20"])
+    res = CliRunner().invoke(cli, ["eval", str(out), "--models", name, "--json"])
     assert res.exit_code == 0, res.output
-    row = json.loads(res.output)["results"][0]
-    assert row["decision"] == "multilabel"
-    assert row["accuracy"] == pytest.approx(stats["select_rate_after"])
+    result = json.loads(res.output)
+    assert result["transforms"] == summary["config"]["transforms"] == "solver"  # the run's
+    assert result["label_set"] == summary["label_set"] and result["clean"] == str(inp)
+    # its own view, read by its own (multi-label) rule, as the run's per-model figures are
+    row = next(r for r in result["results"] if r["view"] == "own")
+    assert row["right_rate"] == pytest.approx(stats["select_rate_after"])
+    assert row["right_clean_rate"] == stats["select_rate_before"] == 1.0
+    assert row["fooled"] == sum(r["label"] not in r["selected_after"][name] for r in records)
+    assert {r["view"] for r in result["results"]} == set(records[0]["right_after"][name])

@@ -1,7 +1,8 @@
-"""The text hardening engine: roles of views, budgets, seeded repeats, hostile input.
+"""The text task's hardening engine: roles of views, budgets, seeded repeats, hostile input.
 
-Tiny random-init CTC models and scripted verifiers check the scheduler's invariants exactly;
-captcha-whisperer (the real offline CRNN) checks the delivered files."""
+Tiny random-init CTC models and scripted verifiers (in a stand-in :class:`TextModels`) check
+the scheduler's invariants exactly; captcha-whisperer (the real offline CRNN) checks the
+delivered files."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import torch
 from torch import nn
 
 from advx.engine import metrics
+from advx.engine.api import Hardener, harden
 from advx.engine.attacks import ATTACKS
-from advx.engine.tasks.text.api import TextHardener, harden_text, text_config
-from advx.engine.tasks.text.scheduler import TextEnsemble, TextScheduler
+from advx.engine.config import HardenConfig
+from advx.engine.schedule.scheduler import Scheduler
+from advx.engine.tasks.text.models import TextEnsemble, TextModels
 from advx.engine.views.view import eot_of
 from advx.export.solver.charset import Charset, CharsetError
 from advx.export.solver.resample import clip8
@@ -61,12 +64,32 @@ class Scripted:
         return ["AB" if bool(((x == 0) | (x == 1)).all()) else "C" for x in images]
 
 
-def _scheduler(decide: tuple[str, ...], steps: int = 6) -> TextScheduler:
-    config = text_config(steps=steps, verify_every=2, decide=decide, batch_size=2)
-    attack = ATTACKS["pgd"](TextEnsemble([TinyOCR()]), eps_01=config.eps_01,
-                            alpha_01=config.alpha_01, steps=steps, eot=eot_of("text"),
+class StubModels(TextModels):
+    """The text task's models as given (nothing loaded): torch surrogates and verifiers that
+    read as the scheduler's TextVerification asks (``scores``, ``charset``,
+    ``solver.head``)."""
+
+    def __init__(self, surrogates, verifiers) -> None:
+        self.device = torch.device("cpu")
+        self.surrogates, self.verifiers = list(surrogates), list(verifiers)
+        self.solvers = {s.name: s for s in [*self.surrogates, *self.verifiers]}
+        self.charsets = {v.name: v.charset for v in self.verifiers}
+        self.left_out, self.notes = {}, []
+        self._ensemble = TextEnsemble(self.surrogates)
+        self.truths = []
+
+
+def _harden(decide: tuple[str, ...], texts: list[str], steps: int = 6) -> list:
+    """A scheduler over the scripted verifier (TinyOCR attacked) run on two captchas."""
+    config = HardenConfig(steps=steps, verify_every=2, decide=decide, batch_size=2
+                          ).for_task("text")
+    models = StubModels([TinyOCR()], [Scripted()])
+    attack = ATTACKS["pgd"](models.ensemble(), eps_01=config.eps_01, alpha_01=config.alpha_01,
+                            steps=steps, eot=eot_of("text"),
                             generator=torch.Generator().manual_seed(0))
-    return TextScheduler(attack, [Scripted()], config, torch.device("cpu"))
+    scheduler = Scheduler(attack, models, config, torch.device("cpu"))
+    y, t = models.encode(texts, None)
+    return scheduler.run(_images(len(texts)), y, t)
 
 
 def _images(n: int = 2, h: int = 20, w: int = 32) -> list[torch.Tensor]:
@@ -75,24 +98,28 @@ def _images(n: int = 2, h: int = 20, w: int = 32) -> list[torch.Tensor]:
 
 
 def test_a_reported_view_that_reads_the_truth_does_not_keep_a_captcha():
-    results = _scheduler(("own", "grey")).run(_images(), ["AB", "AB"])
+    results = _harden(("own", "grey"), ["AB", "AB"])
     assert [r.status for r in results] == ["fooled", "fooled"]
     assert [r.stop_reason for r in results] == ["already_fooled"] * 2
-    assert all(r.read_after["scripted"]["otsu"] == "AB" for r in results)  # reported, right
-    assert all(not r.fooled_every_view for r in results)
+    for r in results:
+        assert r.read_after["scripted"]["otsu"] == "AB"  # reported, right
+        assert r.right_after["scripted"]["otsu"] and not r.right_after["scripted"]["own"]
+        assert r.read_before["scripted"] == r.read_after["scripted"]  # nothing was attacked
+        assert r.right_before == r.right_after
+        assert not r.fooled_every_view
 
 
 def test_a_deciding_view_that_reads_the_truth_keeps_a_captcha():
-    results = _scheduler(("own", "otsu"), steps=6).run(_images(), ["AB", "AB"])
+    results = _harden(("own", "otsu"), ["AB", "AB"], steps=6)
     assert [r.status for r in results] == ["unfooled", "unfooled"]
     assert all(r.stop_reason in ("max_steps", "no_progress") and r.steps > 0 for r in results)
     assert all(r.deciding == {"scripted": ["own", "otsu"]} for r in results)
+    assert all(r.right_after["scripted"]["otsu"] for r in results)
 
 
 def test_a_truth_longer_than_a_head_can_emit_is_misread_and_noted():
     # the scripted head has 5 time steps: "ABCAB" needs 5 (fits), "ABCABC" 6 (cannot be read)
-    results = _scheduler(("own", "grey")).run(_images(), ["ABCABC", "ABCAB"])
-    long, fits = results
+    long, fits = _harden(("own", "grey"), ["ABCABC", "ABCAB"])
     assert long.status == "fooled" and long.stop_reason == "already_fooled"
     assert long.notes == ["scripted cannot read 6 characters at 32x20 px: its head has 5 "
                           "time steps"]
@@ -123,12 +150,14 @@ def test_a_saturated_pixel_keeps_its_gradient():
 
 # --- the real CRNN ---------------------------------------------------------------------------
 
+WHISPERER = ["captcha-whisperer"]
+
 
 @pytest.fixture(scope="module")
 def whisperer():
     pytest.importorskip("captcha_whisperer")
-    return TextHardener(surrogates=["captcha-whisperer"], verifiers=["captcha-whisperer"],
-                        config=text_config(steps=6, verify_every=3))
+    return Hardener("text", surrogates=WHISPERER, verifiers=WHISPERER,
+                    config=HardenConfig(steps=6, verify_every=3))
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +170,7 @@ def drawn():
 def test_delivered_captchas_keep_the_budget(whisperer, drawn):
     results = whisperer.run([a for _, a in drawn], [t for t, _ in drawn])
     cfg = whisperer.config
+    assert cfg.transforms == "text"  # the task's preset
     for (text, clean), r in zip(drawn, results, strict=True):
         assert r.text == text and r.image.dtype == np.uint8 and r.image.shape == clean.shape
         d = np.abs(r.image.astype(int) - clean.astype(int)).max()
@@ -149,11 +179,16 @@ def test_delivered_captchas_keep_the_budget(whisperer, drawn):
         ssim = float(metrics.ssim(x[:1], x[1:])[0])
         assert ssim >= cfg.ssim_floor and r.ssim == pytest.approx(ssim, abs=1e-4)
         # what the result says the solver reads is what it reads on the delivered file
-        again = whisperer.verifiers[0].read(x[:1])[0]
+        verifier = whisperer.verifiers[0]
+        again, before = verifier.read(x[:1])[0], verifier.read(x[1:])[0]
         assert r.read_after["captcha-whisperer"]["own"] == again
-        same = whisperer.verifiers[0].charset.same
+        assert r.read_before["captcha-whisperer"]["own"] == before
+        same = verifier.charset.same
         assert r.fooled == all(not same(r.read_after["captcha-whisperer"][w], text)
                                for w in r.deciding["captcha-whisperer"])
+        for when, reads in (("before", r.read_before), ("after", r.read_after)):
+            right = getattr(r, f"right_{when}")["captcha-whisperer"]
+            assert right == {w: same(s, text) for w, s in reads["captcha-whisperer"].items()}
 
 
 def test_a_seeded_run_repeats_exactly(whisperer, drawn):
@@ -182,4 +217,9 @@ def test_hostile_input_is_refused_clearly(whisperer, drawn):
     with pytest.raises(ValueError, match="2 images but 1 texts"):
         whisperer.run([img, img], ["AB"])
     with pytest.raises(ValueError, match="untargeted"):
-        harden_text([img], ["AB"], config=text_config(targeted=True))
+        whisperer.run([img], ["AB"], targets=["CD"])
+    with pytest.raises(ValueError, match="untargeted"):
+        harden([img], ["AB"], task="text", surrogates=WHISPERER, verifiers=WHISPERER,
+               config=HardenConfig(targeted=True), targets=["CD"])
+    with pytest.raises(TypeError, match="the text task takes no option label_set"):
+        Hardener("text", surrogates=WHISPERER, verifiers=WHISPERER, label_set=["a", "b"])

@@ -1,6 +1,7 @@
-"""``advx eval --task text`` (advx.engine.tasks.text.evaluate): figures equal to a hand count from
-``read_views`` on a tiny set, hostile rows skipped with their reasons, an advx run's folder
-evaluated against its originals, the command's options; and the text API's exports."""
+"""``advx eval --task text`` (advx.engine.evaluate with the text task): figures (CER included)
+equal to a hand count from ``read_views`` on a tiny set, by the one rule (fooled only where
+read right clean); hostile rows skipped with their reasons; an advx run's folder evaluated
+against its originals; the command's options; and the text API's exports."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from advx.engine.errors import RunError
-from advx.engine.tasks.labels.dataset import DatasetError
+from advx.engine.errors import DatasetError, RunError
+from advx.engine.evaluate import evaluate_folder
 
 SOLVER = "captcha-whisperer"
 pytest.importorskip("captcha_whisperer")
@@ -55,10 +56,12 @@ def sets(tmp_path_factory):
 
 
 def _hand_count(root: Path, names, texts, folder: str, clean: str | None):
-    """solver -> view -> the figures, counted here from read_views."""
-    from advx.engine.tasks.text.api import load_text_solver
-    from advx.engine.tasks.text.eval import read_views
+    """view -> the figures, counted here from read_views: fooled only among the captchas read
+    right clean under that view."""
+    from advx.engine.tasks.text.evaluate import read_views
     from advx.engine.tasks.text.losses import edit_distance
+    from advx.engine.tasks.text.models import load_text_solver
+    from advx.engine.views.presets import get_preset
     from advx.engine.views.view import views_of
 
     solver = load_text_solver(SOLVER)
@@ -69,49 +72,56 @@ def _hand_count(root: Path, names, texts, folder: str, clean: str | None):
                .permute(2, 0, 1) for n in names]
         return read_views([solver.verifier()], ims, views_of("text"))[SOLVER]
 
+    def cer(got):
+        errs = [edit_distance(cs.key(a), cs.key(t)) / len(t)
+                for a, t in zip(got, texts, strict=True)]
+        return round(sum(errs) / len(errs), 4)
+
     got, before = reads(folder), reads(clean) if clean else None
+    deciding = get_preset("text").deciding
+    n = len(texts)
     out = {}
     for w, r in got.items():
         right = [cs.same(a, t) for a, t in zip(r, texts, strict=True)]
-        cer = [edit_distance(cs.key(a), cs.key(t)) / len(t) for a, t in zip(r, texts,
-                                                                              strict=True)]
-        row = {"n": len(texts), "read": sum(right), "read_rate": sum(right) / len(texts),
-               "cer": sum(cer) / len(cer)}
+        row = {"model": SOLVER, "view": w, "deciding": w in deciding, "n": n,
+               "right": sum(right), "right_rate": round(sum(right) / n, 4), "cer": cer(r)}
         if before is not None:
             ok = [cs.same(a, t) for a, t in zip(before[w], texts, strict=True)]
             fooled = sum(o and not g for o, g in zip(ok, right, strict=True))
-            row.update(read_clean=sum(ok), fooled=fooled,
-                       fooled_rate=fooled / sum(ok) if sum(ok) else None)
+            row.update(right_clean=sum(ok), right_clean_rate=round(sum(ok) / n, 4),
+                       fooled=fooled,
+                       fooled_rate=round(fooled / sum(ok), 4) if sum(ok) else None,
+                       cer_clean=cer(before[w]))
         out[w] = row
     return out
 
 
 def test_figures_equal_a_hand_count(sets):
-    from advx.engine.tasks.text.evaluate import evaluate_text_folder
     from advx.engine.views.presets import get_preset
 
     root, rows, texts, names = sets
     labels = _csv(root / "labels.csv", rows)
-    res = evaluate_text_folder(root / "hard", [SOLVER], labels_csv=labels,
-                               clean_dir=root / "clean", device="cpu")
+    res = evaluate_folder(root / "hard", [SOLVER], task="text", labels_csv=labels,
+                          clean_dir=root / "clean", device="cpu")
     want = _hand_count(root, names, texts, "hard", "clean")
-    assert res["captchas"] == 4 and res["skipped"] == [] and res["solvers"] == [SOLVER]
+    assert res["task"] == "text" and res["source"] == "folder"
+    assert res["items"] == 4 and res["skipped"] == [] and res["models"] == [SOLVER]
+    assert res["transforms"] == "text" and res["left_out"] == []
     assert [r["view"] for r in res["results"]] == list(want)
     for r in res["results"]:
-        assert {k: r[k] for k in want[r["view"]]} == want[r["view"]], r["view"]
+        assert r == want[r["view"]], r["view"]
     assert {r["view"] for r in res["results"] if r["deciding"]} == set(
         get_preset("text").deciding)
     own = next(r for r in res["results"] if r["view"] == "own")
     assert own["fooled"] >= 1  # the blank captcha at least
-    plain = evaluate_text_folder(root / "clean", [SOLVER], labels_csv=labels, device="cpu")
+    plain = evaluate_folder(root / "clean", [SOLVER], task="text", labels_csv=labels,
+                            device="cpu")
     want = _hand_count(root, names, texts, "clean", None)
-    assert all({k: r[k] for k in want[r["view"]]} == want[r["view"]] and "fooled" not in r
-               for r in plain["results"])
+    assert plain["clean"] is None
+    assert all(r == want[r["view"]] and "fooled" not in r for r in plain["results"])
 
 
 def test_hostile_rows_are_skipped_with_their_reasons(sets, tmp_path):
-    from advx.engine.tasks.text.evaluate import evaluate_text_folder
-
     root, rows, _, _ = sets
     hard, clean = tmp_path / "hard", tmp_path / "clean"
     for sub, dst in (("hard", hard), ("clean", clean)):  # each with its original
@@ -125,9 +135,10 @@ def test_hostile_rows_are_skipped_with_their_reasons(sets, tmp_path):
              ["w.png", "AB~"], ["e.png", ""], ["d.png", "AB"], ["d.png", "CD"],
              ["text.png", "ABCD"], ["tiny.png", "ABCD"], ["out.png", "ABCD"],
              ["lonely.png", "ABCD"], rows[0]]  # c0.png again, with its text: one row
-    res = evaluate_text_folder(hard, [SOLVER], labels_csv=_csv(tmp_path / "l.csv", lines),
-                               clean_dir=clean, device="cpu")
-    assert res["captchas"] == 1 and all(r["n"] == 1 for r in res["results"])
+    res = evaluate_folder(hard, [SOLVER], task="text",
+                          labels_csv=_csv(tmp_path / "l.csv", lines), clean_dir=clean,
+                          device="cpu")
+    assert res["items"] == 1 and all(r["n"] == 1 for r in res["results"])
     expect = [("line 3", "points outside"), ("line 4", "must be relative"),
               ("line 5", "no file 'nope.png'"), ("line 6", f"{SOLVER} cannot read '~'"),
               ("line 7", "the truth text is empty"), ("lines 8, 9", "different texts"),
@@ -138,13 +149,13 @@ def test_hostile_rows_are_skipped_with_their_reasons(sets, tmp_path):
                                             for s in res["skipped"])]
     assert missing == [], res["skipped"]
     with pytest.raises(DatasetError, match="the header has no 'text' column"):
-        evaluate_text_folder(hard, [SOLVER], device="cpu",
-                             labels_csv=_csv(tmp_path / "b.csv", lines, ("path", "label")))
+        evaluate_folder(hard, [SOLVER], task="text", device="cpu",
+                        labels_csv=_csv(tmp_path / "b.csv", lines, ("path", "label")))
 
 
 def test_an_advx_run_is_read_against_its_originals(sets, tmp_path):
-    from advx.engine.tasks.text.evaluate import evaluate_text_folder
-
+    """A run's folder: its task and originals from summary.json, the hardened files and
+    truths from results.jsonl (error records skipped)."""
     root, _, texts, names = sets
     run = tmp_path / "run"
     run.mkdir()
@@ -156,50 +167,67 @@ def test_an_advx_run_is_read_against_its_originals(sets, tmp_path):
     for n in names:
         (run / "out" / n).write_bytes((root / "hard" / n).read_bytes())
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (run / "summary.json").write_text(json.dumps({"input": str(root / "clean")}))
-    res = evaluate_text_folder(run, [SOLVER], device="cpu")
+    (run / "summary.json").write_text(json.dumps({"task": "text", "input": str(root / "clean"),
+                                                  "config": {"transforms": "text"}}))
+    res = evaluate_folder(run, [SOLVER], device="cpu")
     want = _hand_count(root, names, texts, "hard", "clean")
-    assert res["source"] == "advx run" and res["clean"] == str(root / "clean")
-    assert res["captchas"] == 4 and "not hardened (unreadable)" in res["skipped"][0]
-    assert all({k: r[k] for k in want[r["view"]]} == want[r["view"]] for r in res["results"])
-    with pytest.raises(RunError, match="--labels is for folders of captchas"):
-        evaluate_text_folder(run, [SOLVER], labels_csv=root / "labels.csv")
-    (run / "results.jsonl").write_text(json.dumps({"path": "a.png", "output": "a.png",
-                                                   "label": "cat", "status": "fooled"}))
-    with pytest.raises(RunError, match="--task image"):
-        evaluate_text_folder(run, [SOLVER])
+    assert res["task"] == "text" and res["source"] == "advx run"
+    assert res["clean"] == str(root / "clean")
+    assert res["items"] == 4 and "not hardened (unreadable)" in res["skipped"][0]
+    assert all(r == want[r["view"]] for r in res["results"])
+    with pytest.raises(RunError, match="--labels is for folders of inputs"):
+        evaluate_folder(run, [SOLVER], labels_csv=root / "labels.csv")
+    with pytest.raises(RunError, match="holds a text run; evaluate it with --task text"):
+        evaluate_folder(run, [SOLVER], task="labels")
 
 
 def test_the_command(sets):
     from advx.cli.main import cli
+    from advx.engine.tasks.text import DEFAULT_SOLVERS
 
     root, rows, _, _ = sets
     labels = _csv(root / "cli.csv", [*rows, ["nope.png", "AB"]])
     run = CliRunner().invoke(cli, ["eval", str(root / "hard"), "--task", "text", "--labels",
-                                   str(labels), "--clean", str(root / "clean"), "--solvers",
+                                   str(labels), "--clean", str(root / "clean"), "--models",
                                    SOLVER, "--device", "cpu", "--json"])
     assert run.exit_code == 0, run.output
     res = json.loads(run.stdout)
-    assert res["captchas"] == 4 and "skipped cli.csv line 6: no file" in run.stderr
+    assert res["items"] == 4 and "skipped cli.csv line 6: no file" in run.stderr
     table = CliRunner().invoke(cli, ["eval", str(root / "hard"), "--task", "text", "--labels",
-                                     str(labels), "--solvers", SOLVER, "--device", "cpu"])
+                                     str(labels), "--models", SOLVER, "--device", "cpu"])
     assert table.exit_code == 0 and f"{SOLVER}  own*" in table.stdout
-    for args, says in ((["--models", "effnet-lite0"], "--models: not for --task text"),
-                       (["--grids", "5"], "--grids: not for --task text")):
+    assert "cer" in table.stdout.splitlines()[1]  # the task's own figure, a column
+    # the labels task's options are refused; the removed ones are unknown
+    bad = CliRunner().invoke(cli, ["eval", str(root / "hard"), "--task", "text", "--labels",
+                                   str(labels), "--models", SOLVER, "--label-set", "a,b"])
+    assert bad.exit_code != 0 and "the text task takes no option label_set" in bad.output
+    for args in (["--solvers", SOLVER], ["--grids", "5"]):
         bad = CliRunner().invoke(cli, ["eval", str(root / "hard"), "--task", "text", *args])
-        assert bad.exit_code == 2 and says in bad.output
-    bad = CliRunner().invoke(cli, ["eval", str(root / "hard"), "--solvers", SOLVER])
-    assert bad.exit_code == 2 and "--solvers: not for --task image" in bad.output
-    bad = CliRunner().invoke(cli, ["eval", str(root / "hard")])
-    assert bad.exit_code == 2 and "--models is required" in bad.output
+        assert bad.exit_code == 2 and "No such option" in bad.output
+    # no --models: the task's default verifiers, those not installed left out (named)
+    default = CliRunner().invoke(cli, ["eval", str(root / "hard"), "--task", "text",
+                                       "--labels", str(labels), "--device", "cpu", "--json"])
+    assert default.exit_code == 0, default.output
+    res = json.loads(default.stdout)
+    assert SOLVER in res["models"]
+    assert sorted([*res["models"], *(m.split(":")[0] for m in res["left_out"])]) == sorted(
+        DEFAULT_SOLVERS)
+    assert {r["model"] for r in res["results"]} == set(res["models"])
 
 
 def test_the_text_api_is_exported():
     import advx
-    from advx.engine import results
-    from advx.engine.tasks.text import api as text_api
+    from advx.engine import api, evaluate
+    from advx.engine.config import HardenConfig
+    from advx.engine.results import HardenResult
+    from advx.engine.tasks import text
 
-    for name in ("harden_text", "TextHardener", "text_config"):
-        assert getattr(advx, name) is getattr(text_api, name) and name in advx.__all__
-    assert advx.TextResult is results.TextResult and "TextResult" in advx.__all__
-    assert advx.text_config(eps=6).transforms == "text"
+    for name, module in (("harden", api), ("Hardener", api), ("evaluate_folder", evaluate)):
+        assert getattr(advx, name) is getattr(module, name) and name in advx.__all__
+    assert advx.TextResult is text.TextResult and "TextResult" in advx.__all__
+    assert issubclass(advx.TextResult, HardenResult) and advx.TextResult.task == "text"
+    assert "text" in advx.TASKS
+    assert HardenConfig(eps=6).transforms is None  # until a task names its preset
+    assert HardenConfig(eps=6).for_task("text").transforms == "text"
+    for gone in ("harden_text", "TextHardener", "text_config"):
+        assert not hasattr(advx, gone)

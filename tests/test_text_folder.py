@@ -1,9 +1,12 @@
-"""Folder runs of text captchas (``advx harden --task text``): outputs at their paths, records
-that add up to the summary's headline, hostile rows as error records, the budget read back from
-disk, seeded runs that repeat byte for byte, resume, the CLI and the report.
+"""Folder runs of text captchas (``advx harden --task text``), what tests/test_tasks.py does not
+cover for every task: outputs at their paths (a sub-folder, CSV columns in any order), hostile
+rows as error records naming their CSV line, a captcha over --max-side as an error record, the
+headline recomputed from the readings with the solver's case rule (and its CER), the budget
+read back from disk, a seeded CLI run repeating the library's byte for byte, a finished run
+resumed without loading a model, the report's readings and 3x crops, the labels CSV's rows.
 
 One real OCR solver (captcha-whisperer) is both surrogate and verifier, on captchas drawn by
-engine/text_draw.py, with few steps: the file runs two hardening runs of two captchas.
+engine/tasks/text/draw.py, with few steps: the file runs two hardening runs of two captchas.
 """
 
 from __future__ import annotations
@@ -18,22 +21,22 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import advx.engine.api as api
 from advx.cli.main import cli
 from advx.engine import metrics
-from advx.engine.errors import RunError
-from advx.engine.folder import harden_text_folder
+from advx.engine.config import HardenConfig
+from advx.engine.errors import DatasetError, RunError
+from advx.engine.folder import harden_folder
 from advx.engine.folder import records as rec
-from advx.engine.tasks.labels.dataset import DatasetError
-from advx.engine.tasks.text.api import text_config
+from advx.engine.tasks import get_task
 from advx.engine.tasks.text.draw import draw_captchas
 from advx.engine.tasks.text.report import zoom_of
-from advx.engine.tasks.text.rows import read_text_labels
 from advx.export.zoo import ModelUnavailableError
 from advx.export.zoo.ocr import text_solver
 
 SOLVER = "captcha-whisperer"
 STEPS = 5
-CONFIG = text_config(steps=STEPS)
+CONFIG = HardenConfig(steps=STEPS).for_task("text")
 GOOD = ("a.png", "sub/b.png")
 
 
@@ -67,11 +70,12 @@ def folder(tmp_path_factory, charset) -> tuple[Path, dict[str, str]]:
 def run(folder, tmp_path_factory) -> tuple[Path, Path, dict, list[dict]]:
     d, _ = folder
     out = tmp_path_factory.mktemp("run") / "out"
-    summary = harden_text_folder(d, out, config=CONFIG, surrogates=[SOLVER], verifiers=[SOLVER],
-                                 show_progress=False)
+    outcome = harden_folder(d, out, task="text", config=CONFIG, surrogates=[SOLVER],
+                            verifiers=[SOLVER])  # labels: INPUT/labels.csv
+    assert not outcome.interrupted
     records, bad = rec.read_records(out / rec.RESULTS)
     assert bad == 0
-    return d, out, summary, records
+    return d, out, outcome.summary, records
 
 
 def _by_path(records: list[dict]) -> dict[str, dict]:
@@ -94,9 +98,9 @@ def test_one_output_per_good_row_at_its_path(run, folder):
         assert by[path]["output"] == path and by[path]["text"] == folder[1][path]
         assert by[path]["status"] in ("fooled", "unfooled") and by[path]["error"] is None
         assert _pixels(out / path).shape == _pixels(d / path).shape
-    assert summary["task"] == "text" and summary["output_format"] == "png"
-    assert summary["solvers"] == {"surrogates": [SOLVER], "verifiers": [SOLVER],
-                                  "left_out": {}, "notes": []}
+    assert summary["task"] == "text" and summary["config"]["output_format"] == "png"
+    assert summary["models"] == {"surrogates": [SOLVER], "verifiers": [SOLVER],
+                                 "left_out": {}, "notes": []}
 
 
 def test_hostile_rows_become_error_records(run):
@@ -110,46 +114,88 @@ def test_hostile_rows_become_error_records(run):
     assert run[2]["errors"] == 3
 
 
-def test_missing_text_column_is_a_clear_error_before_any_model(tmp_path, monkeypatch):
-    import advx.engine.tasks.text.api as text_api
+def test_a_captcha_over_max_side_is_an_error_record(folder, tmp_path):
+    """A captcha is hardened at its own size (its readings are those of the delivered file):
+    over --max-side it is refused, not downscaled; --max-side applies to text runs."""
+    d, _ = folder
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli, [
+        "harden", str(d), "--out", str(out), "--labels", str(d / "good.csv"), "--task", "text",
+        "--max-side", "100", "--surrogates", SOLVER, "--verifiers", SOLVER, "--quiet"])
+    assert res.exit_code == 0, res.output
+    records, _ = rec.read_records(out / rec.RESULTS)
+    assert [r["status"] for r in records] == ["error", "error"]
+    for r in records:
+        line = 2 + GOOD.index(r["path"])
+        assert r["error"] == (f"good.csv line {line}: 160x60 px is over --max-side 100: a "
+                              f"captcha is hardened at its own size")
+        assert r["output"] is None and not (out / r["path"]).exists()
 
+
+def test_missing_text_column_is_a_clear_error_before_any_model(tmp_path, monkeypatch):
     def no_models(*a, **k):
         raise AssertionError("models loaded before the CSV was checked")
 
-    monkeypatch.setattr(text_api, "TextHardener", no_models)
+    monkeypatch.setattr(api, "Hardener", no_models)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "labels.csv").write_text("path,label\na.png,AB12\n")
     with pytest.raises(DatasetError, match=r"no 'text' column .*'path,text' header"):
-        harden_text_folder(tmp_path / "in", tmp_path / "out", show_progress=False)
+        harden_folder(tmp_path / "in", tmp_path / "out", task="text")
     assert not (tmp_path / "out").exists()
 
 
 def test_headline_is_what_the_records_imply(run, charset):
-    """Recomputed from results.jsonl with the solver's own case rule."""
+    """Recomputed from the readings in results.jsonl with the solver's own case rule: under
+    each view it is fooled only on captchas it read right clean there (the others apart)."""
     _, _, summary, records = run
     hard = [r for r in records if r["status"] != "error"]
-    misread = {r["path"]: {w: not charset.same(s, r["text"]) for w, s in
-                           r["read_after"][SOLVER].items()} for r in hard}
+    assert len(hard) == len(GOOD)
+
+    def right(r: dict, when: str, w: str) -> bool:
+        return charset.same(r[f"read_{when}"][SOLVER][w], r["text"])
+
+    views = list(hard[0]["read_after"][SOLVER])
+    assert all(list(r["read_before"][SOLVER]) == views for r in hard)
+    # the right_before / right_after the headline counts are the readings under the case rule
+    for r in hard:
+        for when in ("before", "after"):
+            assert r[f"right_{when}"][SOLVER] == {w: right(r, when, w) for w in views}
     deciding = list(CONFIG.deciding)
-    beaten = [all(misread[r["path"]][w] for w in deciding) for r in hard]
     h = summary["headline"][SOLVER]
     assert list(summary["headline"]) == [SOLVER]
     assert h["deciding"] == deciding
-    assert h["reported"] == [w for w in hard[0]["read_after"][SOLVER] if w not in deciding]
-    assert h["beaten_rate"] == round(sum(beaten) / len(hard), 4)
+    assert h["reported"] == [w for w in views if w not in deciding]
+    solved = [r for r in hard if all(right(r, "before", w) for w in deciding)]
+    beaten = [not any(right(r, "after", w) for w in deciding) for r in solved]
+    assert h["solved_clean"] == len(solved) and h["beaten"] == sum(beaten)
+    assert h["beaten_rate"] == (round(sum(beaten) / len(solved), 4) if solved else None)
+    assert list(h["views"]) == views
     for w, e in h["views"].items():
-        assert e["fooled_rate"] == round(sum(misread[r["path"]][w] for r in hard) / len(hard), 4)
+        clean = [r for r in hard if right(r, "before", w)]
+        fooled = sum(not right(r, "after", w) for r in clean)
+        assert e["right_clean"] == len(clean) and e["wrong_clean"] == len(hard) - len(clean)
+        assert e["fooled"] == fooled
+        assert e["fooled_rate"] == (round(fooled / len(clean), 4) if clean else None)
         assert e["mean_cer"] == round(np.mean([r["cer_after"][SOLVER][w] for r in hard]), 4)
-        clean = [charset.same(r["read_before"][SOLVER], r["text"]) for r in hard]
-        assert e["read_clean_rate"] == (round(sum(clean) / len(hard), 4) if w == "own"
-                                        else None)
-    # one verifier: a captcha is fooled exactly when it beats all its deciding views
-    assert [r["status"] == "fooled" for r in hard] == beaten
-    assert summary["fooled"] == sum(beaten) and summary["unfooled"] == len(hard) - sum(beaten)
-    assert summary["fooled_rate"] == h["beaten_rate"]
+    # one verifier: a captcha is fooled exactly when it misreads all its deciding views
+    misread = [all(not right(r, "after", w) for w in deciding) for r in hard]
+    assert [r["status"] == "fooled" for r in hard] == misread
+    assert summary["fooled"] == sum(misread)
+    assert summary["unfooled"] == len(hard) - sum(misread)
+    attacked = [r for r in hard if r["stop_reason"] != "already_fooled"]
+    assert summary["already_fooled"] == len(hard) - len(attacked)
+    assert summary["fooled_rate"] == (round(sum(r["status"] == "fooled" for r in attacked)
+                                            / len(attacked), 4) if attacked else None)
     assert summary["min_ssim"] == round(min(r["ssim"] for r in hard), 4)
     assert summary["mean_steps"] == round(np.mean([r["steps"] for r in hard]), 4)
     assert sum(summary["stop_reasons"].values()) == len(hard)
+    # the character error rate is the edit distance to the truth under the case rule
+    from advx.engine.tasks.text.losses import edit_distance
+
+    for r in hard:
+        for w, s in r["read_after"][SOLVER].items():
+            cer = edit_distance(charset.key(s), charset.key(r["text"])) / len(r["text"])
+            assert r["cer_after"][SOLVER][w] == round(cer, 4)
 
 
 def test_budget_holds_on_the_delivered_files(run):
@@ -174,42 +220,43 @@ def test_cli_repeats_the_seeded_run_byte_for_byte(run, folder, tmp_path):
         "--task", "text", "--steps", str(STEPS), "--surrogates", SOLVER,
         "--verifiers", SOLVER, "--seed", "0"])
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith(f"  {SOLVER}: misreads ")  # the progress bar is on stderr
-    assert "fooled as delivered: own " in res.stdout and "jpeg50 (reported)" in res.stdout
+    # the progress bar is on stderr
+    assert res.stdout.startswith(f"  {SOLVER}: right clean under all deciding views (own, ")
+    assert "fooled / right clean: own " in res.stdout and "jpeg50 (reported) " in res.stdout
+    assert "mean CER: own " in res.stdout
     for path in GOOD:
         assert (cli_out / path).read_bytes() == (out / path).read_bytes()
     summary = json.loads((cli_out / rec.SUMMARY).read_text())
     assert summary["total"] == 2 and summary["errors"] == 0
 
 
-def test_cli_refuses_options_of_image_runs(folder, tmp_path):
+def test_cli_refuses_options_of_other_tasks(folder, tmp_path):
     d, _ = folder
     res = CliRunner().invoke(cli, ["harden", str(d), "--out", str(tmp_path / "o"),
-                                   "--task", "text", "--label-set", "a,b", "--max-side", "64"])
+                                   "--task", "text", "--label-set", "a,b", "--decoy", "a",
+                                   "--max-side", "64"])
     assert res.exit_code == 2
-    assert "--label-set, --max-side do(es) not apply to --task text" in res.output
+    assert "--label-set, --decoy: not an option of --task text" in res.output
     assert not (tmp_path / "o").exists()
 
 
 def test_resume_keeps_what_is_done(run, tmp_path, monkeypatch):
     """Every row already has its record: a resumed run loads no model and changes none."""
-    import advx.engine.tasks.text.api as text_api
-
     d, out, _, records = run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     with pytest.raises(RunError, match="--resume"):
-        harden_text_folder(d, copy, config=CONFIG, surrogates=[SOLVER], verifiers=[SOLVER],
-                           show_progress=False)
+        harden_folder(d, copy, task="text", config=CONFIG, surrogates=[SOLVER],
+                      verifiers=[SOLVER])
 
     def no_models(*a, **k):
         raise AssertionError("nothing was left to harden")
 
-    monkeypatch.setattr(text_api, "TextHardener", no_models)
-    summary = harden_text_folder(d, copy, config=CONFIG, surrogates=[SOLVER],
-                                 verifiers=[SOLVER], resume=True, show_progress=False)
+    monkeypatch.setattr(api, "Hardener", no_models)
+    summary = harden_folder(d, copy, task="text", config=CONFIG, surrogates=[SOLVER],
+                            verifiers=[SOLVER], resume=True).summary
     assert summary["new_this_run"] == 0 and summary["complete"]
-    assert summary["solvers"]["verifiers"] == [SOLVER]  # from the earlier run's summary
+    assert summary["models"]["verifiers"] == [SOLVER]  # from the earlier run's summary
     again, _ = rec.read_records(copy / rec.RESULTS)
     assert sorted(map(rec.dumps, again)) == sorted(map(rec.dumps, records))
 
@@ -217,10 +264,14 @@ def test_resume_keeps_what_is_done(run, tmp_path, monkeypatch):
 def test_report_shows_headline_readings_and_3x_crops(run):
     d, out, _, records = run
     html = (out / rec.REPORT).read_text(encoding="utf-8")
-    assert SOLVER in html and "own (deciding)" in html and "jpeg50 (reported)" in html
-    assert html.index("What the OCR solvers still read") < html.index("<h2>Run</h2>")
+    assert SOLVER in html and "<th>own</th>" in html and "jpeg50 (reported)" in html
+    assert html.index("What the solvers still solve") < html.index("<h2>Run</h2>")
     for r in records:
         assert r["path"] in html
+    for r in records:  # each hardened captcha's readings, clean and as delivered
+        if r["status"] != "error":
+            for when in ("before", "after"):
+                assert all(f">{s}</td>" in html for s in r[f"read_{when}"][SOLVER].values())
     crops = sorted((out / rec.REPORT_FILES).glob("*_text_*.png"))
     assert len(crops) == 3 * len(GOOD)  # original, hardened, difference
     h, w = _pixels(d / GOOD[0]).shape[:2]
@@ -234,7 +285,8 @@ def test_labels_csv_rows(tmp_path):
     empty ones are errors of their row."""
     csv = tmp_path / "labels.csv"
     csv.write_text("path,text\na.png,AB\n./a.png,AB\nb.png,AB\nb.png,CD\n../c.png,AB\n,AB\n")
-    rows = read_text_labels(csv)
+    rows = get_task("text").read_rows(tmp_path, None)  # INPUT/labels.csv
+    assert rows == get_task("text").read_rows(tmp_path, csv)
     assert [(r.path, r.line) for r in rows] == [("a.png", 2), ("b.png", 4), ("../c.png", 6),
                                                 ("", 7)]
     assert rows[0].problem is None and rows[0].notes == ("listed 2 times in labels.csv "

@@ -1,4 +1,4 @@
-"""engine/text_views: what text solvers do to an image (PIL grey, Otsu, slight rotation), the
+"""engine/views/ocr: what text solvers do to an image (PIL grey, Otsu, slight rotation), the
 text preset, and the stroke mask of the text perceptual budget."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from advx.engine.pixels import stroke_mask
+from advx.engine.tasks.text.mask import stroke_mask
 from advx.engine.views.ocr import Grey, Otsu, Rotate, grey_levels, otsu_binarise
 from advx.engine.views.presets import PRESETS, get_preset
 from advx.engine.views.view import EOT_TRANSFORMS, VIEWS, eot_of, views_of

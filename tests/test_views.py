@@ -6,8 +6,8 @@ import pytest
 import torch
 from toys import LABELS, ViewRecorder, rand_images
 
-from advx.engine.views.presets import PRESETS
 from advx.engine.views import view as views
+from advx.engine.views.presets import PRESETS
 from advx.export.geometry import resize
 
 

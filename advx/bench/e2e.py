@@ -77,8 +77,9 @@ def prepare_end_to_end(n_images: int, surrogates: Sequence[str], verifiers: Sequ
     # models from the cache: built once per run, ONNX verifiers checked to be on CUDA there
     onnx_precision = "fp16" if dev.type == "cuda" else "fp32"  # as Hardener would export them
     scorers = [cache.verifier(v, n_labels, onnx_precision, dev) for v in verifiers]
-    hardener = Hardener(labels, surrogates=[cache.classifier(m, n_labels, dev) for m in surrogates],
-                        verifiers=scorers, config=cfg, templates=TEMPLATES)
+    hardener = Hardener("labels",
+                        surrogates=[cache.classifier(m, n_labels, dev) for m in surrogates],
+                        verifiers=scorers, config=cfg, label_set=labels, templates=TEMPLATES)
     on = ", ".join(f"{short_name(v.name)} (onnx {onnx_precision}, {v.device})" for v in scorers)
     root = cache.workdir / f"e2e-{n_images}-{image_size}-{seed}"
     root.mkdir(parents=True, exist_ok=True)

@@ -279,10 +279,7 @@ class RayPool:
                 try:
                     results = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
-                    from ..errors import RunError
-
-                    raise RunError(f"a Ray worker died and its restarts are spent ({e}); "
-                                   f"finished images are kept: run again with --resume") from e
+                    raise _worker_died(e) from e
                 except Exception as e:
                     raise _cause(e) from None
                 for result in results:
@@ -294,6 +291,8 @@ class RayPool:
         models the workers loaded."""
         try:
             return self.ray.get(self.actors[0].check.remote(list(truths), targets))
+        except self.ray.exceptions.RayActorError as e:  # as in run(): not a traceback
+            raise _worker_died(e) from e
         except Exception as e:
             raise _cause(e) from None
 
@@ -335,6 +334,13 @@ def run_in_memory(ray: str | RayOptions, build: Callable[[], Any], images: Seque
     finally:
         pool.close()
     return results
+
+
+def _worker_died(exc: BaseException) -> Exception:
+    from ..errors import RunError
+
+    return RunError(f"a Ray worker died and its restarts are spent ({exc}); finished images "
+                    f"are kept: run again with --resume")
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -31,7 +31,7 @@ from ..defaults import DEFAULT_MAX_SIDE
 from ..errors import RunError
 from ..images import ImageLoadError, load_image, save_image_atomic
 from ..rows import Row
-from ..tasks.base import Task, get_task
+from ..tasks.base import LABELS_CSV, Task, get_task
 from ..working import MIN_SIDE, downscale, full_size_delivery, working_size
 from . import records as rec
 from .distributed import Batch, RayOptions, RayPool
@@ -128,13 +128,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def run_info(job: HardenJob, task: Task, config: HardenConfig) -> dict:
-    """What produced the outputs (compared on --resume)."""
+def _plain(value: Any) -> bool:
+    """A JSON scalar, or a list of them (not None, not a loaded object)."""
+    if isinstance(value, tuple | list):
+        return all(isinstance(v, str | int | float | bool) for v in value)
+    return isinstance(value, str | int | float | bool)
+
+
+def run_info(job: HardenJob, task: Task, config: HardenConfig,
+             resolved: Mapping[str, Any] | None = None) -> dict:
+    """What produced the outputs (compared on --resume): the options given and those the task
+    resolved from the items (``resolved``, :meth:`Task.plan_run`'s: labels' label set)."""
     info: dict[str, Any] = {
         "task": task.name, "config": dataclasses.asdict(config),
         "surrogates": None if job.surrogates is None else list(job.surrogates),
         "verifiers": None if job.verifiers is None else list(job.verifiers),
         "max_side": job.max_side,
+        **{k: _jsonable(v) for k, v in (resolved or {}).items()
+           if k not in job.options and _plain(v)},
         **{k: _jsonable(v) for k, v in job.options.items()}}
     lmap = job.options.get("label_map")
     if lmap is not None:  # the map itself, so that `advx eval` of the outputs needs no path
@@ -160,7 +171,7 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     usable = [r for r in rows if r.problem is None]
     options = task.plan_run([r.truth for r in usable], job.options)
     outputs = rec.output_paths([r.path for r in usable], config.output_format)
-    info = run_info(job, task, config)
+    info = run_info(job, task, config, options)
     kept = _kept(job, task, rows, outputs, info, warn)
     pending = [r for r in rows if r.problem is not None or r.path not in kept]
     order = {r.path: i for i, r in enumerate(rows)}
@@ -178,7 +189,11 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
         if job.ray is not None:
             pool = RayPool(job.ray, build)
             info["ray_workers"] = pool.size
-            checked, models = pool.check([r.truth for r in todo], targets)
+            try:
+                checked, models = pool.check([r.truth for r in todo], targets)
+            except BaseException:  # the workers (and a local Ray instance) end with the run
+                pool.close()
+                raise
         else:
             hardener = build()
             checked = hardener.check([r.truth for r in todo], targets)
@@ -284,7 +299,9 @@ def _prepare(job: HardenJob, task: Task, chunk: Sequence[Row], problems: Mapping
     allows it); unusable ones get their error record at once. None when nothing is left."""
     images, truths, pending = [], [], []
     for row in chunk:
-        where = f"{job.labels_csv.name} line {row.line}: " if job.labels_csv and row.line else ""
+        # a row read from a CSV (line > 0): the one given, else the task's INPUT/labels.csv
+        where = (f"{Path(job.labels_csv or LABELS_CSV).name} line {row.line}: " if row.line
+                 else "")
 
         def fail(reason: str, notes: Sequence[str] = (), row: Row = row) -> None:
             record(rec.error_record(row.path, row.truth, reason, [*row.notes, *notes],

@@ -115,10 +115,22 @@ class HardenService:
         self._batch_s: float | None = None  # moving average of a batch's duration
         for task, setup in self.setups.items():
             if setup.eager:
-                self.hardener(task)
+                self._load_early(task, setup)
         self._worker: threading.Thread | None = None
         if start:
             self.start()
+
+    def _load_early(self, task: str, setup: TaskSetup) -> None:
+        """Build an eager task's models now. Models named explicitly must load; a task's
+        defaults that cannot (their packages are not installed) leave it to load on its first
+        request (which then answers why), with a warning, so that the other tasks are served."""
+        try:
+            self.hardener(task)
+        except Exception as e:
+            if setup.surrogates is not None or setup.verifiers is not None:
+                raise
+            log.warning("warning: the %s task's default models do not load (%s); its "
+                        "requests will be refused until they do", task, e)
 
     def start(self) -> None:
         if self._worker is None:
@@ -222,7 +234,8 @@ class HardenService:
         return {"queued": self.pending(), "running": self.running, "busy": self.busy,
                 "batches": self.batches, "completed": self.completed,
                 "abandoned": self.abandoned, "max_queue": self.max_queue,
-                "label_sets_cached": len(self.hardeners),
+                "label_sets_cached": len(self.hardeners.sets("labels"))
+                if "labels" in self.setups else 0,
                 "label_set_builds": self.label_set_builds}
 
     def models(self) -> dict:

@@ -112,7 +112,7 @@ def correctly_classified(tiles: Sequence[tuple[str, str, np.ndarray]],
     """Whether ``model`` (over ``label_set``) gets each tile's label right, clean."""
     import torch
 
-    from ..export.zoo import create_classifier
+    from ....export.zoo import create_classifier
 
     clf = create_classifier(model, label_set)
     x = torch.from_numpy(np.stack([t for _, _, t in tiles])).permute(0, 3, 1, 2).float() / 255
