@@ -4,6 +4,7 @@ captchas against OCR solvers; see :mod:`advx.engine.tasks`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -208,25 +209,15 @@ def harden(images: Sequence[ImageLike], truths: Sequence[Any], *, task: str | Ta
     except RunError as e:  # an argument error here, as Hardener.run raises for the same truths
         raise ValueError(str(e)) from e
     options.pop("decoy", None)
-    build = _Build(t.name, surrogates, verifiers, config, options)
+    # picklable: Ray workers build their own
+    build = functools.partial(Hardener, t.name, surrogates=surrogates, verifiers=verifiers,
+                              config=config, **options)
     if ray is not None:
         from .folder.distributed import run_in_memory
 
         return run_in_memory(ray, build, images, truths, targets,
                              2 * (config or HardenConfig()).batch_size, on_result)
     return build().run(images, truths, targets, on_result)
-
-
-class _Build:
-    """Builds a Hardener (picklable: Ray workers build their own)."""
-
-    def __init__(self, task: str, surrogates, verifiers, config, options: dict) -> None:
-        self.task, self.surrogates, self.verifiers = task, surrogates, verifiers
-        self.config, self.options = config, options
-
-    def __call__(self) -> Hardener:
-        return Hardener(self.task, surrogates=self.surrogates, verifiers=self.verifiers,
-                        config=self.config, **self.options)
 
 
 __all__ = ["Hardener", "ImageLike", "batch_seed", "harden", "to_tensor"]

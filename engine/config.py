@@ -75,8 +75,11 @@ class HardenConfig:
         return self.decide if self.decide is not None else get_preset(self.transforms).deciding
 
     def plan(self, white_box: bool) -> Plan:
-        """What a run with this config derives from whether it is white-box."""
-        return Plan.of(self, white_box)
+        """What a run with this config derives from whether it is white-box (:class:`Plan`)."""
+        attack = self.attack if self.attack != "auto" else ("pgd" if white_box else "mifgsm")
+        return Plan(attack=attack, diversity_prob=0.0 if white_box else 0.5,
+                    eot_samples=2 if white_box else 1,
+                    skip_gamma=None if white_box else TRANSFER_SKIP_GAMMA, relax_mask=white_box)
 
     def for_task(self, task) -> HardenConfig:
         """This config with the task's view preset where it names none (``task``: a name or a
@@ -112,13 +115,4 @@ class Plan:
     eot_samples: int  # transforms drawn per step, gradients averaged
     skip_gamma: float | None  # SGM: residual-branch gradients scaled by this; None: off
     relax_mask: bool  # a last rung at eps everywhere for images the masked budget cannot fool
-
-    @classmethod
-    def of(cls, config: HardenConfig, white_box: bool) -> Plan:
-        attack = config.attack if config.attack != "auto" else (
-            "pgd" if white_box else "mifgsm")
-        return cls(attack=attack, diversity_prob=0.0 if white_box else 0.5,
-                   eot_samples=2 if white_box else 1,
-                   skip_gamma=None if white_box else TRANSFER_SKIP_GAMMA,
-                   relax_mask=white_box)
 

@@ -14,7 +14,6 @@ skipped and its reason listed; the figures are over the rest.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from .errors import RunError
-from .folder.records import RESULTS, SUMMARY, read_records
+from .folder.records import RESULTS, SUMMARY, read_records, read_summary
 from .images import ImageLoadError, load_image
 from .tasks.base import LABELS_CSV, Task, get_task
 from .views.presets import get_preset
@@ -76,14 +75,6 @@ def relative_file(root: Path, raw: str) -> tuple[str | None, str | None]:
     return rel.as_posix(), None
 
 
-def _run_summary(root: Path) -> dict:
-    try:
-        data = json.loads((root / SUMMARY).read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def load_set(input_dir: Path, task: str | Task | None = None, labels_csv: Path | None = None,
              clean_dir: Path | None = None) -> EvalSet:
     """A folder as a task reads it, or an advx run's output folder (its task and originals
@@ -112,7 +103,7 @@ def load_set(input_dir: Path, task: str | Task | None = None, labels_csv: Path |
     if labels_csv is not None:
         raise RunError(f"{input_dir} is an advx output folder (it has {RESULTS}); --labels "
                        f"is for folders of inputs")
-    run = _run_summary(input_dir)
+    run = read_summary(input_dir)
     t = get_task(run.get("task") or task or "labels")
     if task is not None and get_task(task).name != t.name:
         raise RunError(f"{input_dir} holds a {t.name} run; evaluate it with --task {t.name}")
@@ -167,7 +158,7 @@ def _extend(into: dict, more: dict) -> None:
             into.setdefault(name, {}).setdefault(w, []).extend(got)
 
 
-def read_set(data: EvalSet, scorers: Sequence, views: Sequence, chunk: int = CHUNK
+def read_set(data: EvalSet, scorers: Sequence, views: Sequence
              ) -> tuple[list[Any], dict, dict | None]:
     """Each scorer's answer under each view of every item that can be read (and of its
     original), a chunk at a time; the others go to ``data.skipped``."""
@@ -182,9 +173,9 @@ def read_set(data: EvalSet, scorers: Sequence, views: Sequence, chunk: int = CHU
             data.skipped.append(f"{row.where}: {why}")
         else:
             todo.append(row)
-    for lo in range(0, len(todo), chunk):
+    for lo in range(0, len(todo), CHUNK):
         ok, ims, originals = [], [], []
-        for row in todo[lo : lo + chunk]:
+        for row in todo[lo : lo + CHUNK]:
             im, why = _pixels(data.root / row.path)
             if im is not None and clean is not None:
                 orig, why = _pixels(data.clean_root / row.clean)
@@ -254,11 +245,10 @@ def evaluate_folder(input_dir: str | Path, models: Sequence[str] | None = None, 
     unknown = sorted(set(options) - set(t.options))
     if unknown:
         raise RunError(f"the {t.name} task takes no option {', '.join(unknown)}")
-    given = {k: data.run[k] for k in ("label_set",) if data.run.get(k) and k in t.options}
-    if data.run.get("label_map_entries") is not None and "label_map" in t.options:
-        given["label_map"] = data.run["label_map_entries"]
-    if data.run.get("templates") and "templates" in t.options:
-        given["templates"] = data.run["templates"]
+    run = data.run
+    given = {k: run[k] for k in ("label_set", "templates") if run.get(k) and k in t.options}
+    if run.get("label_map_entries") is not None and "label_map" in t.options:
+        given["label_map"] = run["label_map_entries"]
     truths = [r.truth for r in data.rows]
     opts = t.plan_run(truths, {**given, **{k: v for k, v in options.items() if v is not None}})
     opts.pop("decoy", None)

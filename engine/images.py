@@ -34,22 +34,19 @@ _DECODE_ERRORS = (
 
 
 class ImageLoadError(Exception):
-    """A file could not be turned into an RGB image; ``str(err)`` is the reason."""
+    """A file could not be turned into an RGB image; ``reason`` (``str(err)``) says why."""
 
-    def __init__(self, reason: str, path: str | Path | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.path = None if path is None else str(path)
+    @property
+    def reason(self) -> str:
+        return str(self)
 
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """A decoded image: ``pixels`` is uint8 HxWx3 RGB, ``size`` is (W, H)."""
+    """A decoded image: ``pixels`` is uint8 HxWx3 RGB."""
 
     pixels: np.ndarray
     notes: tuple[str, ...]
-    original_mode: str
-    size: tuple[int, int]
 
 
 # --------------------------------------------------------------------------- loading
@@ -64,17 +61,15 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     p = Path(path)
     try:
         if not p.exists():
-            raise ImageLoadError("file not found", p)
+            raise ImageLoadError("file not found")
         if not p.is_file():
-            raise ImageLoadError("not a regular file", p)
+            raise ImageLoadError("not a regular file")
         if p.stat().st_size == 0:
-            raise ImageLoadError("empty file (0 bytes)", p)
+            raise ImageLoadError("empty file (0 bytes)")
         with open(p, "rb") as fh:
             return _load_stream(fh, p.suffix.lower(), max_pixels)
-    except ImageLoadError as exc:
-        raise ImageLoadError(exc.reason, p) from exc.__cause__
     except OSError as exc:  # open/stat failures (permissions, I/O errors)
-        raise ImageLoadError(f"cannot read file: {exc.strerror or exc}", p) from exc
+        raise ImageLoadError(f"cannot read file: {exc.strerror or exc}") from exc
 
 
 def decode_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -117,7 +112,6 @@ def _decode(im: Image.Image, max_pixels: int) -> LoadedImage:
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"invalid image size {width}x{height}")
     notes: list[str] = []
-    original_mode = im.mode
     n_frames = int(getattr(im, "n_frames", 1) or 1)
     if n_frames > 1:
         im.seek(0)
@@ -131,8 +125,7 @@ def _decode(im: Image.Image, max_pixels: int) -> LoadedImage:
         notes.append("16-bit image reduced to 8 bits")
     im = _apply_exif_orientation(im, notes)
     pixels = np.ascontiguousarray(_to_rgb(im, notes), dtype=np.uint8)
-    h, w = pixels.shape[:2]
-    return LoadedImage(pixels=pixels, notes=tuple(notes), original_mode=original_mode, size=(w, h))
+    return LoadedImage(pixels=pixels, notes=tuple(notes))
 
 
 def _apply_exif_orientation(im: Image.Image, notes: list[str]) -> Image.Image:

@@ -38,7 +38,6 @@ def texture_mask(images: torch.Tensor, floor: float, lo: float = 2 / 255,
     return F.avg_pool2d(m, 3, 1, 1, count_include_pad=False)
 
 
-
 def ssim_scale(x: torch.Tensor, delta: torch.Tensor, floor: float,
                deliver: Callable[[torch.Tensor], torch.Tensor],
                ssim: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:

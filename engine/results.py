@@ -9,9 +9,6 @@ from typing import ClassVar
 
 import numpy as np
 
-STATUSES = ("fooled", "unfooled")
-STOP_REASONS = ("already_fooled", "verifiers_fooled", "max_steps", "no_progress")
-
 
 @dataclass(kw_only=True)
 class HardenResult:
@@ -19,7 +16,7 @@ class HardenResult:
     index: int  # position in the input list
     image: np.ndarray  # the delivered image, uint8 HxWx3 (before JPEG encoding if jpeg output)
     status: str  # "fooled" (every verifier wrong under its deciding views) | "unfooled"
-    stop_reason: str  # one of STOP_REASONS
+    stop_reason: str  # "already_fooled" | "verifiers_fooled" | "max_steps" | "no_progress"
     steps: int  # attack steps spent
     fooled_at: int | None  # steps when first verified fooled (0 = already wrong as given)
     fooled_every_view: bool  # every verifier wrong under every view, reported ones included

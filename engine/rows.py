@@ -45,16 +45,19 @@ def read_labels_csv(labels_csv: Path, parse: Callable[[str, Any], Any]) -> Any:
         raise DatasetError(f"cannot read labels file {labels_csv}: {exc.strerror or exc}") from exc
 
 
-def read_csv_rows(labels_csv: Path, column: str,
-                  parse_truth: Callable[[str], Any] = str) -> list[Row]:
+def read_csv_rows(labels_csv: Path, column: str, parse_truth: Callable[[Any], Any] = str, *,
+                  whole_row: bool = False) -> list[Row]:
     """The rows of ``labels_csv`` in file order, one per distinct path, the truth read from
-    ``column`` (its field stripped) by ``parse_truth`` (a path listed again with the same
-    truth is one row with a note; with another truth, a row with a problem)."""
-    return read_labels_csv(labels_csv,
-                           lambda name, fh: _parse(name, csv.reader(fh), column, parse_truth))
+    ``column`` (its field stripped) by ``parse_truth`` (``whole_row``: from every field, a
+    dict of column -> stripped field; a ValueError it raises is the row's problem). A path
+    listed again with the same truth is one row with a note; with another truth, a row with a
+    problem."""
+    return read_labels_csv(labels_csv, lambda name, fh: _parse(name, csv.reader(fh), column,
+                                                               parse_truth, whole_row))
 
 
-def _parse(name: str, reader, column: str, parse_truth: Callable[[str], Any]) -> list[Row]:
+def _parse(name: str, reader, column: str, parse_truth: Callable[[Any], Any],
+           whole_row: bool = False) -> list[Row]:
     header = next(reader, None)
     if header is None:
         raise DatasetError(f"{name}: empty file, expected a header row 'path,{column}'")
@@ -64,7 +67,7 @@ def _parse(name: str, reader, column: str, parse_truth: Callable[[str], Any]) ->
             raise DatasetError(f"{name}: the header has no {col!r} column (it reads "
                                f"{','.join(header)!r}); this run needs a 'path,{column}' header "
                                f"(other columns are ignored)")
-    ip, it = cols.index("path"), cols.index(column)
+    ip = cols.index("path")
     rows: list[Row] = []
     seen: dict[str, list[tuple[int, Any]]] = {}  # path -> (line, truth) of each listing
     for row in reader:
@@ -72,8 +75,12 @@ def _parse(name: str, reader, column: str, parse_truth: Callable[[str], Any]) ->
             continue  # a blank line
         line = reader.line_num
         raw = row[ip].strip() if ip < len(row) else ""
-        truth = parse_truth(row[it].strip() if it < len(row) else "")
+        fields = {c: (row[k].strip() if k < len(row) else "") for k, c in enumerate(cols)}
         problem = path_problem(raw)
+        try:
+            truth = parse_truth(fields if whole_row else fields[column])
+        except ValueError as e:  # a truth that cannot be one: the row's problem
+            truth, problem = None, problem or str(e)
         key = raw if problem else PurePosixPath(raw).as_posix()
         if problem is None and key in seen:
             seen[key].append((line, truth))
@@ -101,7 +108,10 @@ def _merge(name: str, column: str, row: Row, listings: list[tuple[int, Any]]) ->
     if len(listings) == 1:
         return row
     lines = ", ".join(str(n) for n, _ in listings)
-    truths = list(dict.fromkeys(t for _, t in listings))
+    truths: list = []  # distinct, in order (a truth may be unhashable: a challenge's dict)
+    for _, t in listings:
+        if t not in truths:
+            truths.append(t)
     if len(truths) == 1:
         return Row(row.path, row.truth, row.line,
                    notes=(f"listed {len(listings)} times in {name} (lines {lines})",))

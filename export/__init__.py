@@ -1,17 +1,9 @@
-"""The export stage: the models and their ONNX forms.
+"""The export stage: the model registry (:mod:`.zoo`), foreign solvers (:mod:`.solver`), ONNX
+exports of registry models (:mod:`.onnx`), :mod:`.geometry`, :mod:`.files` and :mod:`.defaults`
+(README "Layout" says what each holds).
 
-- :mod:`.zoo`: the model registry (name grammar, backends, preprocessing tied to the weights),
-  label maps, zero-shot heads and the built-in OCR solvers;
-- :mod:`.solver`: foreign solvers (``onnx:SPEC.json``): the solver spec, its heads and the
-  conversion of their graphs to torch, with parity;
-- :mod:`.onnx`: registry models exported to ONNX (fp32, fp16) with their parity check and
-  manifest, the cache of exports, ONNX Runtime sessions and the verifier that scores with an
-  export;
-- :mod:`.geometry` (how a model brings a tile to its input), :mod:`.files` (atomic writes,
-  hashes, the cache folder), :mod:`.defaults`.
-
-The engine (:mod:`advx.engine`) builds on this package and never the other way round. The names
-below load lazily, so that importing ``advx.export.defaults`` loads no torch.
+The engine builds on this package and never the other way round. The names below load lazily,
+so that importing ``advx.export.defaults`` loads no torch.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ def cache_root() -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -27,7 +26,6 @@ def sha256_file(path: str | Path) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically (temp file + fsync + replace)."""
     write_bytes_atomic(Path(path), text.encode("utf-8"))
 
 

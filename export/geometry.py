@@ -27,18 +27,22 @@ def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bilinear",
 
 def fit(images: torch.Tensor, size: tuple[int, int], *, crop: float = 1.0,
         fit_mode: str = "squash", pad: float = 0.0, mode: str = "bilinear",
-        antialias: bool = True) -> torch.Tensor:
+        antialias: bool = True, align: str = "centre") -> torch.Tensor:
     """Tile -> ``size`` (H, W): resize the whole tile to size / crop (squashed, or letterboxed
-    keeping its aspect ratio and padded with ``pad``), then cut the centre ``size``."""
+    keeping its aspect ratio and padded with ``pad``, the image centred or, with ``align``
+    "topleft", in the top-left corner as YOLOX and ddddocr pad), then cut the centre
+    ``size``."""
     h, w = images.shape[-2:]
     ch, cw = max(size[0], round(size[0] / crop)), max(size[1], round(size[1] / crop))
     if fit_mode == "squash":
         x = resize(images, (ch, cw), mode, antialias)
     else:
         k = min(ch / h, cw / w)
-        nh, nw = max(1, round(h * k)), max(1, round(w * k))
+        # YOLOX / ddddocr (top-left) truncate the scaled size, Ultralytics (centred) rounds it
+        size_of = int if align == "topleft" else round
+        nh, nw = max(1, size_of(h * k)), max(1, size_of(w * k))
         x = resize(images, (nh, nw), mode, antialias)
-        top, left = (ch - nh) // 2, (cw - nw) // 2
+        top, left = ((ch - nh) // 2, (cw - nw) // 2) if align == "centre" else (0, 0)
         x = F.pad(x, (left, cw - nw - left, top, ch - nh - top), value=pad)
     top, left = (ch - size[0]) // 2, (cw - size[1]) // 2
     return x[..., top : top + size[0], left : left + size[1]]
@@ -48,7 +52,6 @@ def fit(images: torch.Tensor, size: tuple[int, int], *, crop: float = 1.0,
 class Geometry:
     """How a solver brings a tile to its input: replaces a verifier's own preprocessing."""
 
-    size: int | None = None  # input side; None: the verifier's own input size
     crop: float = 1.0  # centre-crop fraction (1.0 = the whole tile)
     fit: str = "squash"  # "squash" | "letterbox"
     interpolation: str = "bilinear"
@@ -61,13 +64,11 @@ class Geometry:
             raise ValueError(f"crop must be in (0, 1], got {self.crop}")
 
     def apply(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Images -> the model's input ``size`` by this geometry."""
         return fit(images, size, crop=self.crop, fit_mode=self.fit, mode=self.interpolation,
                    antialias=self.antialias)
 
     def __str__(self) -> str:
-        parts = [f"{self.size}px" if self.size else "",
-                 "whole" if self.crop == 1 else f"crop{self.crop:g}",
+        parts = ["whole" if self.crop == 1 else f"crop{self.crop:g}",
                  "" if self.fit == "squash" else self.fit, self.interpolation,
                  "aa" if self.antialias and self.interpolation in ("bilinear", "bicubic")
                  else ""]

@@ -7,7 +7,7 @@ import torch
 from toys import TinyNet, rand_images
 
 from advx.engine.attacks import ATTACKS, MIFGSM, PGD, AttackState, register_attack
-from advx.engine.config import HardenConfig, Plan
+from advx.engine.config import HardenConfig
 from advx.engine.tasks.labels import losses
 from advx.engine.views.transforms import InputDiversity
 from advx.engine.views.view import eot_of
@@ -94,8 +94,8 @@ def test_attack_invariants(name, kw):
     assert adv.min() >= 0 and adv.max() <= 1
     assert torch.equal(adv, run(0)), "seeded runs repeat exactly"
     assert not torch.equal(adv, run(1))
-    assert (losses.margin_loss(model(adv), y).mean()
-            > losses.margin_loss(model(x), y).mean()), "the loss rises"
+    assert (losses.Objective()(model(adv), y).mean()
+            > losses.Objective()(model(x), y).mean()), "the loss rises"
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -175,4 +175,4 @@ def test_nesterov_takes_the_gradient_at_the_momentum_s_look_ahead():
         plain.step(plain_state, y)
     assert not torch.equal(plain_state.adv, state.adv), "the look-ahead changes the second step"
     assert MIFGSM(model, eps_01=0.1, alpha_01=0.01).nesterov, "on by default"
-    assert Plan.of(HardenConfig(), white_box=False).attack == "mifgsm"
+    assert HardenConfig().plan(False).attack == "mifgsm"

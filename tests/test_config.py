@@ -31,25 +31,25 @@ def test_config_refuses_bad_values():
 
 
 def test_the_plan_follows_white_box_or_transfer():
-    white, transfer = Plan.of(HardenConfig(), True), Plan.of(HardenConfig(), False)
+    white, transfer = HardenConfig().plan(True), HardenConfig().plan(False)
     assert white == Plan(attack="pgd", diversity_prob=0.0, eot_samples=2, skip_gamma=None,
                          relax_mask=True)
     assert transfer == Plan(attack="mifgsm", diversity_prob=0.5, eot_samples=1,
                             skip_gamma=TRANSFER_SKIP_GAMMA, relax_mask=False)
-    assert Plan.of(HardenConfig(attack="mifgsm"), True).attack == "mifgsm"
-    assert Plan.of(HardenConfig(attack="pgd"), False).attack == "pgd"
+    assert HardenConfig(attack="mifgsm").plan(True).attack == "mifgsm"
+    assert HardenConfig(attack="pgd").plan(False).attack == "pgd"
 
 
 def test_sgm_is_on_for_transfer_and_off_white_box():
-    assert Plan.of(HardenConfig(), white_box=False).skip_gamma == TRANSFER_SKIP_GAMMA < 1
-    assert Plan.of(HardenConfig(), white_box=True).skip_gamma is None
+    assert HardenConfig().plan(False).skip_gamma == TRANSFER_SKIP_GAMMA < 1
+    assert HardenConfig().plan(True).skip_gamma is None
 
     def hardener(verifier):
         return advx.Hardener(surrogates=[TinyNet(0, "s")], verifiers=[verifier],
                              config=HardenConfig(transforms="none"), label_set=LABELS)
 
     transfer = hardener(TinyNet(0, "v"))
-    assert not transfer.white_box and transfer.plan == Plan.of(transfer.config, False)
+    assert not transfer.white_box and transfer.plan == transfer.config.plan(False)
     assert transfer.scheduler.attack.skip_gamma == TRANSFER_SKIP_GAMMA
     assert transfer.scheduler.attack.name == "mifgsm"
     white = hardener(TinyNet(0, "s"))  # the verifier is the surrogate

@@ -21,9 +21,6 @@ def test_ensemble_gradients_normalised_per_model():
     plain = losses.Objective(kappa=float("inf"))
     _, g2 = Ensemble([a, TinyNet(1, "b", scale=1000.0)]).loss_and_grad(x, y, plain)
     assert torch.allclose(g1, g2, atol=1e-5), "one model's gradient scale must not dominate"
-    _, raw = Ensemble([a, TinyNet(1, "b", scale=1000.0)], normalize_grads=False).loss_and_grad(
-        x, y, plain)
-    assert not torch.allclose(g1 / g1.abs().mean(), raw / raw.abs().mean(), atol=1e-2)
     with pytest.raises(ValueError):
         Ensemble([a], weights=[-1.0])
 

@@ -151,7 +151,7 @@ def test_cache_key_of_the_interface(tiny_models):
     from advx.export.onnx.cache import cache_key
 
     def key(**kw):
-        return cache_key(tiny_models["timm"], LABELS, "fp32", "simple", ExportSpec(**kw))
+        return cache_key(tiny_models["timm"], LABELS, "simple", ExportSpec(**kw))
 
     default = key()
     assert key(tolerances={"fp32": ExportSpec().tolerance}) == default  # validation only

@@ -49,6 +49,15 @@ def folder(photos, tmp_path_factory) -> Path:
     return root
 
 
+def worker_pids() -> dict[str, int]:
+    """The process ids of the cluster's advx hardener actors."""
+    from advx.engine.folder.distributed import ACTOR_PREFIX
+
+    found = [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(ACTOR_PREFIX)]
+    return {n: ray.get(ray.get_actor(n, namespace=ns).ready.remote()) for n, ns in found}
+
+
 def _config(steps: int = 2):
     from advx.engine.config import HardenConfig
 
@@ -97,8 +106,6 @@ def _kill_a_worker_when_up(killed: list[int], out: Path) -> threading.Thread:
     """Kills the first worker once both are up and the run is about to harden: its
     results.jsonl is written after the workers' check, as the first batch goes out (the pids
     are read before: an actor answers them only between its batches)."""
-    from advx.engine.folder.distributed import worker_pids
-
     def kill() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -178,8 +185,6 @@ def test_a_worker_dead_before_the_first_batch_is_a_run_error():
 
 
 def _no_workers_left(timeout: float = 30) -> bool:
-    from advx.engine.folder.distributed import worker_pids
-
     deadline = time.monotonic() + timeout
     while worker_pids():
         if time.monotonic() > deadline:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advx.engine.folder import report
+from advx.engine.folder import html as page
+from advx.engine.folder.html import fooled_rate_svg, write_report
 from advx.engine.folder.records import REPORT_FILES, summarize
-from advx.engine.folder.report import fooled_rate_svg, write_report
 from advx.engine.tasks import get_task
 from advx.engine.tasks.labels import report as labels_report
 
@@ -133,7 +133,7 @@ def test_text_is_escaped(tmp_path):
 
 
 def test_gallery_is_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "GALLERY_LIMIT", 2)
+    monkeypatch.setattr(page, "GALLERY_LIMIT", 2)
     inp, out, records = make_run(tmp_path, [f"{i}.png" for i in range(5)])
     path = write(out, records, summary_for(records), inp)
     html = path.read_text(encoding="utf-8")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from toys import LABELS, Fixed, TinyNet, ViewRecorder, rand_images
 
+from advx.engine.attacks.ensemble import takes_geometry
 from advx.engine.pixels import quantise
-from advx.engine.tasks.labels.scoring import accepts_geometry, score_views
+from advx.engine.tasks.labels.scoring import score_views
 from advx.engine.views import denoise
 from advx.engine.views import view as views
 from advx.export.geometry import Geometry
@@ -37,7 +38,7 @@ def test_views_sharing_a_denoiser_filter_each_row_once(monkeypatch):
     for v in (a, b):
         for view in matrix:
             torch.testing.assert_close(verdict.logits[v.name][view.name],
-                                       views.score(v, delivered, view).float())
+                                       views.look(v, view.images(delivered), view).float())
     # lazily, the second view of the filter reuses the rows the first one filtered
     rows.clear()
     score_views([a, b], perms, matrix, delivered, y, t, required=-1e9, lazy=True)
@@ -80,7 +81,7 @@ def test_the_verdict_reads_each_verifier_in_the_label_set_s_order():
     assert torch.equal(v.per_verifier["stub"], v.mins)
 
 
-def test_accepts_geometry():
-    assert accepts_geometry(ViewRecorder()) and not accepts_geometry(TinyNet())
-    assert not accepts_geometry(Fixed(0))
-    assert accepts_geometry(lambda images, **kw: images)
+def test_takes_geometry():
+    assert takes_geometry(ViewRecorder()) and not takes_geometry(TinyNet())
+    assert not takes_geometry(Fixed(0))
+    assert takes_geometry(lambda images, **kw: images)

@@ -148,8 +148,8 @@ def test_a_hardener_of_other_views_shares_the_loaded_models(models, task):
     assert other is not default
     assert service.hardener(task, decide=deciding(v.respelled, task)) is default
     (verifier,) = (m.name for m in default.verifiers)
-    assert other.scheduler.deciding == {verifier: (v.other,)}
-    assert default.scheduler.deciding == {verifier: tuple(v.default)}
+    assert other.scheduler.check.deciding == {verifier: (v.other,)}
+    assert default.scheduler.check.deciding == {verifier: tuple(v.default)}
     assert other.models is default.models  # not loaded again
     assert service.label_set_builds == 1
     service.close()

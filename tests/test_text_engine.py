@@ -70,7 +70,6 @@ class StubModels(TextModels):
     ``solver.head``)."""
 
     def __init__(self, surrogates, verifiers) -> None:
-        self.device = torch.device("cpu")
         self.surrogates, self.verifiers = list(surrogates), list(verifiers)
         self.solvers = {s.name: s for s in [*self.surrogates, *self.verifiers]}
         self.charsets = {v.name: v.charset for v in self.verifiers}

@@ -26,10 +26,9 @@ from advx.export.solver import SolverSpecError, load_solver, load_spec
 from advx.export.solver.ctc import greedy_ctc
 from advx.export.solver.spec import parse_spec
 from advx.export.solver.template import init_template
-from advx.export.solver.text import NEVER, TextSolver, read_steps
-from advx.export.solver.text_input import TextPreprocess, reference_input
+from advx.export.solver.text import NEVER, TextPreprocess, TextSolver, read_steps, reference_input
 from advx.export.solver.text_spec import CTCHead, input_width
-from advx.export.zoo import ModelUnavailableError, create_classifier, list_entries, model_task, ocr
+from advx.export.zoo import ModelUnavailableError, create_classifier, list_entries, ocr
 
 CHARSET = ["", "a", "b", "c", "A", "B", "7", "8"]  # blank first; "a" / "A" differ by case
 
@@ -267,7 +266,7 @@ def test_model_matches_the_verifier(graphs, graph, changes):
     model(x).log_softmax(-1)[..., 0].sum().backward()
     assert torch.isfinite(x.grad).all() and (x.grad != 0).any()
     if graph == "soft.onnx":  # the gradient path reads the logits behind the softmax
-        assert solver.torch_scores == "logits"
+        assert solver.torch_kind == "logits"
 
 
 def test_quantised_graph_reads_one_image_at_a_time(graphs):
@@ -330,8 +329,6 @@ def test_loaded_through_the_registry_grammar(graphs):
     assert isinstance(solver, TextSolver)
     with pytest.raises(ValueError, match="is a text \\(OCR\\) solver"):
         create_classifier(f"onnx:{path}", ("cat", "dog"))
-    assert model_task(f"onnx:{path}") == "text" and model_task("ddddocr") == "text"
-    assert model_task("effnet-lite0") == "image"
 
 
 # --- advx solver init ----------------------------------------------------------------------------
@@ -378,7 +375,7 @@ TEXT_SOLVERS = ("ddddocr", "ddddocr-beta", "captcha-whisperer", "ppocr-v4-rec")
 
 
 def test_every_text_entry_is_listed_and_tested():
-    assert tuple(ocr.text_solver_names()) == TEXT_SOLVERS  # a new one needs its slow test
+    assert tuple(ocr.TEXT_ENTRIES) == TEXT_SOLVERS  # a new one needs its slow test
     listed = {e.name: e for e in list_entries(task="text")}
     assert set(listed) == set(TEXT_SOLVERS) and all(e.offline for e in listed.values())
     assert {e.name for e in list_entries(task="image")} >= {"effnet-lite0"}

@@ -44,8 +44,8 @@ def test_eot_draws_are_seeded():
 def test_a_view_is_scored_with_its_geometry():
     rec = ViewRecorder()
     x = rand_images(2, 32)
-    views.score(rec, x, views.OWN)
-    views.score(rec, x, views.WHOLE)
+    views.look(rec, views.OWN.images(x), views.OWN)
+    views.look(rec, views.WHOLE.images(x), views.WHOLE)
     assert rec.calls[0][1] is None and rec.calls[1][1] == views.WHOLE.geometry
     assert torch.equal(views.look(rec, x, views.JPEG75), rec(x))
     assert views.NLM.cost > views.OWN.cost == views.JPEG75.cost
@@ -63,7 +63,7 @@ def test_a_view_smaller_than_the_graph_goes_through_its_own_preprocessing(tiny_m
     v = OnnxVerifier(export_cached(tiny_models["timm"], LABELS))
     x = rand_images(2, 160)
     view = View("lowres96", prescale=96)
-    z = views.score(v, x, view)
+    z = views.look(v, view.images(x), view)
     small = resize(x, (96, 96), "bilinear", True)
     assert small.shape[-1] == 96 and v.manifest.input_size != 96
     assert torch.allclose(z, v(small), atol=1e-6)

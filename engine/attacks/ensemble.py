@@ -32,15 +32,17 @@ def unit_mean_abs(g: torch.Tensor) -> torch.Tensor:
     return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (g.ndim - 1))
 
 
-def takes_geometry(model: nn.Module) -> bool:
-    """Whether ``model(images, geometry=...)`` replaces its preprocessing (advx's zoo models
-    and solvers do; a plain module keeps its own)."""
+def takes_geometry(model) -> bool:
+    """Whether ``model(images, geometry=...)`` replaces its preprocessing (advx's zoo models,
+    solvers and verifiers do; a plain module keeps its own)."""
     import inspect
 
     try:
-        return "geometry" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward if isinstance(model, nn.Module) else model
+                                   ).parameters
     except (TypeError, ValueError):
         return False
+    return "geometry" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def micro_batch_size(shape: tuple[int, ...], device: torch.device) -> int:
@@ -55,8 +57,8 @@ class Ensemble(nn.Module):
     """Surrogates whose gradients are normalised per model (mean |g| = 1 per image) before the
     weighted sum, so that one architecture's gradient scale does not dominate."""
 
-    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None,
-                 *, normalize_grads: bool = True) -> None:
+    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None
+                 ) -> None:
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one surrogate")
@@ -66,7 +68,6 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(models)
         self.micro_batch: int | None = None  # rows per backward pass; None: micro_batch_size
         self.weights = [w / sum(weights) for w in weights]
-        self.normalize_grads = normalize_grads
         # which members take a geometry in place of their own preprocessing
         self.takes_geometry = [takes_geometry(m) for m in models]
 
@@ -116,10 +117,8 @@ class Ensemble(nn.Module):
                 g = g_in
             else:
                 (g,) = torch.autograd.grad(xt, x, g_in, retain_graph=i != last)
-            if self.normalize_grads:
-                g = unit_mean_abs(g)
             total_loss += w * loss
-            total_grad += w * g
+            total_grad += w * unit_mean_abs(g)
         return total_loss, total_grad
 
     def member_loss(self, i: int, objective: ObjectiveFn, logits: torch.Tensor,

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RunError
+
 ACTOR_PREFIX = "advx-hardener"
 NAMESPACE = "advx"
 _CPUS_PER_WORKER = 4  # CPU-only clusters: one actor per this many cores (at least one actor)
@@ -48,8 +50,6 @@ def _ray():
     try:
         import ray
     except ImportError as e:
-        from ..errors import RunError
-
         raise RunError("--ray needs Ray: pip install 'advx[ray]'") from e
     return ray
 
@@ -62,61 +62,53 @@ _started: list[Any] = []
 # end or a kill -9), stops those still running (SIGTERM, then SIGKILL). Ray's own fate sharing
 # kills the driver's children at once, but its agents then wait a minute on the dead GCS.
 _WATCHDOG = r"""
-import os, signal, sys, threading, time
-driver = int(sys.argv[1])
-def stat(pid):
+import os, select, signal, sys, time
+def stat(pid):  # (parent, start time)
     with open(f"/proc/{pid}/stat", "rb") as f:
-        s = f.read()
-    rest = s[s.rindex(b")") + 2:].split()
+        rest = f.read().rpartition(b")")[2].split()
     return int(rest[1]), rest[19]
+def start(pid):
+    try:
+        return stat(pid)[1]
+    except (OSError, ValueError, IndexError):
+        return None
 def ray_below(root):
-    procs, kids = {}, {}
+    procs, kids, found, todo = {}, {}, {}, [root]
     for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                procs[int(d)] = stat(d)
-            except (OSError, ValueError, IndexError):
-                pass
+        try:
+            procs[int(d)] = stat(d)
+        except (OSError, ValueError, IndexError):
+            pass
     for pid, (ppid, _) in procs.items():
         kids.setdefault(ppid, []).append(pid)
-    found, todo = {}, [root]
     while todo:
         for c in kids.get(todo.pop(), ()):
             todo.append(c)
             try:
                 with open(f"/proc/{c}/cmdline", "rb") as f:
                     cmd = f.read()
-                if c != os.getpid() and (b"/ray/" in cmd or cmd.startswith(b"ray::")):
-                    found[c] = procs[c][1]
             except OSError:
-                pass
+                continue
+            if c != os.getpid() and (b"/ray/" in cmd or cmd.startswith(b"ray::")):
+                found[c] = procs[c][1]
     return found
-gone = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.buffer.read(), gone.set()), daemon=True).start()
 known = {}
-while not gone.wait(1.0):
-    known.update(ray_below(driver))
+while not select.select([sys.stdin], [], [], 1.0)[0]:  # readable: EOF, the driver is gone
+    known.update(ray_below(int(sys.argv[1])))
 def alive():
-    out = []
-    for pid, start in known.items():
-        try:
-            if stat(pid)[1] == start:
-                out.append(pid)
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
-deadline = time.monotonic() + 1.0
-while alive() and time.monotonic() < deadline:
-    time.sleep(0.2)
-for sig, wait in ((signal.SIGTERM, 1.5), (signal.SIGKILL, 0.0)):
+    return [pid for pid, t in known.items() if start(pid) == t]
+def wait(seconds):
+    end = time.monotonic() + seconds
+    while alive() and time.monotonic() < end:
+        time.sleep(0.1)
+wait(1.0)
+for sig, seconds in ((signal.SIGTERM, 1.5), (signal.SIGKILL, 0.0)):
     for pid in alive():
         try:
             os.kill(pid, sig)
         except OSError:
             pass
-    end = time.monotonic() + wait
-    while alive() and time.monotonic() < end:
-        time.sleep(0.1)
+    wait(seconds)
 """
 
 
@@ -204,11 +196,9 @@ class _HardenerActor:
             self.error = e
 
     def ready(self) -> int:
+        """The worker's process id, once its Hardener is built."""
         if self.error is not None:
             raise self.error
-        return os.getpid()
-
-    def pid(self) -> int:
         return os.getpid()
 
     def harden(self, images, truths, targets) -> list:
@@ -232,13 +222,12 @@ class RayPool:
     """Hardener actors on a Ray cluster, fed batches and drained as they finish."""
 
     def __init__(self, options: RayOptions, build: Callable[[], Any]) -> None:
-        ray = connect(options)
-        self.ray = ray
+        self.ray = ray = connect(options)
         workers, cpu_each, gpu_each = plan(ray.cluster_resources(), options)
-        self.run_id = uuid.uuid4().hex[:8]
+        run_id = uuid.uuid4().hex[:8]
         actor = ray.remote(_HardenerActor)
         self.actors = [actor.options(
-            name=f"{ACTOR_PREFIX}-{self.run_id}-{i}", num_cpus=cpu_each, num_gpus=gpu_each,
+            name=f"{ACTOR_PREFIX}-{run_id}-{i}", num_cpus=cpu_each, num_gpus=gpu_each,
             max_restarts=options.max_retries, max_task_retries=options.max_retries,
         ).remote(build, int(cpu_each)) for i in range(workers)]
         try:  # model errors (a bad name, an unknown label) surface here, before OUT is touched
@@ -246,10 +235,6 @@ class RayPool:
         except Exception as e:
             self.close()
             raise _cause(e) from None
-
-    @property
-    def size(self) -> int:
-        return len(self.actors)
 
     def run(self, batches: Iterable[Batch], deliver: Callable[[Batch, Any], None]) -> None:
         """Each batch hardened on a free actor; ``deliver(batch, result)`` on the driver as
@@ -276,28 +261,25 @@ class RayPool:
             for ref in done:
                 batch = in_flight.pop(ref)
                 load[owner.pop(ref)] -= 1
-                try:
-                    results = ray.get(ref)
-                except ray.exceptions.RayActorError as e:
-                    raise _worker_died(e) from e
-                except Exception as e:
-                    raise _cause(e) from None
-                for result in results:
+                for result in self._get(ref):
                     deliver(batch, result)
 
     def check(self, truths: Sequence, targets: Sequence | None
               ) -> tuple[list[str | None], dict]:
         """Why each truth cannot be hardened (:meth:`Hardener.check`, on one worker), and the
         models the workers loaded."""
+        return self._get(self.actors[0].check.remote(list(truths), targets))
+
+    def _get(self, ref):
+        """A worker's answer; a worker dead for good is a RunError naming --resume, and a
+        worker's exception is raised as it would be in one process."""
         try:
-            return self.ray.get(self.actors[0].check.remote(list(truths), targets))
-        except self.ray.exceptions.RayActorError as e:  # as in run(): not a traceback
-            raise _worker_died(e) from e
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as e:
+            raise RunError(f"a Ray worker died and its restarts are spent ({e}); finished "
+                           f"images are kept: run again with --resume") from e
         except Exception as e:
             raise _cause(e) from None
-
-    def pids(self) -> list[int]:
-        return self.ray.get([a.pid.remote() for a in self.actors])
 
     def close(self) -> None:
         for a in self.actors:
@@ -336,23 +318,8 @@ def run_in_memory(ray: str | RayOptions, build: Callable[[], Any], images: Seque
     return results
 
 
-def _worker_died(exc: BaseException) -> Exception:
-    from ..errors import RunError
-
-    return RunError(f"a Ray worker died and its restarts are spent ({exc}); finished images "
-                    f"are kept: run again with --resume")
-
-
 def _cause(exc: BaseException) -> BaseException:
     """The worker's own exception (a ModelNameError, a ValueError) rather than Ray's wrapper,
     so that the CLI reports it as it would in one process."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
-
-
-def worker_pids(run_id: str | None = None) -> dict[str, int]:
-    """The process ids of this cluster's advx actors (for operators and tests)."""
-    ray = _ray()
-    found = [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(ACTOR_PREFIX) and (run_id is None or run_id in a["name"])]
-    return {n: ray.get(ray.get_actor(n, namespace=ns).pid.remote()) for n, ns in found}

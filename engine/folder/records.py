@@ -8,14 +8,15 @@ resumed run keeps every record whose output exists, compacts the file and does t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Self, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -87,25 +88,16 @@ def result_record(path: str, output: str, engine_record: dict, notes: Iterable[s
     return {**head, **rec}
 
 
-class RecordWriter:
-    """Appends one record per line to results.jsonl, each flushed and fsync'ed."""
+@contextlib.contextmanager
+def appending(path: Path) -> Iterator[Callable[[dict], None]]:
+    """A function appending one record per line to results.jsonl, each flushed and fsync'ed."""
+    with open(path, "a", encoding="utf-8") as fh:
+        def append(record: dict) -> None:
+            fh.write(dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
-    def __init__(self, path: Path) -> None:
-        self.fh: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def append(self, record: dict) -> None:
-        self.fh.write(dumps(record) + "\n")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        self.fh.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        yield append
 
 
 def read_records(path: Path) -> tuple[list[dict], int]:
@@ -147,13 +139,19 @@ def records_to_keep(out_dir: Path, records: Iterable[dict], outputs: dict[str, s
     return kept
 
 
+def read_summary(out_dir: Path) -> dict:
+    """A run's summary.json ({} when it is missing or unreadable)."""
+    try:
+        data = json.loads((out_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def changed_options(out_dir: Path, info: dict) -> list[str]:
     """The options of ``info`` (each key, and each ``config`` field) that differ from those
     the earlier run's summary.json holds (compared on --resume; none when it is unreadable)."""
-    try:
-        old = json.loads((out_dir / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
+    old = read_summary(out_dir)
     # like with like: this run's options as summary.json holds them (tuples become lists)
     info = json.loads(json.dumps(info, default=str))
     changed = [k for k in info if k != "config" and k in old and old[k] != info[k]]
@@ -162,15 +160,12 @@ def changed_options(out_dir: Path, info: dict) -> list[str]:
     return changed
 
 
-def remove_temp_files(out_dir: Path) -> int:
+def remove_temp_files(out_dir: Path) -> None:
     """Delete the hidden temp files an atomic write leaves when the process is killed."""
-    n = 0
     for dirpath, _dirs, files in os.walk(out_dir):
         for name in files:
             if _TEMP_FILE.match(name):
                 Path(dirpath, name).unlink(missing_ok=True)
-                n += 1
-    return n
 
 
 def finite_mean(values: Iterable[float | None]) -> float | None:

@@ -1,23 +1,21 @@
-"""``advx harden`` as a function, for every task: stream the items of a folder (its label
-sub-folders or a labels CSV, as the task reads them) through one Hardener (or Ray workers),
-writing each hardened image and its record as soon as it is finished (see records.py for the
-files and resume).
-
-Unusable items (a missing or unreadable image, one too small, a truth the models cannot take)
-get an error record and the run goes on. An image whose longer side is over ``max_side`` is
-attacked on a downscaled working copy and its perturbation carried to full size, for tasks
-that allow it; for the others (a text captcha, whose readings are those of the delivered file)
-it is refused.
+"""``advx harden`` as a function, for every task: the items of a folder (as the task reads
+them) streamed through one Hardener (or Ray workers), each hardened image and its record
+written as soon as it is finished (records.py: the files and resume). Unusable items (a
+missing or unreadable image, one too small, a truth the models cannot take) get an error
+record and the run goes on. An image over ``max_side`` is attacked on a downscaled working copy
+and its perturbation carried to full size, where the task allows it (a text captcha, whose
+readings are those of the delivered file, is refused instead).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import shlex
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from ..tasks.base import LABELS_CSV, Task, get_task
 from ..working import MIN_SIDE, downscale, full_size_delivery, working_size
 from . import records as rec
 from .distributed import Batch, RayOptions, RayPool
-from .report import write_report
+from .html import write_report
 
 
 @dataclass(frozen=True)
@@ -74,16 +72,15 @@ class _Pending:
 class Progress:
     """Counts what is done; shows a tqdm bar on stderr unless quiet."""
 
-    def __init__(self, total: int, kept: Sequence[dict], show: bool, unit: str) -> None:
+    def __init__(self, total: int, kept: Sequence[dict], show: bool) -> None:
         self.fooled = sum(r["status"] == "fooled" for r in kept)
         self.hardened = sum(r["status"] != "error" for r in kept)
-        self.new = 0
-        self.new_hardened = 0
+        self.new = self.new_hardened = 0
         self.bar = None
         if show:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=len(kept), unit=unit, desc="hardening",
+            self.bar = tqdm(total=total, initial=len(kept), unit="img", desc="hardening",
                             dynamic_ncols=True, leave=True)
             self._postfix()
 
@@ -115,11 +112,6 @@ def check_dirs(input_dir: Path, out_dir: Path) -> None:
         raise RunError(f"--out {out_dir} exists and is not a folder")
 
 
-def chunked(seq: Sequence, n: int) -> Iterator[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value.resolve())
@@ -130,9 +122,8 @@ def _jsonable(value: Any) -> Any:
 
 def _plain(value: Any) -> bool:
     """A JSON scalar, or a list of them (not None, not a loaded object)."""
-    if isinstance(value, tuple | list):
-        return all(isinstance(v, str | int | float | bool) for v in value)
-    return isinstance(value, str | int | float | bool)
+    values = value if isinstance(value, tuple | list) else [value]
+    return all(isinstance(v, str | int | float | bool) for v in values)
 
 
 def run_info(job: HardenJob, task: Task, config: HardenConfig,
@@ -181,14 +172,15 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     todo = [r for r in pending if r.problem is None]
     targets = task.targets([r.truth for r in todo], options)
     decoys = dict(zip((r.path for r in todo), targets or [None] * len(todo), strict=True))
-    models, hardener, pool = _earlier_models(job.out_dir), None, None
+    models, hardener, pool = rec.read_summary(job.out_dir).get("models"), None, None
     problems: dict[str, str] = {}
     if todo:
-        build = _Build(task.name, job.surrogates, job.verifiers, config,
-                       {k: v for k, v in options.items() if k != "decoy"})
+        build = functools.partial(  # picklable: Ray workers build their own
+            _hardener, task.name, surrogates=job.surrogates, verifiers=job.verifiers,
+            config=config, **{k: v for k, v in options.items() if k != "decoy"})
         if job.ray is not None:
             pool = RayPool(job.ray, build)
-            info["ray_workers"] = pool.size
+            info["ray_workers"] = len(pool.actors)
             try:
                 checked, models = pool.check([r.truth for r in todo], targets)
             except BaseException:  # the workers (and a local Ray instance) end with the run
@@ -206,20 +198,22 @@ def run_harden(job: HardenJob, *, show_progress: bool = True,
     write_text_atomic(results, "".join(rec.dumps(r) + "\n" for r in ordered_kept))
 
     t0 = time.perf_counter()
-    progress = Progress(len(rows), ordered_kept, show_progress, "img")
+    progress = Progress(len(rows), ordered_kept, show_progress)
     interrupted = False
     try:
-        with rec.RecordWriter(results) as writer:
+        with rec.appending(results) as append:
             def record(r: dict) -> None:
-                writer.append(r)
+                append(r)
                 progress.update(r)
 
             def deliver(batch, result) -> None:
                 record(_deliver(job, task, config, batch.context[result.index], result,
                                 outputs))
 
-            batches = (b for c in chunked(pending, 2 * config.batch_size)
-                       if (b := _prepare(job, task, c, problems, decoys, record)) is not None)
+            n = 2 * config.batch_size
+            batches = (b for i in range(0, len(pending), n)
+                       if (b := _prepare(job, task, pending[i : i + n], problems, decoys,
+                                         record)) is not None)
             if pool is not None:
                 pool.run(batches, deliver)
             else:
@@ -268,36 +262,19 @@ def _kept(job: HardenJob, task: Task, rows: Sequence[Row], outputs: dict[str, st
             if r.get(task.truth) == truth[p] or r["status"] == "error"}
 
 
-class _Build:
-    """Builds the run's Hardener, here or in each Ray worker (picklable)."""
+def _hardener(task: str, **kw: Any):
+    # torch is imported where the models are built, here or in each Ray worker: a Ray
+    # driver never loads it
+    from ..api import Hardener
 
-    def __init__(self, task: str, surrogates, verifiers, config: HardenConfig,
-                 options: dict) -> None:
-        self.task, self.surrogates, self.verifiers = task, surrogates, verifiers
-        self.config, self.options = config, options
-
-    def __call__(self):
-        # The engine's torch side is imported where a run builds its models, in this process
-        # or in each Ray worker: the folder package itself loads without torch.
-        from ..api import Hardener
-
-        return Hardener(self.task, surrogates=self.surrogates, verifiers=self.verifiers,
-                        config=self.config, **self.options)
-
-
-def _earlier_models(out_dir: Path) -> dict | None:
-    """The models of the earlier run (a resumed run with nothing left loads none)."""
-    try:
-        return json.loads((out_dir / rec.SUMMARY).read_text(encoding="utf-8")).get("models")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return Hardener(task, **kw)
 
 
 def _prepare(job: HardenJob, task: Task, chunk: Sequence[Row], problems: Mapping[str, str],
              decoys: Mapping[str, Any], record: Callable[[dict], None]) -> Batch | None:
     """Load a chunk of inputs (large ones downscaled to their working copy, where the task
     allows it); unusable ones get their error record at once. None when nothing is left."""
-    images, truths, pending = [], [], []
+    images, pending = [], []
     for row in chunk:
         # a row read from a CSV (line > 0): the one given, else the task's INPUT/labels.csv
         where = (f"{Path(job.labels_csv or LABELS_CSV).name} line {row.line}: " if row.line
@@ -335,13 +312,12 @@ def _prepare(job: HardenJob, task: Task, chunk: Sequence[Row], problems: Mapping
             p.working, p.full_size = downscale(px, size), (w, h)
             px = p.working
         images.append(px)
-        truths.append(row.truth)
         pending.append(p)
     if not images:
         return None
     targets = [decoys.get(p.row.path) for p in pending]
-    return Batch(images, truths, targets if any(t is not None for t in targets) else None,
-                 pending)
+    return Batch(images, [p.row.truth for p in pending],
+                 targets if any(t is not None for t in targets) else None, pending)
 
 
 def _deliver(job: HardenJob, task: Task, config: HardenConfig, p: _Pending, result,

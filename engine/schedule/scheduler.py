@@ -9,7 +9,7 @@ those views, and a waiting item takes its place. Items of different sizes are at
 separate size buckets. What is task-specific (the loss, the answers, the verdict, the mask, the
 results) comes from the task's :class:`~advx.engine.tasks.base.Models`.
 
-Each item spends only what it needs (:mod:`.budget`): its budget starts at eps / 2^(rungs - 1)
+Each item spends only what it needs: its budget starts at eps / 2^(rungs - 1)
 and widens one rung at a time while it stays unfooled, shaped per pixel by the task's
 perceptual mask, and the delivered file's SSIM is held at the floor.
 """
@@ -29,12 +29,12 @@ from .. import metrics
 from ..attacks import Attack, AttackState
 from ..config import HardenConfig
 from ..devices import is_oom
-from ..pixels import as_float, quantise
+from ..pixels import as_float, quantise, ssim_scale
 from ..results import HardenResult
 from ..tasks.base import Models, Verdict
 from ..views.presets import get_preset
+from ..views.transforms import jpeg_roundtrip
 from ..views.view import View, views_of
-from .budget import Budget
 
 # an unbeaten item leaves after this many verification passes at its full budget that raised
 # its score on the deciding views by nothing
@@ -61,7 +61,7 @@ class Slot:
     notes: list[str] = field(default_factory=list)
 
 
-class Scheduler(Budget):
+class Scheduler:
     """``relax_mask``: a last rung at eps everywhere for items the masked budget cannot fool
     (white-box runs)."""
 
@@ -71,12 +71,17 @@ class Scheduler(Budget):
         self.views: tuple[View, ...] = views_of(get_preset(config.transforms))
         self.check = models.verification(self.views, config)
         self.chunk = config.batch_size  # halved on out-of-memory
-        self.init_budget(config, relax_mask)
-
-    @property
-    def deciding(self) -> dict[str, tuple[str, ...]]:
-        """verifier -> the views that decide for it."""
-        return self.check.deciding
+        self.time = {"attack": 0.0, "verify": 0.0, "ssim": 0.0}
+        # the eps rungs an unfooled item climbs (masked, then with relax_mask a last rung at
+        # eps everywhere) and the steps spent on each
+        rungs = config.eps_rungs
+        self.rung_eps_01 = [config.eps / 255 / 2 ** (rungs - 1 - r) for r in range(rungs)]
+        self.rung_masked = [config.texture_mask is not None] * rungs
+        if config.texture_mask is not None and relax_mask:
+            self.rung_eps_01.append(config.eps / 255)
+            self.rung_masked.append(False)
+        per = max(1, (config.steps // 2) // len(self.rung_eps_01))
+        self.rung_steps = config.verify_every * math.ceil(per / config.verify_every)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":  # so that the time split is not skewed by async kernels
@@ -120,6 +125,40 @@ class Scheduler(Budget):
         self.time["attack"] += time.perf_counter() - t0
         return k
 
+    # --- the per-item budget ---------------------------------------------------------------
+
+    def start(self, xs: torch.Tensor) -> tuple[AttackState, torch.Tensor]:
+        """The attack state of newly admitted images ``xs`` on the first rung, and their mask
+        (the task's; all ones without a texture mask)."""
+        floor = self.config.texture_mask
+        mask = self.models.mask(xs, floor) if floor is not None else torch.ones_like(xs[:, :1])
+        eps0 = self.rung_eps_01[0]
+        state = self.attack.init(xs, mask * eps0, torch.full((len(xs),), self._alpha_01(eps0)))
+        return state, mask
+
+    def deliver(self, q: torch.Tensor) -> torch.Tensor:
+        """What the user receives: 8-bit pixels, JPEG-decoded when JPEG output is asked for."""
+        if self.config.output_format == "jpeg":
+            return jpeg_roundtrip(q, self.config.jpeg_quality)
+        return q
+
+    def _ssim(self, delivered: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        s = metrics.ssim(delivered, originals).cpu()
+        self.time["ssim"] += time.perf_counter() - t0
+        return s
+
+    def widen(self, state: AttackState, j: int, slot, mask: torch.Tensor) -> None:
+        """One rung up: a larger eps (and step) for an image that is still not fooled."""
+        slot.rung += 1
+        slot.rung_steps = 0
+        eps_01 = self.rung_eps_01[slot.rung] * slot.cap
+        state.budget[j] = mask * eps_01 if self.rung_masked[slot.rung] else eps_01
+        state.alpha_01[j] = self._alpha_01(eps_01)
+
+    def _alpha_01(self, eps_01: float) -> float:
+        return self.config.alpha_01 * eps_01 / self.config.eps_01
+
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self, images: Sequence[torch.Tensor], y: torch.Tensor, t: torch.Tensor,
@@ -157,7 +196,7 @@ class Scheduler(Budget):
         keep = [j for j, _ in slots]
         state = mask = None
         if keep:
-            state, mask = self.start(x[keep], self.models.mask)
+            state, mask = self.start(x[keep])
         return [s for _, s in slots], done, state, mask
 
     def _decoys(self, t_all: torch.Tensor, ids: list[int]) -> torch.Tensor | None:
@@ -242,8 +281,9 @@ class Scheduler(Budget):
                 drop({j for j, _ in finished})
 
     def _hold_ssim(self, state: AttackState, slots: list[Slot]) -> torch.Tensor:
-        """Scale back the rows whose delivered SSIM fell under the floor; returns what would be
-        delivered now."""
+        """Scale the perturbation of the rows whose delivered SSIM fell under the floor back
+        (bisection on a factor) until it is at the floor again, their budgets by the same
+        factor; returns what would be delivered now."""
         delivered = self.deliver(quantise(state.adv))
         floor = self.config.ssim_floor
         if floor is None:
@@ -251,7 +291,14 @@ class Scheduler(Budget):
         low = (self._ssim(delivered, state.images) < floor).nonzero().flatten()
         if len(low):
             rows = low.tolist()
-            self.hold_ssim_floor(state, rows, slots)
+            idx = torch.tensor(rows)
+            x, delta = state.images[idx], state.adv[idx] - state.images[idx]
+            lo = ssim_scale(x, delta, floor, self.deliver, self._ssim)
+            k = lo.view(-1, 1, 1, 1).to(x.device)
+            state.adv[idx] = x + k * delta
+            state.budget[idx] = state.budget[idx] * k
+            for j, f in zip(rows, lo.tolist(), strict=True):
+                slots[j].cap *= max(f, 1e-3)
             delivered[rows] = self.deliver(quantise(state.adv[rows]))
         return delivered
 

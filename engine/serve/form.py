@@ -1,19 +1,18 @@
 """The request body of ``POST /harden``: a multipart/form-data body read as it streams, in
 memory, each part held to its cap (the image part to the upload cap, other fields to
-:data:`FIELD_BYTES`), so that nothing is spooled to disk and no more than the cap is held.
-A body refused part way is either drained (read and dropped, for clients that read no answer
-before they have sent everything) or answered at once and its connection closed.
+:data:`FIELD_BYTES`), so that nothing is spooled to disk and no more than the cap is held; one
+refused part way is drained or its connection closed (:class:`FormError`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 FIELD_BYTES = 64 << 10  # a form field other than the image
+MAX_PARTS = 16  # form parts a request may send
 
 
 class FormError(Exception):
@@ -43,17 +42,11 @@ async def drain(request: Request, limit: int, timeout_s: float = 10.0) -> bool:
         return False
 
 
-@dataclass
-class Part:
-    name: str
-    filename: str | None
-    data: bytearray
-
-
-async def read_form(request: Request, *, max_body: int, max_upload: int,
-                    field_bytes: int = FIELD_BYTES, max_parts: int = 16) -> dict[str, Part]:
-    """The parts of a multipart/form-data body, read as it streams, in memory: refused (413)
-    once the body or a part crosses its cap, so no more than the cap is held anywhere."""
+async def read_form(request: Request, *, max_body: int, max_upload: int
+                    ) -> dict[str, bytearray]:
+    """The parts of a multipart/form-data body (name -> its bytes), read as it streams, in
+    memory: refused (413) once the body or a part crosses its cap, so no more than the cap is
+    held anywhere."""
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -72,7 +65,7 @@ async def read_form(request: Request, *, max_body: int, max_upload: int,
         if int(declared) > max_body:  # refused unparsed; one far over is not even read
             far = int(declared) > 2 * max_body
             raise FormError(413, over, close=far, drain=not far)
-    parts: list[Part] = []
+    parts: list[tuple[str, bytearray]] = []
     headers: dict[str, str] = {}
     hfield, hvalue = bytearray(), bytearray()
     ended = False
@@ -92,24 +85,20 @@ async def read_form(request: Request, *, max_body: int, max_upload: int,
         hvalue.clear()
 
     def on_headers_finished() -> None:
-        if len(parts) >= max_parts:
-            raise FormError(400, f"more than {max_parts} form parts")
-        _, opts = parse_options_header(headers.get("content-disposition", ""))
-        name = opts.get(b"name")
+        if len(parts) >= MAX_PARTS:
+            raise FormError(400, f"more than {MAX_PARTS} form parts")
+        name = parse_options_header(headers.get("content-disposition", ""))[1].get(b"name")
         if name is None:
             raise FormError(400, "malformed multipart body: a part without a name")
-        filename = opts.get(b"filename")
-        parts.append(Part(name.decode("utf-8", "replace"),
-                          None if filename is None else filename.decode("utf-8", "replace"),
-                          bytearray()))
+        parts.append((name.decode("utf-8", "replace"), bytearray()))
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        part = parts[-1]
-        cap = max_upload if part.name == "image" else field_bytes
-        if len(part.data) + (end - start) > cap:
-            raise FormError(413, over if part.name == "image" else
-                            f"form field {part.name!r} over {cap >> 10} kB", close=True)
-        part.data.extend(data[start:end])
+        name, got = parts[-1]
+        cap = max_upload if name == "image" else FIELD_BYTES
+        if len(got) + (end - start) > cap:
+            raise FormError(413, over if name == "image" else
+                            f"form field {name!r} over {cap >> 10} kB", close=True)
+        got.extend(data[start:end])
 
     def on_end() -> None:
         nonlocal ended
@@ -132,9 +121,9 @@ async def read_form(request: Request, *, max_body: int, max_upload: int,
         raise FormError(400, f"malformed multipart body: {e}") from None
     if not ended:
         raise FormError(400, "malformed multipart body: it ends before its closing boundary")
-    form: dict[str, Part] = {}
-    for p in parts:
-        if p.name in form:
-            raise FormError(400, f"form field {p.name!r} given twice")
-        form[p.name] = p
+    form: dict[str, bytearray] = {}
+    for name, got in parts:
+        if name in form:
+            raise FormError(400, f"form field {name!r} given twice")
+        form[name] = got
     return form

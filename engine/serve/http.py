@@ -1,6 +1,6 @@
 """The HTTP API of ``advx serve`` (FastAPI), over a hardening backend: the
-:class:`~advx.engine.serve.service.HardenService` of this process (:class:`LocalBackend`), or
-Ray Serve replicas (:mod:`.ray_serve`). One route for every task:
+:class:`~advx.engine.serve.service.HardenService` of this process, or Ray Serve replicas
+(:mod:`.ray_serve`). One route for every task:
 
     POST /harden   multipart: image (file), the task's truth field (label: an image tile's
                    label; text: a text captcha's text), [task], [eps], [steps], [decide] and
@@ -11,15 +11,13 @@ Ray Serve replicas (:mod:`.ray_serve`). One route for every task:
     GET  /models   -> the tasks served, their models and the registry's names
 
 What a request may cost is bounded: the body is read as it streams, in memory, and refused
-(413) once it crosses the cap (nothing is spooled to disk: :mod:`.form`); images are refused
-before decoding when their header gives more than ``max_pixels`` pixels, larger than
-``max_side`` ones are attacked on a downscaled working copy (:mod:`.uploads`), or refused
-(413) for a task hardened at its own size; a full queue answers 429 with ``Retry-After``;
-each request has a deadline (504), and a request whose client disconnects or whose deadline
-passes stops its work at the next attack step. ``served`` on /healthz counts replies handed to
-a client still connected. With a token, every path (/docs, /openapi.json and /healthz
-included) needs ``Authorization: Bearer TOKEN`` (401 otherwise). Every error body is
-``{"error": "..."}``.
+(413) once it crosses the cap (:mod:`.form`); images are refused before decoding when their
+header gives more than ``max_pixels`` pixels, and larger than ``max_side`` ones are attacked
+on a downscaled working copy, or refused (413) for a task hardened at its own size
+(:mod:`.uploads`); a full queue answers 429 with ``Retry-After``; each request has a deadline
+(504), and a request whose client disconnects or whose deadline passes stops its work at the
+next attack step. With a token, every path (/docs, /openapi.json and /healthz included) needs
+``Authorization: Bearer TOKEN`` (401 otherwise). Every error body is ``{"error": "..."}``.
 
 ``decide`` names the deciding views of the request (a comma list of views of its task's
 preset, or ``all``; absent: the preset's): the image is done once every verifier is fooled
@@ -34,7 +32,7 @@ import asyncio
 import hmac
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -50,9 +48,8 @@ from ..tasks.base import get_task
 from .form import FIELD_BYTES, FormError, drain, read_form
 from .requests import Group, Unreadable
 from .service import DeadlineExceeded, QueueFull
-from .uploads import Prepared, deliver, prepare, release_memory
+from .uploads import deliver, prepare, release_memory, size_problem
 
-MAX_UPLOADS = 8  # request bodies read (and images decoded) at once
 _POLL_S = 0.2  # how often a waiting request checks for its client and deadline
 
 
@@ -64,7 +61,7 @@ class Limits:
     max_pixels: int = SERVE_MAX_PIXELS  # decoded pixels, from the header
     max_side: int = DEFAULT_MAX_SIDE  # longer side of the working copy
     timeout_s: float = SERVE_TIMEOUT_S  # the request's deadline, from its arrival
-    max_uploads: int = MAX_UPLOADS
+    max_uploads: int = 8  # request bodies read (and images decoded) at once
 
     @property
     def max_body(self) -> int:
@@ -77,36 +74,6 @@ class Counters:
     refused: int = 0  # 429: the queue was full
     gone: int = 0  # clients that disconnected before their reply
     timed_out: int = 0  # 504: deadline passed
-    by_status: dict[int, int] = field(default_factory=dict)
-
-
-class LocalBackend:
-    """A :class:`HardenService` in this process, as the app talks to it."""
-
-    def __init__(self, service) -> None:
-        self.service = service
-        self.requests, self.configs = service.requests, service.requests.configs
-
-    def full(self) -> bool:
-        return self.service.full()
-
-    def retry_after_s(self) -> int:
-        return self.service.retry_after_s()
-
-    def status(self) -> dict:
-        return self.service.status()
-
-    def models(self) -> dict:
-        return self.service.models()
-
-    def check(self, group: Group, truth: Any) -> str | None:
-        """Blocking (a task's first request loads its models): run it in a thread."""
-        return self.service.problem(group, truth)
-
-    async def harden(self, image, truth: Any, group: Group, timeout_s: float):
-        """``image``: the working copy (delivered at full size by the app)."""
-        fut = self.service.enqueue(Prepared(image), truth, group, timeout_s)
-        return await asyncio.wrap_future(fut)  # cancelling it cancels the request
 
 
 class BearerAuth:
@@ -145,7 +112,6 @@ class _State:
 
     def error(self, status: int, message: str, headers: dict | None = None,
               close: bool = False) -> JSONResponse:
-        self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
         headers = dict(headers or {})
         if close:  # the rest of the body is not read: the connection cannot be reused
             headers["Connection"] = "close"
@@ -205,11 +171,8 @@ async def harden(request: Request):
         return s.error(413 if "decompression bomb" in reason else 400,
                        f"not a usable image: {reason}")
     del data
-    t = get_task(task)
-    if prepared.full_size is not None and not t.rescale:
-        w, h = prepared.full_size
-        return s.error(413, f"a {t.noun} of {w}x{h} px is over the longest side of "
-                            f"{s.limits.max_side} px (a {t.noun} is hardened at its own size)")
+    if why := size_problem(task, prepared, s.limits.max_side):
+        return s.error(413, why)
     return await _answer(request, s, prepared, truth, group, end)
 
 
@@ -238,7 +201,7 @@ async def _read(request: Request, s: _State):
 
 async def _resolve(form: dict, s: _State):
     """(task, truth, group, image bytes) of a request, or the error to answer."""
-    raw = {k: p.data.decode("utf-8", "replace") for k, p in form.items() if k != "image"}
+    raw = {k: v.decode("utf-8", "replace") for k, v in form.items() if k != "image"}
     fields = {k: v.strip() for k, v in raw.items()}
     backend = s.backend
     try:
@@ -270,12 +233,12 @@ async def _resolve(form: dict, s: _State):
     except ValueError as e:
         return s.error(400, str(e))
     try:
-        why = await asyncio.to_thread(backend.check, group, truth)
+        why = await asyncio.to_thread(backend.problem, group, truth)
     except (ValueError, RuntimeError) as e:  # no model of the task loads
         return s.error(503, f"{task} requests cannot be hardened here: {e}")
     if why is not None:
         return s.error(422, f"{t.truth}: {why}")
-    data = bytes(form["image"].data)
+    data = bytes(form["image"])
     if not data:
         return s.error(400, "empty file (0 bytes)")
     return task, truth, group, data
@@ -291,10 +254,7 @@ async def _answer(request: Request, s: _State, prepared, truth: Any, group: Grou
     task = asyncio.ensure_future(s.backend.harden(prepared.working, truth, group, left))
     counters = s.counters
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=_POLL_S)
-            if task.done():
-                break
+        while not (await asyncio.wait({task}, timeout=_POLL_S))[0]:
             if await request.is_disconnected():
                 counters.gone += 1
                 return Response(status_code=499)
@@ -314,7 +274,7 @@ async def _answer(request: Request, s: _State, prepared, truth: Any, group: Grou
             return s.error(400, f"{type(e).__name__}: {e}")
         async with s.gate("deliver", 1):  # full-size images, one at a time
             result = await asyncio.to_thread(deliver, prepared, result,
-                                             s.backend.configs[group.task],
+                                             s.backend.requests.configs[group.task],
                                              s.limits.max_pixels)
             png = await asyncio.to_thread(encode_image, result.image, "png")
             record = json.dumps(result.to_record(), allow_nan=False, default=str)
@@ -337,12 +297,10 @@ async def _answer(request: Request, s: _State, prepared, truth: Any, group: Grou
 
 def create_app(backend, *, limits: Limits | None = None, token: str | None = None) -> FastAPI:
     """The FastAPI application around a :class:`~advx.engine.serve.service.HardenService`
-    (or another backend with :class:`LocalBackend`'s face)."""
+    (or another backend with its ``requests``, ``full``, ``retry_after_s``, ``status``,
+    ``models``, ``problem`` and async ``harden``: :mod:`.ray_serve`'s)."""
     from ... import __version__
-    from .service import HardenService
 
-    if isinstance(backend, HardenService):
-        backend = LocalBackend(backend)
     state = _State(backend, limits or Limits())
     app = FastAPI(title="advx", version=__version__,
                   description="Harden image-CAPTCHA tiles, text CAPTCHAs and the other "

@@ -6,10 +6,9 @@ Two deployments. ``advx-hardener`` (``replicas`` of them, each holding the model
 Ray Serve's ``@serve.batch`` and is bounded by Ray Serve's own limits: ``max_ongoing_requests``
 (one batch per replica) and ``max_queued_requests`` (``--max-queue``; beyond it the caller's
 handle raises ``BackPressureError``, answered 429 with ``Retry-After``). ``advx-ingress`` (one
-replica) runs the same FastAPI app as the single-process server (streamed upload cap, token,
-error bodies, images bounded before decoding and delivered at full size) and calls the
-hardeners through a deployment handle. A request whose client disconnects or whose deadline
-passes cancels its handle call; the replica stops its image at the next attack step.
+replica) runs the single-process server's FastAPI app over a deployment handle. A request whose
+client disconnects or whose deadline passes cancels its handle call; the replica stops its
+image at the next attack step.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from .requests import Group, Requests, Unreadable
+from .requests import Group, Requests
 from .service import DeadlineExceeded, HardenService, QueueFull
 
 APP_NAME = "advx"
@@ -76,40 +75,15 @@ class HardenerReplica:
             raise
 
     def _run(self, jobs: list[Job]) -> list:
-        out: list = [None] * len(jobs)
-        groups: dict[Group, list[int]] = {}
-        for i, j in enumerate(jobs):
-            groups.setdefault(j.group, []).append(i)
-        for group, idx in groups.items():
-            live = [i for i in idx if not jobs[i].abandoned()]
-            if not live:
-                continue
-            try:
-                for i in live:  # a truth the models cannot take fails its own request
-                    why = self.service.problem(group, jobs[i].truth)
-                    if why is not None:
-                        out[i] = Unreadable(why)
-                live = [i for i in live if out[i] is None]
-                results = self.service.run_group(
-                    group, [jobs[i].image for i in live], [jobs[i].truth for i in live],
-                    should_stop=lambda k, live=live: jobs[live[k]].abandoned())
-            except Exception as e:  # every request of the group learns why
-                for i in live:
-                    out[i] = e
-                continue
-            for i, r in zip(live, results, strict=True):
-                out[i] = r
-        return out
-
-    def status(self) -> dict:
-        return self.service.status()
+        done = {id(j): res for j, res in self.service.run_jobs(jobs, check=True)}
+        return [done[id(j)] for j in jobs]
 
 
 class RayBackend:
     """The ingress's face of the hardener deployment (what :func:`create_app` talks to)."""
 
     def __init__(self, handle, requests: Requests, models: dict, max_queue: int) -> None:
-        self.handle, self.requests, self.configs = handle, requests, requests.configs
+        self.handle, self.requests = handle, requests
         self._models, self.max_queue = models, max_queue
         self.in_flight, self.batches_s = 0, None
 
@@ -126,7 +100,7 @@ class RayBackend:
     def models(self) -> dict:
         return self._models
 
-    def check(self, group: Group, truth: Any) -> str | None:
+    def problem(self, group: Group, truth: Any) -> str | None:
         return None  # the replica checks the truth against its models
 
     async def harden(self, image, truth: Any, group: Group, timeout_s: float):

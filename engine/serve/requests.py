@@ -1,18 +1,27 @@
 """What a service request asks for, resolved before any model is touched: its task (its
 ``task`` field, or the truth field it sends), its model set (the task's request options: for
 labels, a label set), its budget and its deciding views. Requests of one :class:`Group` are
-hardened together. Torch-free: the Ray Serve ingress resolves requests without models."""
+hardened together, by the Hardener :class:`HardenerCache` keeps for it. Torch-free: the Ray
+Serve ingress resolves requests without models."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import shutil
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config import HardenConfig
 from ..tasks.base import get_task
 from ..views.presets import resolve_decide
+
+log = logging.getLogger(__name__)
 
 COMMON_FIELDS = ("image", "task", "eps", "steps", "decide")
 
@@ -113,4 +122,99 @@ class Requests:
         return None if d is None or set(d) == set(cfg.deciding) else d
 
 
-__all__ = ["COMMON_FIELDS", "Group", "Requests", "TaskSetup", "Unreadable", "freeze"]
+class HardenerCache:
+    """The Hardeners of a service: per task, its models built once per model set and a fresh
+    schedule (cheap) per budget and deciding views. At most ``max_sets`` model sets are kept
+    per task, least recently used first out, the task's default set never; the ONNX exports
+    built for a set are removed with it unless a kept one shares them, and export temporaries
+    left by killed exports are removed at start."""
+
+    def __init__(self, requests: Requests, *, max_sets: int) -> None:
+        from ...export.onnx.cache import default_cache_dir, remove_stale_exports
+
+        self.setups, self.configs, self.max_sets = requests.setups, requests.configs, max_sets
+        self.builds = 0  # model sets built
+        self._models: OrderedDict[tuple, Any] = OrderedDict()  # (task, set) -> Hardener, LRU
+        self._schedules: dict[tuple, Any] = {}  # (task, set, eps, steps, decide) -> Hardener
+        self._owned: dict[tuple, set[Path]] = {}  # exports this cache built, per model set
+        self._lock = threading.RLock()
+        self._cache_dir = default_cache_dir()
+        with contextlib.suppress(OSError):
+            if n := remove_stale_exports(self._cache_dir):
+                log.info("removed %d export temporaries left by killed exports", n)
+
+    def default_key(self, task: str) -> tuple:
+        return (task, freeze(self.setups[task].options))
+
+    def get(self, task: str, options: Mapping[str, Any] | tuple | None = None,
+            eps: float | None = None, steps: int | None = None,
+            decide: tuple[str, ...] | None = None):
+        """The Hardener of ``task`` over ``options`` (default: its setup's; a mapping or
+        :func:`freeze`'s pairs), a budget (default: the service's) and deciding views (None:
+        the preset's)."""
+        from ..api import Hardener
+
+        setup, base = self.setups[task], self.configs[task]
+        opts = {**setup.options, **dict(options or ())}
+        models_key = (task, freeze(opts))
+        config = dataclasses.replace(
+            base, eps=base.eps if eps is None else eps, steps=base.steps if steps is None
+            else steps, decide=base.decide if decide is None else decide)
+        key = (*models_key, config.eps, config.steps, decide)
+        with self._lock:
+            if models_key in self._models:
+                self._models.move_to_end(models_key)
+                if key not in self._schedules:
+                    self._schedules[key] = self._models[models_key].with_config(config)
+                return self._schedules[key]
+            before = self._exports()
+            h = Hardener(task, surrogates=setup.surrogates, verifiers=setup.verifiers,
+                         config=config, **opts)
+            self.builds += 1
+            self._owned[models_key] = self._export_dirs(h) - before
+            self._models[models_key] = self._schedules[key] = h
+            self._evict(task)
+            return h
+
+    def _evict(self, task: str) -> None:
+        mine = [k for k in self._models if k[0] == task]
+        default = self.default_key(task)
+        while len(mine) > self.max_sets:
+            victim = next(k for k in mine if k != default)
+            mine.remove(victim)
+            del self._models[victim]
+            for k in [k for k in self._schedules if k[:2] == victim]:
+                del self._schedules[k]
+            in_use = {p for h in self._models.values() for p in self._export_dirs(h)}
+            for path in self._owned.pop(victim, set()) - in_use:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def loaded(self, task: str):
+        """The default model set's Hardener of ``task`` if built (None: not yet)."""
+        return self._models.get(self.default_key(task))  # no lock: a build may hold it
+
+    @staticmethod
+    def _export_dirs(h) -> set[Path]:
+        return {Path(v.path) for v in getattr(h, "verifiers", ())
+                if isinstance(getattr(v, "path", None), str | Path)}
+
+    def _exports(self) -> set[Path]:
+        try:
+            return {p for p in self._cache_dir.iterdir() if not p.name.startswith(".")}
+        except OSError:
+            return set()
+
+    def sets(self, task: str) -> list[tuple]:
+        """The model sets of ``task`` kept (their options), least recently used first."""
+        with self._lock:
+            return [k[1] for k in self._models if k[0] == task]
+
+    def export_bytes(self) -> int:
+        """Bytes on disk of the exports this cache built and keeps."""
+        with self._lock:
+            paths = {p for s in self._owned.values() for p in s}
+        return sum(f.stat().st_size for p in paths if p.is_dir() for f in p.rglob("*")
+                   if f.is_file())
+
+__all__ = ["COMMON_FIELDS", "Group", "HardenerCache", "Requests", "TaskSetup", "Unreadable",
+           "freeze"]

@@ -5,26 +5,23 @@ Requests wait in a bounded queue (``max_queue``: beyond it :meth:`HardenService.
 :class:`QueueFull`); one worker thread takes every request that is waiting (up to
 ``max_batch``, after a short gathering window) and runs them through the scheduler together,
 so images of different requests share attack steps and verification passes. Requests of other
-tasks, model sets (labels: label sets), budgets or deciding views (``decide``) run as their own
-group, on the same models. Each request gets a :class:`concurrent.futures.Future` of its result.
-
-Work is bounded per request: an image whose longer side is over ``max_side`` is attacked on a
-downscaled working copy and its perturbation carried to full size, as folder runs do
-(:mod:`.uploads`), for tasks that allow it; for the others (a text captcha, whose readings are
-those of the delivered file) it is refused. A request whose future is cancelled (its caller is
-gone) or whose deadline passes leaves its batch before the next attack step. The models of at
-most ``max_label_sets`` model sets per task are kept (:mod:`.hardeners`).
+tasks, model sets (labels: label sets; at most ``max_label_sets`` kept per task), budgets or
+deciding views (``decide``) run as their own group, on the same models. Each request gets a
+:class:`concurrent.futures.Future` of its result: cancelling it, or its deadline passing,
+takes the image out of its batch before the next attack step. Images over ``max_side`` are
+bounded as :mod:`.uploads` says.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +31,8 @@ import numpy as np
 from ..config import HardenConfig
 from ..defaults import DEFAULT_MAX_SIDE, SERVE_MAX_LABEL_SETS, SERVE_MAX_QUEUE
 from ..results import HardenResult
-from ..tasks.base import get_task
-from .hardeners import HardenerCache
-from .requests import Group, Requests, TaskSetup
-from .uploads import Prepared, deliver, prepare, release_memory
+from .requests import Group, HardenerCache, Requests, TaskSetup, Unreadable
+from .uploads import Prepared, deliver, prepare, release_memory, size_problem
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +58,10 @@ class _Request:
     future: Future
     deadline: float | None  # time.monotonic() after which the request is given up
 
+    @property
+    def image(self) -> np.ndarray:
+        return self.prepared.working
+
     def abandoned(self) -> bool:
         """Cancelled by its caller or past its deadline (once true, stays true)."""
         return self.future.cancelled() or (
@@ -70,24 +69,23 @@ class _Request:
 
 
 def _settle(fut: Future, result: HardenResult | None = None,
-            error: BaseException | None = None) -> bool:
-    """Resolve ``fut`` unless its caller cancelled it meanwhile; True when resolved."""
+            error: BaseException | None = None) -> None:
+    """Resolve ``fut`` unless its caller cancelled it meanwhile."""
     with contextlib.suppress(InvalidStateError):
         if error is not None:
             fut.set_exception(error)
         else:
             fut.set_result(result)
-        return True
-    return False
 
 
 class HardenService:
-    """Harden single images as they come, many at a time (see the module docstring).
+    """Harden single images as they come, many at a time (see the module docstring); also the
+    backend the HTTP app (:mod:`.http`) talks to in this process.
 
     ``tasks``: the tasks served and what each loads (default: every registered task with its
     defaults; a task's models load on its first request unless its setup is ``eager``).
     ``start=False`` builds the eager models but starts no worker (:meth:`start` does; Ray Serve
-    replicas call :meth:`run_group` themselves)."""
+    replicas call :meth:`run_jobs` themselves)."""
 
     def __init__(self, tasks: Mapping[str, TaskSetup] | None = None, *,
                  config: HardenConfig | None = None, max_batch: int = 16,
@@ -138,15 +136,12 @@ class HardenService:
                                             daemon=True)
             self._worker.start()
 
-    # --- models ------------------------------------------------------------------------------
-
     def hardener(self, task: str = "labels", options: Mapping[str, Any] | tuple | None = None,
                  eps: float | None = None, steps: int | None = None,
                  decide: tuple[str, ...] | None = None):
         """The Hardener of a task's model set (default: its setup's), budget and deciding
-        views; models built once per set, a fresh schedule (cheap) per budget and views."""
-        opts = dict(options) if options is not None else None
-        return self.hardeners.get(task, opts, eps, steps, decide)
+        views (:class:`~.requests.HardenerCache`)."""
+        return self.hardeners.get(task, options, eps, steps, decide)
 
     def problem(self, group: Group, truth: Any) -> str | None:
         """Why ``truth`` cannot be hardened in ``group`` (None: it can); builds the group's
@@ -154,22 +149,16 @@ class HardenService:
         return self._hardener(group).problem(truth)
 
     def _hardener(self, g: Group):
-        return self.hardener(g.task, dict(g.options), g.eps, g.steps, g.decide)
+        return self.hardeners.get(g.task, g.options, g.eps, g.steps, g.decide)
 
     @property
     def label_set_builds(self) -> int:
         """Model sets whose models were built."""
         return self.hardeners.builds
 
-    @property
-    def build_seconds(self) -> float:
-        return self.hardeners.build_seconds
-
     def export_bytes(self) -> int:
         """Bytes on disk of the exports this service built and keeps."""
         return self.hardeners.export_bytes()
-
-    # --- requests ------------------------------------------------------------------------------
 
     def submit(self, image: np.ndarray | Prepared, truth: Any, *, task: str = "labels",
                eps: float | None = None, steps: int | None = None,
@@ -187,16 +176,9 @@ class HardenService:
             raise ValueError(why)
         if not isinstance(image, Prepared):
             image = prepare(np.asarray(image), max_pixels=2**62, max_side=self.max_side)
-        self.check_size(task, image)
+        if why := size_problem(task, image, self.max_side):
+            raise ValueError(why)
         return self.enqueue(image, truth, group, timeout_s)
-
-    def check_size(self, task: str, image: Prepared) -> None:
-        """ValueError for an image over ``max_side`` of a task hardened at its own size."""
-        t = get_task(task)
-        if image.full_size is not None and not t.rescale:
-            w, h = image.full_size
-            raise ValueError(f"a {t.noun} of {w}x{h} px is over the longest side of "
-                             f"{self.max_side} px: a {t.noun} is hardened at its own size")
 
     def enqueue(self, image: Prepared, truth: Any, group: Group,
                 timeout_s: float | None) -> Future:
@@ -214,11 +196,14 @@ class HardenService:
             self._cv.notify()
         return fut
 
+    async def harden(self, image: np.ndarray, truth: Any, group: Group, timeout_s: float):
+        """The HTTP app's call: ``image`` is the working copy (delivered at full size by the
+        app); cancelling the awaiting task cancels the request."""
+        return await asyncio.wrap_future(self.enqueue(Prepared(image), truth, group, timeout_s))
+
     def full(self) -> bool:
         """Whether a request submitted now would be refused (QueueFull)."""
-        with self._cv:
-            self._purge()
-            return len(self._waiting) >= self.max_queue
+        return self.pending() >= self.max_queue
 
     def retry_after_s(self) -> int:
         """Seconds until a queue slot is likely free (about one batch)."""
@@ -244,7 +229,7 @@ class HardenService:
         out = {}
         for task, setup in self.setups.items():
             h = self.hardeners.loaded(task)
-            out[task] = {"transforms": self.hardeners.configs[task].transforms,
+            out[task] = {"transforms": self.requests.configs[task].transforms,
                          "options": {k: list(v) if isinstance(v, tuple) else v
                                      for k, v in setup.options.items()
                                      if isinstance(v, str | tuple | list | int | float)},
@@ -258,20 +243,13 @@ class HardenService:
 
     def _purge(self) -> None:
         """Drop waiting requests given up on (caller holds ``_cv``)."""
-        if any(r.abandoned() for r in self._waiting):
-            keep = deque()
-            for r in self._waiting:
-                if r.abandoned():
-                    self._give_up(r)
-                else:
-                    keep.append(r)
-            self._waiting = keep
+        for r in [r for r in self._waiting if r.abandoned()]:
+            self._waiting.remove(r)
+            self._give_up(r)
 
     def _give_up(self, r: _Request) -> None:
         self.abandoned += 1
-        if not r.future.cancelled():
-            _settle(r.future, error=DeadlineExceeded("deadline passed before the image was "
-                                                     "hardened"))
+        _settle(r.future, error=DeadlineExceeded("deadline passed before the image was hardened"))
 
     def _take(self) -> list[_Request] | None:
         with self._cv:
@@ -294,50 +272,56 @@ class HardenService:
         self.batches += 1
         return h.run(list(images), list(truths), should_stop=should_stop)
 
+    def run_jobs(self, jobs: Sequence, check: bool = False) -> Iterator[tuple[Any, Any]]:
+        """Harden requests (each with ``group``, ``truth``, ``image`` and ``abandoned()``) a
+        group at a time, yielding each request with its result, None (abandoned) or the
+        exception that failed its group; with ``check``, a truth the models cannot take fails
+        only its own request (:class:`Unreadable`)."""
+        groups: dict[Group, list] = {}
+        for j in jobs:
+            groups.setdefault(j.group, []).append(j)
+        for group, mine in groups.items():
+            out: dict[int, Any] = dict.fromkeys(map(id, mine))
+            live = [j for j in mine if not j.abandoned()]
+            try:
+                if check:
+                    for j in live:
+                        if (why := self.problem(group, j.truth)) is not None:
+                            out[id(j)] = Unreadable(why)
+                    live = [j for j in live if out[id(j)] is None]
+                if live:
+                    results = self.run_group(group, [j.image for j in live],
+                                             [j.truth for j in live],
+                                             should_stop=lambda k, live=live: live[k].abandoned())
+                    out.update(zip(map(id, live), results, strict=True))
+            except Exception as e:  # every request of the group learns why
+                log.exception("hardening failed")
+                out.update(dict.fromkeys(map(id, live), e))
+            yield from ((j, out[id(j)]) for j in mine)
+
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
             if not batch:
                 continue
             t0 = time.monotonic()
-            groups: dict[Group, list[_Request]] = {}
-            for r in batch:
-                groups.setdefault(r.group, []).append(r)
             self.busy, self.running = True, len(batch)
-            for group, reqs in groups.items():
-                try:
-                    self._run(group, reqs)
-                except Exception as e:  # every request of the group learns why
-                    log.exception("hardening failed")
-                    for r in reqs:
+            for r, res in self.run_jobs(batch):
+                if isinstance(res, Exception):
+                    _settle(r.future, error=res)
+                elif res is None or r.abandoned():
+                    self._give_up(r)
+                else:
+                    try:
+                        res = deliver(r.prepared, res, self.requests.configs[r.group.task])
+                    except Exception as e:
                         _settle(r.future, error=e)
+                        continue
+                    self.completed += 1
+                    _settle(r.future, res)
             took = time.monotonic() - t0
             self._batch_s = took if self._batch_s is None else 0.7 * self._batch_s + 0.3 * took
             self.busy, self.running = False, 0
             release_memory()
-
-    def _run(self, group: Group, reqs: list[_Request]) -> None:
-        live = []
-        for r in reqs:
-            if r.abandoned():
-                self._give_up(r)
-            else:
-                live.append(r)
-        if not live:
-            return
-        results = self.run_group(group, [r.prepared.working for r in live],
-                                 [r.truth for r in live],
-                                 should_stop=lambda i: live[i].abandoned())
-        for r, res in zip(live, results, strict=True):
-            if res is None or r.abandoned():
-                self._give_up(r)
-                continue
-            try:
-                res = deliver(r.prepared, res, self.hardeners.configs[group.task])
-            except Exception as e:
-                _settle(r.future, error=e)
-                continue
-            self.completed += 1
-            _settle(r.future, res)
 
 
 __all__ = ["DeadlineExceeded", "Group", "HardenService", "QueueFull", "TaskSetup"]

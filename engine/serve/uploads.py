@@ -18,6 +18,7 @@ import numpy as np
 from ..config import HardenConfig
 from ..defaults import DEFAULT_MAX_SIDE
 from ..results import HardenResult
+from ..tasks.base import get_task
 
 
 @dataclass
@@ -54,9 +55,8 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 def prepare(image: bytes | np.ndarray, *, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
             ) -> Prepared:
-    """Bound one image: encoded bytes are refused before decoding when their header gives more
-    than ``max_pixels`` pixels or a working copy too small to harden; an image over
-    ``max_side`` becomes a downscaled working copy. Raises ImageLoadError."""
+    """Bound one image (encoded bytes before decoding, from their header; see the module
+    docstring). Raises ImageLoadError."""
     from ..images import ImageLoadError, decode_image_bytes
     from ..working import MIN_SIDE, downscale, working_size
 
@@ -88,6 +88,16 @@ def prepare(image: bytes | np.ndarray, *, max_pixels: int, max_side: int = DEFAU
             f"status, predictions and margins refer to the working copy, metrics to the "
             f"full-size image")
     return Prepared(downscale(pixels, size), (w, h), source, (note,))
+
+
+def size_problem(task: str, prepared: Prepared, max_side: int) -> str | None:
+    """Why an image over ``max_side`` is refused: its task hardens it at its own size."""
+    t = get_task(task)
+    if prepared.full_size is None or t.rescale:
+        return None
+    w, h = prepared.full_size
+    return (f"a {t.noun} of {w}x{h} px is over the longest side of {max_side} px (a {t.noun} "
+            f"is hardened at its own size)")
 
 
 def deliver(prepared: Prepared, result: HardenResult, config: HardenConfig,

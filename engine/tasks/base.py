@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ..errors import DatasetError
+from ..errors import DatasetError, RunError
 from ..rows import Row, read_csv_rows
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ class Verification(Protocol):
     # a score must rise by more than this to count as progress
     progress_tol: float
 
-    def admit(self, delivered: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> Verdict:
+    def admit(self, delivered: torch.Tensor, clean: torch.Tensor, y: torch.Tensor,
+              t: torch.Tensor) -> Verdict:
         """The clean items as delivered (already fooled ones leave at once)."""
 
     def before(self, verdict: Verdict, row: int) -> Any:
@@ -210,8 +211,6 @@ class Task:
     def write_demo(self, input_dir: Path, echo, **options: Any) -> Path | None:
         """``advx demo``: write sample inputs to ``input_dir``; returns their labels CSV (None:
         the task's folder layout). Raises RunError when the samples are not installed."""
-        from ..errors import RunError
-
         raise RunError(f"the {self.name} task has no demo")
 
     # --- records, summary, report (torch-free) --------------------------------------------

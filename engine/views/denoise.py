@@ -100,21 +100,13 @@ class SoftMedian:
 
 
 @dataclass(frozen=True)
-class StraightThrough(Identity):
-    """The identity, as a denoiser's gradient stand-in (BPDA)."""
-
-    def __str__(self) -> str:
-        return "straight-through"
-
-
-@dataclass(frozen=True)
 class RealDenoise:
     """EOT over the real solver-side filter: OpenCV's output forward, a differentiable
     stand-in's gradient backward (BPDA): for non-local means its own Jacobian with the weights
     frozen at the current image (:mod:`advx.engine.views.nlm_jacobian`)."""
 
     real: NonLocalMeans | Median = field(default_factory=NonLocalMeans)
-    soft: SoftMedian | StraightThrough | LinearizedNLM = field(default_factory=LinearizedNLM)
+    soft: SoftMedian | Identity | LinearizedNLM = field(default_factory=LinearizedNLM)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if not x.requires_grad:
@@ -124,5 +116,3 @@ class RealDenoise:
     def __str__(self) -> str:
         return f"real-{self.real}"
 
-
-Denoiser = NonLocalMeans | Median

@@ -26,8 +26,6 @@ import torch
 import torch.nn.functional as F
 
 CHUNK = 4  # tiles at a time (the weight maps of one chunk: 60 x 4 x H x W floats)
-
-
 _LUMA = torch.tensor([0.2126, 0.7152, 0.0722])  # linear RGB -> CIE Y
 
 
@@ -49,13 +47,15 @@ def _box(t: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(t, (0, 0, p, p), mode="replicate"), (k, 1), stride=1)
 
 
-def average_vjp(guide: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
-                search: int = 21, stride: int = 2) -> torch.Tensor:
-    """``grad`` times the transpose of the patch-weighted average that non-local means takes
-    with weights from ``guide`` (``w_o(p) = exp(-mean((guide(p + t) - guide(p + o + t))^2)
-    / h^2)``, the mean over the patch and the guide's channels): ``dx_q = sum_o w_o(q - o)
-    grad_{q-o} / Z_{q-o}``. The patch distance is symmetric (``w_{-o}(p + o) = w_o(p)``), so
-    each pair of opposite offsets costs one weight map."""
+def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
+            search: int = 21, stride: int = 2) -> torch.Tensor:
+    """``grad`` (at the filter's output) times the frozen-weight Jacobian of non-local means at
+    ``x``: the transpose of the patch-weighted average with weights from the lightness ``L``
+    (``w_o(p) = exp(-mean((L(p + t) - L(p + o + t))^2) / h^2)``, the mean over the patch),
+    every channel averaged alike: ``dx_q = sum_o w_o(q - o) grad_{q-o} / Z_{q-o}``. The patch
+    distance is symmetric (``w_{-o}(p + o) = w_o(p)``), so each pair of opposite offsets costs
+    one weight map."""
+    guide = lightness8(x.float())
     r = search // 2
     hh, ww = guide.shape[-2:]
     pad = F.pad(guide, (r, r, r, r), mode="reflect")
@@ -82,13 +82,6 @@ def average_vjp(guide: torch.Tensor, grad: torch.Tensor, h: float = 10.0, templa
         out[at(dy, dx)] += w * centre  # offset o: pixel p + o feeds y_p
         out[inner] += w * gz[at(dy, dx)]  # offset -o: pixel p feeds y_{p+o}
     return out[inner].to(grad.dtype)
-
-
-def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
-            search: int = 21, stride: int = 2) -> torch.Tensor:
-    """``grad`` (at the filter's output) times the frozen-weight Jacobian of non-local means at
-    ``x``, every channel averaged with the lightness's weights."""
-    return average_vjp(lightness8(x.float()), grad, h, template, search, stride)
 
 
 class _FrozenNLM(torch.autograd.Function):

@@ -181,7 +181,6 @@ class InputDiversity:
         return F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False)
 
 
-
 @dataclass(frozen=True)
 class GeometryDraw:
     """EOT over how solvers bring a tile to their input: with probability ``p`` a random

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...export.geometry import Geometry, fit, resize
+from ..pixels import as_float
 from .denoise import Median, NonLocalMeans, RealDenoise, SoftMedian
 from .nlm_jacobian import LinearizedNLM
 from .ocr import Grey, Otsu, Rotate, TextTransform
@@ -117,11 +118,6 @@ def by_cost(views: Sequence[View]) -> list[View]:
     return sorted(views, key=lambda w: w.cost)
 
 
-def score(scorer, images: torch.Tensor, view: View) -> torch.Tensor:
-    """A scorer's logits for ``images`` seen through ``view``."""
-    return look(scorer, view.images(images), view)
-
-
 def look(scorer, seen: torch.Tensor, view: View) -> torch.Tensor:
     """A scorer's logits for tiles already through ``view.images`` (its geometry follows)."""
     if view.geometry is None:
@@ -198,7 +194,6 @@ def eot_of(preset: Preset | str, samples: int = 1) -> Eot:
                GeometryDraw() if p.geometry else None, samples)
 
 
-
 class SeenTiles:
     """The delivered tiles as each view's solver has them (before its geometry), computed once
     per row and source however many verifiers and views share it (non-local means is the
@@ -225,3 +220,20 @@ class SeenTiles:
         if out is not None and self.left[key] > 0:
             self.cache[key] = (out, done)
         return out[rows.to(out.device)] if len(rows) else None
+
+
+def each_view(images: Sequence[torch.Tensor], views: Sequence[View], batch: int | None = None):
+    """(indices, view, tiles) for each group of same-size ``images`` ([3, H, W], uint8 or in
+    [0, 1]; at most ``batch`` at a time) and each view: the group as that view's solver has it
+    (:class:`SeenTiles`: each filter runs once, however many solvers read its tiles)."""
+    by_size: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        by_size.setdefault(tuple(im.shape), []).append(i)
+    for idx in by_size.values():
+        step = batch or len(idx)
+        for lo in range(0, len(idx), step):
+            rows = idx[lo : lo + step]
+            x = as_float(torch.stack([images[i] for i in rows]))
+            seen, every = SeenTiles(x, views), torch.arange(len(rows))
+            for w in views:
+                yield rows, w, seen(w, every)

@@ -3,6 +3,7 @@ interface), built once on demand; what ``build_verifiers`` verifies with."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,8 +29,8 @@ def default_cache_dir() -> Path:
     return cache_root() / "exports"
 
 
-def cache_key(name: str, labels: Sequence[str], precision: str, templates: str,
-              spec: ExportSpec, label_map: LabelMap | None = None) -> str:
+def cache_key(name: str, labels: Sequence[str], templates: str, spec: ExportSpec,
+              label_map: LabelMap | None = None) -> str:
     ref = parse_name(name)
     local = ref.local_path
     fingerprint = None
@@ -37,10 +38,9 @@ def cache_key(name: str, labels: Sequence[str], precision: str, templates: str,
         st = local.stat()
         fingerprint = [str(local.resolve()), st.st_size, st.st_mtime_ns]
     lmap = sorted((k, list(v)) for k, v in (label_map or {}).items())
-    # the graph's interface joins the key only where it is not the default: default keys (and
-    # so the exports already cached) are what they were before it was declarable
+    # the interface joins the key only where it is not the default, so default keys stay stable
     io = list(spec.io_names) if spec.io_names != ExportSpec().io_names else []
-    blob = json.dumps([ref.name, list(labels), precision, templates, spec.opset, fingerprint,
+    blob = json.dumps([ref.name, list(labels), spec.precision, templates, spec.opset, fingerprint,
                        __version__, torch.__version__] + ([lmap] if lmap else [])
                       + ([io] if io else []))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -59,11 +59,9 @@ def export_cached(name: str, labels: Sequence[str], *, precision: str | None = N
         spec = ExportSpec(precision=precision or "fp32")
     elif precision is not None and precision != spec.precision:
         raise ValueError(f"precision={precision!r} contradicts spec.precision={spec.precision!r}")
-    precision = spec.precision
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
-    key = cache_key(name, labels, precision, templates, spec, label_map)
-    final = root / f"{slug}-{precision}-{key}"
+    final = root / f"{slug}-{spec.precision}-{cache_key(name, labels, templates, spec, label_map)}"
     if (final / MANIFEST).exists():
         try:
             load_manifest(final)
@@ -76,22 +74,18 @@ def export_cached(name: str, labels: Sequence[str], *, precision: str | None = N
     work = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=root))
     try:
         export_classifier(clf, work, spec)
-        try:
+        with contextlib.suppress(OSError):  # another process won the race: use its export
             os.replace(work, final)
-        except OSError:  # another process won the race; use its export
-            shutil.rmtree(work, ignore_errors=True)
     finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return final
 
 
 def remove_stale_exports(cache_dir: str | Path | None = None, *,
                          older_than_s: float = 24 * 3600.0) -> int:
-    """Delete the ``.export-*`` folders an export killed mid-way leaves in the cache: those of
-    a process of this machine that is no longer running (its pid is in the name), and any
-    older than ``older_than_s`` (another machine's, or from before pids were named). Returns
-    how many were removed."""
+    """Delete the ``.export-*`` folders an export killed mid-way leaves in the cache: those of a
+    process of this machine that is no longer running (its pid is in the name), and any older
+    than ``older_than_s`` (another machine's). Returns how many were removed."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     removed = 0
     for d in root.glob(".export-*") if root.is_dir() else ():

@@ -118,5 +118,5 @@ def export_model(model: str, labels: Sequence[str], out_dir: str | Path,
     if ":" in model and is_solver_name(model):
         raise ExportError(f"{model} is already an ONNX graph: name it directly in "
                           f"--verifiers / advx eval --models")
-    clf = create_classifier(model, labels, templates=templates, label_map=label_map)
-    return export_classifier(clf, out_dir, spec or ExportSpec())
+    return export_classifier(create_classifier(model, labels, templates=templates,
+                                               label_map=label_map), out_dir, spec)

@@ -42,7 +42,7 @@ class Manifest:
     crop_pct: float
     sha256: str  # of model.onnx
     parity: Parity
-    batch_axis: str = "batch"  # the dynamic batch dimension (manifests before it: "batch")
+    batch_axis: str = "batch"  # the dynamic batch dimension
     normalization: str = "in-graph"
     format_version: int = FORMAT_VERSION
 

@@ -16,13 +16,13 @@ def available_providers() -> list[str]:
 
 
 def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_threads: int = 0):
-    """An onnxruntime session on CUDA (falling back to CPU) or on the CPU alone."""
+    """An onnxruntime session on CUDA (an error if its provider does not start) or on the CPU."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    # The CPU provider's layout optimisations (level ALL) crash on some fp16 transformer graphs
-    # (onnxruntime 1.32 segfaults at session creation); EXTENDED keeps every fusion but those.
+    # the CPU provider's layout optimisations (level ALL) crash some fp16 transformer graphs at
+    # session creation; EXTENDED keeps every fusion but those
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         if precision == "fp16" and not cuda
@@ -31,9 +31,8 @@ def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_thr
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
     if not cuda:
-        # idle pool threads block instead of spinning: on a small CPU shared with torch's attack
-        # steps and the OpenCV filters, spinning takes the cores from them, and onnxruntime
-        # itself is as fast without it
+        # idle pool threads block instead of spinning, which would take a small CPU's cores from
+        # torch's attack steps and the OpenCV filters
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN libraries from the torch / nvidia wheels
@@ -47,9 +46,8 @@ def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_thr
     return session
 
 
-# CPU sessions score this many 224 px images per run (fewer for larger inputs): an
-# onnxruntime CPU arena keeps the peak of its largest run for good, and every view of a preset
-# has its own; runs of 4 tiles are as fast per image as runs of 16
+# CPU sessions score this many 224 px images per run (fewer for larger inputs): an onnxruntime
+# CPU arena keeps the peak of its largest run for good, and every view of a preset has its own
 CPU_RUN_PIXELS = 4 * 224 * 224
 
 

@@ -21,7 +21,6 @@ class Tolerance:
 
     @property
     def gap(self) -> float:
-        """The decisive gap in use."""
         return 2 * self.atol if self.decisive_gap is None else self.decisive_gap
 
 
@@ -32,18 +31,14 @@ _ONNX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @dataclass(frozen=True)
 class ExportSpec:
     """What an exported classifier looks like: one float32 image input, one float32 output.
-
-    The graph's interface is declared here and nowhere else: ``input_name`` is a float32
-    ``[batch_axis, 3, size, size]`` tensor of images in [0, 1] and ``output_name`` the float32
-    ``[batch_axis, labels]`` logits, where ``batch_axis`` names the one dynamic dimension that
-    both share. The manifest records them, and the verifier feeds and reads the graph by them.
-    """
+    The graph's interface is declared here and nowhere else; the manifest records it, and the
+    verifier feeds and reads the graph by it."""
 
     precision: str = "fp32"  # "fp32" | "fp16" (tower in half; normalisation and head in fp32)
     opset: int = 17  # ONNX opset
-    input_name: str = "images"  # [batch, 3, size, size], float32 in [0, 1]
-    output_name: str = "logits"  # [batch, labels], float32
-    batch_axis: str = "batch"  # the name of the dynamic batch dimension of input and output
+    input_name: str = "images"  # [batch_axis, 3, size, size], float32 in [0, 1]
+    output_name: str = "logits"  # [batch_axis, labels], float32
+    batch_axis: str = "batch"  # the name of the one dynamic dimension, shared by both
     parity_batch: int = 8  # images in the parity batch
     tolerances: dict[str, Tolerance] = field(
         default_factory=lambda: {
@@ -74,12 +69,10 @@ class ExportSpec:
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """The dynamic axes of the graph, as ``torch.onnx.export`` takes them."""
         return {self.input_name: {0: self.batch_axis}, self.output_name: {0: self.batch_axis}}
 
     @property
     def io_names(self) -> tuple[str, str, str]:
-        """(input_name, output_name, batch_axis): the graph's interface."""
         return (self.input_name, self.output_name, self.batch_axis)
 
     @property

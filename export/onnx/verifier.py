@@ -42,11 +42,8 @@ class OnnxVerifier:
 
     def __call__(self, images: torch.Tensor, geometry=None) -> torch.Tensor:
         """Logits of ``images`` (any size); ``geometry`` replaces the export's own resize and
-        crop (a solver that preprocesses differently, see
-        :class:`advx.export.geometry.Geometry`)."""
-        size = self.manifest.input_size
-        x = (self.resize(images.detach().float()) if geometry is None
-             else geometry.apply(images.detach().float(), (size, size))).contiguous()
+        crop (see :class:`~advx.export.zoo.model.Resize`)."""
+        x = self.resize(images.detach().float(), geometry).contiguous()
         if self.device == "cuda" and x.is_cuda:
             return self._run_bound(x)
         arr = x.cpu().numpy()

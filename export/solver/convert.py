@@ -1,21 +1,11 @@
-"""The gradient path of a foreign solver: its ONNX graph converted to a torch module.
+"""The gradient path of a foreign solver: its ONNX graph converted to a torch module by
+onnx2torch, with our converters and fixes (:mod:`.o2t`, :mod:`.rnn_ops`, :mod:`.quant_ops`),
+on a graph normalised for it: Constant nodes and empty optional inputs where it accepts only
+initializers (Clip, Pad), and the answer cut out first, so one tensor comes back (an inner
+tensor, such as the logits before an ArgMax, or one output of a node with several, such as
+LSTM's Y_h).
 
-The converter is onnx2torch (the widest op coverage of the maintained converters: convolutions,
-normalisation, attention blocks, resize, YOLO heads; onnx2pytorch failed on the attention
-blocks of a conv + transformer solver). Its gaps are closed here:
-
-- LayerNormalization on graphs whose intermediate shapes are symbolic: it read the normalised
-  shape from shape inference, which has none there; the weight's shape is the normalised shape;
-- Constant nodes and empty optional inputs where it accepts only initializers (Clip, Pad);
-- Slice indexing with a list of slices, which torch deprecates;
-- graphs with several outputs: the answer output is cut out first, so one tensor comes back;
-  the answer may be an inner tensor (the logits before an ArgMax), and an output of a node with
-  several (LSTM's Y_h) comes back alone;
-- ops it has no converter for: LSTM / GRU (:mod:`.rnn_ops`), dynamically quantised graphs
-  (:mod:`.quant_ops`), and BatchNormalization on tensors whose rank shape inference lost
-  (:mod:`.rank_free_ops`), registered with onnx2torch on first use.
-
-Every conversion is checked against onnxruntime by the caller (see ``model.Solver``).
+Every conversion is checked against onnxruntime by the caller (:class:`.graph.GraphSolver`).
 """
 
 from __future__ import annotations
@@ -27,96 +17,15 @@ from torch import nn
 
 
 class ConversionError(RuntimeError):
-    """The graph has no torch equivalent; ``ops`` names what is missing."""
-
-    def __init__(self, message: str, ops: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.ops = ops
-
-
-_PATCHED = False
-
-
-def _patch_onnx2torch() -> None:
-    """Register our LayerNormalization converter over onnx2torch's (once)."""
-    global _PATCHED
-    if _PATCHED:
-        return
-    from onnx2torch.node_converters import registry
-    from onnx2torch.node_converters.layer_norm import OnnxLayerNorm
-    from onnx2torch.utils.common import (
-        OnnxMapping,
-        OperationConverterResult,
-        onnx_mapping_from_node,
-    )
-
-    def layer_norm(node, graph):
-        axis = node.attributes.get("axis", -1)
-        eps = node.attributes.get("epsilon", 1e-5)
-        ins = node.input_values
-        if axis == -1 and all(v in graph.initializers for v in ins[1:] if v):
-            weight = graph.initializers[ins[1]].to_torch()
-            module = nn.LayerNorm(tuple(weight.shape), eps=eps)
-            with torch.no_grad():
-                module.weight.copy_(weight)
-                if len(ins) > 2 and ins[2]:
-                    module.bias.copy_(graph.initializers[ins[2]].to_torch())
-                else:
-                    module.bias.zero_()
-            return OperationConverterResult(
-                torch_module=module,
-                onnx_mapping=OnnxMapping(inputs=(ins[0],), outputs=node.output_values))
-        return OperationConverterResult(torch_module=OnnxLayerNorm(axis, eps),
-                                        onnx_mapping=onnx_mapping_from_node(node))
-
-    key = registry.OperationDescription("", "LayerNormalization", 17)
-    registry._CONVERTER_REGISTRY[key] = layer_norm
-
-    # Slice indexes with a list of slices, which torch deprecates (a tuple means the same)
-    from onnx2torch.node_converters import slice as slice_module
-
-    def do_slice(x, flip_dims, pos_axes_slices, neg_axes_slices):
-        if flip_dims:
-            x = torch.flip(x, dims=flip_dims)
-        if pos_axes_slices:
-            x = x[tuple(pos_axes_slices)]
-        if neg_axes_slices:
-            x = x[tuple(neg_axes_slices)]
-        return x
-
-    slice_module._do_slice = do_slice
-
-    # ops exporters emit that onnx2torch lacks
-    def simple(module_cls: type[nn.Module]):
-        def converter(node, graph):
-            return OperationConverterResult(torch_module=module_cls(),
-                                            onnx_mapping=onnx_mapping_from_node(node))
-        return converter
-
-    class GlobalMaxPool(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.amax(dim=tuple(range(2, x.ndim)), keepdim=True)
-
-    def gelu(node, graph):
-        approx = node.attributes.get("approximate", "none")
-        approx = approx.decode() if isinstance(approx, bytes) else approx
-        return OperationConverterResult(torch_module=nn.GELU(approximate=approx),
-                                        onnx_mapping=onnx_mapping_from_node(node))
-
-    for op, version, conv in (("GlobalMaxPool", 1, simple(GlobalMaxPool)),
-                              ("Mish", 18, simple(nn.Mish)), ("Gelu", 20, gelu)):
-        key = registry.OperationDescription("", op, version)
-        registry._CONVERTER_REGISTRY.setdefault(key, conv)
-    # recurrent, dynamically quantised and rank-free ops, registered on import
-    from . import quant_ops, rank_free_ops, rnn_ops  # noqa: F401
-    _PATCHED = True
+    """The graph has no torch equivalent (the message names what is missing)."""
 
 
 def unsupported_ops(model) -> list[str]:
     """The graph's op types (with their opset) that onnx2torch has no converter for."""
     from onnx2torch.node_converters.registry import get_converter
 
-    _patch_onnx2torch()
+    from . import quant_ops, rnn_ops  # noqa: F401  (they and .o2t register converters)
+
     versions = {o.domain or "": o.version for o in model.opset_import}
     missing = []
     for node in model.graph.node:
@@ -189,14 +98,15 @@ def _failing_node(model) -> str:
     return "no single node (the graph as a whole)"
 
 
-def only_output(model, output: str):
-    """The subgraph that computes ``output`` alone (other heads, e.g. masks, are dropped).
-    ``output`` may be an inner tensor (the logits before an ArgMax or a decoder): the graph is
-    cut there."""
+def only_output(model, output: str | tuple[str, ...]):
+    """The subgraph that computes ``output`` alone (other heads, e.g. masks, are dropped), or
+    each of several outputs (a tuple, in that order). An output may be an inner tensor (the
+    logits before an ArgMax or a decoder): the graph is cut there."""
     import onnx
 
     graph = model.graph
-    needed, frontier = set(), [output]
+    outputs = (output,) if isinstance(output, str) else tuple(output)
+    needed, frontier = set(), list(outputs)
     producers = {o: n for n in graph.node for o in n.output}
     while frontier:
         name = frontier.pop()
@@ -205,21 +115,19 @@ def only_output(model, output: str):
         needed.add(name)
         node = producers.get(name)
         if node is not None:
-            frontier.extend(i for i in node.input if i)
-            for sub in _subgraph_inputs(node):
-                frontier.append(sub)
+            frontier.extend([i for i in node.input if i] + _subgraph_inputs(node))
     keep = [n for n in graph.node if any(o in needed for o in n.output)]
     inits = {t.name for t in graph.initializer}
     out = onnx.helper.make_graph(
         keep, graph.name,
         [i for i in graph.input if i.name in needed or i.name not in inits],
-        [o for o in graph.output if o.name == output] or [_value_info(model, output)],
+        [next((o for o in graph.output if o.name == name), None) or _value_info(model, name)
+         for name in outputs],
         [t for t in graph.initializer if t.name in needed],
         value_info=[v for v in graph.value_info if v.name in needed and v.name != output],
     )
-    pruned = onnx.helper.make_model(out, opset_imports=list(model.opset_import),
-                                    ir_version=model.ir_version)
-    return pruned
+    return onnx.helper.make_model(out, opset_imports=list(model.opset_import),
+                                  ir_version=model.ir_version)
 
 
 def _value_info(model, name: str):
@@ -273,8 +181,16 @@ def each_alone(fn, x: torch.Tensor, axis: int = 0, how: str = "loop") -> torch.T
     if x.shape[0] == 1 or how == "batch":
         return fn(x)
     if how == "vmap":
-        return torch.func.vmap(lambda s: fn(s.unsqueeze(0)).squeeze(axis), out_dims=axis)(x)
-    return torch.cat([fn(x[i : i + 1]) for i in range(x.shape[0])], axis)
+        def one(s: torch.Tensor):
+            out = fn(s.unsqueeze(0))
+            return tuple(o.squeeze(axis) for o in out) if isinstance(out, tuple) else out.squeeze(
+                axis)
+
+        return torch.func.vmap(one, out_dims=axis)(x)
+    outs = [fn(x[i : i + 1]) for i in range(x.shape[0])]
+    if isinstance(outs[0], tuple):  # a graph with several outputs: each joined
+        return tuple(torch.cat(o, axis) for o in zip(*outs, strict=True))
+    return torch.cat(outs, axis)
 
 
 def batching(fn, probe: torch.Tensor, axis: int = 0) -> str:
@@ -289,8 +205,12 @@ def batching(fn, probe: torch.Tensor, axis: int = 0) -> str:
                 got = each_alone(fn, x, axis, how)
             except (RuntimeError, NotImplementedError, ValueError, IndexError):
                 continue
-            scale = float(ref.abs().amax()) if ref.numel() else 1.0
-            if got.shape == ref.shape and float((got - ref).abs().amax()) <= atol * (1 + scale):
+            pairs = list(zip(*[(g, r) for g, r in zip(
+                got if isinstance(got, tuple) else (got,),
+                ref if isinstance(ref, tuple) else (ref,), strict=True)], strict=True))
+            if all(g.shape == r.shape and float((g - r).abs().amax()) <= atol * (
+                    1 + (float(r.abs().amax()) if r.numel() else 1.0))
+                   for g, r in zip(*pairs, strict=True)):
                 return how
     return "loop"
 
@@ -298,14 +218,15 @@ def batching(fn, probe: torch.Tensor, axis: int = 0) -> str:
 class ConvertedGraph(nn.Module):
     """The converted graph: input tensor (graph layout and units, float) -> answer tensor."""
 
-    def __init__(self, module: nn.Module, half: bool, sample_axis: int | None = None) -> None:
+    def __init__(self, module: nn.Module, half: bool, outputs: int = 1) -> None:
         super().__init__()
         self.module = module
         self.half_input = half  # an fp16 graph that would not run in float32
+        self.outputs = outputs  # several: forward returns a tuple of them
         # dynamically quantised graphs: each sample runs alone (quantisation ranges are per
         # tensor, so a batch would share them), its answers joined on this output axis, in
         # one vmap call where the graph allows it (:func:`batching`)
-        self.sample_axis = sample_axis
+        self.sample_axis: int | None = None
         self.alone = "loop"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,31 +236,33 @@ class ConvertedGraph(nn.Module):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self.module(x.half() if self.half_input else x)
+        if self.outputs > 1:
+            return tuple(o.float() for o in out)
         if isinstance(out, list | tuple):
             out = out[0]
         return out.float()
 
 
-def convert(model, output: str, probe: torch.Tensor) -> ConvertedGraph:
-    """Convert the part of ``model`` that computes ``output``; ``probe`` is one valid input
-    batch (float, graph layout) used to check that the module runs."""
+def convert(model, output: str | tuple[str, ...], probe: torch.Tensor) -> ConvertedGraph:
+    """Convert the part of ``model`` that computes ``output`` (a tuple: each of several, which
+    the module returns in that order); ``probe`` is one valid input batch (float, graph
+    layout) used to check that the module runs."""
     missing = unsupported_ops(model)
     if missing:
-        raise ConversionError(f"no torch converter for {', '.join(missing)}",
-                              tuple(m.split(" ")[0] for m in missing))
+        raise ConversionError(f"no torch converter for {', '.join(missing)}")
     from onnx2torch import convert as o2t
 
     from . import quant_ops
 
-    pruned = _own_node(constants_to_initializers(only_output(model, output)), output)
+    pruned = constants_to_initializers(only_output(model, output))
+    if isinstance(output, str):
+        pruned = _own_node(pruned, output)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             module = o2t(pruned)
     except Exception as e:
-        where = _failing_node(pruned)
-        raise ConversionError(f"onnx2torch cannot convert {where}",
-                              (where.split(" ")[0],)) from e
+        raise ConversionError(f"onnx2torch cannot convert {_failing_node(pruned)}") from e
     module = module.eval().requires_grad_(False)
     half = False
     try:
@@ -357,7 +280,7 @@ def convert(model, output: str, probe: torch.Tensor) -> ConvertedGraph:
         except Exception:
             raise ConversionError(f"the converted graph does not run: {type(first).__name__}: "
                                   f"{str(first)[:300]}") from first
-    graph = ConvertedGraph(module, half)
+    graph = ConvertedGraph(module, half, 1 if isinstance(output, str) else len(output))
     if quant_ops.is_dynamically_quantised(pruned):
         graph.sample_axis = quant_ops.sample_axis(graph, probe)
         if graph.sample_axis is not None:

@@ -3,21 +3,17 @@
 A CTC head scores every symbol of the charset (plus a blank) at each time step; the solver
 reads the best symbol per step, merges repeats and drops blanks (``greedy_ctc``). The torch
 conversion of such a graph is accepted when its scores stay close to onnxruntime's and it
-reads the same strings (``sequence_parity``). A dynamically quantised graph needs a wider
-tolerance: each activation is re-quantised on a grid set by its own range, so a last-bit
-difference between onnxruntime's float kernels and torch's (its sigmoid, its sums) that moves
-one value across a rounding boundary, or moves a tensor's maximum, moves whole quantisation
-steps downstream (see :mod:`.quant_ops`).
+reads the same strings (``sequence_parity``); a dynamically quantised graph needs a wider
+tolerance (see :mod:`.quant_ops`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .parity import SolverParityError
+from .graph import SolverParityError
 
 
 def greedy_ctc(scores: torch.Tensor, blank: int, *, time_axis: int = 1) -> list[list[int]]:
@@ -36,11 +32,6 @@ def greedy_ctc(scores: torch.Tensor, blank: int, *, time_axis: int = 1) -> list[
     keep[:, 1:] = best[:, 1:] != best[:, :-1]
     keep &= best != blank
     return [row[k].tolist() for row, k in zip(best, keep, strict=True)]
-
-
-def to_text(indices: Sequence[int], charset: Sequence[str]) -> str:
-    """Indices into ``charset`` (blank included at its index) as a string."""
-    return "".join(charset[i] for i in indices)
 
 
 @dataclass(frozen=True)
@@ -88,4 +79,4 @@ def sequence_parity(got: torch.Tensor, ref: torch.Tensor, blank: int, *, time_ax
     return SequenceParity(worst, n, same, n - same)
 
 
-__all__ = ["SequenceParity", "greedy_ctc", "sequence_parity", "to_text"]
+__all__ = ["SequenceParity", "greedy_ctc", "sequence_parity"]

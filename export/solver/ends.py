@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -46,35 +45,24 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
-    def geometry(self, images: torch.Tensor, override: Geometry | None = None) -> torch.Tensor:
-        """Tile -> the graph's height x width, by the spec's geometry (or ``override``: a solver
-        that resizes differently, from the view matrix)."""
-        s = self.spec
-        if override is not None:
-            return override.apply(images, s.size)
-        return fit(images, s.size, crop=s.crop, fit_mode=s.fit, pad=s.pad, mode=s.resize,
-                   antialias=s.antialias)
-
     def forward(self, images: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
-        x = self.geometry(images.float(), geometry)
-        if self.spec.channels == "BGR":
+        """Tiles -> the graph's input; ``geometry``: a solver that brings the tile to its size
+        otherwise than the spec says (from the view matrix)."""
+        s = self.spec
+        x = images.float()
+        x = geometry.apply(x, s.size) if geometry is not None else fit(
+            x, s.size, crop=s.crop, fit_mode=s.fit, pad=s.pad, mode=s.resize,
+            antialias=s.antialias, align=s.align)
+        if s.channels == "BGR":
             x = x.flip(1)
         x = x * self.scale + self.lo
-        if self.spec.dtype == "uint8":
+        if s.dtype == "uint8":
             x = clip8(x)  # a saturated pixel keeps its gradient
             x = x + (x.round() - x).detach()  # straight-through rounding
         x = (x - self.mean) / self.std
-        if self.spec.layout == "NHWC":
+        if s.layout == "NHWC":
             x = x.permute(0, 2, 3, 1)
         return x.contiguous()
-
-
-def to_graph_array(x: torch.Tensor, dtype: str) -> np.ndarray:
-    """The exact array the graph receives (uint8 rounded, float16 cast)."""
-    a = x.detach().float().cpu().numpy()
-    if dtype == "uint8":
-        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return a.astype(np.float16 if dtype == "float16" else np.float32)
 
 
 # --- reading the answer --------------------------------------------------------------------------
@@ -93,7 +81,6 @@ class Decoder(nn.Module):
         self.spec, self.labels = spec, tuple(labels)
         self.kind = kind or spec.output.kind
         self.columns = [spec.solver_labels_for(lab) for lab in self.labels]
-        self.known = tuple(bool(c) for c in self.columns)
         offsets = [_logit_of(spec.threshold_of(i)) for i in range(len(spec.labels))]
         self.register_buffer("offsets", torch.tensor(offsets), persistent=False)
 

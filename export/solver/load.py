@@ -1,30 +1,32 @@
-"""Loading the solver a spec describes, once per spec and graph file version: a label solver
-(:class:`~.model.Solver`) or, for a ``ctc`` head, a text solver (:class:`~.text.TextSolver`)."""
+"""Loading the solver a spec describes, once per spec and graph file version."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+from .detector import DetectorSolver
+from .graph import GraphSolver
 from .model import Solver
 from .spec import load_spec
 from .text import TextSolver
 
-_CACHE: dict[tuple, Solver | TextSolver] = {}
+_CACHE: dict[tuple, GraphSolver] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_solver(spec_path: str | Path, *, name: str | None = None) -> Solver | TextSolver:
+def load_solver(spec_path: str | Path, *, name: str | None = None
+                ) -> Solver | TextSolver | DetectorSolver:
     """Load (once per spec and graph file version) the solver a spec describes: a
-    :class:`Solver` (labels), or a :class:`~.text.TextSolver` for a ``ctc`` head (text)."""
+    :class:`Solver` (labels), a :class:`~.text.TextSolver` for a ``ctc`` head (text) or a
+    :class:`~.detector.DetectorSolver` for a detector or segmenter head (cells)."""
     spec = load_spec(spec_path)
     key = (str(spec.path), _stamp(spec.path), str(spec.model), _stamp(spec.model), name)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            if spec.output.ctc is not None:
-                _CACHE[key] = TextSolver(spec, name=name)
-            else:
-                _CACHE[key] = Solver(spec, name=name)
+            head = (TextSolver if spec.output.ctc is not None else DetectorSolver
+                    if spec.output.detect is not None else Solver)
+            _CACHE[key] = head(spec, name=name)
         return _CACHE[key]
 
 

@@ -13,24 +13,29 @@ Labels the solver does not know get a constant column (:data:`UNKNOWN`): never c
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..geometry import Geometry
-from ..onnx.runtime import available_providers, cpu_run_size, make_session
-from .convert import ConversionError, ConvertedGraph, convert
-from .ends import Decoder, Preprocess, _logit_of, to_graph_array
-from .graph import GraphIO, TensorInfo, check_output_shape, graph_io, load_graph, resolve_io
-from .graph import strip_activation as _strip
-from .parity import GraphParity, SolverParityError, parity_images
-from .spec import SolverSpec, SolverSpecError
+from ..onnx.runtime import cpu_run_size
+from .convert import ConversionError
+from .ends import Decoder, Preprocess, _logit_of
+from .graph import GraphSolver, SolverParityError, TensorInfo, image_input, parity_images
+from .spec import SolverSpecError
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class GraphParity:
+    """The torch path against onnxruntime on one batch of inputs."""
+
+    max_abs_diff: float
+    n: int
+    decision_agreement: float
+
 
 # --- the two paths -------------------------------------------------------------------------------
 
@@ -44,14 +49,15 @@ class _SolverModel:
     thresholds: tuple[float, ...]  # per label of the run (of its first solver label)
     known: tuple[bool, ...]
 
-    def _setup(self, solver: Solver, labels: Sequence[str]) -> None:
-        self.name, self.labels = solver.name, tuple(labels)
-        spec = solver.spec
-        self.spec_path = spec.path
-        self.decision = spec.decision
+    def _setup(self, solver: Solver, labels: Sequence[str], kind: str | None = None) -> None:
+        self.name, self.labels, self.solver = solver.name, tuple(labels), solver
+        spec = self.spec = solver.spec
+        self.spec_path, self.decision = spec.path, spec.decision
         cols = [spec.solver_labels_for(lab) for lab in self.labels]
         self.known = tuple(bool(c) for c in cols)
         self.thresholds = tuple(spec.threshold_of(c[0]) if c else 0.5 for c in cols)
+        self.preprocess = Preprocess(spec.input)
+        self.decoder = Decoder(spec, labels, kind)  # ``kind``: what the answer holds
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Decision logits -> the solver's P(label) (multi-label solvers)."""
@@ -64,11 +70,8 @@ class SolverClassifier(nn.Module, _SolverModel):
 
     def __init__(self, solver: Solver, labels: Sequence[str]) -> None:
         super().__init__()
-        self._setup(solver, labels)
-        self.spec, self.solver = solver.spec, solver
-        self.preprocess = Preprocess(solver.spec.input)
         self.graph = solver.torch_graph()
-        self.decoder = Decoder(solver.spec, labels, solver.torch_kind)
+        self._setup(solver, labels, solver.torch_kind)
         self.eval().requires_grad_(False)
 
     @property
@@ -90,75 +93,75 @@ class SolverVerifier(_SolverModel):
 
     def __init__(self, solver: Solver, labels: Sequence[str], *, device: str = "cpu") -> None:
         self._setup(solver, labels)
-        self.solver = solver
-        self.preprocess = Preprocess(solver.spec.input)
-        self.decoder = Decoder(solver.spec, labels)
         self.session = solver.session(cuda=device not in ("cpu",))
         self.device = "cuda" if "CUDA" in self.session.get_providers()[0] else "cpu"
 
     def __repr__(self) -> str:
         return f"SolverVerifier({self.name!r}, {self.device})"
 
-    def raw(self, images: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
-        """The answer tensor for images [N, 3, H, W] in [0, 1]."""
-        with torch.no_grad():
-            x = self.preprocess(images.detach().float().cpu(), geometry)
-        return self.solver.run_graph(self.session, x)
-
     def __call__(self, images: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return self.decoder(self.raw(images, geometry))
+            x = self.preprocess(images.detach().float().cpu(), geometry)
+            return self.decoder(self.solver.run_graph(self.session, x))
 
 
 # --- the solver as loaded from its spec -----------------------------------------------------------
 
 
-class Solver:
-    """A loaded spec and graph. The torch conversion is made (and parity-checked) on first use
-    as a surrogate; a graph that cannot be converted stays usable as a verifier."""
+class Solver(GraphSolver):
+    """A label solver: a loaded spec and graph whose answer scores the spec's labels."""
 
-    def __init__(self, spec: SolverSpec, *, name: str | None = None) -> None:
-        self.spec = spec
-        self.name = name or spec.name or (f"onnx:{spec.path.name}" if spec.path else "onnx")
-        try:
-            self._load()
-        except SolverSpecError as e:  # name the spec file too
-            if spec.path and not str(e).startswith(str(spec.path)):
-                raise SolverSpecError(f"{spec.path}: {e}") from e
-            raise
+    @property
+    def kind(self) -> str:
+        return self.spec.output.kind
 
-    def _load(self) -> None:
-        spec = self.spec
-        self.model = load_graph(spec.model)
-        self.io: GraphIO = graph_io(self.model)
-        self.input_info, self.output_info = resolve_io(spec, self.io)
-        self.fixed_batch = (self.input_info.shape[0]
-                            if self.input_info.shape and isinstance(self.input_info.shape[0], int)
-                            else None)
-        self._sessions: dict[bool, object] = {}
-        self._torch: ConvertedGraph | None = None
-        self._torch_error: Exception | None = None
-        self.torch_kind: str = spec.output.kind
-        self.parity: GraphParity | None = None
-        self._lock = threading.Lock()
-        self._probe()
+    def _read_io(self) -> None:
+        spec, io = self.spec, self.io
+        i, o = spec.input, spec.output
+        inp = self.input_info = image_input(spec, io)
+        if inp.shape is not None:
+            c_axis, hw = (1, (2, 3)) if i.layout == "NCHW" else (3, (1, 2))
+            if isinstance(inp.shape[c_axis], int) and inp.shape[c_axis] != 3:
+                other = "NHWC" if i.layout == "NCHW" else "NCHW"
+                raise SolverSpecError(f"input.layout: the spec says {i.layout} but graph input "
+                                      f"{inp.describe()} has {inp.shape[c_axis]} channels "
+                                      f"there; is it {other}?")
+            graph_hw = tuple(inp.shape[a] for a in hw)
+            if all(isinstance(d, int) for d in graph_hw) and graph_hw != i.size:
+                raise SolverSpecError(f"input.size: the spec says {list(i.size)} but graph "
+                                      f"input {inp.describe()} takes {list(graph_hw)} (height, "
+                                      f"width)")
+        out = next((t for t in io.outputs if t.name == o.name), None) if o.name else io.outputs[0]
+        if out is None:
+            raise SolverSpecError(f"output.name: the graph has no output {o.name!r}; its "
+                                  f"outputs are {', '.join(t.describe() for t in io.outputs)}")
+        self.output_info = out
+        if out.shape is not None:
+            self._check_shape(out.shape)
 
-    # --- onnxruntime ---------------------------------------------------------------------------
-
-    def session(self, cuda: bool = False):
-        if cuda not in self._sessions:
-            use_cuda = cuda and "CUDAExecutionProvider" in available_providers()
-            try:
-                precision = "fp16" if self.spec.input.dtype == "float16" else "fp32"
-                self._sessions[cuda] = make_session(self.spec.model, precision, cuda=use_cuda)
-            except Exception as e:
-                raise SolverSpecError(f"model: onnxruntime cannot load {self.spec.model}: "
-                                      f"{str(e)[:300]}") from e
-        return self._sessions[cuda]
+    def _check_shape(self, shape: tuple) -> None:
+        """The answer's (static or observed) shape against output.* and labels."""
+        o, name, rank = self.spec.output, self.output_info.name, len(shape)
+        if o.label_axis >= rank:
+            raise SolverSpecError(f"output.label_axis: {o.label_axis} is past the last axis of "
+                                  f"output {name!r} (rank {rank}, shape {list(shape)})")
+        n, labels = shape[o.label_axis], len(self.spec.labels)
+        if isinstance(n, int) and n - o.label_start != labels:
+            start = f" after label_start {o.label_start}" if o.label_start else ""
+            raise SolverSpecError(
+                f"labels: the spec lists {labels} labels but output {name!r} has "
+                f"{n - o.label_start}{start} along label_axis {o.label_axis} (shape "
+                f"{list(shape)})")
+        if o.reduce == "none" and rank > 2:
+            raise SolverSpecError(f"output.reduce: output {name!r} has shape {list(shape)}: "
+                                  f"axes besides the batch and labels (grid cells, boxes) must "
+                                  f"be folded with \"reduce\": \"max\" or \"mean\"")
 
     def run_graph(self, session, x: torch.Tensor) -> torch.Tensor:
         """Run the graph on a preprocessed batch (float, graph layout) -> answer tensor."""
-        arr = to_graph_array(x, self.spec.input.dtype)
+        a, dtype = x.detach().float().cpu().numpy(), self.spec.input.dtype
+        arr = (np.clip(np.rint(a), 0, 255).astype(np.uint8) if dtype == "uint8"  # as fed
+               else a.astype(np.float16 if dtype == "float16" else np.float32))
         on_cuda = "CUDA" in session.get_providers()[0]
         step = self.fixed_batch or max(1, len(arr) if on_cuda
                                        else min(len(arr), cpu_run_size(arr.shape)))
@@ -173,19 +176,13 @@ class Solver:
         return torch.cat(outs)
 
     def _probe(self) -> None:
-        """Run the graph once: does it load, and does its answer have the spec's shape?"""
+        """Does the graph's answer have the spec's shape, and hold what its kind says?"""
         g = torch.Generator().manual_seed(0)
-        x = Preprocess(self.spec.input)(torch.rand(2, 3, 64, 64, generator=g))
-        try:
-            raw = self.run_graph(self.session(), x)
-        except SolverSpecError:
-            raise
-        except Exception as e:
-            raise SolverSpecError(f"model: {self.spec.model} fails on a "
-                                  f"{self.spec.input.layout} {self.spec.input.dtype} batch of "
-                                  f"size {list(self.spec.input.size)}: {str(e)[:300]}") from e
-        check_output_shape(self.spec, self.output_info.name, tuple(raw.shape))
-        kind, o = self.spec.output.kind, self.spec.output
+        s, o, kind = self.spec.input, self.spec.output, self.kind
+        raw = self.first_answer(Preprocess(s)(torch.rand(2, 3, 64, 64, generator=g)),
+                                f"a {s.layout} {s.dtype} batch of size {list(s.size)}")
+        self._check_shape(tuple(raw.shape))
+        self._answer_rank = raw.ndim
         scores = raw.movedim(o.label_axis, 1)[:, o.label_start:]
         if kind == "multilabel" and (scores.min() < -1e-4 or scores.max() > 1 + 1e-4):
             raise SolverSpecError(
@@ -204,86 +201,49 @@ class Solver:
 
     # --- torch ---------------------------------------------------------------------------------
 
-    def torch_graph(self) -> ConvertedGraph:
-        """The converted graph (raises ConversionError / SolverParityError if there is none)."""
-        with self._lock:
-            if self._torch is None and self._torch_error is None:
-                try:
-                    self._torch, self.torch_kind, self.parity = self._convert()
-                except (ConversionError, SolverParityError) as e:
-                    self._torch_error = e
-            if self._torch_error is not None:
-                raise self._torch_error
-            return self._torch
+    def _activation(self) -> str | None:
+        activation = super()._activation()  # a softmax over more than the labels stays
+        return None if activation == "Softmax" and self._answer_rank > 2 else activation
 
-    def _convert(self) -> tuple[ConvertedGraph, str, GraphParity]:
-        g = torch.Generator().manual_seed(1)
-        images = parity_images(6, *self.spec.input.size, generator=g)
-        x = Preprocess(self.spec.input)(images)
-        ref = self.run_graph(self.session(), x)
-        out = self.output_info.name
-        activation = {"multilabel": "Sigmoid", "softmax": "Softmax"}.get(self.spec.output.kind)
-        stripped = _strip(self.model, out, activation) if activation else None
-        if stripped is not None and activation == "Softmax" and ref.ndim > 2:
-            stripped = None
-        if stripped is not None:
-            try:
-                graph = convert(stripped, out, x)
-                kind = {"Sigmoid": "multilabel_logits", "Softmax": "logits"}[activation]
-                with torch.no_grad():
-                    z = graph(x)
-                got = torch.sigmoid(z) if activation == "Sigmoid" else z.softmax(
-                    self.spec.output.label_axis)
-                return graph, kind, self._check(got, ref, z, kind)
-            except (ConversionError, SolverParityError) as e:
-                log.debug("%s: logits behind the %s not usable (%s)", self.name, activation, e)
-        graph = convert(self.model, out, x)
-        with torch.no_grad():
-            got = graph(x)
-        return graph, self.spec.output.kind, self._check(got, ref, got, self.spec.output.kind)
+    def _parity_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images = parity_images(6, *self.spec.input.size, generator=torch.Generator().manual_seed(1))
+        return images, Preprocess(self.spec.input)(images)
 
-    def _check(self, got: torch.Tensor, ref: torch.Tensor, raw: torch.Tensor,
-               kind: str) -> GraphParity:
+    def _parity(self, images: torch.Tensor) -> GraphParity:
         """Raw answers within tolerance, and the same decisions over the solver's labels."""
+        spec, kind = self.spec, self.torch_kind
+        x = Preprocess(spec.input)(images)
+        ref = self.run_graph(self.session(), x)
+        with torch.no_grad():
+            raw = self._torch(x)
+        got = raw
+        if kind != self.kind:  # the logits behind the activation: through it
+            got = torch.sigmoid(raw) if kind == "multilabel_logits" else raw.softmax(
+                spec.output.label_axis)
         if got.shape != ref.shape:
             raise SolverParityError(f"{self.name}: torch answer shape {list(got.shape)} != "
                                     f"onnxruntime {list(ref.shape)}")
-        half = self.spec.input.dtype == "float16" or self.io.inputs[0].dtype == "float16"
+        half = spec.input.dtype == "float16" or self.io.inputs[0].dtype == "float16"
         atol, rtol = (2e-2, 2e-2) if half else (1e-3, 1e-3)
         diff = (got - ref).abs()
         worst = float(diff.max()) if diff.numel() else 0.0
-        labels = self.spec.labels
-        a = Decoder(self.spec, labels, kind).solver_scores(raw)
-        b = Decoder(self.spec, labels).solver_scores(ref)
-        if self.spec.decision == "multilabel":
-            off = torch.tensor([_logit_of(self.spec.threshold_of(i)) for i in range(len(labels))])
+        a = Decoder(spec, spec.labels, kind).solver_scores(raw)
+        b = Decoder(spec, spec.labels).solver_scores(ref)
+        if spec.decision == "multilabel":
+            off = torch.tensor([_logit_of(spec.threshold_of(i)) for i in range(len(spec.labels))])
             decisive = (b - off).abs() > 0.1
             agree = ((a >= off) == (b >= off)) | ~decisive
-            agreement = float(agree.float().mean())
         else:
             top2 = b.topk(min(2, b.shape[1]), 1).values
             decisive = (top2[:, 0] - top2[:, -1]) > 0.05
             agree = (a.argmax(1) == b.argmax(1)) | ~decisive
-            agreement = float(agree.float().mean())
+        agreement = float(agree.float().mean())
         if bool((diff > atol + rtol * ref.abs()).any()) or agreement < 1.0:
             raise SolverParityError(
                 f"{self.name}: the torch conversion differs from onnxruntime by up to "
                 f"{worst:.3g} (tolerance {atol} + {rtol}·|x|), decisions agree on "
                 f"{agreement:.0%}")
         return GraphParity(worst, int(ref.shape[0]), agreement)
-
-    def check_parity(self, images: torch.Tensor) -> GraphParity:
-        """Torch against onnxruntime on real tiles ([N, 3, H, W] in [0, 1])."""
-        graph = self.torch_graph()
-        x = Preprocess(self.spec.input)(images.float().cpu())
-        ref = self.run_graph(self.session(), x)
-        with torch.no_grad():
-            raw = graph(x)
-        got = raw
-        if self.torch_kind != self.spec.output.kind:
-            got = torch.sigmoid(raw) if self.torch_kind == "multilabel_logits" else raw.softmax(
-                self.spec.output.label_axis)
-        return self._check(got, ref, raw, self.torch_kind)
 
     # --- the two faces -------------------------------------------------------------------------
 

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .o2t import OnnxMapping, OperationConverterResult, constant, register
-from .rnn_ops import lstm_module
+from .o2t import OperationConverterResult, constant, converted, register
+from .rnn_ops import lstm_module, rnn_inputs, sequence_length
 
 _U8_MAX = 255.0
 
@@ -183,9 +183,7 @@ def sample_axis(graph: nn.Module, probe: torch.Tensor) -> int | None:
 
 @register("DynamicQuantizeLinear", (11,))
 def _dynamic_quantize(node, graph) -> OperationConverterResult:
-    return OperationConverterResult(
-        torch_module=DynamicQuantize(),
-        onnx_mapping=OnnxMapping(inputs=node.input_values, outputs=node.output_values))
+    return converted(DynamicQuantize(), node)
 
 
 @register("ConvInteger", (10,))
@@ -201,19 +199,14 @@ def _conv_integer(node, graph) -> OperationConverterResult:
     module = ConvOnShifted(weight, tuple(a.get("strides", (1, 1))), padding,
                            tuple(a.get("dilations", (1, 1))), int(a.get("group", 1)))
     ins = node.input_values
-    x_zp = ins[2] if len(ins) > 2 else ""
-    return OperationConverterResult(
-        torch_module=module, onnx_mapping=OnnxMapping(inputs=(ins[0], x_zp),
-                                                      outputs=node.output_values))
+    return converted(module, node, (ins[0], ins[2] if len(ins) > 2 else ""))
 
 
 @register("MatMulInteger", (10,))
 def _matmul_integer(node, graph) -> OperationConverterResult:
     ins = node.input_values
-    a_zp = ins[2] if len(ins) > 2 else ""
-    return OperationConverterResult(
-        torch_module=MatMulOnShifted(_shifted(node, graph, 1, 3)),
-        onnx_mapping=OnnxMapping(inputs=(ins[0], a_zp), outputs=node.output_values))
+    return converted(MatMulOnShifted(_shifted(node, graph, 1, 3)), node,
+                     (ins[0], ins[2] if len(ins) > 2 else ""))
 
 
 @register("DynamicQuantizeLSTM", (1,), domain="com.microsoft")
@@ -234,19 +227,8 @@ def _dynamic_quantize_lstm(node, graph) -> OperationConverterResult:
 
     w, r = dequantised(1, 8, 9), dequantised(2, 10, 11)
     b = constant(graph, ins[3], node).float() if ins[3] else None
-    seq = None
-    if ins[4] and ins[4] in graph.initializers:
-        lens = graph.initializers[ins[4]].to_torch()
-        seq = int(lens.flatten()[0]) if bool((lens == lens.flatten()[0]).all()) else None
-        if seq is None:
-            raise NotImplementedError("DynamicQuantizeLSTM with sequence_lens of different "
-                                      "lengths")
-    module = lstm_module(node, w, r, b, seq, make=QuantisedLSTM)
-    seq_in = ins[4] if ins[4] and ins[4] not in graph.initializers else ""
-    return OperationConverterResult(
-        torch_module=module,
-        onnx_mapping=OnnxMapping(inputs=(ins[0], seq_in, ins[5], ins[6]),
-                                 outputs=node.output_values))
+    module = lstm_module(node, w, r, b, sequence_length(node, graph), make=QuantisedLSTM)
+    return converted(module, node, rnn_inputs(node, graph))
 
 
 __all__ = ["ConvOnShifted", "DynamicQuantize", "MatMulOnShifted", "QuantisedLSTM",

@@ -26,7 +26,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-FILTERS = ("bilinear", "bicubic", "lanczos")
 _PIL_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
 _PIL_BITS = 22  # Resample.c: PRECISION_BITS = 32 - 8 - 2
 _CV_BITS = 11  # INTER_RESIZE_COEF_BITS
@@ -243,5 +242,5 @@ def library_grey(rgb: np.ndarray, *, pil: bool) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
-__all__ = ["FILTERS", "cv_linear_taps", "cv_weights", "grey", "library_grey", "library_resize",
+__all__ = ["cv_linear_taps", "cv_weights", "grey", "library_grey", "library_resize",
            "pil_vertical_first", "pil_weights", "resize"]

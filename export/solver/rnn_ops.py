@@ -1,15 +1,12 @@
 """ONNX LSTM and GRU as torch modules, registered with onnx2torch (it has no converter for them).
 
-OCR solvers (CRNNs) read the column features of a CNN with a recurrent layer; exporters emit
-it as one ONNX ``LSTM`` / ``GRU`` node. Weights must be constant (initializers, or Constant
-nodes that ``convert.constants_to_initializers`` turns into initializers); the input and the
-initial states may be computed. Covered: directions forward, reverse and bidirectional; layout
-0 ([T, N, C]; onnxruntime refuses layout 1, so no solver runs with it); initial states given
-or absent; sequence_lens absent (or all equal to T); default activations, no clip, no
-peepholes, no coupled input-forget gate. GRU
-with ``linear_before_reset=1`` (what torch exports) runs as ``nn.GRU``; with 0 (the ONNX
-default, Keras / TF exports) the reset gate applies before the recurrent product, which
-``nn.GRU`` cannot express, so a plain per-step cell runs instead.
+OCR solvers (CRNNs) read the column features of a CNN with a recurrent layer. Weights must be
+constant (initializers, or Constant nodes that ``convert.constants_to_initializers`` makes
+initializers); the input and the initial states may be computed. Refused: layout 1
+(onnxruntime refuses it too), sequence_lens of different lengths, activations other than the
+defaults, clip, peepholes, coupled input-forget gates. GRU with ``linear_before_reset=1`` (what
+torch exports) runs as ``nn.GRU``; with 0 (the ONNX default, Keras / TF exports) the reset gate
+applies before the recurrent product, which ``nn.GRU`` cannot express, so a per-step cell runs.
 
 Gate orders: ONNX stacks LSTM gates as i, o, f, c and torch as i, f, g(=c), o; GRU gates as
 z, r, h and torch as r, z, n.
@@ -22,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .o2t import OnnxMapping, OperationConverterResult, constant, register
+from .o2t import OperationConverterResult, constant, converted, register
 
 # torch gate k is ONNX gate _ORDER[k]
 _LSTM_ORDER = (0, 2, 3, 1)
@@ -140,7 +137,8 @@ class ManualGRU(nn.Module):
         return torch.cat(ys, -1), torch.stack(hs)
 
 
-def _seq_len(node, graph) -> int | None:
+def sequence_length(node, graph) -> int | None:
+    """The length every sequence has where sequence_lens is a constant (None: not given)."""
     name = node.input_values[4] if len(node.input_values) > 4 else ""
     if not name or name not in graph.initializers:
         return None
@@ -151,13 +149,13 @@ def _seq_len(node, graph) -> int | None:
     return int(lens.flatten()[0])
 
 
-def _mapping(node, graph) -> OnnxMapping:
+def rnn_inputs(node, graph) -> tuple[str, ...]:
     """X, sequence_lens, initial_h, initial_c (empty names for absent ones); the weights are
     folded into the module."""
     ins = list(node.input_values) + [""] * 8
     seq = ins[4] if ins[4] and ins[4] not in graph.initializers else ""
     extra = (seq, ins[5]) if node.operation_type == "GRU" else (seq, ins[5], ins[6])
-    return OnnxMapping(inputs=(ins[0], *extra), outputs=node.output_values)
+    return (ins[0], *extra)
 
 
 def lstm_module(node, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None,
@@ -207,8 +205,8 @@ def _weights(node, graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | No
 def _lstm(node, graph) -> OperationConverterResult:
     if len(node.input_values) > 7 and node.input_values[7]:
         raise NotImplementedError("LSTM with peepholes (input P)")
-    module = lstm_module(node, *_weights(node, graph), _seq_len(node, graph))
-    return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, graph))
+    module = lstm_module(node, *_weights(node, graph), sequence_length(node, graph))
+    return converted(module, node, rnn_inputs(node, graph))
 
 
 @register("GRU", (1, 3, 7, 14, 22))
@@ -226,8 +224,9 @@ def _gru(node, graph) -> OperationConverterResult:
         _load(rnn, w, r, b, _GRU_ORDER)
     else:
         rnn = ManualGRU(w, r, b)
-    module = OnnxRecurrent(rnn, direction, _seq_len(node, graph), lstm=False)
-    return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, graph))
+    module = OnnxRecurrent(rnn, direction, sequence_length(node, graph), lstm=False)
+    return converted(module, node, rnn_inputs(node, graph))
 
 
-__all__ = ["ManualGRU", "OnnxRecurrent", "lstm_module"]
+__all__ = ["ManualGRU", "OnnxRecurrent", "lstm_module", "rnn_inputs",
+           "sequence_length"]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..onnx.spec import Tolerance
+    from .detect_spec import DetectHead
     from .text_spec import CTCHead
 
 SCHEMA_VERSION = 1
@@ -66,18 +67,11 @@ class InputSpec:
     crop: float = 1.0  # centre-crop fraction; 1.0 = the whole tile, squashed to size
     fit: str = "squash"  # "squash" (ignore aspect) | "letterbox" (keep aspect, pad)
     pad: float = 0.0  # letterbox padding value, in [0, 1] pixel units
+    align: str = "centre"  # letterbox: the image "centre"d or in the "topleft" corner
     # text solvers (output kind "ctc") only:
     quantize: bool = False  # the package resizes 8-bit images: round after each step
     width_rounding: str = "floor"  # free width: int(w * H / h) | ceil | round
     min_width: int = 0  # free width: pad on the right up to this many columns
-
-    @property
-    def height(self) -> int:
-        return self.size[0]
-
-    @property
-    def width(self) -> int | None:
-        return self.size[1]
 
 
 @dataclass(frozen=True)
@@ -90,11 +84,14 @@ class OutputSpec:
     reduce: str = "none"  # fold every other non-batch axis (grid cells, boxes): max | mean
     label_start: int = 0  # labels begin at this index of the label axis (YOLO: 4, after boxes)
     ctc: CTCHead | None = None  # kind "ctc": the head's charset and decoding rule
+    detect: DetectHead | None = None  # detector kinds: how the outputs decode (.detect_spec)
 
     @property
     def decision(self) -> str:
         if self.kind == "ctc":
             return "text"
+        if self.detect is not None:
+            return "detect"
         return "multilabel" if self.kind in MULTILABEL_KINDS else "closed"
 
 
@@ -130,29 +127,30 @@ class SolverSpec:
         return tuple(i for i, s in enumerate(self.labels) if _norm(s) == key)
 
     def to_dict(self) -> dict[str, Any]:
-        if self.output.kind in SPEC_KINDS:
-            return SPEC_KINDS[self.output.kind].to_dict(self)
-        i, o = self.input, self.output
-        d: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "model": self.model.name if self.path and self.model.parent == self.path.parent
-            else str(self.model),
-            "input": {"name": i.name, "size": list(i.size), "layout": i.layout,
-                      "dtype": i.dtype, "range": list(i.range), "mean": list(i.mean),
-                      "std": list(i.std), "channels": i.channels, "resize": i.resize,
-                      "antialias": i.antialias, "crop": i.crop, "fit": i.fit, "pad": i.pad},
-            "output": {"name": o.name, "kind": o.kind, "label_axis": o.label_axis,
-                       "reduce": o.reduce, "label_start": o.label_start},
-            "labels": list(self.labels),
-            "label_map": {k: list(v) for k, v in self.label_map.items()},
-            "threshold": self.threshold if len(set(self.thresholds)) <= 1 and (
-                not self.thresholds or self.thresholds[0] == self.threshold) else {
-                "default": self.threshold, **dict(zip(self.labels, self.thresholds,
-                                                      strict=True))},
-        }
-        if self.name:
-            d["name"] = self.name
-        return d
+        """The JSON form (``parse_spec`` reads it back to an equal spec)."""
+        body = SPEC_KINDS[self.output.kind].to_dict if self.output.kind in SPEC_KINDS else _body
+        model = (self.model.name if self.path and self.model.parent == self.path.parent
+                 else str(self.model))
+        return {"schema": SCHEMA_VERSION, "model": model, **body(self),
+                **({"name": self.name} if self.name else {})}
+
+
+def _body(spec: SolverSpec) -> dict[str, Any]:
+    """A label spec's sections."""
+    i, o, thresholds = spec.input, spec.output, spec.thresholds
+    return {
+        "input": {"name": i.name, "size": list(i.size), "layout": i.layout, "dtype": i.dtype,
+                  "range": list(i.range), "mean": list(i.mean), "std": list(i.std),
+                  "channels": i.channels, "resize": i.resize, "antialias": i.antialias,
+                  "crop": i.crop, "fit": i.fit, "pad": i.pad},
+        "output": {"name": o.name, "kind": o.kind, "label_axis": o.label_axis,
+                   "reduce": o.reduce, "label_start": o.label_start},
+        "labels": list(spec.labels),
+        "label_map": {k: list(v) for k, v in spec.label_map.items()},
+        "threshold": spec.threshold if len(set(thresholds)) <= 1 and (
+            not thresholds or thresholds[0] == spec.threshold) else {
+            "default": spec.threshold, **dict(zip(spec.labels, thresholds, strict=True))},
+    }
 
 
 def _norm(label: str) -> str:
@@ -202,11 +200,7 @@ class _Reader:
         v = self.data[key]
         if not isinstance(v, str) or not v.strip():
             raise self.error(self.field(key), f"must be a non-empty string, got {v!r}")
-        v = v.strip()
-        if case == "upper":
-            v = v.upper()
-        elif case == "lower":
-            v = v.lower()
+        v = {"upper": str.upper, "lower": str.lower}.get(case, str)(v.strip())
         if choices and v not in choices:
             raise self.error(self.field(key), f"must be one of {', '.join(choices)}; got {v!r}")
         return v
@@ -252,6 +246,32 @@ def _kind(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(v), repr(v))
 
 
+def read_size(ir: _Reader, free_width: bool = False) -> tuple[int, int | None]:
+    """An input section's ``size``: [height, width] (or a side for both; with ``free_width``,
+    [height, null]: the width that keeps the aspect ratio)."""
+    either = ", or [height, null] to keep the aspect ratio" if free_width else ""
+    if not ir.has("size"):
+        raise ir.error("input.size", f"missing: [height, width] of the graph's image input{either}")
+    size = ir.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    if (not isinstance(size, list) or len(size) != 2 or size[0] is None
+            or (size[1] is None and not free_width)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 4096
+                       for s in size if s is not None)):
+        raise ir.error("input.size", f"must be [height, width] in pixels (8..4096){either}; "
+                                     f"got {size!r}")
+    return int(size[0]), None if size[1] is None else int(size[1])
+
+
+def read_units(ir: _Reader, default_range: tuple[float, float] = (0.0, 1.0)) -> tuple:
+    """An input section's ``range``, ``mean`` and ``std``."""
+    rng = ir.numbers("range", default_range, 2)
+    if rng[1] <= rng[0]:
+        raise ir.error("input.range", f"must be [low, high] with low < high, got {list(rng)}")
+    return rng, ir.numbers("mean", (0.0,) * 3, 3), ir.numbers("std", (1.0,) * 3, 3, positive=True)
+
+
 def read_header(top: _Reader, path: Path | None) -> tuple[Path, Path]:
     """The checked schema version and model of a spec's top level: (the folder paths are
     relative to, the resolved model path)."""
@@ -273,7 +293,7 @@ class SpecKind:
     registers its own: :mod:`.text_spec` the ``ctc`` head of OCR solvers)."""
 
     parse: Callable[..., SolverSpec]  # (data, *, path) -> SolverSpec
-    to_dict: Callable[[SolverSpec], dict[str, Any]]
+    to_dict: Callable[[SolverSpec], dict[str, Any]]  # its sections (not schema, model, name)
 
 
 SPEC_KINDS: dict[str, SpecKind] = {}
@@ -306,21 +326,9 @@ def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
     if not top.has("input"):
         raise top.error("input", "missing: an object with at least \"size\": [H, W]")
     ir = _Reader(src, top.data["input"], "input", _INPUT)
-    if not ir.has("size"):
-        raise ir.error("input.size", "missing: [height, width] of the graph's image input")
-    size = ir.get("size")
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = [size, size]
-    if (not isinstance(size, list) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 4096
-                       for s in size)):
-        raise ir.error("input.size", f"must be [height, width] in pixels (8..4096), got {size!r}")
+    size = read_size(ir)
     dtype = ir.string("dtype", "float32", DTYPES, case="lower")
-    rng = ir.numbers("range", (0.0, 255.0) if dtype == "uint8" else (0.0, 1.0), 2)
-    if rng[1] <= rng[0]:
-        raise ir.error("input.range", f"must be [low, high] with low < high, got {list(rng)}")
-    mean = ir.numbers("mean", (0.0, 0.0, 0.0), 3)
-    std = ir.numbers("std", (1.0, 1.0, 1.0), 3, positive=True)
+    rng, mean, std = read_units(ir, (0.0, 255.0) if dtype == "uint8" else (0.0, 1.0))
     if dtype == "uint8":
         if rng != (0.0, 255.0):
             raise ir.error("input.range", f"a uint8 input holds [0, 255], got {list(rng)}")
@@ -328,7 +336,7 @@ def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
             raise ir.error("input.mean", "a uint8 input cannot be normalised outside the graph; "
                                          "leave mean 0 and std 1 (the graph normalises itself)")
     inp = InputSpec(
-        name=ir.string("name"), size=(int(size[0]), int(size[1])),
+        name=ir.string("name"), size=size,
         layout=ir.string("layout", "NCHW", LAYOUTS, case="upper"), dtype=dtype, range=rng,
         mean=mean, std=std, channels=ir.string("channels", "RGB", CHANNELS, case="upper"),
         resize=ir.string("resize", "bilinear", RESIZES, case="lower"),
@@ -351,6 +359,17 @@ def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
         label_start=orr.number("label_start", 0, 0, 1 << 20, integer=True),
     )
 
+    labels, label_map, threshold, per_label = parse_spec_labels(
+        top, closed=out.kind in CLOSED_KINDS, per_label=True)
+    return SolverSpec(model=model_path, input=inp, output=out, labels=labels,
+                      label_map=label_map, threshold=threshold, thresholds=per_label,
+                      name=top.string("name"), path=path)
+
+
+def parse_spec_labels(top: _Reader, *, closed: bool = False, per_label: bool = False,
+                      default_threshold: float = 0.5):
+    """A spec's ``labels``, ``label_map`` and ``threshold``: (labels, map, threshold, the
+    per-label thresholds an object gives where ``per_label`` allows one)."""
     labels = top.get("labels")
     if labels is None:
         raise top.error("labels", "missing: the solver's label names, in output order")
@@ -361,8 +380,9 @@ def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
     dup = sorted({s for s in labels if labels.count(s) > 1})
     if dup:
         raise top.error("labels", f"duplicate names {dup}")
-    if out.kind in CLOSED_KINDS and len(labels) < 2:
-        raise top.error("labels", f"a closed-set solver ({out.kind}) needs two or more labels")
+    if closed and len(labels) < 2:
+        raise top.error("labels", "a closed-set solver (logits, softmax) needs two or more "
+                                  "labels")
 
     raw_map = top.get("label_map", {})
     if not isinstance(raw_map, dict):
@@ -381,17 +401,15 @@ def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
                 raise top.error(fld, f"{v!r} is not one of the solver's labels{hint}")
         label_map[str(key).strip()] = tuple(vals)
 
-    raw_thr = top.get("threshold", 0.5)
-    per_label: tuple[float, ...] = ()
-    if isinstance(raw_thr, dict):  # {"default": 0.5, "Bus": 0.8, ...}
-        tr = _Reader(src, raw_thr, "threshold", ("default", *labels))
-        threshold = _threshold(tr, "default", 0.5)
-        per_label = tuple(_threshold(tr, lab, threshold) for lab in labels)
+    raw_thr = top.get("threshold", default_threshold)
+    per: tuple[float, ...] = ()
+    if isinstance(raw_thr, dict) and per_label:  # {"default": 0.5, "Bus": 0.8, ...}
+        tr = _Reader(top.src, raw_thr, "threshold", ("default", *labels))
+        threshold = _threshold(tr, "default", default_threshold)
+        per = tuple(_threshold(tr, lab, threshold) for lab in labels)
     else:
-        threshold = _threshold(top, "threshold", 0.5)
-    return SolverSpec(model=model_path, input=inp, output=out, labels=labels,
-                      label_map=label_map, threshold=threshold, thresholds=per_label,
-                      name=top.string("name"), path=path)
+        threshold = _threshold(top, "threshold", default_threshold)
+    return labels, label_map, threshold, per
 
 
 def _threshold(reader: _Reader, key: str, default: float) -> float:

@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..onnx.runtime import make_session
-from .graph import GraphIO, TensorInfo, graph_io, load_graph
-from .text_template import text_template
+from .graph import GraphIO, graph_io, load_graph, probe_output, producer_chain
+from .text_template import relative_to, text_template
 
 _LABEL_KEYS = ("categories", "labels", "classes", "class_names", "names", "id2label")
 _SIZE_KEYS = ("input_size", "image_size", "tile_size", "imgsz", "img_size", "size", "tile")
@@ -142,38 +141,6 @@ def read_cards(model_path: Path, exclude: Path | None = None) -> tuple[dict, lis
     return found, sources
 
 
-def _producer_chain(model, output: str) -> list[str]:
-    producers = {o: n for n in model.graph.node for o in n.output}
-    chain, name = [], output
-    for _ in range(8):
-        node = producers.get(name)
-        if node is None:
-            break
-        chain.append(node.op_type)
-        if node.op_type not in ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
-                                "Identity", "Cast"):
-            break
-        name = node.input[0]
-    return chain
-
-
-def _probe(model_path: Path, inp: TensorInfo, layout: str, size: list[int],
-           dtype: str) -> dict[str, np.ndarray] | None:
-    try:
-        session = make_session(model_path, "fp32")
-        h, w = size
-        shape = [2, 3, h, w] if layout == "NCHW" else [2, h, w, 3]
-        if inp.shape and isinstance(inp.shape[0], int):
-            shape[0] = inp.shape[0]
-        rng = np.random.default_rng(0)
-        x = rng.random(shape, dtype=np.float32)
-        feed = (x * 255).astype(np.uint8) if dtype == "uint8" else x.astype(dtype)
-        outs = session.run(None, {inp.name: feed})
-        return {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), outs, strict=True)}
-    except Exception:
-        return None
-
-
 def init_template(model_path: str | Path, spec_path: str | Path) -> tuple[dict, list[str]]:
     """A spec dict for ``model_path`` (relative to where the spec will live) and the notes of
     what the user must fill in or check. An OCR graph (a CTC head: see :mod:`.text_template`)
@@ -228,9 +195,10 @@ def init_template(model_path: str | Path, spec_path: str | Path) -> tuple[dict, 
     if len(io.outputs) > 1:
         todo.append(f"output.name: the graph has {len(io.outputs)} outputs "
                     f"({', '.join(o.name for o in io.outputs)}); {out.name!r} was taken")
-    values = _probe(model_path, inp, layout, size, dtype)
-    raw = values.get(out.name) if values else None
-    chain = _producer_chain(model, out.name)
+    batch = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else 2
+    probe = [batch, 3, *size] if layout == "NCHW" else [batch, *size, 3]
+    raw = probe_output(model, model_path, inp, out.name, probe, dtype)
+    chain = [n.op_type for n in producer_chain(model, out.name)]
     out_shape = list(raw.shape) if raw is not None else list(out.shape or [])
     labels = card.get("labels") or meta_labels
     label_start = 0
@@ -261,13 +229,9 @@ def init_template(model_path: str | Path, spec_path: str | Path) -> tuple[dict, 
         labels = [f"label_{i}" for i in range(n)]
         todo.append(f"labels: {n} placeholders label_0..label_{n - 1}: replace them with the "
                     f"solver's label names in output order (or map to them in label_map)")
-    try:
-        rel = model_path.relative_to(spec_path.parent).as_posix()
-    except ValueError:
-        rel = str(model_path)
     spec = {
         "schema": 1,
-        "model": rel,
+        "model": relative_to(model_path, spec_path),
         "input": {"name": inp.name, "size": size, "layout": layout, "dtype": dtype,
                   "range": rng, "mean": mean, "std": std, "channels": "RGB",
                   "resize": "bilinear", "antialias": False, "crop": 1.0},

@@ -17,29 +17,93 @@ within the spec's ``tolerance``.
 
 from __future__ import annotations
 
-import logging
-import tempfile
-import threading
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..onnx.runtime import make_session
 from ..onnx.spec import Tolerance
+from . import resample
 from .charset import Charset
-from .convert import ConversionError, ConvertedGraph, batching, convert, each_alone, only_output
+from .convert import batching, each_alone, only_output
 from .ctc import SequenceParity, greedy_ctc, sequence_parity
-from .graph import TensorInfo, graph_io, load_graph, strip_activation
-from .parity import SolverParityError, parity_images
-from .spec import SolverSpec, SolverSpecError
-from .text_input import TextPreprocess, reference_input
-from .text_spec import CTCHead
-
-log = logging.getLogger(__name__)
+from .graph import GraphSolver, TensorInfo, image_input, parity_images
+from .spec import InputSpec, SolverSpec, SolverSpecError
+from .text_spec import CTCHead, input_width
 
 NEVER = -1.0e4  # the logit of a class the package's decoder never emits
+
+
+# --- preprocessing: in torch with gradients, and by the library itself -------------------------
+
+
+def _to_units(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """0-255 pixel values -> the graph's units (range, then mean / std)."""
+    lo, hi = spec.range
+    if (lo, hi) != (0.0, 255.0):
+        x = x / 255 * (hi - lo) + lo
+    channels = x.shape[1]
+    mean = torch.tensor(spec.mean[:channels], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std[:channels], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+        x = (x - mean) / std
+    return x
+
+
+def _pad(x: torch.Tensor, spec: InputSpec, width: int) -> torch.Tensor:
+    """Right-pad [N, C, H, w] (graph units) to ``width`` columns of the spec's pad pixel."""
+    if x.shape[-1] >= width:
+        return x
+    fill = torch.full((1, x.shape[1], 1, 1), spec.pad * 255, dtype=x.dtype, device=x.device)
+    fill = _to_units(fill, spec).expand(x.shape[0], -1, x.shape[2], width - x.shape[-1])
+    return torch.cat([x, fill], -1)
+
+
+class TextPreprocess(nn.Module):
+    """Tiles [N, 3, h, w] in [0, 1] -> the graph's input [N, C, H, W], in torch with gradients:
+    resize as PIL (``antialias``) or OpenCV would, 8-bit rounding after each step where the
+    package works on 8-bit images (``quantize``, straight through), grey or BGR, units, pad."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
+        resized, padded = input_width(s, *images.shape[-2:])
+        x = images.float() * 255
+        if s.quantize:  # the delivered file is 8-bit
+            x = resample.clip8(resample._ste_round(x))
+        x = resample.resize(x, (s.size[0], resized), s.resize, pil=s.antialias,
+                            quantize=s.quantize)
+        if s.channels == "GREY":
+            x = resample.grey(x, pil=s.antialias, quantize=s.quantize)
+        elif s.channels == "BGR":
+            x = x.flip(1)
+        return _pad(_to_units(x, s), s, padded).contiguous()
+
+
+def reference_input(images: torch.Tensor, spec: InputSpec) -> np.ndarray:
+    """The same as :class:`TextPreprocess`, by the library itself on each 8-bit image (PIL's
+    ``Image.resize`` / ``convert("L")`` or ``cv2.resize`` / ``cvtColor``): float32
+    [N, C, H, W], what the package feeds its graph."""
+    if not spec.quantize:  # the package resizes float images: the torch path is the reference
+        with torch.no_grad():
+            return TextPreprocess(spec)(images.detach().cpu()).numpy()
+    resized, padded = input_width(spec, *images.shape[-2:])
+    pixels = torch.floor(images.detach().float().cpu() * 255 + 0.5).clamp(0, 255)
+    out = []
+    for rgb in pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy():
+        r = resample.library_resize(np.ascontiguousarray(rgb), (spec.size[0], resized),
+                                    spec.resize, pil=spec.antialias)
+        if spec.channels == "GREY":
+            arr = resample.library_grey(r, pil=spec.antialias)[None]
+        else:
+            arr = (r[..., ::-1] if spec.channels == "BGR" else r).transpose(2, 0, 1)
+        out.append(np.ascontiguousarray(arr).astype(np.float32))
+    x = _pad(_to_units(torch.from_numpy(np.stack(out)), spec), spec, padded)
+    return x.numpy().astype(np.float32)
 
 
 # --- the CTC head: from the graph's answer to the package's per-step scores ---------------------
@@ -78,7 +142,7 @@ class TextModel(nn.Module):
         self.head = solver.head
         self.preprocess = TextPreprocess(solver.spec.input)
         self.graph = solver.torch_graph()
-        self.from_probabilities = solver.torch_scores == "softmax"
+        self.from_probabilities = solver.torch_kind == "softmax"
         self.eval().requires_grad_(False)
         # a graph declared for one image at a time: batched where it answers each sample as
         # alone anyway, else each sample sees a batch of one (see convert.batching)
@@ -94,10 +158,7 @@ class TextModel(nn.Module):
         return each_alone(self._answer, self.preprocess(images), how=self.alone)
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
-        return self._steps(self.graph(x))
-
-    def _steps(self, raw: torch.Tensor) -> torch.Tensor:
-        z = _steps(raw.float(), self.head)
+        z = _steps(self.graph(x).float(), self.head)
         if self.from_probabilities:  # a softmax that could not be cut off: its log
             z = z.clamp_min(1e-30).log()
         return _pin(z, self.head, NEVER)
@@ -142,86 +203,34 @@ class TextVerifier:
 # --- the solver as loaded from its spec ----------------------------------------------------------
 
 
-class TextSolver:
-    """A loaded ctc spec and its graph. The torch conversion is made (and checked against
-    onnxruntime) on first use; a graph that cannot be converted still verifies."""
+class TextSolver(GraphSolver):
+    """A loaded ctc spec and its graph, read as the package reads it."""
 
     def __init__(self, spec: SolverSpec, *, name: str | None = None) -> None:
         if spec.output.ctc is None:
             raise SolverSpecError("output.kind: a TextSolver needs a \"ctc\" output")
-        self.spec, self.head = spec, spec.output.ctc
-        self.name = name or spec.name or (f"onnx:{spec.path.name}" if spec.path else "onnx")
-        self.charset = Charset.of(self.head, self.name)
+        self.head = spec.output.ctc
         self.tolerance = spec.tolerance or Tolerance()
         self.never_fill = NEVER if self.head.scores == "logits" else 0.0
-        self._sessions: dict[bool, object] = {}
-        self._torch: ConvertedGraph | None = None
-        self._torch_error: Exception | None = None
-        self.torch_scores = self.head.scores  # what the converted graph gives
-        self.parity: SequenceParity | None = None
-        self._lock = threading.RLock()  # the parity check builds a TextModel
-        try:
-            self._load()
-        except SolverSpecError as e:
-            if spec.path and not str(e).startswith(str(spec.path)):
-                raise SolverSpecError(f"{spec.path}: {e}") from e
-            raise
+        super().__init__(spec, name=name)
+        self.charset = Charset.of(self.head, self.name)
 
-    def __repr__(self) -> str:
-        return f"TextSolver({self.name!r}, {self.spec.model.name})"
+    @property
+    def kind(self) -> str:
+        return self.head.scores
+
+    @property
+    def per_sample(self) -> bool:
+        """Each image runs alone: per-tensor quantisation ranges, or a batch of one."""
+        return self.quantised or self.fixed_batch == 1
 
     # --- the graph -----------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _read_io(self) -> None:
         from .quant_ops import is_dynamically_quantised
 
-        spec = self.spec
-        self.model = load_graph(spec.model)
-        self.io = graph_io(self.model)
-        self.input_info = self._input()
-        outputs = [o.name for o in self.io.outputs]
-        self.output = spec.output.name or outputs[0]
-        # the tensor read (its declared type; an inner tensor's shape is not declared)
-        self.output_info = next((o for o in self.io.outputs if o.name == self.output),
-                                TensorInfo(self.output, "float32", None))
-        if self.output not in outputs:
-            try:  # an inner tensor (the logits before an ArgMax or a decoder): cut there
-                self.runnable = only_output(self.model, self.output)
-            except ValueError as e:
-                raise SolverSpecError(f"output.name: the graph has no tensor {self.output!r}; "
-                                      f"its outputs are {', '.join(outputs)}") from e
-        else:
-            self.runnable = self.model
-        shape = self.input_info.shape
-        self.fixed_batch = shape[0] if shape and isinstance(shape[0], int) else None
-        self.quantised = is_dynamically_quantised(self.model)
-        # per-tensor quantisation ranges (or a batch of one): each image runs alone
-        self.per_sample = self.quantised or self.fixed_batch == 1
-        self._probe()
-
-    def _input(self):
-        spec, io = self.spec.input, self.io
-        names = ", ".join(t.describe() for t in io.inputs)
-        if spec.name is not None:
-            match = [t for t in io.inputs if t.name == spec.name]
-            if not match:
-                raise SolverSpecError(f"input.name: the graph has no input {spec.name!r}; its "
-                                      f"inputs are {names}")
-            inp = match[0]
-        elif len(io.inputs) == 1:
-            inp = io.inputs[0]
-        else:
-            raise SolverSpecError(f"input.name: the graph has {len(io.inputs)} inputs "
-                                  f"({names}); name the image input")
-        if len(io.inputs) > 1:
-            raise SolverSpecError(f"input.name: the graph needs inputs besides the image "
-                                  f"({names}); advx feeds only the image")
-        if inp.dtype != "float32":
-            raise SolverSpecError(f"input.dtype: graph input {inp.describe()} is not float32")
+        spec, inp = self.spec.input, image_input(self.spec, self.io)
         if inp.shape is not None:
-            if len(inp.shape) != 4:
-                raise SolverSpecError(f"input.name: graph input {inp.describe()} is not a 4-d "
-                                      f"image batch")
             want = 1 if spec.channels == "GREY" else 3
             if isinstance(inp.shape[1], int) and inp.shape[1] != want:
                 raise SolverSpecError(
@@ -235,25 +244,30 @@ class TextSolver:
             if isinstance(w, int) and spec.size[1] != w:
                 raise SolverSpecError(f"input.size: graph input {inp.describe()} takes width "
                                       f"{w}; the spec says {spec.size[1]}")
-        return inp
+        self.input_info = inp
+        outputs = [o.name for o in self.io.outputs]
+        self.output = self.spec.output.name or outputs[0]
+        # the tensor read (its declared type; an inner tensor's shape is not declared)
+        self.output_info = next((o for o in self.io.outputs if o.name == self.output),
+                                TensorInfo(self.output, "float32", None))
+        if self.output not in outputs:
+            try:  # an inner tensor (the logits before an ArgMax or a decoder): cut there
+                self.runnable = only_output(self.model, self.output)
+            except ValueError as e:
+                raise SolverSpecError(f"output.name: the graph has no tensor {self.output!r}; "
+                                      f"its outputs are {', '.join(outputs)}") from e
+        self.quantised = is_dynamically_quantised(self.model)
 
     def probe_images(self, n: int = 2, seed: int = 0) -> torch.Tensor:
         """Deterministic test tiles at the solver's size (a 8:3 tile for a free width)."""
         h, w = self.spec.input.size
-        h_tile = h if w is not None else 60
-        w_tile = w if w is not None else 160
-        return parity_images(n, h_tile, w_tile, generator=torch.Generator().manual_seed(seed))
+        return parity_images(n, h if w is not None else 60, w if w is not None else 160,
+                             generator=torch.Generator().manual_seed(seed))
 
     def _probe(self) -> None:
-        """Run the graph once: does it load, and is its answer a CTC head of the charset?"""
+        """Is the graph's answer a CTC head of the charset?"""
         x = reference_input(self.probe_images(1), self.spec.input)
-        try:
-            raw = self.run_graph(self.session(), x)
-        except SolverSpecError:
-            raise
-        except Exception as e:
-            raise SolverSpecError(f"model: {self.spec.model} fails on an input of shape "
-                                  f"{list(x.shape)}: {str(e)[:300]}") from e
+        raw = self.first_answer(x, f"an input of shape {list(x.shape)}")
         shape, head = list(raw.shape), self.head
         if raw.ndim != 3:
             raise SolverSpecError(f"output.name: output {self.output!r} has shape {shape}; a "
@@ -279,26 +293,6 @@ class TextSolver:
                                       f"sum to 1 over the classes, but output {self.output!r} "
                                       f"does not; use \"logits\"")
 
-    # --- onnxruntime ---------------------------------------------------------------------------
-
-    def session(self, cuda: bool = False):
-        if cuda not in self._sessions:
-            from ..onnx.runtime import available_providers
-
-            use_cuda = cuda and "CUDAExecutionProvider" in available_providers()
-            try:
-                if self.runnable is self.model:
-                    self._sessions[cuda] = make_session(self.spec.model, "fp32", cuda=use_cuda)
-                else:
-                    with tempfile.TemporaryDirectory() as d:
-                        cut = Path(d) / "cut.onnx"
-                        cut.write_bytes(self.runnable.SerializeToString())
-                        self._sessions[cuda] = make_session(cut, "fp32", cuda=use_cuda)
-            except Exception as e:
-                raise SolverSpecError(f"model: onnxruntime cannot load {self.spec.model}: "
-                                      f"{str(e)[:300]}") from e
-        return self._sessions[cuda]
-
     def run_graph(self, session, x: np.ndarray) -> np.ndarray:
         """The graph's answer on preprocessed inputs (a batch of one where it must be)."""
         axis = 1 if self.head.layout == "TNC" else 0
@@ -311,38 +305,12 @@ class TextSolver:
 
     # --- torch ---------------------------------------------------------------------------------
 
-    def torch_graph(self) -> ConvertedGraph:
-        """The converted graph (raises ConversionError / SolverParityError if there is none)."""
-        with self._lock:
-            if self._torch is None and self._torch_error is None:
-                try:
-                    self._torch = self._convert()
-                except (ConversionError, SolverParityError) as e:
-                    self._torch_error = e
-            if self._torch_error is not None:
-                raise self._torch_error
-            return self._torch
-
-    def _convert(self) -> ConvertedGraph:
+    def _parity_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         images = self.probe_images(2, seed=1)
-        probe = TextPreprocess(self.spec.input)(images[:1])
-        if self.head.scores == "softmax":
-            stripped = strip_activation(self.model, self.output, "Softmax")
-            if stripped is not None:
-                try:
-                    graph = convert(stripped, self.output, probe)
-                    self._torch, self.torch_scores = graph, "logits"
-                    self.parity = self._parity(images)
-                    return graph
-                except (ConversionError, SolverParityError) as e:
-                    log.debug("%s: logits behind the softmax not usable (%s)", self.name, e)
-                    self._torch, self.torch_scores = None, "softmax"
-        graph = convert(self.model, self.output, probe)
-        self._torch = graph
-        self.parity = self._parity(images)
-        return graph
+        return images, TextPreprocess(self.spec.input)(images[:1])
 
     def _parity(self, images: torch.Tensor) -> SequenceParity:
+        """The same strings, scores within the spec's tolerance."""
         model = TextModel(self)
         if self.per_sample:  # exactly as the package runs it
             model.alone = "loop"
@@ -363,12 +331,6 @@ class TextSolver:
 
     def verifier(self, labels=None, *, device: str = "cpu") -> TextVerifier:
         return TextVerifier(self, device=device)
-
-    def check_parity(self, images: torch.Tensor) -> SequenceParity:
-        """Torch against onnxruntime on real tiles ([N, 3, H, W] in [0, 1], one size): the same
-        strings, scores within the spec's tolerance (raises SolverParityError otherwise)."""
-        self.torch_graph()
-        return self._parity(images.float().cpu())
 
 
 __all__ = ["NEVER", "TextModel", "TextPreprocess", "TextSolver", "TextVerifier", "read_steps",

@@ -1,7 +1,6 @@
 """Sequence (text) solvers in the solver spec: a CTC head and the inputs OCR packages take.
 
-A spec whose ``output.kind`` is ``"ctc"`` describes an OCR solver (schema v1; every other spec
-reads as before)::
+A spec whose ``output.kind`` is ``"ctc"`` describes an OCR solver (schema v1)::
 
     {
       "model": "common_old.onnx",
@@ -59,13 +58,14 @@ from typing import Any
 
 from ..onnx.spec import Tolerance
 from .spec import (
-    SCHEMA_VERSION,
     InputSpec,
     OutputSpec,
     SolverSpec,
     SolverSpecError,
     _Reader,
     read_header,
+    read_size,
+    read_units,
     register_spec_kind,
     spec_kind,
 )
@@ -137,26 +137,13 @@ def parse_text_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
 
 
 def _input(ir: _Reader) -> InputSpec:
-    if not ir.has("size"):
-        raise ir.error("input.size", "missing: [height, width] of the graph's image input, or "
-                                     "[height, null] to keep the aspect ratio")
-    size = ir.get("size")
-    ok = (isinstance(size, list) and len(size) == 2
-          and all(isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 4096
-                  for s in size if s is not None) and size[0] is not None)
-    if not ok:
-        raise ir.error("input.size", f"must be [height, width] in pixels (8..4096), or "
-                                     f"[height, null] to keep the aspect ratio; got {size!r}")
+    size = read_size(ir, free_width=True)
     free = size[1] is None
     layout = ir.string("layout", "NCHW", ("NCHW",), case="upper")
     dtype = ir.string("dtype", "float32", ("float32",), case="lower")
     channels = ir.string("channels", "RGB", (*TEXT_CHANNELS, "GRAY", "L"), case="upper")
     channels = "GREY" if channels in _GREY_NAMES else channels
-    rng = ir.numbers("range", (0.0, 1.0), 2)
-    if rng[1] <= rng[0]:
-        raise ir.error("input.range", f"must be [low, high] with low < high, got {list(rng)}")
-    mean = ir.numbers("mean", (0.0, 0.0, 0.0), 3)
-    std = ir.numbers("std", (1.0, 1.0, 1.0), 3, positive=True)
+    rng, mean, std = read_units(ir)
     if channels == "GREY" and (len(set(mean)) > 1 or len(set(std)) > 1):
         raise ir.error("input.mean", f"a GREY input has one channel: give one mean and one "
                                      f"std, got mean {list(mean)}, std {list(std)}")
@@ -172,7 +159,7 @@ def _input(ir: _Reader) -> InputSpec:
         key = "width_rounding" if ir.has("width_rounding") else "min_width"
         raise ir.error(f"input.{key}", "only for a free width: \"size\": [height, null]")
     return InputSpec(
-        name=ir.string("name"), size=(int(size[0]), None if free else int(size[1])),
+        name=ir.string("name"), size=size,
         layout=layout, dtype=dtype, range=rng, mean=mean, std=std, channels=channels,
         resize=resize, antialias=antialias, fit="height" if free else "squash",
         pad=ir.number("pad", 0.0, 0.0, 1.0), quantize=ir.boolean("quantize", False),
@@ -237,8 +224,8 @@ def _read_charset(file: Path, orr: _Reader, where: str) -> list[str]:
 
 
 def text_spec_dict(spec: SolverSpec) -> dict[str, Any]:
-    """The JSON form of a parsed ctc spec (``parse_spec`` reads it back to an equal spec)."""
-    i, o, head = spec.input, spec.output, spec.output.ctc
+    """The sections of a parsed ctc spec (:meth:`SolverSpec.to_dict` adds the rest)."""
+    i, o, head, t = spec.input, spec.output, spec.output.ctc, spec.tolerance
     assert head is not None
     inp: dict[str, Any] = {"name": i.name, "size": list(i.size), "layout": i.layout,
                            "dtype": i.dtype, "range": list(i.range), "mean": list(i.mean),
@@ -247,22 +234,15 @@ def text_spec_dict(spec: SolverSpec) -> dict[str, Any]:
     if i.size[1] is None:
         inp.update(width_rounding=i.width_rounding, min_width=i.min_width)
     d: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "model": spec.model.name if spec.path and spec.model.parent == spec.path.parent
-        else str(spec.model),
         "input": inp,
         "output": {"name": o.name, "kind": "ctc", "layout": head.layout, "blank": head.blank,
                    "charset": head.charset_file or list(head.charset), "case": head.case,
                    "never_emit": list(head.never_emit),
                    "ignore_last_steps": head.ignore_last_steps, "scores": head.scores},
     }
-    if spec.tolerance is not None:
-        t = spec.tolerance
+    if t is not None:
         d["tolerance"] = {"atol": t.atol, "rtol": t.rtol,
-                          **({"margin": t.decisive_gap} if t.decisive_gap is not None
-                             else {})}
-    if spec.name:
-        d["name"] = spec.name
+                          **({"margin": t.decisive_gap} if t.decisive_gap is not None else {})}
     return d
 
 

@@ -17,53 +17,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .graph import _MOVERS, GraphIO, TensorInfo
+from .graph import GraphIO, probe_output, producer_chain
 
 _CHARSET_NAMES = ("char", "key", "vocab", "alphabet", "dict", "symbol", "token")
 _BLANKS = ("", "blank", "<blank>", "[blank]", "-", "_", "<pad>", "~")
 
 
-def _producer(model, name: str):
-    return next((n for n in model.graph.node if name in n.output), None)
-
-
 def _scores_tensor(model, output: str) -> tuple[str, str | None]:
     """The tensor holding the scores behind ``output`` and what it ends in (ArgMax, Softmax,
     or None for scores as they are)."""
-    name = output
-    for _ in range(8):
-        node = _producer(model, name)
-        if node is None:
-            return output, None
-        if node.op_type == "ArgMax":
-            return node.input[0], "ArgMax"
-        if node.op_type == "Softmax":
-            return output, "Softmax"
-        if node.op_type not in _MOVERS:
-            return output, None
-        name = node.input[0]
-    return output, None
+    chain = producer_chain(model, output)
+    op = chain[-1].op_type if chain else None
+    if op == "ArgMax":
+        return chain[-1].input[0], "ArgMax"
+    return output, "Softmax" if op == "Softmax" else None
 
 
-def _run(model, inp: TensorInfo, tensor: str, shape: list[int]) -> np.ndarray | None:
-    import tempfile
-
-    from ..onnx.runtime import make_session
-    from .convert import only_output
-
+def relative_to(model_path: Path, spec_path: Path) -> str:
+    """The spec's ``model``: the graph's path relative to the spec's folder where it can be."""
     try:
-        graph = model if any(o.name == tensor for o in model.graph.output) else only_output(
-            model, tensor)
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "probe.onnx"
-            path.write_bytes(graph.SerializeToString())
-            session = make_session(path, "fp32")
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        return np.asarray(session.run([tensor], {inp.name: x})[0])
-    except Exception:
-        return None
+        return model_path.relative_to(spec_path.parent).as_posix()
+    except ValueError:
+        return str(model_path)
 
 
 def _charset_files(model_path: Path, classes: int, exclude: Path | None) -> tuple[list, str] | None:
@@ -119,7 +94,7 @@ def text_template(model, io: GraphIO, model_path: Path, spec_path: Path
     batch = n if isinstance(n, int) else 2
     out = io.outputs[0]
     tensor, ending = _scores_tensor(model, out.name)
-    raw = _run(model, inp, tensor, [batch, channels, height, width])
+    raw = probe_output(model, model_path, inp, tensor, [batch, channels, height, width])
     if raw is None or raw.ndim != 3:
         return None
     if raw.shape[1] == batch and raw.shape[0] != batch:
@@ -131,7 +106,7 @@ def text_template(model, io: GraphIO, model_path: Path, spec_path: Path
     classes = int(raw.shape[2])
     grew = False
     if free:
-        wide = _run(model, inp, tensor, [batch, channels, height, 2 * width])
+        wide = probe_output(model, model_path, inp, tensor, [batch, channels, height, 2 * width])
         t_axis = 0 if layout == "TNC" else 1
         grew = wide is not None and wide.ndim == 3 and wide.shape[t_axis] > raw.shape[t_axis]
     found = _charset_files(model_path, classes, spec_path)
@@ -176,13 +151,9 @@ def text_template(model, io: GraphIO, model_path: Path, spec_path: Path
     notes.append(f"input: {'GREY' if channels == 1 else 'RGB'}, range [0, 1], bilinear with "
                  f"antialias (PIL) on 8-bit images (quantize) were guessed: check the "
                  f"package's preprocessing (BGR? 0-255? mean / std? OpenCV: antialias false)")
-    try:
-        rel = model_path.relative_to(spec_path.parent).as_posix()
-    except ValueError:
-        rel = str(model_path)
     spec = {
         "schema": 1,
-        "model": rel,
+        "model": relative_to(model_path, spec_path),
         "input": {"name": inp.name, "size": size, "layout": "NCHW", "dtype": "float32",
                   "range": [0, 1], "mean": [0.0] * 3, "std": [1.0] * 3,
                   "channels": "GREY" if channels == 1 else "RGB", "resize": "bilinear",

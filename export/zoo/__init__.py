@@ -1,8 +1,7 @@
 """The model zoo: one registry, one interface (images in [0, 1] -> label logits).
 
-:mod:`.registry` holds the name grammar and the register decorators and imports no builder;
-:mod:`.backends` registers the builders with them. This package imports the backends module,
-here and nowhere else: importing any ``advx.export.zoo.*`` module runs this file first, so every
+This package imports :mod:`.backends` (which registers the builders with :mod:`.registry`), here
+and nowhere else: importing any ``advx.export.zoo.*`` module runs this file first, so every
 lookup sees every backend whatever the order of imports.
 """
 
@@ -10,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..defaults import DEFAULT_TEMPLATES
 from ..solver import Solver, SolverClassifier, SolverVerifier
-
-# The one import of the builders (it imports the registry itself and runs its decorators, once),
-# and of the built-in text (OCR) solvers' entries.
-from . import backends, ocr  # noqa: F401
+from . import backends, detectors, ocr  # noqa: F401  (they register the builders and entries)
 from .labels import (
     CAPTCHA_LABEL_MAP,
     LabelMap,
@@ -23,32 +20,23 @@ from .labels import (
     class_sets,
     load_label_map,
 )
-from .model import (
-    Backbone,
-    ClassifierCore,
-    ClassSetHead,
-    ImageClassifier,
-    PreprocessCfg,
-    ZeroShotHead,
-)
+from .model import ClassSetHead, ImageClassifier, ZeroShotHead
 from .registry import (
     GRAMMAR,
     ModelNameError,
-    ModelRef,
     ModelUnavailableError,
     build_backbone,
     list_backends,
     list_entries,
     parse_name,
 )
-from .zeroshot import DEFAULT_TEMPLATES, TEMPLATE_SETS, label_embeddings
+from .zeroshot import label_embeddings
 
 __all__ = [
-    "CAPTCHA_LABEL_MAP", "DEFAULT_TEMPLATES", "GRAMMAR", "TEMPLATE_SETS", "Backbone",
-    "ClassifierCore", "ImageClassifier", "LabelMap", "LabelMapError", "ModelNameError",
-    "ModelRef", "ModelUnavailableError", "PreprocessCfg", "binary_label_set",
+    "CAPTCHA_LABEL_MAP", "DEFAULT_TEMPLATES", "GRAMMAR", "ImageClassifier", "LabelMap",
+    "LabelMapError", "ModelNameError", "ModelUnavailableError", "binary_label_set",
     "create_classifier", "create_verifier", "is_solver_name", "list_backends", "list_entries",
-    "load_label_map", "model_task", "parse_name",
+    "load_label_map", "parse_name",
 ]
 
 
@@ -77,28 +65,6 @@ def create_classifier(name: str, labels: Sequence[str], *, templates: str = DEFA
         head = ClassSetHead(class_sets(labels, label_map), num_classes=1000)
         used_templates = None
     return ImageClassifier(backbone, labels, head, used_templates).to(device)
-
-
-def model_task(name: str) -> str:
-    """What model ``name`` reads: "text" (an OCR solver: a built-in such as ``ddddocr``, or an
-    ``onnx:`` spec with a ``ctc`` output) or "image" (labels). Reads a spec file, loads no
-    graph."""
-    import json
-    from pathlib import Path
-
-    from ..solver.text_spec import is_text_spec
-    from .registry import _ENTRIES
-
-    ref = parse_name(name)
-    if ref.backend == "alias":
-        return _ENTRIES[ref.arch].task
-    if ref.backend == "onnx":
-        try:
-            data = json.loads(Path(ref.arch).expanduser().read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return "image"  # loading it reports what is wrong
-        return "text" if is_text_spec(data) else "image"
-    return "image"
 
 
 def is_solver_name(name: str) -> bool:

@@ -1,8 +1,5 @@
-"""Backend builders: open_clip, Hugging Face transformers, timm, and the offline EfficientNet-Lite.
-
-Each builder turns a :class:`ModelRef` into a :class:`Backbone` and is registered with the
-decorators of :mod:`.registry` (which imports nothing from here). The package imports this module
-once, when ``advx.export.zoo`` is imported; registering a name twice fails.
+"""Backend builders (open_clip, Hugging Face transformers, timm, the offline EfficientNet-Lite):
+each turns a :class:`ModelRef` into a :class:`Backbone`, registered with :mod:`.registry`.
 
 Weights load safely: safetensors or ``torch.load(weights_only=True)``; the one legacy pickle
 (EfficientNet-Lite2) is unpickled only after its full sha256 matches the published value.
@@ -27,9 +24,6 @@ from .registry import (
     register_backend,
     register_entry,
 )
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -67,6 +61,29 @@ def _unavailable(name: str, err: Exception, local_hint: str) -> ModelUnavailable
     )
 
 
+def _create(ref: ModelRef, create, local_hint: str) -> nn.Module:
+    """``create(pretrained: bool)`` with a local checkpoint, random init (weights ``none``, for
+    tests and speed runs) or the fetched pretrained weights."""
+    local = ref.local_path
+    if local is None and ref.weights != "none":
+        try:
+            return create(True)
+        except Exception as e:
+            raise _unavailable(ref.name, e, local_hint) from e
+    model = create(False)
+    if local is not None:
+        model.load_state_dict(load_state_dict(local), strict=True)
+    return model
+
+
+def _zero_shot(name: str, model: nn.Module, visual: nn.Module, preprocess: PreprocessCfg,
+               encode_text) -> Backbone:
+    bias = getattr(model, "logit_bias", None)
+    return Backbone(name=name, visual=visual, preprocess=preprocess, kind="zero_shot",
+                    encode_text=encode_text, logit_scale=float(model.logit_scale.detach().exp()),
+                    logit_bias=None if bias is None else float(bias.detach()))
+
+
 # --- open_clip -------------------------------------------------------------------------------
 
 
@@ -81,25 +98,15 @@ def build_open_clip(ref: ModelRef, device: str) -> Backbone:
             f"`advx models --all` lists open_clip's architectures and pretrained tags."
         )
     tags = open_clip.list_pretrained_tags_by_model(arch)
-    local = ref.local_path
-    if ref.weights is None or (local is None and ref.weights != "none" and ref.weights not in tags):
+    if ref.weights is None or (ref.local_path is None and ref.weights != "none"
+                               and ref.weights not in tags):
         raise ModelNameError(
             f"open_clip:{arch} needs weights: open_clip:{arch}/TAG with TAG one of {tags}, "
             f"a local checkpoint path, or 'none' for random init"
         )
-    if local is not None:
-        model = open_clip.create_model(arch, pretrained=None, device="cpu")
-        model.load_state_dict(load_state_dict(local), strict=True)
-    elif ref.weights == "none":  # random init, for tests and speed runs
-        model = open_clip.create_model(arch, pretrained=None, device="cpu")
-    else:
-        try:
-            model = open_clip.create_model(arch, pretrained=ref.weights, device="cpu")
-        except Exception as e:
-            raise _unavailable(
-                ref.name, e, f"open_clip:{arch}/path/to/open_clip_model.safetensors"
-            ) from e
-    model = model.eval().to(device)
+    model = _create(ref, lambda pretrained: open_clip.create_model(
+        arch, pretrained=ref.weights if pretrained else None, device="cpu"),
+        f"open_clip:{arch}/path/to/open_clip_model.safetensors").eval().to(device)
     tokenizer = open_clip.get_tokenizer(arch)
     pcfg = model.visual.preprocess_cfg
     size = pcfg["size"]
@@ -109,19 +116,10 @@ def build_open_clip(ref: ModelRef, device: str) -> Backbone:
         with torch.no_grad():
             return model.encode_text(tokenizer(prompts).to(device))
 
-    bias = getattr(model, "logit_bias", None)
-    return Backbone(
-        name=ref.name,
-        visual=model.visual,
-        preprocess=PreprocessCfg(
-            size=int(size), mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]),
-            interpolation="bilinear" if pcfg.get("interpolation") == "bilinear" else "bicubic",
-        ),
-        kind="zero_shot",
-        encode_text=encode_text,
-        logit_scale=float(model.logit_scale.detach().exp()),
-        logit_bias=None if bias is None else float(bias.detach()),
-    )
+    return _zero_shot(ref.name, model, model.visual, PreprocessCfg(
+        size=int(size), mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]),
+        interpolation="bilinear" if pcfg.get("interpolation") == "bilinear" else "bicubic",
+    ), encode_text)
 
 
 # --- Hugging Face transformers (CLIP, SigLIP, MetaCLIP) ------------------------------------
@@ -173,20 +171,11 @@ def build_hf(ref: ModelRef, device: str) -> Backbone:
     crop = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
     size = int(crop.get("height") or crop.get("shortest_edge"))
     short = processor.size.get("shortest_edge", size)
-    bias = getattr(model, "logit_bias", None)
-    return Backbone(
-        name=ref.name,
-        visual=HFImageTower(model),
-        preprocess=PreprocessCfg(
-            size=size, mean=tuple(processor.image_mean), std=tuple(processor.image_std),
-            interpolation="bicubic" if int(processor.resample) == 3 else "bilinear",
-            crop_pct=min(1.0, size / short),
-        ),
-        kind="zero_shot",
-        encode_text=encode_text,
-        logit_scale=float(model.logit_scale.detach().exp()),
-        logit_bias=None if bias is None else float(bias.detach()),
-    )
+    return _zero_shot(ref.name, model, HFImageTower(model), PreprocessCfg(
+        size=size, mean=tuple(processor.image_mean), std=tuple(processor.image_std),
+        interpolation="bicubic" if int(processor.resample) == 3 else "bilinear",
+        crop_pct=min(1.0, size / short),
+    ), encode_text)
 
 
 # --- timm ImageNet-1k classifiers ------------------------------------------------------------
@@ -216,16 +205,8 @@ def build_timm(ref: ModelRef, device: str) -> Backbone:
     arch = ref.arch.split(".")[0]
     if not timm.is_model(arch):
         raise ModelNameError(f"unknown timm model {arch!r}.{_suggest(arch, timm.list_models())}")
-    local = ref.local_path
-    if local is not None or ref.weights == "none":
-        model = timm.create_model(ref.arch, pretrained=False)
-        if local is not None:
-            model.load_state_dict(load_state_dict(local), strict=True)
-    else:
-        try:
-            model = timm.create_model(ref.arch, pretrained=True)
-        except Exception as e:
-            raise _unavailable(ref.name, e, f"timm:{ref.arch}/path/to/model.safetensors") from e
+    model = _create(ref, lambda pretrained: timm.create_model(ref.arch, pretrained=pretrained),
+                    f"timm:{ref.arch}/path/to/model.safetensors")
     return _timm_backbone(ref.name, model.to(device))
 
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-# label -> ImageNet classes, by the class's first name in timm's ImageNetInfo descriptions,
-# or an inclusive index range "first..last" for the large families (dog breeds, birds).
+# label -> ImageNet classes, each a name of one class in timm's ImageNetInfo descriptions or an
+# inclusive index range "first..last" for the large families (dog breeds, birds).
 # It covers reCAPTCHA's labels where ImageNet has them, hCaptcha's animals and objects, and the
 # common scene words (person, flower, building); see UNEXPRESSIBLE for what ImageNet lacks.
 CAPTCHA_LABEL_MAP: dict[str, tuple[str, ...]] = {
@@ -125,9 +125,6 @@ UNEXPRESSIBLE: frozenset[str] = frozenset({
     "seaplane", "helicopter", "skyscraper", "windmill", "sky", "grass", "water",
 })
 
-# Negatives for the binary challenge mode ("does the image contain X?").
-DEFAULT_NEGATIVES: tuple[str, ...] = tuple(CAPTCHA_LABEL_MAP)
-
 LabelMap = dict[str, tuple[int, ...]]  # label -> ImageNet class indices (resolved)
 
 
@@ -147,27 +144,8 @@ def _synonyms(desc: str) -> list[str]:
     return [s.strip().lower() for s in desc.split(",")]
 
 
-def _resolve_class(name: str) -> list[int]:
-    if m := re.fullmatch(r"(\d+)\.\.(\d+)", name):
-        return list(range(int(m[1]), int(m[2]) + 1))
-    descs = imagenet_descriptions()
-    key = name.lower()
-    first = [i for i, d in enumerate(descs) if _synonyms(d)[0] == key]
-    if first:
-        return first[:1]
-    raise LabelMapError(f"label map names unknown ImageNet class {name!r}")
-
-
 def _key(label: str) -> str:
     return " ".join(label.strip().lower().replace("_", " ").split())
-
-
-def _unexpressible(label: str) -> LabelMapError:
-    return LabelMapError(
-        f"ImageNet has no class for {label!r}: ImageNet classifiers (effnet-lite*, timm:...) "
-        f"cannot answer it. Use a solver that knows it, as a solver spec (onnx:SPEC.json, "
-        f"see `advx solver init`), or a zero-shot model (open_clip:..., hf:...) that reads "
-        f"any text; or map it yourself with --label-map FILE.")
 
 
 def imagenet_classes(label: str, label_map: LabelMap | None = None) -> tuple[int, ...]:
@@ -179,9 +157,14 @@ def imagenet_classes(label: str, label_map: LabelMap | None = None) -> tuple[int
                 return tuple(classes)
     key = LABEL_SYNONYMS.get(key, key)
     if key in CAPTCHA_LABEL_MAP:
-        return tuple(sorted({i for n in CAPTCHA_LABEL_MAP[key] for i in _resolve_class(n)}))
+        return tuple(sorted({i for n in CAPTCHA_LABEL_MAP[key]
+                             for i in resolve_imagenet_class(n, "CAPTCHA_LABEL_MAP")}))
     if key in UNEXPRESSIBLE:
-        raise _unexpressible(label)
+        raise LabelMapError(
+            f"ImageNet has no class for {label!r}: ImageNet classifiers (effnet-lite*, timm:...) "
+            f"cannot answer it. Use a solver that knows it, as a solver spec (onnx:SPEC.json, "
+            f"see `advx solver init`), or a zero-shot model (open_clip:..., hf:...) that reads "
+            f"any text; or map it yourself with --label-map FILE.")
     descs = imagenet_descriptions()
     exact = [i for i, d in enumerate(descs) if key in _synonyms(d)]
     if exact:
@@ -209,9 +192,8 @@ def class_sets(labels: Sequence[str], label_map: LabelMap | None = None
 def resolve_imagenet_class(entry: str | int, where: str) -> list[int]:
     """One entry of a user label map: an index, "first..last", or a class name (any of its
     synonyms, case-insensitive); an ambiguous name is an error listing the candidates."""
-    if isinstance(entry, bool):
-        raise LabelMapError(f"{where}: {entry!r} is not an ImageNet class name or index")
-    if isinstance(entry, int) or (isinstance(entry, str) and entry.strip().isdigit()):
+    if ((isinstance(entry, int) and not isinstance(entry, bool))
+            or (isinstance(entry, str) and entry.strip().isdigit())):
         i = int(entry)
         if not 0 <= i < 1000:
             raise LabelMapError(f"{where}: ImageNet class index {i} is outside 0..999")
@@ -263,7 +245,6 @@ def parse_label_map(data: object, source: str = "label map") -> LabelMap:
 
 
 def load_label_map(source: str | Path | Mapping | None) -> LabelMap | None:
-    """A label map from a JSON file, a dict, or None."""
     if source is None:
         return None
     if isinstance(source, Mapping):
@@ -280,11 +261,10 @@ def load_label_map(source: str | Path | Mapping | None) -> LabelMap | None:
 
 def binary_label_set(target: str, negatives: Sequence[str] | None = None,
                      label_map: LabelMap | None = None) -> tuple[str, ...]:
-    """Label set of a binary challenge: index 0 is the target, the rest are the negatives.
-
-    A solver answers "yes, the image contains X" when label 0 wins.
-    """
-    negs = DEFAULT_NEGATIVES if negatives is None else tuple(negatives)
+    """Label set of a binary challenge: index 0 is the target, the rest are the negatives (by
+    default the CAPTCHA label map's labels); a solver answers "yes, the image contains X" when
+    label 0 wins."""
+    negs = tuple(CAPTCHA_LABEL_MAP if negatives is None else negatives)
     negs = tuple(n for n in negs if _key(n) != _key(target)
                  and not _overlaps(n, target, label_map))
     if not negs:

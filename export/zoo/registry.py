@@ -1,12 +1,7 @@
-"""One registry of models: the name grammar, the register decorators and the lookups.
+"""One registry of models: the name grammar, the register decorators and the lookups. It imports
+no builder: :mod:`.backends` registers them, imported once by the package.
 
-This module holds the registry (backends, aliases, named entries), the decorators that fill it
-and the name parser; it imports no builder. The builders live in :mod:`.backends`, which
-registers them with these decorators when it is imported, exactly once, by the package
-(``advx.export.zoo``), so that any import of this module (which runs the package first) sees
-every backend, whatever the order of imports.
-
-Grammar (``advx models`` prints it)::
+Grammar (``advx models`` prints :data:`GRAMMAR`, with examples)::
 
     NAME      := ALIAS | BACKEND ":" REF
     open_clip:ARCH[/WEIGHTS]   WEIGHTS = an open_clip pretrained tag, a local checkpoint
@@ -16,9 +11,6 @@ Grammar (``advx models`` prints it)::
     timm:ARCH[.TAG][/FILE]     a timm ImageNet-1k classifier; FILE is a local checkpoint
     onnx:SPEC.json             a foreign solver: an ONNX graph described by a solver spec
     ALIAS                      a registered entry such as ``effnet-lite0``
-
-Examples: ``open_clip:ViT-B-32/laion2b_s34b_b79k``, ``hf:openai/clip-vit-base-patch32``,
-``timm:convnext_base.fb_in22k_ft_in1k``, ``onnx:solvers/recaptcha.json``, ``effnet-lite0``.
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..defaults import DEFAULT_TEMPLATES as DEFAULT_TEMPLATES  # re-exported
-from ..defaults import TEMPLATE_SETS as TEMPLATE_SETS  # re-exported
+from ..defaults import DEFAULT_TEMPLATES
 from .model import Backbone
 
 
@@ -23,8 +22,6 @@ def _templates() -> dict[str, tuple[str, ...]]:
         # one prompt, the cheapest
         "photo": ("a photo of a {}.",),
     }
-
-
 
 
 _CACHE: dict[tuple[str, tuple[str, ...], str], torch.Tensor] = {}

@@ -63,8 +63,6 @@ def _matplotlib(filename: str, label: str) -> Callable[[], Photo]:
 
 
 # Photos whose label effnet-lite0/1/2 get right on every crop (checked again at run time).
-# skimage's camera ("tripod") works too; six photos x 2 crops keep the demo near a minute on
-# 2 idle CPU cores.
 PHOTOS: tuple[Callable[[], Photo], ...] = (
     _skimage("chelsea", "cat"),
     _skimage("coffee", "espresso"),

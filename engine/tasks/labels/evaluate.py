@@ -16,8 +16,7 @@ from ....export.onnx.verifier import OnnxVerifier
 from ....export.zoo import LabelMap, create_classifier, create_verifier, is_solver_name
 from ...attacks.ensemble import decision_of
 from ...errors import RunError
-from ...pixels import as_float
-from ...views.view import SeenTiles, View, look
+from ...views.view import View, each_view, look
 
 # images [N, 3, H, W] in [0, 1] (and a view's ``geometry=``) -> logits over the label set, in
 # its order; ``name``, ``decision`` and ``known`` attributes as for verifiers (scoring.Scorer)
@@ -92,18 +91,11 @@ def answers(scorers: Sequence[ScoreFn], images: Sequence[torch.Tensor], views: S
     """scorer -> view -> the labels it selects on each image ([3, H, W]); images of one size
     are scored together, each view's filter once whatever the scorers."""
     out = {s.name: {w.name: [None] * len(images) for w in views} for s in scorers}
-    by_size: dict[tuple, list[int]] = {}
-    for i, im in enumerate(images):
-        by_size.setdefault(tuple(im.shape), []).append(i)
-    for idx in by_size.values():
-        x = as_float(torch.stack([images[i] for i in idx]))
-        seen, rows = SeenTiles(x, views), torch.arange(len(x))
-        for view in views:
-            xs = seen(view, rows)
-            for s in scorers:
-                logits = torch.as_tensor(look(s, xs, view)).float().cpu()
-                for i, sel in zip(idx, _selected(s, logits, s.labels), strict=True):
-                    out[s.name][view.name][i] = sel
+    for idx, view, xs in each_view(images, views):
+        for s in scorers:
+            logits = torch.as_tensor(look(s, xs, view)).float().cpu()
+            for i, sel in zip(idx, _selected(s, logits, s.labels), strict=True):
+                out[s.name][view.name][i] = sel
     return out
 
 

@@ -10,13 +10,13 @@ Two decision rules exist (``decision`` of a model):
 
 A targeted (decoy) row asks the opposite: that the model picks / selects the decoy label.
 
-Words kept apart: the **logit gap** (:func:`logit_gap`, :func:`multilabel_logit_gap`) is the
+Words kept apart: the **logit gap** (:func:`logit_gap`; ``-z_y`` for a multi-label rule) is the
 raw quantity of one decision rule; the **fooling margin** (:func:`fooling_margin`) is the gap a
 model's own rule and the row's target call for, positive exactly when the model is fooled; the
 **required margin** (``HardenConfig.required_margin``, ``--required-margin``) is how large a
 fooling margin must be to count as fooled; the **margin loss** (:class:`Objective`, what the
 attacks maximise) is the fooling margin capped at ``kappa``. The scheduler's candidate
-**score** sums fooling margins capped at the required margin (scoring.Verdict); an export's
+**score** sums fooling margins capped at the required margin (scoring.score_views); an export's
 parity **decisive gap** is unrelated (the top-1 - top-2 logit gap above which fp16 must agree
 with fp32).
 """
@@ -29,53 +29,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DECISIONS = ("closed", "multilabel")
-
-
-def _best_other(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """max_{j != label} logits_j, per sample."""
-    mask = F.one_hot(labels, logits.shape[-1]).bool()
-    return logits.masked_fill(mask, float("-inf")).amax(dim=-1)
-
-
-def logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """max_{j != y} z_j - z_y: positive exactly when the prediction is not ``labels``."""
-    return _best_other(logits, labels) - logits.gather(1, labels[:, None]).squeeze(1)
-
-
-def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
-    """Untargeted CW margin loss, capped at ``kappa`` so fooled samples stop dominating."""
-    return logit_gap(logits.float(), labels).clamp(max=kappa)
-
-
-def targeted_margin_loss(logits: torch.Tensor, targets: torch.Tensor,
-                         kappa: float = 50.0) -> torch.Tensor:
-    """Targeted CW margin loss: z_t - max_{j != t} z_j, capped at ``kappa``."""
-    return (-logit_gap(logits.float(), targets)).clamp(max=kappa)
-
-
-# --- multi-label decisions (P(label) >= threshold, per label) ----------------------------------
-
 
 def _pick(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, labels[:, None]).squeeze(1)
 
 
-def multilabel_logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """-z_y: positive exactly when the solver no longer selects the tile for ``labels``."""
-    return -_pick(logits.float(), labels)
-
-
-def multilabel_margin_loss(logits: torch.Tensor, labels: torch.Tensor,
-                           kappa: float = 50.0) -> torch.Tensor:
-    """Untargeted: push logit(P(y)) below the threshold's logit, capped at ``kappa``."""
-    return multilabel_logit_gap(logits, labels).clamp(max=kappa)
-
-
-def targeted_multilabel_margin_loss(logits: torch.Tensor, targets: torch.Tensor,
-                                    kappa: float = 50.0) -> torch.Tensor:
-    """Decoy: push logit(P(t)) above the threshold's logit, capped at ``kappa``."""
-    return _pick(logits.float(), targets).clamp(max=kappa)
+def logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """max_{j != y} z_j - z_y: positive exactly when the prediction is not ``labels``."""
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[-1]).bool(), float("-inf"))
+    return others.amax(dim=-1) - _pick(logits, labels)
 
 
 def _per_row(untargeted: torch.Tensor, targeted_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -93,8 +55,8 @@ def fooling_margin(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Te
     """How far each row is past the model's decision boundary, the way the attacker wants it
     (>= 0: fooled). ``targets`` holds a decoy label per row, or -1 for none."""
     logits = logits.float()
-    if decision == "multilabel":
-        return _per_row(multilabel_logit_gap(logits, labels), lambda t: _pick(logits, t), targets)
+    if decision == "multilabel":  # -z_y: the solver no longer selects the tile for y
+        return _per_row(-_pick(logits, labels), lambda t: _pick(logits, t), targets)
     return _per_row(logit_gap(logits, labels), lambda t: -logit_gap(logits, t), targets)
 
 

@@ -23,14 +23,14 @@ from ....export.solver import ConversionError, SolverClassifier, SolverParityErr
 from ....export.zoo import create_classifier, create_verifier, is_solver_name
 from ....export.zoo.labels import LabelMap, LabelMapError, load_label_map
 from ...attacks.checks import check_surrogate
-from ...attacks.ensemble import Ensemble
+from ...attacks.ensemble import Ensemble, takes_geometry
 from ...config import HardenConfig
 from ...defaults import DEFAULT_SURROGATES, DEFAULT_VERIFIERS
 from ...pixels import as_float, texture_mask, to_uint8
 from ...tasks.base import Verdict
 from ...views.view import View
 from .result import LabelResult
-from .scoring import Scorer, accepts_geometry, readouts, score_views, view_selections
+from .scoring import Scorer, readouts, score_views, view_selections
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class LabelVerification:
                          for v in models.verifiers}
         geometric = [w.name for w in self.views if w.geometry is not None]
         for v in models.verifiers:
-            if geometric and not accepts_geometry(v):
+            if geometric and not takes_geometry(v):
                 raise ValueError(f"verifier {v.name} cannot take another preprocessing, which "
                                  f"the views {geometric} of preset {config.transforms!r} need: "
                                  f"give its __call__ a geometry= argument, or choose a preset "

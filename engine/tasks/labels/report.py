@@ -27,20 +27,13 @@ ZOOM = 4
 KINDS = ("original", "hardened", "difference", "zoom_original", "zoom_hardened")
 
 
-def _grids(truths: Sequence[str], grids: int = GRIDS, seed: int = GRID_SEED):
-    """(label -> index, each tile's label index, the seeded 3x3 grids); the index grows as
-    selections name further labels."""
-    index: dict[str, int] = {}
-    y = [index.setdefault(t, len(index)) for t in truths]
-    return index, y, sample_grids(y, grids, seed)
-
-
 def solve_rate(selections: Sequence[Sequence[str]], truths: Sequence[str]) -> float | None:
     """The share of the seeded 3x3 grids of these tiles solved by ``selections`` (the labels
     each tile is selected for): solved when exactly the tiles of the asked label are."""
-    index, y, challenge = _grids(truths)
+    index: dict[str, int] = {}
+    y = [index.setdefault(t, len(index)) for t in truths]
     sets = [{index.setdefault(lab, len(index)) for lab in s} for s in selections]
-    rate = grid_solve_rate_sets(sets, y, challenge)
+    rate = grid_solve_rate_sets(sets, y, sample_grids(y, GRIDS, GRID_SEED))
     return None if rate is None else round(rate, 4)
 
 
@@ -73,19 +66,17 @@ def per_model(records: Sequence[dict]) -> dict[str, dict]:
             and isinstance(r.get("selected_after"), dict)]
     if not rows:
         return {}
-    index, y, challenge = _grids([r["label"] for r in rows])
+    labels = [r["label"] for r in rows]
     out = {}
     for m in sorted({m for r in rows for m in r["selected_before"]}):
         if not all(m in r["selected_before"] and m in r["selected_after"] for r in rows):
             continue
         stats: dict = {}
         for when in ("before", "after"):
-            sets = [{index.setdefault(lab, len(index)) for lab in r[f"selected_{when}"][m]}
-                    for r in rows]
+            sel = [r[f"selected_{when}"][m] for r in rows]
             stats[f"select_rate_{when}"] = round(
-                sum(y[i] in sets[i] for i in range(len(rows))) / len(rows), 4)
-            rate = grid_solve_rate_sets(sets, y, challenge)
-            stats[f"grid_solve_rate_{when}"] = None if rate is None else round(rate, 4)
+                sum(lab in s for lab, s in zip(labels, sel, strict=True)) / len(rows), 4)
+            stats[f"grid_solve_rate_{when}"] = solve_rate(sel, labels)
         probs = [(r.get("probabilities_before") or {}).get(m, {}).get(r["label"]) for r in rows]
         after = [(r.get("probabilities_after") or {}).get(m, {}).get(r["label"]) for r in rows]
         if all(p is not None for p in probs + after):

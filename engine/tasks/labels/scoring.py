@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch import nn
 
 from ...attacks.ensemble import decision_of
 from ...views.view import SeenTiles, View, look
@@ -63,18 +62,6 @@ def view_selections(models, label_set: Sequence[str],
     """verifier -> view -> the labels it selects (``row`` of a batch, or one image's logits)."""
     return {v: {w: readout(models[v], label_set, z if row is None else z[row])[1]
                 for w, z in d.items()} for v, d in logits.items()}
-
-
-def accepts_geometry(scorer) -> bool:
-    """Whether ``scorer(images, geometry=...)`` works."""
-    import inspect
-
-    fn = scorer.forward if isinstance(scorer, nn.Module) else scorer
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "geometry" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 @dataclass

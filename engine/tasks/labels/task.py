@@ -25,7 +25,6 @@ class LabelsTask(Task):
     truth = "label"
     noun = "tile"
     preset = "solver"
-    rescale = True
     options = ("label_set", "label_map", "templates", "decoy", "surrogate_weights")
     request_fields = ("label_set",)
     needs = ("label_set",)

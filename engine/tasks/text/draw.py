@@ -3,13 +3,12 @@ solvers (:mod:`advx.export.zoo.ocr`) read well: clean captchas they solve, so th
 them has something to break.
 
 The package's default style (two or three font sizes up to 56 px, ±30° rotation, a noise curve,
-dots in the ink colour, random word spaces) is read poorly even clean (ddddocr about 38%). Here
-each glyph of its bundled DroidSansMono is still rotated and warped (a random quad transform)
-and laid out with jittered spacing and baseline on a light speckled background, in one dark ink
-per captcha, but milder: sizes near 0.75 of the height, ±12°, a warp that never cuts ink off,
-glyphs 0-3 px apart (touching glyphs merge, wider gaps read as spaces), no curve, no word spaces,
-and speckles lighter than the ink. Clean read rates measured on 60 captchas (seed 0): ddddocr,
-ddddocr-beta, captcha-whisperer and ppocr-v4-rec all 95% or more.
+dots in the ink colour, random word spaces) is read poorly even clean. Here each glyph of its
+bundled DroidSansMono is still rotated and warped (a random quad transform) and laid out with
+jittered spacing and baseline on a light speckled background, in one dark ink per captcha, but
+milder: sizes near 0.75 of the height, ±12°, a warp that never cuts ink off, glyphs 0-3 px apart
+(touching glyphs merge, wider gaps read as spaces), no curve, no word spaces, and speckles
+lighter than the ink (clean read rates: benchmarks/README.md).
 
 Every draw comes from a ``numpy`` generator seeded by (seed, index): the same seed gives the
 same pixels, captcha ``i`` does not depend on ``n``, and no global random state is touched.
@@ -154,33 +153,4 @@ def write_captcha_folder(out_dir: Path, n: int, seed: int = 0) -> Path:
     return labels
 
 
-def read_rates(n: int = 60, seed: int = 0) -> dict[str, float]:
-    """Each built-in text solver's clean read rate (case-insensitive) on ``draw_captchas(n,
-    seed)``; solvers whose files are missing are left out."""
-    import torch
-
-    from ....export.zoo.ocr import text_solver, text_solver_names
-    from ....export.zoo.registry import ModelUnavailableError
-
-    captchas = draw_captchas(n, seed)
-    x = torch.from_numpy(np.stack([p for _, p in captchas])).permute(0, 3, 1, 2).float() / 255
-    rates = {}
-    for name in text_solver_names():
-        try:
-            reads = text_solver(name).verifier().read(x)
-        except ModelUnavailableError:
-            continue
-        rates[name] = sum(r.lower() == t.lower() for r, (t, _) in zip(reads, captchas,
-                                                                        strict=True)) / n
-    return rates
-
-
-__all__ = ["ALPHABET", "CaptchaPackageMissing", "draw_captchas", "read_rates",
-           "write_captcha_folder"]
-
-if __name__ == "__main__":  # python -m advx.engine.tasks.text.draw [N [SEED]]: the read rates
-    import sys
-
-    args = [int(a) for a in sys.argv[1:3]]
-    for solver, rate in read_rates(*args).items():
-        print(f"{solver}: {rate:.0%}")
+__all__ = ["ALPHABET", "CaptchaPackageMissing", "draw_captchas", "write_captcha_folder"]

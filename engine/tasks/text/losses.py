@@ -1,4 +1,4 @@
-"""Losses and verdicts for text CAPTCHAs: pure functions of a CTC head's per-step logits.
+"""Losses for text CAPTCHAs: pure functions of a CTC head's per-step logits.
 
 An OCR solver scores each time step over its charset (plus a blank) and reads the best symbol
 per step, repeats merged, blanks dropped (greedy CTC). The attack maximises, per row:
@@ -12,9 +12,9 @@ per step, repeats merged, blanks dropped (greedy CTC). The attack maximises, per
   the characters and the blank steps a symbol could take (an insertion); below 0 while the
   solver reads the truth, capped at ``kappa``.
 
-A verdict is on strings, not on losses: :func:`text_verdicts` says a solver is fooled when its
-reading differs from the truth under its case rule, with the character error rate (edit
-distance / truth length) beside it.
+A verdict is on strings, not on losses: a solver is fooled when its reading differs from the
+truth under its case rule, with the character error rate (:func:`edit_distance` / truth
+length) beside it.
 """
 
 from __future__ import annotations
@@ -48,13 +48,6 @@ class TextTargets:
         return TextTargets(self.groups[idx], self.lengths[idx], self.group_of, self.n_groups,
                            self.blank, tuple(self.texts[i] for i in idx.tolist()), self.solver)
 
-    @property
-    def needed_steps(self) -> torch.Tensor:
-        """[N] time steps a head needs to emit each truth (one blank between repeats)."""
-        g, n = self.groups, self.lengths
-        same = (g[:, 1:] == g[:, :-1]) & (torch.arange(1, g.shape[1]) < n[:, None])
-        return n + same.sum(1)
-
 
 def text_targets(charset: Charset, texts: Sequence[str]) -> TextTargets:
     """Encode the truths for ``charset``'s solver; raises CharsetError (naming the solver and
@@ -83,18 +76,9 @@ def _check(logits: torch.Tensor, targets: TextTargets) -> None:
 def unreadable(targets: TextTargets, steps: int) -> torch.Tensor:
     """[N] bool: truths a head of ``steps`` time steps cannot emit at all (they need more
     steps, one blank between repeats): the solver misreads them whatever the pixels."""
-    return targets.needed_steps > steps
-
-
-def fold_log_probs(logits: torch.Tensor, targets: TextTargets) -> torch.Tensor:
-    """[N, T, C] logits -> [N, T, G] log-probabilities of the case-folded groups."""
-    lp = logits.float().log_softmax(-1)
-    if targets.n_groups == lp.shape[-1]:
-        return lp
-    m = lp.amax(-1, keepdim=True).detach()
-    p = torch.zeros(*lp.shape[:2], targets.n_groups, dtype=lp.dtype, device=lp.device)
-    p = p.index_add(-1, targets.group_of.to(lp.device), (lp - m).exp())
-    return p.clamp_min(1e-38).log() + m
+    g, n = targets.groups, targets.lengths
+    same = (g[:, 1:] == g[:, :-1]) & (torch.arange(1, g.shape[1]) < n[:, None])
+    return n + same.sum(1) > steps
 
 
 def fold_logits(logits: torch.Tensor, targets: TextTargets) -> torch.Tensor:
@@ -132,8 +116,8 @@ def ctc_loss(logits: torch.Tensor, targets: TextTargets, cap: float | None = Non
 
 def _truth_log_probs(logits: torch.Tensor, targets: TextTargets
                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The columns of :func:`fold_log_probs` that CTC reads (the blank's group and those of
-    the truths, K of them, in group order) plus one for all the other classes together
+    """The case-folded log-probabilities that CTC reads (the blank's group and those of the
+    truths, K of them, in group order) plus one for all the other classes together
     [N, T, K + 1], the truths re-indexed into them, and the blank's index: the same loss
     without folding every class of a large charset. (The last column keeps each step's
     probabilities summing to 1, which the gradient of ``F.ctc_loss`` assumes.)"""
@@ -257,9 +241,6 @@ def ctc_margin(logits: torch.Tensor, targets: TextTargets, kappa: float = 50.0) 
     return torch.maximum(per_char.amax(1), insert).clamp(max=kappa)
 
 
-# --- verdicts on strings -------------------------------------------------------------------------
-
-
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance (insertions, deletions, substitutions of one character)."""
     if len(a) < len(b):
@@ -272,34 +253,5 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-@dataclass(frozen=True)
-class TextVerdict:
-    """One solver's reading of one captcha."""
-
-    read: str  # what the solver read
-    truth: str
-    fooled: bool  # the reading differs from the truth under the solver's case rule
-    cer: float  # character error rate: edit distance / len(truth), same case rule
-
-
-def text_verdict(read: str, truth: str, case: str = "insensitive") -> TextVerdict:
-    if case not in ("insensitive", "sensitive"):
-        raise ValueError(f"case must be 'insensitive' or 'sensitive', got {case!r}")
-    if not truth:
-        raise ValueError("the truth text is empty: a character error rate needs at least one "
-                         "true character")
-    a, b = (read.lower(), truth.lower()) if case == "insensitive" else (read, truth)
-    return TextVerdict(read, truth, a != b, edit_distance(a, b) / len(b))
-
-
-def text_verdicts(read: Sequence[str], truth: Sequence[str],
-                  case: str = "insensitive") -> list[TextVerdict]:
-    """Per captcha: fooled (the reading differs from the truth) and the character error rate."""
-    if len(read) != len(truth):
-        raise ValueError(f"{len(read)} readings for {len(truth)} truths")
-    return [text_verdict(r, t, case) for r, t in zip(read, truth, strict=True)]
-
-
-__all__ = ["TextTargets", "TextVerdict", "best_alignment", "ctc_loss", "ctc_margin",
-           "edit_distance", "fold_log_probs", "fold_logits", "text_targets", "text_verdict",
-           "text_verdicts"]
+__all__ = ["TextTargets", "best_alignment", "ctc_loss", "ctc_margin", "edit_distance",
+           "fold_logits", "text_targets", "unreadable"]

@@ -12,10 +12,9 @@ reading changes.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,10 +82,8 @@ class TextEnsemble(Ensemble):
     its own charset and case rule (capped at CTC_CAP); the ``labels`` the attack passes are row
     ids into the truths of :meth:`set_truths`."""
 
-    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None,
-                 loss: Callable[[torch.Tensor, TextTargets], torch.Tensor] | None = None) -> None:
-        super().__init__(models, weights)
-        self.loss = loss or functools.partial(ctc_loss, cap=CTC_CAP)
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__(models)
         self.truths: list[TextTargets] = []
 
     def set_truths(self, texts: Sequence[str]) -> None:
@@ -95,7 +92,7 @@ class TextEnsemble(Ensemble):
         self.truths = [text_targets(m.charset, texts) for m in self.members]
 
     def member_loss(self, i, objective, logits, labels, targets) -> torch.Tensor:
-        return self.loss(logits, self.truths[i].take(labels))
+        return ctc_loss(logits, self.truths[i].take(labels), cap=CTC_CAP)
 
 
 class TextModels:
@@ -104,7 +101,6 @@ class TextModels:
 
     def __init__(self, surrogates: Sequence | None, verifiers: Sequence | None, *,
                  device: torch.device) -> None:
-        self.device = device
         surrogates, gone = load_text_solvers(surrogates)
         verifiers, gone_v = load_text_solvers(verifiers)
         self.left_out = {**gone, **gone_v}  # default solvers whose files are absent: why
@@ -130,12 +126,6 @@ class TextModels:
         self.charsets: dict[str, Charset] = {v.name: v.charset for v in self.verifiers}
         self._ensemble = TextEnsemble(models)
         self.truths: list[str] = []
-
-    def reuse(self, device: torch.device | None = None) -> TextModels:
-        """The same solvers, loaded and converted once, for another run (cheap)."""
-        return TextModels([self.solvers[m.name] for m in self.surrogates],
-                          [self.solvers[v.name] for v in self.verifiers],
-                          device=device or self.device)
 
     def ensemble(self) -> TextEnsemble:
         return self._ensemble

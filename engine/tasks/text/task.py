@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...errors import RunError
 from ..base import Task, register_task
 from .result import DEFAULT_SOLVERS, DEMO_CAPTCHAS, TextResult
 
@@ -23,7 +24,6 @@ class TextTask(Task):
     preset = "text"
     # the readings are those of the delivered file: a captcha is hardened at its own size
     rescale = False
-    request_fields = ()
     columns = "path,text"
     about = "text captchas, each with the text it shows (a path,text CSV), against OCR solvers"
 
@@ -96,8 +96,6 @@ class TextTask(Task):
 
     def write_demo(self, input_dir: Path, echo) -> Path:
         """Captchas drawn with the captcha package's font (``pip install 'advx[samples]'``)."""
-        from ...errors import RunError
-
         try:
             from .draw import write_captcha_folder
 
