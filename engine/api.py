@@ -171,35 +171,23 @@ def harden(images: Sequence[ImageLike], truths: Sequence[Any], *, task: str | Ta
            config: HardenConfig | None = None, targets: Sequence[Any] | None = None,
            on_result: Callable[[HardenResult], None] | None = None, ray: Any = None,
            **options: Any) -> list[HardenResult]:
-    """Perturb ``images`` so that the ``verifiers`` answer them wrong.
+    """Perturb ``images`` so that the ``verifiers`` answer them wrong; one result per image
+    (the task's :class:`~advx.engine.results.HardenResult`), in input order.
 
     Args:
         images: uint8 HxWx3 arrays, PIL images or [3, H, W] float tensors in [0, 1].
-        truths: each image's truth: its label (``task="labels"``), the text it shows
-            (``task="text"``).
+        truths: each image's truth (``labels``: its label; ``text``: the text it shows).
         task: a registered task (:mod:`advx.engine.tasks`).
         surrogates: models attacked with gradients, by name (``advx models``; ``onnx:SPEC.json``
             for a foreign solver) or as modules (default: the task's).
-        verifiers: models that must be fooled (registry models are exported to ONNX and
-            cached; foreign solvers run their own graph; default: the task's); an image is done
-            once all of them are, by the task's rule, under each deciding view of
-            ``config.transforms``.
-        config: budgets, attack, schedule (:class:`HardenConfig`; its ``transforms`` defaults
-            to the task's view preset).
-        targets: a decoy per image (or None), for tasks that take one (``labels``: the solver
-            should pick / select the decoy; required for every image when
-            ``config.targeted``).
+        verifiers: models that must be fooled under each deciding view (default: the task's).
+        config: budgets, attack, schedule, views (:class:`HardenConfig`).
+        targets: a decoy per image (or None), for tasks that take one.
         on_result: called with each result as soon as its image is finished.
-        ray: ``"local"``, ``"auto"``, a cluster address or an ``advx.RayOptions``: the images
-            go to Ray workers in runs of ``2 * config.batch_size`` (each the same as
-            ``Hardener.run`` on that run in one process).
-        options: the task's own (``labels``: ``label_set``, default the sorted labels seen, one
-            label making a binary challenge against built-in negatives; ``label_map``,
-            ``templates``, ``surrogate_weights``).
-
-    Returns:
-        One result per image (the task's :class:`~advx.engine.results.HardenResult`), in input
-        order.
+        ray: ``"local"``, ``"auto"``, a cluster address or an ``advx.RayOptions``: Ray workers
+            harden runs of ``2 * config.batch_size`` images, as ``Hardener.run`` would.
+        options: the task's own (``labels``: ``label_set``, default the sorted labels seen;
+            ``label_map``, ``templates``, ``surrogate_weights``).
     """
     from .errors import RunError
 

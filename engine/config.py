@@ -103,12 +103,9 @@ class HardenConfig:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a run derives from whether it is white-box (every verifier is also a surrogate).
-
-    White-box runs attack with plain PGD through the very model that verifies: no input
-    diversity, two EOT samples per step, its true gradient (no skip gradients) and a last
-    unmasked rung. Transfer runs use MI-FGSM with input diversity, one EOT sample, skip
-    gradients through residual blocks and the texture mask throughout."""
+    """What a run derives from whether it is white-box (every verifier is also a surrogate):
+    plain PGD on the true gradient with a last unmasked rung, or MI-FGSM with input diversity
+    and skip gradients for transfer."""
 
     attack: str  # "pgd" | "mifgsm"
     diversity_prob: float  # input diversity (DI) probability, 0: off

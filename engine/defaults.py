@@ -1,8 +1,4 @@
-"""The defaults every entry point shares (the API, the CLI, the service), in one torch-free
-place so that ``advx --help`` can show them without loading torch.
-
-The transform presets (view matrices) are declared in :mod:`advx.engine.views.presets`.
-"""
+"""The defaults every entry point shares, torch-free so that ``advx --help`` shows them."""
 
 from __future__ import annotations
 

@@ -1,15 +1,11 @@
 """``advx eval`` as a library call, for every task: how the models answer a set of items under
 each view of a preset, and how often a hardened set fools them.
 
-The set is a folder (as ``advx harden`` reads it: label sub-folders or a labels CSV) or the
-output folder of an advx run: its results.jsonl gives each hardened image, the input it came
-from and its truth, its summary.json the task, the input folder (where the originals are) and
-the run's options. With the originals (``clean``: the same relative paths; for a run, the
-inputs its records name) a model is fooled on an item under a view when it answered the
-original right under that view and answers the hardened one wrong; items it answered wrong
-clean are counted apart, never as fooled. An item that cannot be evaluated (a path outside the
-folder, a missing, unreadable or tiny image or original, a truth the models cannot take) is
-skipped and its reason listed; the figures are over the rest.
+The set is a folder as ``advx harden`` reads it, or an advx run's output folder (its records
+name the hardened images, their inputs and truths; its summary.json the task, the originals'
+folder and the options). With the originals, a model is fooled on an item under a view when it
+answered the original right and answers the hardened one wrong; items it answered wrong clean
+are counted apart. An item that cannot be evaluated is skipped, its reason listed.
 """
 
 from __future__ import annotations
@@ -53,8 +49,7 @@ class EvalSet:
 
 
 def relative_file(root: Path, raw: str) -> tuple[str | None, str | None]:
-    """(``raw`` as a POSIX path inside ``root``, None), or (None, why it is not a file there):
-    empty, absolute, climbing out with ``..`` or a link, or missing."""
+    """(``raw`` as a POSIX path inside ``root``, None), or (None, why it is not a file there)."""
     raw = raw.strip()
     if not raw:
         return None, "empty path"
@@ -160,8 +155,8 @@ def _extend(into: dict, more: dict) -> None:
 
 def read_set(data: EvalSet, scorers: Sequence, views: Sequence
              ) -> tuple[list[Any], dict, dict | None]:
-    """Each scorer's answer under each view of every item that can be read (and of its
-    original), a chunk at a time; the others go to ``data.skipped``."""
+    """Each scorer's answer under each view of every readable item (and of its original); the
+    others go to ``data.skipped``."""
     task = data.task
     truths: list[Any] = []
     answers: dict = {}
@@ -198,9 +193,8 @@ def read_set(data: EvalSet, scorers: Sequence, views: Sequence
 
 def figures(task: Task, scorers: Sequence, truths: Sequence[Any], answers: Mapping,
             clean: Mapping | None = None, deciding: Sequence[str] = ()) -> list[dict]:
-    """One row per scorer and view: how often it answers right (``right_rate``); with the
-    originals, how often it did clean (``right_clean_rate``) and ``fooled`` among the items
-    it answered right clean (``fooled_rate``); and the task's own figures."""
+    """Per scorer and view: ``right_rate``; with the originals ``right_clean_rate`` and the
+    ``fooled_rate`` among the items right clean; and the task's own figures."""
     out = []
     for s in scorers:
         for w, got in answers[s.name].items():
@@ -229,16 +223,11 @@ def evaluate_folder(input_dir: str | Path, models: Sequence[str] | None = None, 
                     task: str | None = None, labels_csv: str | Path | None = None,
                     clean_dir: str | Path | None = None, transforms: str | None = None,
                     device: str = "auto", **options: Any) -> dict:
-    """``advx eval``: answer the items of ``input_dir`` (see the module docstring) with every
-    model of ``models`` (the task's names; default: its default verifiers) under each view of
-    ``transforms`` (default: an advx run's own, else the task's preset).
-
-    ``task``: a registered task (default: an advx run's own, else ``labels``); ``options``:
-    the task's own (``labels``: ``label_set``, ``label_map``, ``templates``, default the
-    run's). Returns the set (``input``, ``source``, ``clean``), the ``models`` read with and
-    those ``left_out``, the ``items`` evaluated, the items ``skipped`` (where: why), ``notes``
-    and :func:`figures`'s rows as ``results``.
-    """
+    """``advx eval``: answer the items of ``input_dir`` with ``models`` (default: the task's
+    verifiers) under each view of ``transforms`` (default: an advx run's own, else the task's
+    preset). ``task`` and ``options`` default to an advx run's own (else ``labels``). Returns
+    the set, the models read with and ``left_out``, the items evaluated and ``skipped``,
+    ``notes`` and :func:`figures`'s rows as ``results``."""
     data = load_set(Path(input_dir), task, Path(labels_csv) if labels_csv else None,
                     Path(clean_dir) if clean_dir else None)
     t = data.task

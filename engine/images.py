@@ -1,8 +1,5 @@
-"""Robust image loading and encoding.
-
-Images become C-contiguous uint8 HxWx3 RGB arrays; each conversion on the way is
-recorded as a note. Anything wrong with a *file* raises :class:`ImageLoadError`.
-"""
+"""Robust image loading (to uint8 HxWx3 RGB, each conversion noted; a bad file raises
+:class:`ImageLoadError`) and encoding."""
 
 from __future__ import annotations
 
@@ -53,11 +50,8 @@ class LoadedImage:
 
 
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode ``path`` fully into RGB uint8; raise :class:`ImageLoadError` on any bad input.
-
-    Images whose header claims more than ``max_pixels`` pixels are refused before
-    decoding (Pillow's own hard limit, ``2 * Image.MAX_IMAGE_PIXELS``, also applies).
-    """
+    """Decode ``path`` fully into RGB uint8 (over ``max_pixels`` refused before decoding);
+    raise :class:`ImageLoadError` on any bad input."""
     p = Path(path)
     try:
         if not p.exists():

@@ -1,10 +1,6 @@
-"""The items of a folder run or an eval set, and the labels CSV that lists them.
-
-A labels CSV has a header naming a ``path`` column and the task's truth column (``label``,
-``text``, ...; any order, any case; other columns are ignored); paths are relative to the input
-folder. A file that cannot be read as such a CSV raises :class:`DatasetError`; a bad *row* (an
-empty or escaping path, a path listed again with another truth) becomes a :class:`Row` with a
-``problem``, so that a run records it as an error and goes on.
+"""The items of a folder run or an eval set, and the labels CSV that lists them (a ``path`` and
+the task's truth column). An unreadable CSV raises :class:`DatasetError`; a bad *row* becomes a
+:class:`Row` with a ``problem``, so that a run records it as an error and goes on.
 """
 
 from __future__ import annotations

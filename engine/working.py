@@ -1,9 +1,6 @@
-"""Large images: attack a downscaled working copy, then carry the perturbation to full size.
-
-The perturbation (adversarial working copy - working copy, as float) is upsampled bilinearly,
-added to the full-size original, clipped to [0, 1] and quantised. Bilinear weights are convex,
-so the L-inf budget still holds at full size. Metrics are recomputed at full size; the
-verification status is that of the working copy.
+"""Large images: attack a downscaled working copy, then upsample the perturbation bilinearly
+onto the full-size original (convex weights: the L-inf budget holds). Metrics are recomputed
+at full size; the verification status is the working copy's.
 """
 
 from __future__ import annotations
@@ -53,9 +50,8 @@ def upsample_perturbation(original: np.ndarray, working: np.ndarray, adversarial
 
 def full_size_delivery(original: np.ndarray, working: np.ndarray, adversarial: np.ndarray,
                        config) -> tuple[np.ndarray, dict, float]:
-    """(full-size image to write, its metrics, the perturbation's scale): the upsampled
-    perturbation, scaled back by bisection if the delivered file (after JPEG when that is the
-    format) would fall below ``config.ssim_floor`` at full size."""
+    """(full-size image, its metrics, the perturbation's scale): scaled back by bisection
+    where the delivered file would fall below ``config.ssim_floor`` at full size."""
     from .images import decode_image_bytes, encode_image
 
     def at(scale: float) -> tuple[np.ndarray, dict]:
@@ -82,8 +78,8 @@ def full_size_delivery(original: np.ndarray, working: np.ndarray, adversarial: n
 
 def full_size_metrics(delivered: np.ndarray, original: np.ndarray, *, strip: int = 512
                       ) -> dict[str, float | None]:
-    """linf (/255), l2, psnr (None when identical) and ssim of two uint8 HxWx3 images, as
-    advx.engine.metrics computes them, in strips of rows so memory stays small."""
+    """linf (/255), l2, psnr (None when identical) and ssim as advx.engine.metrics computes
+    them, in strips of rows."""
     from . import metrics
 
     h, w = original.shape[:2]

@@ -1,9 +1,6 @@
 """The export stage: the model registry (:mod:`.zoo`), foreign solvers (:mod:`.solver`), ONNX
-exports of registry models (:mod:`.onnx`), :mod:`.geometry`, :mod:`.files` and :mod:`.defaults`
-(README "Layout" says what each holds).
-
-The engine builds on this package and never the other way round. The names below load lazily,
-so that importing ``advx.export.defaults`` loads no torch.
+exports (:mod:`.onnx`); the engine builds on it, never the other way round. The names below
+load lazily, so that ``advx.export.defaults`` loads no torch.
 """
 
 from __future__ import annotations

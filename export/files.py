@@ -30,11 +30,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden ``.NAME.XXXX.tmp`` sibling, fsync it, then ``os.replace``.
-
-    The temp file is created with mode 0o666 minus the umask (like a plain ``open``)
-    and is removed on any failure, so ``path`` is either untouched or complete.
-    """
+    """Write ``data`` to a hidden ``.NAME.XXXX.tmp`` sibling, fsync it, then ``os.replace``:
+    ``path`` is either untouched or complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:

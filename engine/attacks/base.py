@@ -33,11 +33,7 @@ def register_attack(name: str):
 
 @dataclass
 class AttackState:
-    """Per-image attack state; rows can be taken out and put back (continuous batching).
-
-    ``budget`` is each pixel's L-inf bound (a perceptual mask times the image's current eps:
-    smooth regions get less than textured ones) and ``alpha_01`` each image's step size, both
-    in [0, 1] pixel units (the config's ``eps`` and ``alpha`` are in /255)."""
+    """Per-image attack state, in [0, 1] pixel units; rows can be taken out and put back."""
 
     images: torch.Tensor  # originals, [N, 3, H, W] in [0, 1]
     adv: torch.Tensor  # current candidates
@@ -64,12 +60,8 @@ class AttackState:
 
 class Attack:
     """Base class: ``forward(images, labels, targets=None)`` returns adversarial images in [0, 1].
-
-    ``model`` is an :class:`Ensemble` (or one classifier, wrapped). Normalisation lives in the
-    models; attacks see images in [0, 1] only. ``eps_01`` and ``alpha_01`` are in [0, 1] pixel
-    units; ``eot`` is what expectation over transformation draws from (``eot.samples`` draws
-    per step, gradients averaged), ``diversity`` an input-diversity transform, ``skip_gamma``
-    the skip-gradient factor through residual branches (None: the true gradient)."""
+    ``model`` is an :class:`Ensemble` (or one classifier, wrapped); ``eot`` what expectation
+    over transformation draws from; ``skip_gamma`` the skip-gradient factor (None: off)."""
 
     name = ""
 

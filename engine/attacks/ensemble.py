@@ -82,12 +82,8 @@ class Ensemble(nn.Module):
         targets: torch.Tensor | None = None,
         geometry: Geometry | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image weighted loss [N] and its gradient w.r.t. ``images`` [N, 3, H, W].
-
-        ``objective(logits, labels, targets, decision)`` is read with each member's own decision
-        rule; ``targets`` holds a decoy label per row or -1 (default :class:`Objective`).
-        ``geometry`` (a Geometry) replaces the preprocessing of the members that take one (a
-        ``geometry`` argument)."""
+        """Per-image weighted loss [N] and its gradient w.r.t. ``images``, ``objective`` read
+        with each member's decision rule; ``geometry`` replaces the members' preprocessing."""
         objective = objective or Objective()
         x = images.detach().requires_grad_(True)
         xt = transform(x) if transform is not None else x

@@ -1,10 +1,8 @@
 """MI-FGSM (Dong et al. 2018): momentum over L1-normalised gradients, for transferability.
 
-With ``diversity`` (an option of Attack) it is DI-MI-FGSM. With ``nesterov`` it is NI-FGSM (Lin
-et al. 2020): the gradient is taken at the point the momentum is about to reach. NI's own
-look-ahead, ``adv + decay * alpha * momentum``, is sized for a few steps of eps / 10; over the
-engine's longer runs of eps / 4 steps the accumulated momentum would carry it many budgets away,
-so here the look-ahead is the next sign step itself, projected into the budget.
+With ``nesterov`` it is NI-FGSM (Lin et al. 2020), the gradient taken one step ahead: the next
+sign step itself, projected into the budget (NI's ``adv + decay * alpha * momentum`` would carry
+steps of eps / 4 many budgets away).
 """
 
 from __future__ import annotations

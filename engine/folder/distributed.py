@@ -1,13 +1,7 @@
 """Folder runs spread over Ray: one actor per GPU (or per group of CPU cores), each holding one
-Hardener with its models built once. The driver keeps everything that must happen exactly
-once: it reads the inputs, hands batches to the actors, and writes every image and record
-itself (one writer), so results.jsonl, the atomic writes and ``--resume`` keep their
-guarantees. Inputs and outputs travel through Ray's object store: the workers need no shared
-filesystem.
-
-An actor that dies (its process killed, its node lost) is restarted by Ray and its batch is
-run again; only the driver writes, so nothing is duplicated. If the driver dies, ``--resume``
-goes on from what results.jsonl holds.
+Hardener. The driver reads the inputs, hands batches to the actors and writes every image and
+record itself (one writer: results.jsonl and ``--resume`` keep their guarantees; no shared
+filesystem needed). A dead actor is restarted by Ray and its batch run again.
 """
 
 from __future__ import annotations
@@ -28,9 +22,8 @@ _CPUS_PER_WORKER = 4  # CPU-only clusters: one actor per this many cores (at lea
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how wide: ``address`` is ``local`` (start a Ray instance in this process),
-    ``auto`` (join the cluster this machine belongs to, ``ray start --head``) or a cluster
-    address (``ray://HOST:10001`` or ``HOST:6379``)."""
+    """``address``: ``local`` (a Ray instance of this process), ``auto`` (the cluster this
+    machine belongs to) or a cluster address (``ray://HOST:10001``, ``HOST:6379``)."""
 
     address: str = "local"
     workers: int | None = None  # None: one per GPU, else one per 4 CPU cores
@@ -113,10 +106,9 @@ for sig, seconds in ((signal.SIGTERM, 1.5), (signal.SIGKILL, 0.0)):
 
 
 def _start_local(ray, **kw) -> None:
-    """A Ray instance of this process on loopback only: its node address is 127.0.0.1, so that
-    every server of it listens there (Ray maps an explicit 127.0.0.1 to the machine's address
-    unless it is told that this is a one-machine instance), and a watchdog that stops its
-    processes within seconds of the driver's end."""
+    """A Ray instance of this process listening on loopback only (Ray maps 127.0.0.1 to the
+    machine's address unless told it is a one-machine instance), and a watchdog that stops
+    its processes within seconds of the driver's end."""
     import subprocess
     import sys
 
@@ -138,9 +130,8 @@ def _start_local(ray, **kw) -> None:
 
 
 def connect(options: RayOptions):
-    """Join (or start) the cluster once per process; a session already connected is reused
-    (a test or a service may have called ``ray.init`` itself). ``local`` starts a Ray instance
-    on loopback only, which :func:`disconnect` shuts down."""
+    """Join (or, ``local``, start) the cluster once per process; a session already connected
+    is reused."""
     ray = _ray()
     if not ray.is_initialized():
         kw = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
@@ -237,8 +228,8 @@ class RayPool:
             raise _cause(e) from None
 
     def run(self, batches: Iterable[Batch], deliver: Callable[[Batch, Any], None]) -> None:
-        """Each batch hardened on a free actor; ``deliver(batch, result)`` on the driver as
-        each batch completes. At most two batches wait per actor (inputs are read lazily)."""
+        """``deliver(batch, result)`` on the driver as each batch completes (at most two
+        batches per actor in flight: inputs are read lazily)."""
         ray = self.ray
         in_flight: dict[Any, Batch] = {}
         load = {i: 0 for i in range(len(self.actors))}
@@ -266,13 +257,11 @@ class RayPool:
 
     def check(self, truths: Sequence, targets: Sequence | None
               ) -> tuple[list[str | None], dict]:
-        """Why each truth cannot be hardened (:meth:`Hardener.check`, on one worker), and the
-        models the workers loaded."""
+        """:meth:`Hardener.check` on one worker, and the models the workers loaded."""
         return self._get(self.actors[0].check.remote(list(truths), targets))
 
     def _get(self, ref):
-        """A worker's answer; a worker dead for good is a RunError naming --resume, and a
-        worker's exception is raised as it would be in one process."""
+        """A worker's answer, or its exception as in one process (dead for good: RunError)."""
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.RayActorError as e:
@@ -292,8 +281,7 @@ class RayPool:
 def run_in_memory(ray: str | RayOptions, build: Callable[[], Any], images: Sequence,
                   truths: Sequence, targets: Sequence | None, chunk: int,
                   on_result: Callable[[Any], None] | None = None) -> list:
-    """``advx.harden(..., ray=...)``: in-memory images hardened by Ray workers in runs of
-    ``chunk``; results in input order (``on_result`` as each run completes)."""
+    """``advx.harden(..., ray=...)``: results in input order."""
     if len(truths) != len(images):
         raise ValueError(f"{len(images)} images but {len(truths)} truths")
     if targets is not None and len(targets) != len(images):
@@ -319,7 +307,6 @@ def run_in_memory(ray: str | RayOptions, build: Callable[[], Any], images: Seque
 
 
 def _cause(exc: BaseException) -> BaseException:
-    """The worker's own exception (a ModelNameError, a ValueError) rather than Ray's wrapper,
-    so that the CLI reports it as it would in one process."""
+    """The worker's own exception rather than Ray's wrapper."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc

@@ -1,9 +1,6 @@
-"""report.html: a self-contained page (relative links, no scripts) next to a run's outputs, for
-every task: the headline (:func:`headline_html`), the run's figures, an inline SVG plot of the
-cumulative fooled rate against attack steps, the items that could not be hardened with their
-reasons, and the task's gallery of hardened items; and what the tasks' parts of it share: the
-page style, number formatting, links, and the images of an item (original, hardened, their
-amplified difference) written to ``report_files/``."""
+"""report.html, a self-contained page next to a run's outputs, for every task: the headline,
+the run's figures, the fooled rate against attack steps, the items not hardened and the task's
+gallery; and what the tasks' parts of it share (style, formatting, links, item images)."""
 
 from __future__ import annotations
 
@@ -72,9 +69,8 @@ def difference(original: np.ndarray, hardened: np.ndarray) -> np.ndarray:
 def item_images(out_dir: Path, input_root: Path, record: dict, kinds: Iterable[str],
                 make: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
                 tag: str = "") -> dict[str, str]:
-    """kind -> the PNG of an item's ``make(original, hardened)`` images, relative to
-    ``out_dir`` (written to report_files/ unless newer than both files; {} when one of them
-    cannot be read)."""
+    """kind -> the PNG (relative to ``out_dir``) of ``make(original, hardened)``'s images,
+    written unless up to date ({} when a file cannot be read)."""
     key = hashlib.sha1(record["path"].encode("utf-8")).hexdigest()[:16]
     names = {k: f"{REPORT_FILES}/{key}_{tag}{k}.png" for k in kinds}
     src_out = out_dir / str(record.get("output") or "")
@@ -145,10 +141,7 @@ def write_report(out_dir: Path, records: Sequence[dict], summary: dict, input_ro
 
 
 def headline_html(headline: dict, task) -> str:
-    """Per verifier: the share of the items it answered right clean under its deciding views
-    that it gets wrong under all of them as delivered; per view the items right clean, fooled
-    among those (a verifier is fooled only where it was right clean), and the task's own
-    figures."""
+    """The headline (:func:`~.records.headline`) per verifier, as HTML."""
     if not headline:
         return ""
     noun = f"{task.noun}s"

@@ -1,9 +1,8 @@
-"""The files of a harden run: where each output goes, results.jsonl (append-only, resumable)
-and summary.json.
+"""The files of a harden run: where each output goes, results.jsonl and summary.json.
 
-results.jsonl holds one JSON record per input. A record is appended (and fsync'ed) only after
-its image is on disk, so a run killed at any moment loses at most the images in flight; a
-resumed run keeps every record whose output exists, compacts the file and does the rest.
+results.jsonl holds one JSON record per input, appended (and fsync'ed) only after its image is
+on disk: a killed run loses at most the images in flight, and a resumed one keeps every record
+whose output exists.
 """
 
 from __future__ import annotations
@@ -31,9 +30,8 @@ _TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 
 
 def output_paths(paths: Sequence[str], fmt: str) -> dict[str, str]:
-    """Input path -> output path (both POSIX, relative): the same path with the extension of
-    ``fmt``. Inputs that would collide (``a.jpg`` and ``a.png``) keep their old extension in the
-    name (``a.jpg.png``); outputs never shadow the run's own files (``_report.html.png``)."""
+    """Input path -> output path (POSIX, relative) with the extension of ``fmt``; colliding
+    inputs keep their old one (``a.jpg.png``), and the run's own files are never shadowed."""
     ext = EXTENSIONS[fmt]
     base = {p: PurePosixPath(p).with_suffix(ext) for p in paths}
     clashes = Counter(base.values())
@@ -78,8 +76,8 @@ def error_record(path: str, value: object, reason: str, notes: Iterable[str] = (
 
 def result_record(path: str, output: str, engine_record: dict, notes: Iterable[str], *,
                   truth: str = "label") -> dict:
-    """A hardened input's record: the engine's ``to_record()`` (its truth in the field
-    ``truth``) plus path, output and the load notes (before the engine's own notes)."""
+    """A hardened input's record: the engine's ``to_record()`` plus path, output and the load
+    notes."""
     rec = dict(engine_record)
     rec.pop("index", None)  # the position within one engine call, meaningless here
     head = {"path": path, "output": output, truth: rec.pop(truth),
@@ -101,8 +99,7 @@ def appending(path: Path) -> Iterator[Callable[[dict], None]]:
 
 
 def read_records(path: Path) -> tuple[list[dict], int]:
-    """The records of results.jsonl and the number of lines skipped as unreadable (a line torn
-    by a kill, or not a record)."""
+    """The records of results.jsonl and how many lines were unreadable (torn by a kill)."""
     if not path.exists():
         return [], 0
     records, bad = [], 0
@@ -123,8 +120,8 @@ def read_records(path: Path) -> tuple[list[dict], int]:
 
 def records_to_keep(out_dir: Path, records: Iterable[dict], outputs: dict[str, str]
                     ) -> dict[str, dict]:
-    """Input path -> the record a resumed run keeps: the last record of each current input that
-    is an error, or whose output is the expected file and exists."""
+    """Input path -> the record a resumed run keeps: the last one of each current input, if
+    an error or if its expected output exists."""
     kept: dict[str, dict] = {}
     for rec in records:
         path = rec["path"]
@@ -149,8 +146,7 @@ def read_summary(out_dir: Path) -> dict:
 
 
 def changed_options(out_dir: Path, info: dict) -> list[str]:
-    """The options of ``info`` (each key, and each ``config`` field) that differ from those
-    the earlier run's summary.json holds (compared on --resume; none when it is unreadable)."""
+    """The options of ``info`` (and ``config`` fields) that differ from the earlier run's."""
     old = read_summary(out_dir)
     # like with like: this run's options as summary.json holds them (tuples become lists)
     info = json.loads(json.dumps(info, default=str))
@@ -228,14 +224,10 @@ def deciding_of(record: dict, verifier: str) -> list[str]:
 
 
 def headline(records: Sequence[dict], task) -> dict[str, dict]:
-    """What an operator acts on, per verifier, by one rule: a verifier is fooled under a view
-    only on items it answered right clean under that view; the others are counted apart.
-
-    - ``beaten_rate``: among the items it answered right clean under every deciding view
-      (``solved_clean`` of them), the share it answers wrong under all of them as delivered;
-    - per view: ``right_clean``, ``fooled`` (of those) and ``fooled_rate``; ``wrong_clean``
-      (already wrong clean: not counted); and the task's own figures (labels: 3x3 grid solve
-      rates before and after; text: mean character error rate)."""
+    """Per verifier, fooled under a view only where it answered right clean: ``beaten_rate``,
+    the share of the items right clean under every deciding view (``solved_clean``) it answers
+    wrong under all of them as delivered; per view ``right_clean``, ``fooled`` (of those),
+    ``fooled_rate``, ``wrong_clean`` (counted apart) and the task's own figures."""
     rows = [r for r in records if isinstance(r.get("right_after"), dict)]
     out: dict[str, dict] = {}
     for v in dict.fromkeys(v for r in rows for v in r["right_after"]):

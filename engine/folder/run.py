@@ -1,10 +1,7 @@
-"""``advx harden`` as a function, for every task: the items of a folder (as the task reads
-them) streamed through one Hardener (or Ray workers), each hardened image and its record
-written as soon as it is finished (records.py: the files and resume). Unusable items (a
-missing or unreadable image, one too small, a truth the models cannot take) get an error
-record and the run goes on. An image over ``max_side`` is attacked on a downscaled working copy
-and its perturbation carried to full size, where the task allows it (a text captcha, whose
-readings are those of the delivered file, is refused instead).
+"""``advx harden`` as a function, for every task: the items of a folder streamed through one
+Hardener (or Ray workers), each hardened image and its record written as soon as it is
+finished. An unusable item gets an error record and the run goes on; an image over
+``max_side`` is attacked on a downscaled working copy where the task allows it.
 """
 
 from __future__ import annotations
@@ -146,9 +143,8 @@ def run_info(job: HardenJob, task: Task, config: HardenConfig,
 
 def run_harden(job: HardenJob, *, show_progress: bool = True,
                warn: Callable[[str], None] = print) -> Outcome:
-    """Harden every input of ``job`` not yet done; write results.jsonl, summary.json and
-    report.html. Raises RunError / DatasetError / model errors before touching ``out_dir``;
-    returns with ``interrupted`` set on Ctrl-C (what is finished is kept)."""
+    """Harden every input of ``job`` not yet done (see :func:`harden_folder`); on Ctrl-C,
+    returns with ``interrupted`` set, what is finished kept."""
     task = get_task(job.task)
     if job.labels_csv is None and (job.input_dir / rec.RESULTS).exists():
         raise RunError(f"{job.input_dir} is an advx output folder (it has {rec.RESULTS}); to "
@@ -391,18 +387,12 @@ def harden_folder(input_dir: str | Path, out_dir: str | Path, *, task: str = "la
                   show_progress: bool = False,
                   warn: Callable[[str], None] = print,
                   **options: Any) -> Outcome:
-    """Harden a folder into ``out_dir`` exactly as ``advx harden`` does: images at their
-    relative paths, ``results.jsonl`` (a record per input, appended as each finishes),
-    ``summary.json`` and ``report.html``; ``resume=True`` finishes an interrupted run.
-
-    ``task``: a registered task (``labels``: INPUT/<label>/... or a path,label CSV; ``text``:
-    a path,text CSV, default INPUT/labels.csv). ``options``: the task's own (``labels``:
-    ``label_set``, ``label_map`` (a JSON file), ``templates``, ``decoy``). ``ray``:
-    ``"local"``, ``"auto"``, a cluster address or :class:`RayOptions` to spread the images
-    over Ray workers (records are the same as in one process with the same seed). Raises
-    :class:`~advx.engine.errors.RunError` and the typed dataset and model errors before
-    anything is written.
-    """
+    """Harden a folder into ``out_dir`` exactly as ``advx harden`` does (``resume=True``
+    finishes an interrupted run). ``options``: the task's own (``labels``: ``label_set``,
+    ``label_map`` (a JSON file), ``templates``, ``decoy``); ``ray``: ``"local"``, ``"auto"``, a
+    cluster address or :class:`RayOptions`, the same records as in one process. Raises
+    :class:`~advx.engine.errors.RunError` and the dataset and model errors before anything is
+    written."""
     job = HardenJob(
         input_dir=Path(input_dir), out_dir=Path(out_dir), task=task,
         labels_csv=Path(labels_csv) if labels_csv else None,

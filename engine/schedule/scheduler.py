@@ -1,17 +1,8 @@
-"""Continuous batching, for every task: k torch attack steps, then verification of exactly what
-would be delivered, under the views of the run's preset.
-
-An item leaves the batch as soon as every verifier is fooled by at least
-``config.required_margin`` (by the task's rule: a wrong label, a misread text) under each of
-its deciding views (:mod:`advx.engine.views.presets`; reported views are scored on the delivered
-file but never keep an item), or once more steps at its full budget stop raising its score on
-those views, and a waiting item takes its place. Items of different sizes are attacked in
-separate size buckets. What is task-specific (the loss, the answers, the verdict, the mask, the
-results) comes from the task's :class:`~advx.engine.tasks.base.Models`.
-
-Each item spends only what it needs: its budget starts at eps / 2^(rungs - 1)
-and widens one rung at a time while it stays unfooled, shaped per pixel by the task's
-perceptual mask, and the delivered file's SSIM is held at the floor.
+"""Continuous batching, for every task: k attack steps, then verification of exactly what would
+be delivered. An item leaves as soon as every verifier is fooled by ``required_margin`` under
+each of its deciding views, or once more steps at its full budget stop raising its score, and a
+waiting item takes its place. Its budget starts at eps / 2^(rungs - 1) and widens one rung at a
+time while it stays unfooled, shaped by the task's mask, its SSIM held at the floor.
 """
 
 from __future__ import annotations
@@ -164,10 +155,8 @@ class Scheduler:
     def run(self, images: Sequence[torch.Tensor], y: torch.Tensor, t: torch.Tensor,
             on_result: Callable[[HardenResult], None] | None = None,
             should_stop: Callable[[int], bool] | None = None) -> list[HardenResult | None]:
-        """Harden ``images`` ([3, H, W]); ``y`` and ``t`` are the task's encoding of their
-        truths and decoys (:meth:`Models.encode`). An item for which ``should_stop(index)``
-        turns true (and stays true: a request whose caller is gone) leaves before the next
-        attack step, without a result (None)."""
+        """Harden ``images`` ([3, H, W]; ``y``, ``t``: :meth:`Models.encode`'s). An item for
+        which ``should_stop(index)`` turns true leaves before the next step, its result None."""
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             buckets.setdefault(tuple(img.shape[-2:]), []).append(i)
@@ -281,9 +270,8 @@ class Scheduler:
                 drop({j for j, _ in finished})
 
     def _hold_ssim(self, state: AttackState, slots: list[Slot]) -> torch.Tensor:
-        """Scale the perturbation of the rows whose delivered SSIM fell under the floor back
-        (bisection on a factor) until it is at the floor again, their budgets by the same
-        factor; returns what would be delivered now."""
+        """Scale back (bisection) the perturbations and budgets of rows whose delivered SSIM
+        fell under the floor; returns what would be delivered now."""
         delivered = self.deliver(quantise(state.adv))
         floor = self.config.ssim_floor
         if floor is None:

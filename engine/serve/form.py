@@ -1,8 +1,5 @@
-"""The request body of ``POST /harden``: a multipart/form-data body read as it streams, in
-memory, each part held to its cap (the image part to the upload cap, other fields to
-:data:`FIELD_BYTES`), so that nothing is spooled to disk and no more than the cap is held; one
-refused part way is drained or its connection closed (:class:`FormError`).
-"""
+"""The multipart/form-data body of ``POST /harden``, read as it streams, in memory, each part
+held to its cap (the image to the upload cap, other fields to :data:`FIELD_BYTES`)."""
 
 from __future__ import annotations
 
@@ -44,9 +41,7 @@ async def drain(request: Request, limit: int, timeout_s: float = 10.0) -> bool:
 
 async def read_form(request: Request, *, max_body: int, max_upload: int
                     ) -> dict[str, bytearray]:
-    """The parts of a multipart/form-data body (name -> its bytes), read as it streams, in
-    memory: refused (413) once the body or a part crosses its cap, so no more than the cap is
-    held anywhere."""
+    """name -> bytes of each part; refused (413) once the body or a part crosses its cap."""
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 

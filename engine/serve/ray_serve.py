@@ -1,14 +1,10 @@
-"""``advx serve --ray ADDRESS``: the HTTP API of :mod:`.http` from Ray Serve replicas, for
-every task.
+"""``advx serve --ray ADDRESS``: the HTTP API of :mod:`.http` from Ray Serve replicas.
 
-Two deployments. ``advx-hardener`` (``replicas`` of them, each holding the models: a
-:class:`~advx.engine.serve.service.HardenService` without its worker thread) gathers requests with
-Ray Serve's ``@serve.batch`` and is bounded by Ray Serve's own limits: ``max_ongoing_requests``
-(one batch per replica) and ``max_queued_requests`` (``--max-queue``; beyond it the caller's
-handle raises ``BackPressureError``, answered 429 with ``Retry-After``). ``advx-ingress`` (one
-replica) runs the single-process server's FastAPI app over a deployment handle. A request whose
-client disconnects or whose deadline passes cancels its handle call; the replica stops its
-image at the next attack step.
+``advx-hardener`` (``replicas`` of them, each a :class:`~.service.HardenService` without its
+worker thread) batches requests with ``@serve.batch``, bounded by ``max_ongoing_requests`` and
+``max_queued_requests`` (``--max-queue``: ``BackPressureError``, answered 429); ``advx-ingress``
+runs the FastAPI app over its handle. A request given up on cancels its handle call, and the
+replica stops its image at the next attack step.
 """
 
 from __future__ import annotations

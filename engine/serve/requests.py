@@ -1,8 +1,6 @@
-"""What a service request asks for, resolved before any model is touched: its task (its
-``task`` field, or the truth field it sends), its model set (the task's request options: for
-labels, a label set), its budget and its deciding views. Requests of one :class:`Group` are
-hardened together, by the Hardener :class:`HardenerCache` keeps for it. Torch-free: the Ray
-Serve ingress resolves requests without models."""
+"""What a service request asks for, resolved before any model is touched (torch-free, for the
+Ray Serve ingress): its task, model set, budget and deciding views, its :class:`Group`; and
+the Hardener of each group (:class:`HardenerCache`)."""
 
 from __future__ import annotations
 
@@ -123,11 +121,9 @@ class Requests:
 
 
 class HardenerCache:
-    """The Hardeners of a service: per task, its models built once per model set and a fresh
-    schedule (cheap) per budget and deciding views. At most ``max_sets`` model sets are kept
-    per task, least recently used first out, the task's default set never; the ONNX exports
-    built for a set are removed with it unless a kept one shares them, and export temporaries
-    left by killed exports are removed at start."""
+    """The Hardeners of a service: per task, models built once per model set (at most
+    ``max_sets`` kept, least recently used out, never the default; their exports removed with
+    them) and a schedule per budget and deciding views."""
 
     def __init__(self, requests: Requests, *, max_sets: int) -> None:
         from ...export.onnx.cache import default_cache_dir, remove_stale_exports
@@ -208,13 +204,6 @@ class HardenerCache:
         """The model sets of ``task`` kept (their options), least recently used first."""
         with self._lock:
             return [k[1] for k in self._models if k[0] == task]
-
-    def export_bytes(self) -> int:
-        """Bytes on disk of the exports this cache built and keeps."""
-        with self._lock:
-            paths = {p for s in self._owned.values() for p in s}
-        return sum(f.stat().st_size for p in paths if p.is_dir() for f in p.rglob("*")
-                   if f.is_file())
 
 __all__ = ["COMMON_FIELDS", "Group", "HardenerCache", "Requests", "TaskSetup", "Unreadable",
            "freeze"]

@@ -1,15 +1,11 @@
 """A long-lived hardening service, for every task: models built once, concurrent requests
 batched together.
 
-Requests wait in a bounded queue (``max_queue``: beyond it :meth:`HardenService.submit` raises
-:class:`QueueFull`); one worker thread takes every request that is waiting (up to
-``max_batch``, after a short gathering window) and runs them through the scheduler together,
-so images of different requests share attack steps and verification passes. Requests of other
-tasks, model sets (labels: label sets; at most ``max_label_sets`` kept per task), budgets or
-deciding views (``decide``) run as their own group, on the same models. Each request gets a
-:class:`concurrent.futures.Future` of its result: cancelling it, or its deadline passing,
-takes the image out of its batch before the next attack step. Images over ``max_side`` are
-bounded as :mod:`.uploads` says.
+Requests wait in a bounded queue (beyond ``max_queue``: :class:`QueueFull`); one worker thread
+takes up to ``max_batch`` of them, after a short gathering window, through the scheduler
+together, a :class:`~.requests.Group` (task, model set, budget, deciding views) at a time.
+Each request gets a :class:`concurrent.futures.Future`: cancelling it, or its deadline passing,
+takes the image out of its batch before the next attack step.
 """
 
 from __future__ import annotations
@@ -79,13 +75,10 @@ def _settle(fut: Future, result: HardenResult | None = None,
 
 
 class HardenService:
-    """Harden single images as they come, many at a time (see the module docstring); also the
-    backend the HTTP app (:mod:`.http`) talks to in this process.
-
-    ``tasks``: the tasks served and what each loads (default: every registered task with its
-    defaults; a task's models load on its first request unless its setup is ``eager``).
-    ``start=False`` builds the eager models but starts no worker (:meth:`start` does; Ray Serve
-    replicas call :meth:`run_jobs` themselves)."""
+    """Harden single images as they come, many at a time; the HTTP app's backend in this
+    process. ``tasks``: what each task served loads (default: every registered task with its
+    defaults, loaded on its first request unless ``eager``). ``start=False``: no worker thread
+    (Ray Serve replicas call :meth:`run_jobs` themselves)."""
 
     def __init__(self, tasks: Mapping[str, TaskSetup] | None = None, *,
                  config: HardenConfig | None = None, max_batch: int = 16,
@@ -156,20 +149,13 @@ class HardenService:
         """Model sets whose models were built."""
         return self.hardeners.builds
 
-    def export_bytes(self) -> int:
-        """Bytes on disk of the exports this service built and keeps."""
-        return self.hardeners.export_bytes()
-
     def submit(self, image: np.ndarray | Prepared, truth: Any, *, task: str = "labels",
                eps: float | None = None, steps: int | None = None,
                timeout_s: float | None = None, decide: str | Sequence[str] | None = None,
                **options: Any) -> Future:
-        """Queue one uint8 HxWx3 image (or a :class:`Prepared` one) and its truth; the future
-        resolves to its result at the input's size. ``options``: the task's request options
-        (labels: ``label_set``); ``decide``: its deciding views (default the preset's). Raises
-        ValueError (truth, options, views, an image too large for a task hardened at its own
-        size), NotAllowed and QueueFull. Cancelling the future, or ``timeout_s`` passing
-        (DeadlineExceeded), stops its work at the next attack step."""
+        """Queue one uint8 HxWx3 image and its truth; the future resolves to its result at the
+        input's size. ``options``: the task's request options. Raises ValueError, NotAllowed
+        and QueueFull; cancelling, or ``timeout_s`` passing (DeadlineExceeded), stops it."""
         group = self.requests.group(task, truth, eps=eps, steps=steps, decide=decide, **options)
         why = self.problem(group, truth)
         if why is not None:

@@ -1,10 +1,6 @@
-"""Request images bounded before the engine sees them, and delivered at the input's size.
-
-An upload is refused before decoding when its header gives more pixels than the server allows,
-or a working copy too small to harden; an image whose longer side is over ``max_side`` is
-attacked on a downscaled working copy (:func:`prepare`) and its perturbation carried to full
-size afterwards (:func:`deliver`), as folder runs do. :func:`release_memory` gives the pages
-of such full-size arrays back to the system once they are done with.
+"""Request images bounded before the engine sees them (refused from their header when too
+large or too small; over ``max_side``, attacked on a working copy: :func:`prepare`) and
+delivered at the input's size (:func:`deliver`), as folder runs do.
 """
 
 from __future__ import annotations
@@ -23,10 +19,8 @@ from ..tasks.base import get_task
 
 @dataclass
 class Prepared:
-    """A request's image as the engine takes it: ``working`` (longer side at most
-    ``max_side``) and, when that is a downscaled copy, what :func:`deliver` needs to carry the
-    perturbation to full size: the original's ``full_size`` (W, H) and its ``source`` (the
-    encoded upload, decoded again then, or the full-size pixels)."""
+    """A request's image as the engine takes it (``working``) and, for a downscaled copy, the
+    original's ``full_size`` (W, H) and ``source`` (its encoded bytes or pixels)."""
 
     working: np.ndarray
     full_size: tuple[int, int] | None = None
@@ -55,8 +49,7 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 def prepare(image: bytes | np.ndarray, *, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
             ) -> Prepared:
-    """Bound one image (encoded bytes before decoding, from their header; see the module
-    docstring). Raises ImageLoadError."""
+    """Bound one image (encoded bytes from their header, before decoding); ImageLoadError."""
     from ..images import ImageLoadError, decode_image_bytes
     from ..working import MIN_SIDE, downscale, working_size
 
@@ -102,8 +95,7 @@ def size_problem(task: str, prepared: Prepared, max_side: int) -> str | None:
 
 def deliver(prepared: Prepared, result: HardenResult, config: HardenConfig,
             max_pixels: int | None = None) -> HardenResult:
-    """The result at the input's size: the working copy's perturbation upsampled onto the
-    original (SSIM floor held at full size), metrics recomputed there, as folder runs do."""
+    """The result at the input's size (:func:`~advx.engine.working.full_size_delivery`)."""
     if prepared.full_size is None:
         return result
     from ..images import decode_image_bytes
@@ -123,8 +115,8 @@ def deliver(prepared: Prepared, result: HardenResult, config: HardenConfig,
 
 
 def release_memory() -> None:
-    """Give the heap's free pages back to the system (glibc): a long-lived service otherwise
-    keeps the high-water mark of its largest batch or image as its resident size."""
+    """Give the heap's free pages back to the system (glibc), which a long-lived service
+    otherwise keeps at the high-water mark of its largest image."""
     try:
         import ctypes
 

@@ -1,21 +1,15 @@
 """The Jacobian of non-local means with its weights frozen: a gradient stand-in (BPDA) for
 OpenCV's filter that knows where the filter keeps a perturbation and where it averages it away.
 
-Non-local means replaces each pixel by an average of the pixels around it (a ``search`` window)
-weighted by how alike their ``template`` patches are: ``y_p = sum_o w_o(p) x_{p+o} / Z_p`` with
-``w_o(p) = exp(-mean((L(p + t) - L(p + o + t))^2) / h^2)`` over the patch offsets ``t`` (OpenCV
-runs it on 8-bit CIELAB, the lightness with ``h``). With the weights frozen at the current
-image, the filter is linear and its vector-Jacobian product is the transposed average: a
-gradient at a pixel is spread over the pixels whose patches look like its own, so an attack
-learns a perturbation that alike patches share, which the average keeps, instead of one that
-each pixel carries alone, which the average removes. The straight-through stand-in (identity)
-assumes the filter keeps everything.
+Non-local means averages the pixels of a ``search`` window weighted by how alike their
+``template`` patches are: ``y_p = sum_o w_o(p) x_{p+o} / Z_p``, ``w_o(p) = exp(-mean((L(p + t)
+- L(p + o + t))^2) / h^2)``. With the weights frozen the filter is linear, and its
+vector-Jacobian product spreads a pixel's gradient over the pixels whose patches look like its
+own: the attack learns a perturbation alike patches share, which the average keeps.
 
-The weights come from the lightness only (OpenCV averages the lightness and the colour
-channels with separate weights), over ``search`` x ``search`` offsets (OpenCV's own 21 x 21 by
-default) every ``stride`` pixels (a quarter of the work), with replicated borders: an
-approximation of OpenCV's filter for its gradient; the forward pass is always OpenCV's own
-output. How the approximations compare is in benchmarks/README.md.
+The weights come from the lightness only, over ``search`` x ``search`` offsets every ``stride``
+pixels, with replicated borders: an approximation for the gradient; the forward pass is always
+OpenCV's own output.
 """
 
 from __future__ import annotations
@@ -49,12 +43,8 @@ def _box(t: torch.Tensor, k: int) -> torch.Tensor:
 
 def nlm_vjp(x: torch.Tensor, grad: torch.Tensor, h: float = 10.0, template: int = 7,
             search: int = 21, stride: int = 2) -> torch.Tensor:
-    """``grad`` (at the filter's output) times the frozen-weight Jacobian of non-local means at
-    ``x``: the transpose of the patch-weighted average with weights from the lightness ``L``
-    (``w_o(p) = exp(-mean((L(p + t) - L(p + o + t))^2) / h^2)``, the mean over the patch),
-    every channel averaged alike: ``dx_q = sum_o w_o(q - o) grad_{q-o} / Z_{q-o}``. The patch
-    distance is symmetric (``w_{-o}(p + o) = w_o(p)``), so each pair of opposite offsets costs
-    one weight map."""
+    """``grad`` times the frozen-weight Jacobian of non-local means at ``x``: ``dx_q = sum_o
+    w_o(q - o) grad_{q-o} / Z_{q-o}`` (symmetric weights: one map per pair of offsets)."""
     guide = lightness8(x.float())
     r = search // 2
     hh, ww = guide.shape[-2:]

@@ -1,12 +1,8 @@
 """What text-CAPTCHA solvers do to an image before their OCR network reads it.
 
-OCR solvers (ddddocr, captcha-whisperer, PP-OCRv4) convert the image to grey with PIL's rule;
-attackers also binarise it with Otsu's threshold (OpenCV) and straighten slight rotations.
-Each transform maps images [N, 3, H, W] in [0, 1] to images of the same shape (grey results
-replicated over the three channels). Without a gradient the forward pass is exactly what the
-solver computes on the 8-bit image (verification); with one (expectation over transformation)
-the forward pass stays exact and the gradient is that of a differentiable stand-in
-(straight-through: ``exact + (soft - soft.detach())``).
+Grey as PIL has it, Otsu's binarisation as OpenCV has it, slight rotations: each maps images
+[N, 3, H, W] in [0, 1] to the same shape. The forward pass is exactly the solver's on the 8-bit
+image; with a gradient, it is a differentiable stand-in's (straight through).
 """
 
 from __future__ import annotations
@@ -40,10 +36,8 @@ def luma(x: torch.Tensor) -> torch.Tensor:
 
 
 def otsu_binarise(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """OpenCV's Otsu binarisation of each grey image [N, 1, H, W] (levels 0..255):
-    ``cv2.threshold(grey, 0, 255, THRESH_BINARY + THRESH_OTSU)``. Returns the binary images
-    [N, 1, H, W] in {0, 1} (1 above the threshold) and the thresholds [N, 1, 1, 1] in grey
-    levels, both float on ``levels``' device."""
+    """OpenCV's Otsu binarisation of grey levels [N, 1, H, W]: the binary images in {0, 1} and
+    the thresholds [N, 1, 1, 1], float on ``levels``' device."""
     import cv2
 
     binary, thresholds = [], []

@@ -1,11 +1,8 @@
 """What a solver does to an image before scoring it, as differentiable torch transforms.
 
-Each transform maps images [N, 3, H, W] in [0, 1] to images of the same shape, drawing its
-random parameters from a ``torch.Generator``. Fixed-parameter instances (``lo == hi``) are used
-for verification; ranges are sampled for expectation over transformation (EOT). JPEG's forward
-pass is the real encoder (PIL, exactly what is delivered); its gradient is that of kornia's
-differentiable JPEG, which knows which frequencies the quantisation keeps (BPDA with a
-faithful surrogate instead of the identity).
+Each maps images [N, 3, H, W] in [0, 1] to the same shape, drawing its parameters in
+[lo, hi] from a ``torch.Generator`` (fixed for verification, ranges for EOT). JPEG's forward pass
+is the real encoder; its gradient is kornia's differentiable JPEG's.
 """
 
 from __future__ import annotations
@@ -184,11 +181,8 @@ class InputDiversity:
 @dataclass(frozen=True)
 class GeometryDraw:
     """EOT over how solvers bring a tile to their input: with probability ``p`` a random
-    geometry replaces a surrogate's own preprocessing for one gradient (the whole tile or a
-    centre crop down to ``crop``, squashed or now and then letterboxed, any interpolation,
-    antialiased or not). A solver attacked only through its own export's resize and crop is
-    fooled under it and much less when the same weights see the whole tile. ``p`` was chosen on
-    the efficacy benchmark (benchmarks/README.md)."""
+    geometry (the whole tile or a centre crop down to ``crop``, squashed or letterboxed, any
+    interpolation) replaces a surrogate's own preprocessing for one gradient."""
 
     p: float = 0.75
     crop: float = 0.8

@@ -10,12 +10,10 @@ A :class:`View` composes
   ``prescale`` first brings the tile down to a low-resolution solver's size, after which the
   verifier's own preprocessing resizes it to what its graph takes (never skipped).
 
-Verification scores every view of a preset's view matrix exactly: the real codec and the real
-filters on the delivered bytes. Expectation over transformation (EOT) draws from the preset's
-transforms: the real codec and filters forward with differentiable stand-ins backward, random
-resampling, and (:class:`~.geometry.GeometryDraw`, where the preset asks for it) random
-geometries in place of a surrogate's own preprocessing. The presets themselves are declared by
-name in :mod:`advx.engine.views.presets`; this module holds the objects behind the names.
+Verification scores every view of a preset exactly, on the delivered bytes; expectation over
+transformation (EOT) draws from the preset's transforms (real codecs and filters forward,
+differentiable stand-ins backward). :mod:`advx.engine.views.presets` names them; this module
+holds the objects behind the names.
 """
 
 from __future__ import annotations
@@ -196,9 +194,7 @@ def eot_of(preset: Preset | str, samples: int = 1) -> Eot:
 
 class SeenTiles:
     """The delivered tiles as each view's solver has them (before its geometry), computed once
-    per row and source however many verifiers and views share it (non-local means is the
-    costly one: its views differ only in geometry). Each view is asked once; a source is let
-    go after the last view that uses it, so large images are not all held at once."""
+    per row and source, and let go after the last view that uses it."""
 
     def __init__(self, delivered: torch.Tensor, views: Sequence[View]) -> None:
         self.delivered = delivered
@@ -223,9 +219,8 @@ class SeenTiles:
 
 
 def each_view(images: Sequence[torch.Tensor], views: Sequence[View], batch: int | None = None):
-    """(indices, view, tiles) for each group of same-size ``images`` ([3, H, W], uint8 or in
-    [0, 1]; at most ``batch`` at a time) and each view: the group as that view's solver has it
-    (:class:`SeenTiles`: each filter runs once, however many solvers read its tiles)."""
+    """(indices, view, tiles) for each group of same-size ``images`` (at most ``batch``) and
+    each view: the group as that view's solver has it."""
     by_size: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):
         by_size.setdefault(tuple(im.shape), []).append(i)

@@ -18,7 +18,7 @@ import torch
 
 from ... import __version__
 from ..files import cache_root
-from ..zoo import DEFAULT_TEMPLATES, ImageClassifier, LabelMap, create_classifier, parse_name
+from ..zoo import DEFAULT_TEMPLATES, LabelMap, create_classifier, parse_name
 from .export import export_classifier
 from .manifest import MANIFEST, load_manifest
 from .spec import ExportSpec
@@ -48,13 +48,9 @@ def cache_key(name: str, labels: Sequence[str], templates: str, spec: ExportSpec
 
 def export_cached(name: str, labels: Sequence[str], *, precision: str | None = None,
                   templates: str = DEFAULT_TEMPLATES, cache_dir: str | Path | None = None,
-                  classifier: ImageClassifier | None = None,
                   label_map: LabelMap | None = None, spec: ExportSpec | None = None) -> Path:
-    """The directory of a validated export of (model, labels, precision), built once.
-
-    ``spec`` declares the export (its interface names, opset, tolerances); ``precision``, where
-    given, must agree with it. Without either: ``ExportSpec()`` (fp32).
-    """
+    """The directory of a validated export of (model, labels, precision), built once;
+    ``precision``, where given, must agree with ``spec`` (default: ``ExportSpec()``)."""
     if spec is None:
         spec = ExportSpec(precision=precision or "fp32")
     elif precision is not None and precision != spec.precision:
@@ -69,7 +65,7 @@ def export_cached(name: str, labels: Sequence[str], *, precision: str | None = N
         except Exception:
             shutil.rmtree(final, ignore_errors=True)  # corrupt or tampered: rebuild
     root.mkdir(parents=True, exist_ok=True)
-    clf = classifier or create_classifier(name, labels, templates=templates, label_map=label_map)
+    clf = create_classifier(name, labels, templates=templates, label_map=label_map)
     # the pid in the name lets remove_stale_exports tell a killed export from a running one
     work = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=root))
     try:

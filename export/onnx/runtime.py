@@ -15,7 +15,7 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_threads: int = 0):
+def make_session(path: Path, precision: str, *, cuda: bool = False):
     """An onnxruntime session on CUDA (an error if its provider does not start) or on the CPU."""
     import onnxruntime as ort
 
@@ -28,8 +28,6 @@ def make_session(path: Path, precision: str, *, cuda: bool = False, intra_op_thr
         if precision == "fp16" and not cuda
         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
-    if intra_op_threads:
-        opts.intra_op_num_threads = intra_op_threads
     if not cuda:
         # idle pool threads block instead of spinning, which would take a small CPU's cores from
         # torch's attack steps and the OpenCV filters

@@ -13,14 +13,10 @@ from .runtime import available_providers, check_interface, cpu_run_size, make_se
 
 
 class OnnxVerifier:
-    """images [N, 3, H, W] in [0, 1] (torch, any device) -> float32 label logits (torch, CPU).
+    """images [N, 3, H, W] in [0, 1] (torch, any device) -> float32 label logits (torch, CPU),
+    on CUDA where present (the input bound from the tensor's memory, no host copy)."""
 
-    Loads with the CUDA execution provider where present and the CPU one otherwise; on CUDA the
-    input is bound straight from the torch tensor's memory (IO binding), with no host copy.
-    """
-
-    def __init__(self, export_dir: str | Path, *, device: str = "auto",
-                 intra_op_threads: int = 0) -> None:
+    def __init__(self, export_dir: str | Path, *, device: str = "auto") -> None:
         self.path = Path(export_dir)
         self.manifest: Manifest = load_manifest(self.path)
         m = self.manifest
@@ -32,8 +28,7 @@ class OnnxVerifier:
             raise RuntimeError("device='cuda' asked for but onnxruntime has no CUDA provider; "
                                "install the extra: pip install 'advx[gpu]'")
         dir_ = self.path if self.path.is_dir() else self.path.parent
-        self.session = make_session(dir_ / MODEL_FILE, m.precision, cuda=use_cuda,
-                                    intra_op_threads=intra_op_threads)
+        self.session = make_session(dir_ / MODEL_FILE, m.precision, cuda=use_cuda)
         check_interface(self.session, m.input_name, m.output_name, m.batch_axis, self.path)
         self.device = "cuda" if use_cuda else "cpu"
 

@@ -1,10 +1,7 @@
-"""Foreign CAPTCHA solvers shipped as ONNX, as first-class advx models (``onnx:SPEC.json``).
-
-A solver spec (:mod:`.spec`) says how the solver sees a tile and reads its answer; the graph
-runs in onnxruntime as a verifier and, converted to torch, as a surrogate with gradients. A spec
-with a ``ctc`` output (:mod:`.text_spec`) is a text (OCR) solver: :mod:`.text`; one with a
-detector or segmenter head (:mod:`.detect_spec`) answers grid and click challenges:
-:mod:`.detector`.
+"""Foreign CAPTCHA solvers shipped as ONNX, as advx models (``onnx:SPEC.json``): a spec says how
+the solver sees a tile and reads its answer; the graph verifies in onnxruntime and, converted
+to torch, is a surrogate. Heads: labels (:mod:`.model`), ``ctc`` (:mod:`.text`), detectors
+(:mod:`.detector`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""What a text solver can read: its charset as symbols to emit, the truth as their indices, and
-its case rule.
-
-A case-insensitive solver reads ``a`` and ``A`` alike, so its symbols fall into *groups* (one
-per symbol up to case; every other symbol, the blank too, a group of its own): the truth is
-encoded as groups, and the losses of :mod:`advx.engine.tasks.text.losses` score each group by all of
-its symbols, so an attack cannot count a change of case as a win.
+"""What a text solver can read: its charset, the truth as indices, and its case rule. A
+case-insensitive solver's symbols fall into *groups* (``a`` and ``A``), and the truth is
+encoded as groups, so an attack cannot count a change of case as a win.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""The gradient path of a foreign solver: its ONNX graph converted to a torch module by
-onnx2torch, with our converters and fixes (:mod:`.o2t`, :mod:`.rnn_ops`, :mod:`.quant_ops`),
-on a graph normalised for it: Constant nodes and empty optional inputs where it accepts only
-initializers (Clip, Pad), and the answer cut out first, so one tensor comes back (an inner
-tensor, such as the logits before an ArgMax, or one output of a node with several, such as
-LSTM's Y_h).
-
-Every conversion is checked against onnxruntime by the caller (:class:`.graph.GraphSolver`).
+"""The gradient path of a foreign solver: its ONNX graph converted to torch by onnx2torch with
+our converters (:mod:`.o2t`), on a graph normalised for it (constants as initializers, the
+answer cut out first). The caller checks it against onnxruntime (:class:`.graph.GraphSolver`).
 """
 
 from __future__ import annotations
@@ -172,12 +167,8 @@ def _subgraph_inputs(node) -> list[str]:
 
 
 def each_alone(fn, x: torch.Tensor, axis: int = 0, how: str = "loop") -> torch.Tensor:
-    """``fn`` applied to each sample of ``x`` as a batch of one, the answers joined on
-    ``axis``: what a graph that takes one image at a time (a fixed batch of 1, or per-tensor
-    quantisation ranges that a batch would share) answers for each. ``how`` (see
-    :func:`batching`): ``batch`` (one call: the graph answers each sample as alone anyway),
-    ``vmap`` (``torch.func.vmap``: one batched call in which each sample sees a batch of one)
-    or ``loop`` (one call per sample)."""
+    """``fn`` applied to each sample of ``x`` as a batch of one, joined on ``axis``, ``how``
+    :func:`batching` says: ``batch`` (one call), ``vmap`` or ``loop``."""
     if x.shape[0] == 1 or how == "batch":
         return fn(x)
     if how == "vmap":

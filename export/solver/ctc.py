@@ -1,11 +1,5 @@
-"""CTC heads of OCR solvers: greedy decoding, and the parity check of a converted sequence graph.
-
-A CTC head scores every symbol of the charset (plus a blank) at each time step; the solver
-reads the best symbol per step, merges repeats and drops blanks (``greedy_ctc``). The torch
-conversion of such a graph is accepted when its scores stay close to onnxruntime's and it
-reads the same strings (``sequence_parity``); a dynamically quantised graph needs a wider
-tolerance (see :mod:`.quant_ops`).
-"""
+"""CTC heads of OCR solvers: greedy decoding, and the parity check of a converted sequence
+graph (close scores, the same strings)."""
 
 from __future__ import annotations
 
@@ -17,12 +11,8 @@ from .graph import SolverParityError
 
 
 def greedy_ctc(scores: torch.Tensor, blank: int, *, time_axis: int = 1) -> list[list[int]]:
-    """Best symbol per step, repeats merged, blanks dropped: one index list per sample.
-
-    ``scores`` is [N, T, C] (``time_axis=1``) or [T, N, C] (``time_axis=0``); logits,
-    log-probabilities and probabilities decode alike. A blank between two equal symbols keeps
-    both (``a - a`` reads ``aa``).
-    """
+    """Best symbol per step of ``scores`` [N, T, C] (or [T, N, C], ``time_axis=0``), repeats
+    merged, blanks dropped (``a - a`` reads ``aa``): one index list per sample."""
     if scores.ndim != 3 or time_axis not in (0, 1):
         raise ValueError(f"expected scores [N, T, C] or [T, N, C], got {list(scores.shape)} "
                          f"with time_axis {time_axis}")
@@ -47,14 +37,9 @@ class SequenceParity:
 def sequence_parity(got: torch.Tensor, ref: torch.Tensor, blank: int, *, time_axis: int = 1,
                     atol: float = 1e-3, rtol: float = 1e-3, margin: float | None = None,
                     name: str = "solver") -> SequenceParity:
-    """Check torch scores ``got`` against onnxruntime's ``ref`` (same layout, [N, T, C] or
-    [T, N, C]): close within ``atol + rtol * |ref|`` everywhere, and the same greedy strings.
-
-    A step where onnxruntime's best two scores are within ``margin`` (default ``2 * atol``)
-    is a near-tie that a difference within tolerance may flip; readings that differ only at
-    such steps are counted as ``undecided``, not as disagreements. Raises
-    ``SolverParityError`` naming the worst difference otherwise.
-    """
+    """Torch scores ``got`` against onnxruntime's ``ref``: within ``atol + rtol * |ref|``, and
+    the same greedy strings except at near-ties (best two within ``margin``, default
+    ``2 * atol``: ``undecided``). Raises ``SolverParityError`` otherwise."""
     if got.shape != ref.shape:
         raise SolverParityError(f"{name}: torch scores of shape {list(got.shape)} != "
                                 f"onnxruntime {list(ref.shape)}")

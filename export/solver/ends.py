@@ -1,8 +1,5 @@
-"""The solver's two ends in torch: its preprocessing (tile -> graph input) and the reading of
-its answer (answer tensor -> decision logits over the run's labels).
-
-Both are differentiable and shared by the torch path (surrogate) and the onnxruntime path
-(verifier), so the two see exactly the same input and read the answer the same way.
+"""The solver's two ends in torch, shared by the surrogate and the verifier: its preprocessing
+(tile -> graph input) and the reading of its answer (-> decision logits over the run's labels).
 """
 
 from __future__ import annotations
@@ -69,12 +66,8 @@ class Preprocess(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Answer tensor -> [N, L] decision logits over ``labels`` (the run's label set).
-
-    ``kind`` is what the tensor holds; it differs from the spec's when the gradient path reads
-    the logits behind a stripped sigmoid (multilabel -> multilabel_logits) or softmax
-    (softmax -> logits).
-    """
+    """Answer tensor -> [N, L] decision logits over ``labels``; ``kind``: what the tensor holds
+    (the logits behind a stripped activation, on the gradient path)."""
 
     def __init__(self, spec: SolverSpec, labels: Sequence[str], kind: str | None = None) -> None:
         super().__init__()

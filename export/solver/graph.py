@@ -141,13 +141,8 @@ def producer_chain(model, output: str) -> list:
 
 
 def strip_activation(model, output: str, activation: str):
-    """A copy of ``model`` whose ``output`` skips its final ``activation`` (Sigmoid / Softmax),
-    or None when the activation is not found on a plain path to the output (a softmax: where
-    it produces the output itself).
-
-    The gradient path attacks these logits: a saturated probability (0.99999) has no useful
-    gradient, its logit has. The caller checks the copy against the original by parity.
-    """
+    """A copy of ``model`` whose ``output`` skips its final ``activation`` (Sigmoid /
+    Softmax: a saturated probability has no useful gradient, its logit has), or None."""
     chain = producer_chain(model, output)
     if not chain or chain[-1].op_type != activation or (activation == "Softmax"
                                                          and len(chain) > 1):
@@ -194,14 +189,9 @@ _BEHIND = {"Sigmoid": "multilabel_logits", "Softmax": "logits"}
 
 
 class GraphSolver:
-    """A spec and its graph, whatever the head: the graph in onnxruntime (the verifier, exactly
-    as the solver runs it) and, converted on first use and held to onnxruntime by a parity
-    check, in torch (the surrogate, with gradients). A graph that cannot be converted still
-    verifies.
-
-    A head kind says what its answer holds (``kind``), fills in the methods that raise
-    NotImplementedError here, and gives its faces (a surrogate module, a verifier).
-    """
+    """A spec and its graph, whatever the head: in onnxruntime (the verifier) and, converted on
+    first use and held to onnxruntime by parity, in torch (the surrogate). A head kind fills in
+    the methods that raise NotImplementedError here."""
 
     kind: str  # what the graph's answer holds: "logits", "softmax", "multilabel", ...
 

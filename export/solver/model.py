@@ -1,14 +1,7 @@
-"""A foreign solver as an advx model: its preprocessing and output in torch, its graph in torch
-(surrogate, with gradients) or in onnxruntime (verifier, exactly as the solver runs it).
-
-Both paths present the interface of every advx model: images [N, 3, H, W] in [0, 1] -> [N, L]
-*decision logits* over the run's label set, read by the solver's own rule:
-
-- closed set (``logits`` / ``softmax``): the solver picks the argmax label;
-- multi-label (``multilabel`` / ``multilabel_logits``): label l is selected when
-  P(l) >= threshold, so its decision logit is logit(P(l)) - logit(threshold) (selected >= 0).
-
-Labels the solver does not know get a constant column (:data:`UNKNOWN`): never chosen.
+"""A label solver as an advx model: its graph in torch (surrogate) or in onnxruntime (verifier),
+both giving images [N, 3, H, W] in [0, 1] -> [N, L] *decision logits* over the run's labels:
+the argmax label for a closed set; logit(P(l)) - logit(threshold) for a multi-label solver
+(selected >= 0). Labels the solver does not know are never chosen (:data:`UNKNOWN`).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Our converters in onnx2torch's converter registry (no fork of it), registered on import.
 
-``register`` adds a converter for an op onnx2torch lacks (here GlobalMaxPool, Mish, Gelu; LSTM
-and GRU in :mod:`.rnn_ops`, dynamically quantised ops in :mod:`.quant_ops`); where a later
-onnx2torch ships its own for the same op and version, that one is kept. ``constant`` reads a
-node input that must be a constant (weights), with an error that names the node. Its own
-converters are fixed where they fail on exported graphs:
-
-- LayerNormalization on graphs whose intermediate shapes are symbolic: it reads the normalised
-  shape from shape inference, which has none there; the weight's shape is the normalised shape;
-- Slice indexes with a list of slices, which torch deprecates (a tuple means the same);
-- BatchNormalization picks ``BatchNorm1d/2d/3d`` from the rank shape inference gives, and
-  paddle2onnx graphs (PP-OCR) reshape with shapes computed at run time, which leaves the tensors
-  after the reshape without one: such nodes run as a rank-free ``F.batch_norm``.
+``register`` adds a converter for an op onnx2torch lacks (a later onnx2torch's own is kept);
+``constant`` reads a node input that must be a constant. Its own converters are fixed where
+they fail on exported graphs: LayerNormalization with symbolic shapes (the weight's shape is
+the normalised one), Slice (a tuple of slices), BatchNormalization where shape inference gives
+no rank (a rank-free ``F.batch_norm``).
 """
 
 from __future__ import annotations

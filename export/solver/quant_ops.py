@@ -1,29 +1,13 @@
 """Dynamically quantised ONNX graphs as float torch modules with gradients.
 
-``onnxruntime.quantization.quantize_dynamic`` rewrites each Conv / MatMul / LSTM as: quantise
-the activation per tensor at run time (``DynamicQuantizeLinear``: uint8, scale and zero point
-from the tensor's own range), an integer op on int8 / uint8 weights (``ConvInteger``,
-``MatMulInteger``, com.microsoft ``DynamicQuantizeLSTM``), then a Cast to float and a
-multiply by the two scales. Integer tensors carry no gradient, so here:
-
-- DynamicQuantizeLinear returns the quantised values as float, rounded exactly as onnxruntime
-  rounds them (ties to even), with a straight-through gradient (d q / d x = 1 / scale); scale
-  and zero point are treated as constants of the batch;
-- ConvInteger and MatMulInteger run as float conv / matmul on (q - zero point), whose values are
-  the integers onnxruntime computes (float32 sums, exact while they stay below 2^24);
-- DynamicQuantizeLSTM runs as an LSTM on the dequantised weights whose two products see
-  their inputs rounded to the uint8 grids onnxruntime quantises them to (straight through).
-
-The answer is onnxruntime's to the last bit on most inputs; where one of its float kernels (its
-sigmoid) differs from torch's in the last bit, a value can cross a rounding boundary, or move
-a tensor's range, and whole quantisation steps follow downstream: compare these graphs with
-the wider tolerance of ``ctc.sequence_parity``'s callers for quantised graphs.
-
-The gradient is therefore the float network's, taken at the quantised activations. The
-verifier keeps running the original quantised graph in onnxruntime: the solver as deployed.
-DynamicQuantizeLinear takes its range over the whole tensor, so a sample's answer depends on
-the rest of its batch: the converted graph runs each sample alone (``sample_axis``), as a
-solver reading one captcha at a time does, and the verifier should too.
+``quantize_dynamic`` quantises each activation per tensor at run time
+(``DynamicQuantizeLinear``), runs an integer op on int8 / uint8 weights (``ConvInteger``,
+``MatMulInteger``, ``DynamicQuantizeLSTM``) and rescales to float. Here the quantised values
+are floats rounded exactly as onnxruntime rounds them, with a straight-through gradient, and
+the integer ops run as float ops on (q - zero point): the float network's gradient, taken at
+the quantised activations. A last-bit difference in a float kernel can move whole quantisation
+steps downstream, so such graphs are compared with a wider tolerance. The range is the whole
+tensor's, so each sample runs alone (``sample_axis``).
 """
 
 from __future__ import annotations
@@ -71,14 +55,9 @@ class DynamicQuantize(nn.Module):
 
 
 class QuantisedLSTM(nn.Module):
-    """DynamicQuantizeLSTM as onnxruntime computes it, in float with straight-through rounding:
-    the input of all steps is quantised per tensor for X·Wᵀ, the hidden state per step for
-    H·Rᵀ. Call convention of ``nn.LSTM``; weights in ONNX layout and gate order (i, o, f, c).
-
-    onnxruntime splits a batch across threads for the recurrent product, each part quantised
-    on its own; this quantises the batch's hidden state as one tensor, as a single thread (or
-    a batch of one, as ddddocr runs) does.
-    """
+    """DynamicQuantizeLSTM in float with straight-through rounding: the input quantised per
+    tensor for X·Wᵀ, the hidden state per step for H·Rᵀ (as one thread does). Call convention
+    of ``nn.LSTM``; weights in ONNX layout and gate order (i, o, f, c)."""
 
     def __init__(self, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor) -> None:
         super().__init__()

@@ -2,20 +2,11 @@
 the gradient path) and through the library itself (PIL / OpenCV on 8-bit images, for the
 verifier).
 
-The torch path builds, per axis, the exact weight matrix of the library's filter:
-
-- PIL (``antialias`` true): ``Image.resize`` with BILINEAR / BICUBIC / LANCZOS; the filter
-  widens by the downscale factor, coefficients are rounded to 22-bit fixed point, and the first
-  of the two passes is rounded to 8 bits (``Resample.c``; the order is Pillow's, see
-  :func:`pil_vertical_first`);
-- OpenCV (``antialias`` false): ``cv2.resize`` with INTER_LINEAR / INTER_CUBIC: two (four) taps
-  at half-pixel centres, coefficients rounded to 11 bits; 8-bit bilinear values are OpenCV's to
-  the bit (its integer kernels), bicubic ones within one level.
-
-Rounding to 8 bits uses a straight-through estimator (the value is rounded, the gradient passes
-as if it were not), so the torch path sees the library's pixels and keeps its gradient. Grey is
-PIL's ``convert("L")`` (ITU-R 601-2 luma, 16-bit fixed point) or OpenCV's ``COLOR_RGB2GRAY``
-(15-bit fixed point), whichever library the solver resizes with.
+The torch path builds, per axis, the exact weight matrix of the library's filter: PIL's
+``Image.resize`` (``antialias`` true: the filter widens when downscaling, 22-bit coefficients,
+the first pass rounded to 8 bits) or ``cv2.resize`` (11-bit coefficients at half-pixel
+centres). Rounding to 8 bits is straight through, so the torch path sees the library's pixels
+and keeps its gradient. Grey is PIL's ``convert("L")`` or OpenCV's ``COLOR_RGB2GRAY``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """ONNX LSTM and GRU as torch modules, registered with onnx2torch (it has no converter for them).
 
-OCR solvers (CRNNs) read the column features of a CNN with a recurrent layer. Weights must be
-constant (initializers, or Constant nodes that ``convert.constants_to_initializers`` makes
-initializers); the input and the initial states may be computed. Refused: layout 1
-(onnxruntime refuses it too), sequence_lens of different lengths, activations other than the
-defaults, clip, peepholes, coupled input-forget gates. GRU with ``linear_before_reset=1`` (what
-torch exports) runs as ``nn.GRU``; with 0 (the ONNX default, Keras / TF exports) the reset gate
-applies before the recurrent product, which ``nn.GRU`` cannot express, so a per-step cell runs.
-
-Gate orders: ONNX stacks LSTM gates as i, o, f, c and torch as i, f, g(=c), o; GRU gates as
-z, r, h and torch as r, z, n.
+Weights must be constant; refused: layout 1, unequal sequence_lens, other activations, clip,
+peepholes, coupled gates. GRU with ``linear_before_reset=0`` (the ONNX default) runs a per-step
+cell, which ``nn.GRU`` cannot express. Gate orders: ONNX LSTM i, o, f, c (torch i, f, g, o);
+GRU z, r, h (torch r, z, n).
 """
 
 from __future__ import annotations
@@ -47,10 +41,8 @@ def _check_attributes(node, op: str, n_dirs: int) -> None:
 
 
 class OnnxRecurrent(nn.Module):
-    """One ONNX LSTM / GRU node: ``x`` and optional initial states -> (Y, Y_h[, Y_c]).
-
-    Y is [T, dirs, N, H]; Y_h and Y_c are [dirs, N, H], as ONNX defines them (layout 0).
-    """
+    """One ONNX LSTM / GRU node: ``x`` and optional initial states -> (Y [T, dirs, N, H], Y_h
+    [, Y_c] [dirs, N, H])."""
 
     def __init__(self, rnn: nn.Module, direction: str, seq_len: int | None, *,
                  lstm: bool) -> None:

@@ -13,10 +13,9 @@ A spec is a JSON file beside (or pointing to) a solver's ``.onnx`` graph::
       "threshold": 0.5
     }
 
-``threshold`` may also be an object with one per solver label: ``{"default": 0.5, "Bus": 0.8}``.
-An ``output.kind`` of ``"ctc"`` describes a text (OCR) solver instead: see :mod:`.text_spec`.
-Every error names the field to fix (``input.size``, ``label_map.bus``, ...). Keys starting with
-``_`` are comments and ignored; any other unknown key is an error (a typo would otherwise pass).
+``threshold`` may also be one per solver label: ``{"default": 0.5, "Bus": 0.8}``. Other
+output kinds register their own spec (:mod:`.text_spec`). Every error names the field to fix;
+keys starting with ``_`` are comments, any other unknown key is an error.
 """
 
 from __future__ import annotations
@@ -307,18 +306,12 @@ def register_spec_kind(kind: str, parse: Callable[..., SolverSpec],
     SPEC_KINDS[kind] = SpecKind(parse, to_dict)
 
 
-def spec_kind(data: Any) -> str | None:
-    """The ``output.kind`` of a raw spec dict, lower case (None: none given)."""
-    out = data.get("output") if isinstance(data, dict) else None
-    kind = out.get("kind") if isinstance(out, dict) else None
-    return kind.strip().lower() if isinstance(kind, str) else None
-
-
 def parse_spec(data: Any, *, path: Path | None = None) -> SolverSpec:
     """Validate a spec dict (``path``: the spec file, for resolving ``model`` and messages)."""
-    kind = spec_kind(data)
-    if kind in SPEC_KINDS:
-        return SPEC_KINDS[kind].parse(data, path=path)
+    out = data.get("output") if isinstance(data, dict) else None
+    kind = out.get("kind") if isinstance(out, dict) else None
+    if isinstance(kind, str) and kind.strip().lower() in SPEC_KINDS:
+        return SPEC_KINDS[kind.strip().lower()].parse(data, path=path)
     src = str(path) if path else "solver spec"
     top = _Reader(src, data, "", _TOP)
     _, model_path = read_header(top, path)

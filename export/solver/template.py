@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .graph import GraphIO, graph_io, load_graph, probe_output, producer_chain
-from .text_template import relative_to, text_template
+from .text_template import beside, relative_to, text_template
 
 _LABEL_KEYS = ("categories", "labels", "classes", "class_names", "names", "id2label")
 _SIZE_KEYS = ("input_size", "image_size", "tile_size", "imgsz", "img_size", "size", "tile")
@@ -98,17 +98,7 @@ def read_cards(model_path: Path, exclude: Path | None = None) -> tuple[dict, lis
     """Labels, size and threshold from JSON cards / label files beside the graph."""
     found: dict[str, Any] = {}
     sources: list[str] = []
-    folder = model_path.parent
-    candidates = sorted(folder.glob("*.json"))[:50] + sorted(folder.glob("*.txt"))[:20]
-    for f in candidates:
-        if exclude is not None and f.resolve() == exclude.resolve():
-            continue
-        if f.stat().st_size > 2_000_000:
-            continue
-        try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
+    for f, text in beside(model_path, exclude, max_bytes=2_000_000, txt=20):
         if f.suffix == ".txt":
             if f.stem.lower() in ("labels", "classes", "names") and "labels" not in found:
                 lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -1,18 +1,10 @@
 """A text (OCR) solver as an advx model: its preprocessing and CTC head in torch (with gradients)
 and its graph in onnxruntime (the verifier, exactly as the package runs it).
 
-Both paths take images [N, 3, H, W] in [0, 1] (one size per batch) and give per-step scores
-[N, T, C] with the package's reading rule applied (time steps it never reads dropped, classes it
-never emits pinned far below the rest), so a plain greedy CTC reading of them is the package's
-reading:
-
-- :class:`TextModel` (torch): PIL / OpenCV preprocessing as differentiable weight matrices
-  (:mod:`.resample`), the converted graph, logits out: what the attack differentiates;
-- :class:`TextVerifier` (onnxruntime): the library itself (PIL / OpenCV on the 8-bit image),
-  the original graph (a dynamically quantised one image at a time), the graph's own scores.
-
-:meth:`TextSolver.check_parity` compares the two on real images: the same strings, scores
-within the spec's ``tolerance``.
+Both take images [N, 3, H, W] in [0, 1] and give per-step scores [N, T, C] with the package's
+reading rule applied, so greedy CTC of them reads as the package does: :class:`TextModel`
+(torch, preprocessing as differentiable weight matrices) and :class:`TextVerifier` (the library
+and the original graph). :meth:`TextSolver.check_parity` holds them to the same strings.
 """
 
 from __future__ import annotations

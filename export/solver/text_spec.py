@@ -12,40 +12,22 @@ A spec whose ``output.kind`` is ``"ctc"`` describes an OCR solver (schema v1)::
       "tolerance": {"atol": 2.0, "margin": 3.0}
     }
 
-Input (applied in this order to a tile in [0, 1]):
+Input, applied in this order to a tile in [0, 1]: ``size`` ``[H, W]`` squashes, ``[H, null]``
+keeps the aspect ratio, the width rounded by ``width_rounding`` (``floor``: ddddocr, ``ceil``:
+PaddleOCR, or ``round``) and padded on the right with ``pad`` up to ``min_width``
+(:func:`input_width`); ``resize`` (``bilinear`` | ``bicubic`` | ``lanczos``) with ``antialias``
+true as PIL's ``Image.resize``, false as ``cv2.resize``; ``quantize``: rounded to 8 bits after
+each step, as packages resizing 8-bit images are; ``channels`` ``RGB`` | ``BGR`` | ``GREY``;
+``range``, ``mean``, ``std`` as for image solvers (one mean / std for a grey input).
 
-- ``size``: ``[H, W]`` squashes to that size; ``[H, null]`` resizes to height H keeping the
-  aspect ratio, the width rounded by ``width_rounding``: ``"floor"`` (``int(w * (H / h))``,
-  ddddocr), ``"ceil"`` (``ceil(H * (w / h))``, PaddleOCR) or ``"round"``; ``min_width`` pads
-  on the right with ``pad`` (a pixel value in [0, 1]) up to ``int(H * max(min_width / H,
-  w / h))`` columns, the resized width capped there (PaddleOCR's ``resize_norm_img``);
-- ``resize``: ``bilinear`` | ``bicubic`` | ``lanczos``; ``antialias`` true is PIL's
-  ``Image.resize`` (filters widen when downscaling), false is ``cv2.resize`` (no lanczos);
-- ``quantize``: the package resizes 8-bit images (PIL / OpenCV on uint8): values are rounded
-  after each step as the library rounds them (straight through in torch);
-- ``channels``: ``RGB`` | ``BGR`` | ``GREY`` (one channel: PIL's ``convert("L")`` after a PIL
-  resize, OpenCV's ``COLOR_RGB2GRAY`` after an OpenCV one);
-- ``range``, ``mean``, ``std`` as for image solvers (one mean / std for a grey input).
+Output, a CTC head: ``name`` (an inner tensor, such as the logits before an ArgMax, cuts the
+graph there); ``layout`` ``TNC`` | ``NTC`` (classes last); ``charset``, one symbol per class
+with the blank's place (inline, or a file beside the spec: a JSON list or one symbol per line);
+``blank``; ``case`` ``insensitive`` | ``sensitive``; the package's departures from greedy CTC
+(``never_emit`` classes, ``ignore_last_steps``); ``scores`` ``logits`` | ``softmax``.
 
-Output (a CTC head: scores per time step over the charset, blank included):
-
-- ``name``: the tensor to read; an inner tensor of the graph (the logits before an ArgMax, a
-  Softmax or a decoder) cuts the graph there, for onnxruntime and torch alike;
-- ``layout``: ``"TNC"`` or ``"NTC"`` (classes always last);
-- ``charset``: one symbol per class in class order, the blank's place included (its symbol is
-  never read): an inline list, or a file beside the spec (``.json``: a list; any other file:
-  one symbol per line, UTF-8); its length must match the head's classes;
-- ``blank``: the blank's class index; ``case``: ``"insensitive"`` (default: how most sites
-  compare) or ``"sensitive"``;
-- the package's decoding rule where it is not plain greedy CTC: ``never_emit`` (classes its
-  decoder never picks, e.g. captcha-whisperer's class 0) and ``ignore_last_steps`` (time steps
-  at the end it never reads);
-- ``scores``: ``"logits"`` (default) or ``"softmax"`` (probabilities; the gradient path takes
-  the logits behind a final Softmax, else their log).
-
-``tolerance`` (optional): the parity check of the torch conversion against onnxruntime,
-``atol`` + ``rtol`` · |x| on the scores and ``margin`` (best-two gap below which a step is a
-near-tie; default 2 · atol). Dynamically quantised graphs need a wide one (see :mod:`.ctc`).
+``tolerance`` (optional): torch against onnxruntime, ``atol`` + ``rtol`` · |x| on the scores
+and ``margin``, the best-two gap below which a step is a near-tie (default 2 · atol).
 """
 
 from __future__ import annotations
@@ -67,7 +49,6 @@ from .spec import (
     read_size,
     read_units,
     register_spec_kind,
-    spec_kind,
 )
 
 LAYOUTS = ("TNC", "NTC")
@@ -105,11 +86,6 @@ class CTCHead:
     @property
     def classes(self) -> int:
         return len(self.charset)
-
-
-def is_text_spec(data: Any) -> bool:
-    """Whether a raw spec dict describes a sequence (CTC) solver."""
-    return spec_kind(data) == "ctc"
 
 
 def parse_text_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
@@ -269,5 +245,4 @@ def input_width(spec: InputSpec, height: int, width: int) -> tuple[int, int]:
 
 register_spec_kind("ctc", parse_text_spec, text_spec_dict)
 
-__all__ = ["CASES", "LAYOUTS", "CTCHead", "input_width", "is_text_spec", "parse_text_spec",
-           "text_spec_dict"]
+__all__ = ["CASES", "LAYOUTS", "CTCHead", "input_width", "parse_text_spec", "text_spec_dict"]

@@ -1,19 +1,13 @@
-"""``advx solver init`` for OCR graphs: recognise a CTC head and write a ``ctc`` spec.
-
-A graph's output is taken for a CTC head when it is 3-D with the classes last and
-
-- its class count matches a charset beside the graph (a file whose name says charset, keys,
-  vocab, alphabet, dict or symbols: a JSON list, or text with one symbol per line), or the
-  graph's ``character`` metadata in PaddleOCR's convention, or
-- the batch is its second axis ([T, N, C]: image classifiers never put it there), or
-- its time axis grows with the input's width.
-
-A graph ending in an ArgMax (or a decoder behind one) is cut at the ArgMax's input, the scores.
+"""``advx solver init`` for OCR graphs: a 3-D output with the classes last is a CTC head when
+its class count matches a charset beside the graph (or PaddleOCR's ``character`` metadata),
+its batch is the second axis, or its time axis grows with the input's width. A graph ending in
+an ArgMax is cut at its input, the scores.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +35,25 @@ def relative_to(model_path: Path, spec_path: Path) -> str:
         return str(model_path)
 
 
-def _charset_files(model_path: Path, classes: int, exclude: Path | None) -> tuple[list, str] | None:
-    """A charset beside the graph with one symbol per class: (symbols, file name)."""
+def beside(model_path: Path, exclude: Path | None, *, max_bytes: int, txt: int = 50,
+           keep: Callable[[Path], bool] = lambda f: True) -> Iterator[tuple[Path, str]]:
+    """(file, its text) of the JSON and text files beside the graph that ``keep`` takes, but
+    ``exclude`` and files over ``max_bytes`` or not UTF-8."""
     folder = model_path.parent
-    for f in sorted(folder.glob("*.json"))[:50] + sorted(folder.glob("*.txt"))[:50]:
-        if exclude is not None and f.resolve() == exclude.resolve():
-            continue
-        if not any(k in f.stem.lower() for k in _CHARSET_NAMES) or f.stat().st_size > 5_000_000:
+    for f in sorted(folder.glob("*.json"))[:50] + sorted(folder.glob("*.txt"))[:txt]:
+        if ((exclude is not None and f.resolve() == exclude.resolve()) or not keep(f)
+                or f.stat().st_size > max_bytes):
             continue
         try:
-            text = f.read_text(encoding="utf-8")
+            yield f, f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
+
+
+def _charset_files(model_path: Path, classes: int, exclude: Path | None) -> tuple[list, str] | None:
+    """A charset beside the graph with one symbol per class: (symbols, file name)."""
+    for f, text in beside(model_path, exclude, max_bytes=5_000_000,
+                          keep=lambda f: any(k in f.stem.lower() for k in _CHARSET_NAMES)):
         if f.suffix == ".json":
             try:
                 data = json.loads(text)

@@ -1,8 +1,5 @@
-"""The model zoo: one registry, one interface (images in [0, 1] -> label logits).
-
-This package imports :mod:`.backends` (which registers the builders with :mod:`.registry`), here
-and nowhere else: importing any ``advx.export.zoo.*`` module runs this file first, so every
-lookup sees every backend whatever the order of imports.
+"""The model zoo: one registry, one interface (images in [0, 1] -> label logits). The builders
+register on import of this package, so every lookup sees every backend.
 """
 
 from __future__ import annotations
@@ -43,13 +40,9 @@ __all__ = [
 def create_classifier(name: str, labels: Sequence[str], *, templates: str = DEFAULT_TEMPLATES,
                       device: str = "cpu", label_map: LabelMap | None = None
                       ) -> ImageClassifier | SolverClassifier:
-    """Build model ``name`` as a classifier over ``labels``: images in [0, 1] -> [N, L] logits.
-
-    Image-text models get a zero-shot head (prompts from ``templates``); ImageNet classifiers
-    get a label map head (each label -> a set of ImageNet classes; ``label_map`` first). A
-    foreign solver (``onnx:SPEC.json``) brings its own preprocessing, answer and decision rule;
-    its torch path is its graph converted to torch.
-    """
+    """Build model ``name`` as a classifier over ``labels``: images in [0, 1] -> [N, L] logits
+    (a zero-shot head for image-text models, a label map head for ImageNet classifiers; a
+    foreign solver brings its own)."""
     labels = tuple(labels)
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be non-empty and distinct, got {labels}")

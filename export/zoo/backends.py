@@ -1,8 +1,6 @@
-"""Backend builders (open_clip, Hugging Face transformers, timm, the offline EfficientNet-Lite):
-each turns a :class:`ModelRef` into a :class:`Backbone`, registered with :mod:`.registry`.
-
-Weights load safely: safetensors or ``torch.load(weights_only=True)``; the one legacy pickle
-(EfficientNet-Lite2) is unpickled only after its full sha256 matches the published value.
+"""Backend builders (open_clip, transformers, timm, the offline EfficientNet-Lite), registered
+with :mod:`.registry`. Weights load safely: safetensors or ``weights_only``; the one legacy
+pickle (EfficientNet-Lite2) only after its sha256 matches the published one.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""Frozen surrogates run faster with their batch norms folded into the convolutions before them.
-
-In eval mode a batch norm is a per-channel affine map; after a convolution it is the same as a
-convolution with rescaled weights and a bias. Folding removes one elementwise pass per layer
-in the forward and in the backward pass. A fold is only kept when the model's output is
-unchanged on a probe input; otherwise every layer is put back as it was.
-"""
+"""Frozen surrogates run faster with their batch norms folded into the convolutions before them,
+kept only when the output is unchanged on a probe input."""
 
 from __future__ import annotations
 
@@ -29,10 +24,8 @@ def _after_fold(bn: nn.Module) -> nn.Module:
 
 
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor, rtol: float = 1e-4) -> int:
-    """Fold every eval-mode batch norm registered right after a Conv2d into it, in place.
-    ``probe`` is an input of ``model``: if its output moves by more than ``rtol`` of its scale
-    (a pair that was not conv -> norm in the forward pass), everything is undone. Returns the
-    number of folded layers."""
+    """Fold every eval-mode batch norm registered right after a Conv2d into it, in place, and
+    return how many; undone if the output on ``probe`` moves by more than ``rtol``."""
     if model.training:
         return 0
     undo: list[tuple[nn.Module, str, nn.Module, nn.Module, nn.Parameter, object]] = []

@@ -1,10 +1,8 @@
 """Free-text labels -> ImageNet-1k class sets, and label sets for challenges.
 
-Closed-set classifiers answer "is this a bus?" through a label map: each label is a set of
-ImageNet classes and its logit is the logsumexp over the set (see ``ClassSetHead``). The map
-below covers the objects CAPTCHAs ask for; a user map (``--label-map FILE``) comes first; any
-other label is matched against ImageNet class names, and a label that matches nothing (or that
-ImageNet cannot express, such as "crosswalk") is a :class:`LabelMapError`.
+Each label is a set of ImageNet classes (its logit the logsumexp over them): from a user map
+first, then the map below of what CAPTCHAs ask for, then ImageNet's class names; a label that
+matches nothing is a :class:`LabelMapError`.
 """
 
 from __future__ import annotations

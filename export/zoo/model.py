@@ -118,11 +118,8 @@ class ClassSetHead(nn.Module):
 
 
 class ClassifierCore(nn.Module):
-    """Images at the input size, in [0, 1] float32 -> float32 label logits.
-
-    The tower may run in half precision (an fp16 export); normalisation and the head always run
-    in float32, so the exported graph keeps float32 inputs and outputs at every precision.
-    """
+    """Images at the input size, in [0, 1] -> float32 label logits (the tower may run in half
+    precision; normalisation and the head always in float32)."""
 
     def __init__(self, normalize: Normalize, visual: nn.Module, head: nn.Module) -> None:
         super().__init__()

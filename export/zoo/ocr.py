@@ -1,15 +1,9 @@
 """Built-in offline text (OCR) solvers: graphs and charsets shipped inside PyPI packages.
 
-Each entry finds its files inside its installed package (``importlib.util.find_spec``: the
-package is located, never imported, and nothing is downloaded) and declares, as a solver spec
-(:mod:`advx.export.solver.text_spec`), the preprocessing and decoding its own package code uses:
-ddddocr 1.6.1's ``DdddOcr().classification`` (``ddddocr``; ``ddddocr-beta`` with ``beta=True``),
-captcha-whisperer 0.1.0's ``recognize`` and ``recognizer.decode``, and rapidocr-onnxruntime
-1.4.4's ``TextRecognizer`` and ``CTCLabelDecode`` (``ppocr-v4-rec``, its PP-OCRv4 recogniser).
-
-rapidocr-onnxruntime itself requires the GUI ``opencv-python``, which fights the headless OpenCV
-advx uses, so its wheel is read, not installed: point ``ADVX_PPOCR_REC`` at the downloaded
-wheel, its unpacked folder or the ``.onnx`` file (or put the unpacked wheel on ``PYTHONPATH``).
+Each entry finds its files inside its installed package (located, never imported) and
+declares, as a solver spec, the preprocessing and decoding its package's own code uses.
+rapidocr-onnxruntime needs the GUI ``opencv-python``, so its wheel is read, not installed:
+``ADVX_PPOCR_REC`` names the wheel, its unpacked folder or the ``.onnx`` file.
 """
 
 from __future__ import annotations

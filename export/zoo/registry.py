@@ -1,16 +1,5 @@
-"""One registry of models: the name grammar, the register decorators and the lookups. It imports
-no builder: :mod:`.backends` registers them, imported once by the package.
-
-Grammar (``advx models`` prints :data:`GRAMMAR`, with examples)::
-
-    NAME      := ALIAS | BACKEND ":" REF
-    open_clip:ARCH[/WEIGHTS]   WEIGHTS = an open_clip pretrained tag, a local checkpoint
-                               file, or ``none`` (random init, for tests and speed runs)
-    hf:REPO_OR_DIR             a Hugging Face CLIP / SigLIP / MetaCLIP hub id or a local
-                               directory written by ``save_pretrained``
-    timm:ARCH[.TAG][/FILE]     a timm ImageNet-1k classifier; FILE is a local checkpoint
-    onnx:SPEC.json             a foreign solver: an ONNX graph described by a solver spec
-    ALIAS                      a registered entry such as ``effnet-lite0``
+"""One registry of models: the name grammar (:data:`GRAMMAR`), the register decorators and the
+lookups. It imports no builder: :mod:`.backends` registers them, imported once by the package.
 """
 
 from __future__ import annotations

@@ -13,15 +13,9 @@ from ...rows import Row, read_labels_csv
 
 
 def discover(root: Path, labels_csv: Path | None = None) -> list[Row]:
-    """List the images under ``root`` with their labels, sorted by path.
-
-    Folder mode (no CSV): each image with an extension in :data:`IMAGE_EXTENSIONS`
-    under ``root/<label>/...`` (any depth) is labelled by its top-level sub-folder,
-    with ``_`` replaced by a space (``traffic_light`` -> ``"traffic light"``).
-    Hidden files and folders are skipped; images directly in ``root`` are an error.
-    CSV mode: ``path,label`` rows (header required, paths relative to ``root``);
-    labels are stripped but otherwise verbatim. Unreadable images are still listed.
-    """
+    """The images under ``root`` with their labels, sorted by path: from ``path,label`` CSV
+    rows, or each image under ``root/<label>/...`` labelled by its top-level sub-folder
+    (``traffic_light``: ``"traffic light"``; hidden files skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"input folder not found: {root}")

@@ -1,8 +1,5 @@
-"""Grid challenges ("select all images with X"), scored by each solver's own decision rule.
-
-A model answers a tile with the set of labels it selects: its top label (closed-set models) or
-every label with P >= threshold (multi-label solvers). A 3x3 grid for target X is solved when
-the model selects X on exactly the tiles that show X.
+"""Grid challenges ("select all images with X"): a 3x3 grid is solved when the model selects
+X, by its own decision rule, on exactly the tiles that show X.
 """
 
 from __future__ import annotations

@@ -10,15 +10,10 @@ Two decision rules exist (``decision`` of a model):
 
 A targeted (decoy) row asks the opposite: that the model picks / selects the decoy label.
 
-Words kept apart: the **logit gap** (:func:`logit_gap`; ``-z_y`` for a multi-label rule) is the
-raw quantity of one decision rule; the **fooling margin** (:func:`fooling_margin`) is the gap a
-model's own rule and the row's target call for, positive exactly when the model is fooled; the
-**required margin** (``HardenConfig.required_margin``, ``--required-margin``) is how large a
-fooling margin must be to count as fooled; the **margin loss** (:class:`Objective`, what the
-attacks maximise) is the fooling margin capped at ``kappa``. The scheduler's candidate
-**score** sums fooling margins capped at the required margin (scoring.score_views); an export's
-parity **decisive gap** is unrelated (the top-1 - top-2 logit gap above which fp16 must agree
-with fp32).
+The **fooling margin** (:func:`fooling_margin`) is the logit gap a model's rule and the row's
+target call for, positive exactly when the model is fooled; it counts as fooled from the
+**required margin** (``HardenConfig.required_margin``) on; the **margin loss**
+(:class:`Objective`) is the fooling margin capped at ``kappa``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """The labels task's models: classifiers over a label set, attacked with a margin loss and
-verified by their own decision rule (a wrong top label; for a multi-label solver, the label no
-longer selected), under each view of the run.
-
-Surrogates are registry names (built in torch; ``onnx:SPEC.json`` is a foreign solver's graph
-converted to torch) or modules; verifiers are names (registry models are exported to ONNX and
-cached, fp16 on CUDA; a foreign solver runs its own graph in onnxruntime) or scorers.
+verified by their own decision rule under each view of the run. Surrogates are names (built in
+torch) or modules; verifiers are names (registry models exported to ONNX and cached; a foreign
+solver's own graph) or scorers.
 """
 
 from __future__ import annotations

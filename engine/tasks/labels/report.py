@@ -1,9 +1,5 @@
-"""The labels task's figures and report parts: 3x3 grid challenges ("select all X") drawn from a
-run's tiles and solved before and after, per model and per verifier and view; each tile's row
-in report.html (thumbnails of the original, the hardened tile and their amplified difference,
-and each image's smoothest region enlarged, where a perturbation shows first).
-
-Torch-free: these read records only.
+"""The labels task's figures and report parts (torch-free): 3x3 grid challenges drawn from a
+run's tiles, solved before and after; each tile's row in report.html.
 """
 
 from __future__ import annotations

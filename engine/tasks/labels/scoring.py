@@ -17,11 +17,8 @@ from .losses import fooling_margin
 
 
 class Scorer(Protocol):
-    """A verifier: anything with a name, labels and images [N,3,H,W] in [0,1] -> logits.
-
-    An optional ``decision`` attribute ("closed" or "multilabel") says how its logits decide
-    (see :mod:`.losses`); multi-label scorers also have ``known`` and ``probabilities``. Views
-    with a geometry call it as ``scorer(images, geometry=...)``."""
+    """A verifier: a name, labels and images [N,3,H,W] in [0,1] -> logits; optionally its
+    ``decision`` rule (:mod:`.losses`) and, multi-label, ``known`` and ``probabilities``."""
 
     name: str
     labels: tuple[str, ...]
@@ -84,13 +81,10 @@ def score_views(verifiers: Sequence[Scorer], perms: Sequence[torch.Tensor],
                 views: Sequence[View], delivered: torch.Tensor, y: torch.Tensor,
                 t: torch.Tensor, required: float, lazy: bool = False,
                 deciding: Sequence[Collection[str]] | None = None) -> ViewScores:
-    """One verification pass: each verifier (its logits reordered by ``perms`` into the label
-    set) scores the delivered images under the views. ``t`` holds a decoy label per row, or
-    -1; a verifier is fooled by a margin >= ``required``. ``deciding[k]`` names the views that
-    decide for verifier ``k`` (default: all); the others are reported. ``lazy`` (during the
-    attack): only deciding views run, cheapest first, each only for the rows every earlier view
-    found fooled (an image is done only when all are, so the others cannot be this pass); rows
-    left out get NaN, and count as missed in the score."""
+    """One verification pass of the verifiers (logits reordered by ``perms``) under the views;
+    ``t`` holds a decoy per row or -1, ``deciding[k]`` the views deciding for verifier ``k``
+    (default: all). ``lazy``: only deciding views, cheapest first, each only for the rows every
+    earlier view found fooled; rows left out get NaN (missed)."""
     n, cap = len(delivered), required  # cap: a margin counts up to the one required
     if deciding is None:
         deciding = [frozenset(w.name for w in views)] * len(verifiers)

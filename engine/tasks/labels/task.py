@@ -1,11 +1,7 @@
-"""The ``labels`` task: image tiles of a grid challenge ("select all images with a bus"), each
-with its label, against classifiers over a label set (ImageNet and zero-shot models, CAPTCHA
-solvers' graphs). A verifier is fooled on a tile when, by its own decision rule, it no longer
-answers the tile's label: a wrong top label, or (a multi-label solver) the label no longer
-selected; with a decoy, when it picks or selects the decoy.
-
-This module is torch-free (the declaration, records and report); the models are in
-:mod:`.models`.
+"""The ``labels`` task: image tiles of a grid challenge, each with its label, against
+classifiers over a label set. A verifier is fooled on a tile when, by its own decision rule, it
+no longer answers the tile's label (with a decoy: when it answers the decoy). Torch-free; the
+models are in :mod:`.models`.
 """
 
 from __future__ import annotations

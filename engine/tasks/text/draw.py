@@ -2,16 +2,10 @@
 solvers (:mod:`advx.export.zoo.ocr`) read well: clean captchas they solve, so that hardening
 them has something to break.
 
-The package's default style (two or three font sizes up to 56 px, ±30° rotation, a noise curve,
-dots in the ink colour, random word spaces) is read poorly even clean. Here each glyph of its
-bundled DroidSansMono is still rotated and warped (a random quad transform) and laid out with
-jittered spacing and baseline on a light speckled background, in one dark ink per captcha, but
-milder: sizes near 0.75 of the height, ±12°, a warp that never cuts ink off, glyphs 0-3 px apart
-(touching glyphs merge, wider gaps read as spaces), no curve, no word spaces, and speckles
-lighter than the ink (clean read rates: benchmarks/README.md).
-
-Every draw comes from a ``numpy`` generator seeded by (seed, index): the same seed gives the
-same pixels, captcha ``i`` does not depend on ``n``, and no global random state is touched.
+The package's default style is read poorly even clean; here each glyph of its DroidSansMono
+is rotated (±12°) and warped more mildly, in one dark ink on a lighter speckled background,
+with no noise curve and no word spaces. Every draw comes from a ``numpy`` generator seeded by
+(seed, index): captcha ``i`` does not depend on ``n``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Losses for text CAPTCHAs: pure functions of a CTC head's per-step logits.
 
-An OCR solver scores each time step over its charset (plus a blank) and reads the best symbol
-per step, repeats merged, blanks dropped (greedy CTC). The attack maximises, per row:
-
-- :func:`ctc_loss`: -log P(the solver reads the truth), the CTC loss of the true text (summed
-  over every alignment), on log-probabilities folded by the solver's case rule (a
-  case-insensitive solver's ``a`` and ``A`` are one symbol, so changing the case wins nothing);
-- :func:`ctc_margin`: a margin form on the truth's best alignment (the greedy path when the
-  solver reads the truth): for each true character, the smallest gap by which the steps that
-  emit it are taken by another symbol (best other - true logit, min over those steps), max over
-  the characters and the blank steps a symbol could take (an insertion); below 0 while the
-  solver reads the truth, capped at ``kappa``.
-
-A verdict is on strings, not on losses: a solver is fooled when its reading differs from the
-truth under its case rule, with the character error rate (:func:`edit_distance` / truth
-length) beside it.
+An OCR solver reads the best symbol per time step, repeats merged, blanks dropped (greedy
+CTC). The attack maximises :func:`ctc_loss` (-log P(the truth), on log-probabilities folded by
+the solver's case rule) or :func:`ctc_margin` (a margin on the truth's best alignment). A
+verdict is on strings: a solver is fooled when its reading differs from the truth under its
+case rule.
 """
 
 from __future__ import annotations
@@ -95,13 +85,9 @@ def fold_logits(logits: torch.Tensor, targets: TextTargets) -> torch.Tensor:
 
 def ctc_loss(logits: torch.Tensor, targets: TextTargets, cap: float | None = None
              ) -> torch.Tensor:
-    """Untargeted CTC loss per row: -log P(the solver reads the truth) [N], to maximise.
-
-    ``logits`` [N, T, C] (the head's per-step logits, e.g. a :class:`TextModel`'s). ``cap``:
-    the loss stops rising (its gradient is zero) past this many nats, so that in an ensemble a
-    member already far from the truth leaves the step to the others. A truth the head cannot
-    emit (:func:`unreadable`) has probability 0: its loss is ``cap`` (inf without one), with no
-    gradient."""
+    """-log P(the solver reads the truth) [N] of per-step ``logits`` [N, T, C], to maximise;
+    past ``cap`` nats it stops rising, leaving the step to the other members of an ensemble.
+    An unreadable truth has ``cap`` (inf without one), with no gradient."""
     _check(logits, targets)
     lp, groups, blank = _truth_log_probs(logits, targets)
     n, t = lp.shape[:2]
@@ -116,11 +102,9 @@ def ctc_loss(logits: torch.Tensor, targets: TextTargets, cap: float | None = Non
 
 def _truth_log_probs(logits: torch.Tensor, targets: TextTargets
                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The case-folded log-probabilities that CTC reads (the blank's group and those of the
-    truths, K of them, in group order) plus one for all the other classes together
-    [N, T, K + 1], the truths re-indexed into them, and the blank's index: the same loss
-    without folding every class of a large charset. (The last column keeps each step's
-    probabilities summing to 1, which the gradient of ``F.ctc_loss`` assumes.)"""
+    """The case-folded log-probabilities of the groups CTC reads (the blank's and the truths',
+    K of them) plus one for all the others [N, T, K + 1] (summing to 1, as ``F.ctc_loss``
+    assumes), the truths re-indexed into them, and the blank's index."""
     g, present = targets.groups, torch.arange(targets.groups.shape[1]) < targets.lengths[:, None]
     used = torch.unique(torch.cat([g[present], torch.tensor([targets.blank])]))
     index = torch.full((targets.n_groups,), -1, dtype=torch.long)
@@ -191,15 +175,10 @@ def best_alignment(scores: torch.Tensor, targets: TextTargets) -> torch.Tensor:
 
 
 def ctc_margin(logits: torch.Tensor, targets: TextTargets, kappa: float = 50.0) -> torch.Tensor:
-    """Margin loss on the truth's best alignment [N], to maximise (capped at ``kappa``).
-
-    On the best path that reads the truth (the greedy path while the solver reads it), each
-    step has a gap: the best other group's logit minus the path's. A true character is lost
-    when every step that emits it is taken by another symbol (its margin: the smallest gap over
-    those steps); a symbol is inserted when a blank step is taken by one that does not merge
-    into a neighbouring character (for a blank step: the gap over those symbols). The margin
-    is the largest of these: below 0 while the solver reads the truth on the best path. A
-    truth the head cannot emit (:func:`unreadable`) has ``kappa``."""
+    """Margin loss on the truth's best alignment [N], to maximise (capped at ``kappa``): the
+    largest of, per true character, the smallest gap (best other logit - the path's) over the
+    steps that emit it, and per blank step, the gap of the symbols that would insert one; below
+    0 while the solver reads the truth. An unreadable truth has ``kappa``."""
     _check(logits, targets)
     gone = unreadable(targets, logits.shape[1])
     if bool(gone.any()):

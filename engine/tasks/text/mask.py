@@ -13,11 +13,8 @@ from ...views.ocr import grey_levels, otsu_binarise
 def stroke_mask(images: torch.Tensor, floor: float, radius: int = 2,
                 contrast: float = 24 / 255) -> torch.Tensor:
     """[N, 1, H, W] share of the budget each pixel of a text image may use: 1 on the strokes
-    and within ``radius`` (>= 0) px of them, and on textured background (:func:`texture_mask`
-    after a 3 x 3 median);
-    ``floor`` on flat background. The ink is the minority class of the image's Otsu
-    binarisation (the darker class on a tie), so white text on a dark ground works too; an
-    image whose two classes differ by less than ``contrast`` in mean grey has no ink."""
+    (the minority class of Otsu's binarisation, none below ``contrast``) and within ``radius``
+    px of them, and on textured background; ``floor`` on flat background."""
     levels = grey_levels(images)
     bright, _ = otsu_binarise(levels)
     n = levels.shape[-2] * levels.shape[-1]

@@ -1,13 +1,9 @@
-"""The text task's models: OCR solvers (the built-in ``ddddocr``, ``ddddocr-beta``,
-``captcha-whisperer``, ``ppocr-v4-rec``, or ``onnx:SPEC.json`` specs with a ``ctc`` output),
+"""The text task's models: OCR solvers (built in, or ``onnx:SPEC.json`` with a ``ctc`` output)
 attacked through their torch twins with the CTC loss of the truth and verified by their own
-graphs in onnxruntime, reading exactly as their packages do.
-
-A verifier is fooled on a captcha under a view when its reading differs from the truth (under
-its case rule) by the required margin on the truth's best alignment (:func:`ctc_margin`); the
-score between readings counts the misread deciding (verifier, view) pairs up to the first that
-still reads the truth, plus that pair's margin squashed into (0, 1): it rises before the
-reading changes.
+graphs in onnxruntime. A verifier is fooled under a view when its reading differs from the
+truth by the required margin (:func:`ctc_margin`); the score counts the misread deciding
+(verifier, view) pairs up to the first that reads the truth, plus that pair's margin squashed
+into (0, 1), so it rises before the reading changes.
 """
 
 from __future__ import annotations

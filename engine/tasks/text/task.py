@@ -1,9 +1,5 @@
-"""The ``text`` task: distorted-text CAPTCHAs, each with the text it shows, against the OCR
-solvers that read them. A solver is fooled on a captcha when its reading differs from the
-truth under its case rule.
-
-This module is torch-free (the declaration, records and report); the models are in
-:mod:`.models`.
+"""The ``text`` task: text CAPTCHAs, each with the text it shows, against OCR solvers, fooled
+when their reading differs from the truth. Torch-free; the models are in :mod:`.models`.
 """
 
 from __future__ import annotations
