@@ -1,5 +1,6 @@
 """``advx demo``: cut labelled tiles from photos that ship inside Python packages, harden them
-(or, with ``--task text``, draw text captchas and harden them against the OCR solvers)."""
+(or, with ``--task text``, draw text captchas and harden them against the OCR solvers; with
+``--task cells``, click captchas against detectors)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .harden import summary_table
 @click.option("--out", "out_dir", default="advx-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Demo folder: tiles go to OUT/input, hardened tiles to OUT/hardened "
-                   "(text: OUT/text-input, OUT/text-hardened).")
+                   "(other tasks: OUT/TASK-input, OUT/TASK-hardened).")
 @click.option("--steps", type=click.IntRange(min=0), default=40, show_default=True,
               help="Attack step limit per tile or captcha.")
 @click.option("--tiles-per-photo", type=click.IntRange(1, len(CROPS)), default=None,
@@ -38,6 +39,11 @@ def demo_cmd(task: str, out_dir: Path, steps: int, tiles_per_photo: int | None,
     'advx[samples]') to OUT/text-input with their labels.csv and runs `advx harden
     OUT/text-input --out OUT/text-hardened --task text`: every built-in OCR solver installed
     is attacked and verified. About a minute on 2 CPU cores.
+
+    --task cells draws 6 click captchas (characters to click, on crops of the sample
+    photos) to OUT/cells-input with their labels.csv (path,label,boxes) and runs `advx
+    harden OUT/cells-input --out OUT/cells-hardened --task cells`: ddddocr's click detector
+    (and NanoDet once converted) attacked and verified.
 
     \b
     Tasks (--task):
@@ -81,4 +87,5 @@ demo_cmd.help += tasks_help() + """
       advx demo --out /tmp/advx-demo
       advx eval /tmp/advx-demo/hardened --models effnet-lite2,effnet-lite0 --transforms solver
       advx demo --task text --out /tmp/advx-demo
+      advx demo --task cells --out /tmp/advx-demo
 """

@@ -26,7 +26,7 @@ from .common import (
 DEFAULTS = HardenConfig()  # the engine's defaults (the config module is torch-free)
 # options of the command that are a task's own: the task option each sets
 TASK_OPTIONS = {"label_set": "label_set", "label_map": "label_map", "decoy": "decoy",
-                "templates": "templates"}
+                "templates": "templates", "truth_from": "truth_from"}
 
 
 def _defaults(which: int) -> str:
@@ -43,9 +43,11 @@ def _defaults(which: int) -> str:
               help="Output folder: hardened images, results.jsonl, summary.json, report.html.")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False,
                                                         path_type=Path),
-              help="The labels CSV: its header names 'path' and the task's truth column "
-                   "(labels: label, instead of label sub-folders; text: text) [default: labels: "
-                   "the sub-folders; other tasks: INPUT/labels.csv].")
+              help="The labels CSV: its header names 'path' and the task's truth column(s) "
+                   "(labels: label, instead of label sub-folders; text: text; cells: label and "
+                   "grid with cells or a box, or points, or boxes; 'x0 y0 x1 y1' groups "
+                   "separated by ';') [default: labels: the sub-folders; other tasks: "
+                   "INPUT/labels.csv].")
 @click.option("--surrogates", callback=list_option,
               help=f"Comma list of models attacked with gradients; onnx:SPEC.json attacks a "
                    f"foreign solver with its own gradients [default: {_defaults(0)}].")
@@ -93,8 +95,9 @@ def _defaults(which: int) -> str:
 @click.option("--required-margin", type=float, default=DEFAULTS.required_margin,
               show_default=True,
               help="Margin by which every verifier must be wrong (labels: a logit margin; "
-                   "text: the CTC margin on the truth's best alignment); raise it when the "
-                   "solvers you face may differ a little from your verifiers.")
+                   "text: the CTC margin on the truth's best alignment; cells: every "
+                   "candidate of the label this many logits below the score floor); raise it "
+                   "when the solvers you face may differ a little from your verifiers.")
 @click.option("--ssim-floor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=DEFAULTS.ssim_floor, show_default=True,
               help="The delivered file's SSIM never falls below this (the perturbation is "
@@ -130,6 +133,10 @@ def _defaults(which: int) -> str:
 @click.option("--templates", type=click.Choice(TEMPLATE_SETS), default=None,
               help=f"labels: prompt templates of zero-shot (CLIP) models [default: "
                    f"{DEFAULT_TEMPLATES}].")
+@click.option("--truth-from", default=None, metavar="VERIFIER",
+              help="cells: the verifier whose clean answer is the truth of a grid challenge "
+                   "that gives neither cells nor a box (the record says so) [default: the "
+                   "first verifier].")
 @click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS",
               help="Spread the images over Ray workers (pip install 'advx[ray]'): local = a "
                    "Ray instance on this machine, auto = the cluster this machine joined "
@@ -149,7 +156,8 @@ def harden_cmd(ctx: click.Context, input_dir: Path, task: str, out_dir: Path,
                quality: int, device: str, batch_size: int, seed: int, required_margin: float,
                ssim_floor: float, eps_rungs: int, texture_mask: float, max_side: int,
                label_set: tuple[str, ...] | None, label_map: Path | None, decoy: str | None,
-               templates: str | None, ray_address: str | None, ray_workers: int | None,
+               templates: str | None, truth_from: str | None, ray_address: str | None,
+               ray_workers: int | None,
                resume: bool, quiet: bool, as_json: bool) -> None:
     """Harden the images in INPUT so that AI solvers answer them wrong.
 
@@ -231,6 +239,8 @@ harden_cmd.help += tasks_help() + """
       advx harden tiles/ --out hardened/ --resume      # after Ctrl-C or a crash
       advx harden tiles/ --out hardened/ --ray auto    # on a Ray cluster
       advx harden captchas/ --out hardened/ --task text   # captchas/labels.csv: path,text
+      advx harden grids/ --out hardened/ --task cells     # grids/labels.csv, e.g.
+          # path,label,grid,cells  /  g1.png,bus,4,6 7 10 11   (or a box, points, boxes)
 """
 
 

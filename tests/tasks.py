@@ -73,6 +73,16 @@ def _text_models(folder: Path) -> tuple[list, list]:
     return ["captcha-whisperer"], ["captcha-whisperer"]
 
 
+def _cells_write(folder: Path) -> Path:
+    from advx.engine.tasks.cells.draw import write_click_folder
+
+    return write_click_folder(folder, 3, seed=2)
+
+
+def _cells_models(folder: Path) -> tuple[list, list]:
+    return ["ddddocr-det"], ["ddddocr-det"]
+
+
 CASES: dict[str, Case] = {
     "labels": Case(_labels_write, _labels_models,
                    HardenConfig(steps=4, verify_every=2, transforms="jpeg", batch_size=2),
@@ -80,6 +90,9 @@ CASES: dict[str, Case] = {
     "text": Case(_text_write, _text_models,
                  HardenConfig(steps=3, verify_every=3, batch_size=2),
                  bad_truth=("AB~", 422), needs="captcha_whisperer"),
+    "cells": Case(_cells_write, _cells_models,
+                  HardenConfig(steps=3, verify_every=3, batch_size=2),
+                  bad_truth=('{"label": "bus", "boxes": [[0, 0, 9, 9]]}', 422), needs="ddddocr"),
 }
 
 

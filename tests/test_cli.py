@@ -1098,14 +1098,17 @@ def test_ctrl_c_exits_130_with_the_resume_command(task, tmp_path, monkeypatch):
     command to resume names the task; --resume then completes the run."""
     from advx.engine.api import Hardener
 
-    if task == "text":
-        pytest.importorskip("captcha_whisperer")
-        from advx.engine.tasks.text.draw import write_captcha_folder
-
-        inp, n, models = tmp_path / "in", 2, ["--surrogates", OCR, "--verifiers", OCR]
-        write_captcha_folder(inp, n)
-    else:
+    if task == "labels":
         inp, n, models = make_folder(tmp_path / "in", per_label=1), 2, ONE_SURROGATE
+    else:  # the task's own case (tests/tasks.py)
+        from tasks import case
+
+        c, inp = case(task), tmp_path / "in"
+        labels = c.write(inp)
+        rows = labels.read_text().splitlines()
+        labels.write_text("\n".join(rows[:3]) + "\n")  # two items
+        surrogates, verifiers = c.models(tmp_path)
+        n, models = 2, ["--surrogates", ",".join(surrogates), "--verifiers", ",".join(verifiers)]
     out = tmp_path / "out"
     args = ["harden", inp, "--out", out, "--task", task, *FAST[:-1], *models]
 

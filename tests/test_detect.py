@@ -68,16 +68,16 @@ class TinyYoloV8(nn.Module):
 
 
 class TinyYoloX(nn.Module):
-    """YOLOX's raw output [N, A, 5 + C] over strides 8 and 16 (grid decoding outside)."""
+    """YOLOX's raw output [N, A, 5 + C] over strides 8, 16 and 32 (grid decoding outside)."""
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        self.p8, self.p16 = _Trunk(seed, 5 + len(CLASSES), 8), _Trunk(seed + 1, 5 + len(CLASSES),
-                                                                       16)
+        self.levels = nn.ModuleList(_Trunk(seed + i, 5 + len(CLASSES), s)
+                                    for i, s in enumerate((8, 16, 32)))
 
     def forward(self, x):
         outs = []
-        for p in (self.p8, self.p16):
+        for p in self.levels:
             y = p(x).flatten(2).transpose(1, 2)
             outs.append(torch.cat([y[..., :4] * 0.3, torch.sigmoid(y[..., 4:] * 3)], -1))
         return torch.cat(outs, 1)
@@ -110,6 +110,17 @@ def _spec(folder: Path, name: str, module: nn.Module, outputs: tuple[str, ...], 
     return path
 
 
+class TinyHeat(nn.Module):
+    """CLIPSeg-style: a logit map per label, [N, C, 16, 16]."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.trunk = _Trunk(seed, len(CLASSES), 4)
+
+    def forward(self, x):
+        return self.trunk(x) * 3
+
+
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("detectors")
@@ -117,12 +128,14 @@ def specs(tmp_path_factory) -> dict[str, Path]:
         "v8": _spec(d, "v8", TinyYoloV8(), ("out",), {"kind": "yolo", "name": "out"}),
         "yolox": _spec(d, "yolox", TinyYoloX(), ("out",),
                        {"kind": "yolo", "layout": "anchors_first", "objectness": True,
-                        "strides": [8, 16]}, nms={"per_class": False, "top_class": True}),
+                        "strides": [8, 16, 32]}, nms={"per_class": False, "top_class": True}),
         "detr": _spec(d, "detr", TinyDetr(), ("boxes", "logits"),
                       {"kind": "detr", "boxes": "boxes", "logits": "logits"}),
         "seg": _spec(d, "seg", TinyYoloV8(k=4), ("out", "protos"),
                      {"kind": "yolo", "name": "out", "prototypes": "protos",
                       "coefficients": 4}, threshold=0.2),
+        "heat": _spec(d, "heat", TinyHeat(), ("logits",), {"kind": "heatmap", "name": "logits"},
+                      threshold=0.5),
     }
 
 
@@ -130,7 +143,7 @@ def _images(n: int = 3, h: int = 48, w: int = 80, seed: int = 0) -> torch.Tensor
     return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("head", ["v8", "yolox", "detr", "seg"])
+@pytest.mark.parametrize("head", ["v8", "yolox", "detr", "seg", "heat"])
 def test_torch_twin_holds_parity_with_onnxruntime(specs, head):
     solver = load_solver(specs[head])
     assert isinstance(solver, DetectorSolver)
@@ -143,7 +156,7 @@ def test_torch_twin_holds_parity_with_onnxruntime(specs, head):
     assert z.shape == p.shape and torch.allclose(torch.sigmoid(z), p, atol=1e-3)
 
 
-@pytest.mark.parametrize("head", ["v8", "yolox", "detr", "seg"])
+@pytest.mark.parametrize("head", ["v8", "yolox", "detr", "seg", "heat"])
 def test_spec_round_trips(specs, head):
     spec = load_solver(specs[head]).spec
     again = parse_spec(json.loads(json.dumps(spec.to_dict())), path=spec.path)
@@ -178,6 +191,23 @@ def test_segmenter_masks_lie_inside_their_boxes(specs):
             if len(xs):
                 assert xs.min() >= math.floor(x0) - 1 and xs.max() <= math.ceil(x1)
                 assert ys.min() >= math.floor(y0) - 1 and ys.max() <= math.ceil(y1)
+
+
+def test_heatmap_regions_select_cells_by_the_mask_rule(specs):
+    """A segmenter's answer: per label the pixels above the threshold, mapped to the image;
+    the cells it selects are those the region covers by 0.5%."""
+    solver = load_solver(specs["heat"])
+    v = solver.verifier()
+    x = _images(2, SIZE, SIZE, seed=2)
+    dense = v.dense(x)
+    for row, d in enumerate(v(x)):
+        for c, m in zip(d.classes.tolist(), d.masks, strict=True):
+            heat = torch.nn.functional.interpolate(dense.heatmaps[row : row + 1, c : c + 1],
+                                                   size=(SIZE, SIZE), mode="bilinear")[0, 0]
+            assert torch.equal(m, heat > 0)  # threshold 0.5: logit 0
+            ch = chal.challenge(CLASSES[c], grid=4)
+            assert chal.answer(ch, d.boxes[d.classes == c].numpy(), SIZE, SIZE,
+                               m[None].numpy()) == chal.mask_cells(m[None].numpy(), 4)
 
 
 def test_spec_names_the_field_to_fix(specs, tmp_path):
@@ -328,3 +358,42 @@ def test_ddddocr_detector_reads_as_its_package():
         got = np.array(sorted(d.boxes.tolist()), dtype=float)
         assert got.shape == ref.shape and len(ref) >= 2
         assert np.abs(got - ref).max() <= 1.5
+
+
+@pytest.mark.parametrize("head", ["yolox", "detr"])
+def test_solver_init_recognises_the_head_and_says_what_it_guessed(specs, head, tmp_path):
+    """A template from the graph alone loads as a detector with the same head."""
+    from advx.export.solver.template import init_template
+
+    solver = load_solver(specs[head])
+    given = solver.spec
+    spec, notes = init_template(given.model, tmp_path / "t.json")
+    assert spec["output"]["kind"] == given.output.kind
+    assert any("output.kind" in n for n in notes) and any(n.startswith("labels") for n in notes)
+    spec["model"] = str(given.model)
+    parsed = parse_spec(spec, path=tmp_path / "t.json")
+    assert DetectorSolver(parsed).tensors == solver.tensors
+    assert len(parsed.labels) == len(CLASSES)
+
+
+def test_a_segmenter_grid_challenge_runs_end_to_end(specs):
+    """A 4x4 challenge against the tiny YOLO-seg, attacked with its own gradients: its answer
+    is the cells its masks select, the truth its clean answer (truth_from), and every record
+    field is filled for every view."""
+    from advx import HardenConfig, harden
+
+    solver = load_solver(specs["seg"])
+    v = solver.verifier()
+    x = _images(6, SIZE, SIZE, seed=7)
+    label, row = next((CLASSES[int(d.classes[0])], i) for i, d in enumerate(v(x))
+                      if len(d.classes))
+    image = (x[row].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    name = f"onnx:{specs['seg']}"
+    (r,) = harden([image], [chal.challenge(label, grid=4)], task="cells", surrogates=[name],
+                  verifiers=[name], config=HardenConfig(steps=4, verify_every=2,
+                                                        transforms="jpeg"))
+    key = solver.name  # records name a solver by its display name
+    assert r.truth_from == key and r.truth_answer == r.answer_before[key]["own"]
+    assert r.truth_answer  # the object covers some cells clean
+    assert set(r.answer_after[key]) == {"own", "jpeg75"}
+    assert r.right_after[key]["own"] == (r.answer_after[key]["own"] == r.truth_answer)

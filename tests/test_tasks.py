@@ -140,7 +140,8 @@ def test_the_service_hardens_a_request_of_every_task(run):
                         config=c.config, max_batch=2)
     try:
         with Running(create_app(svc)) as srv:
-            status, headers, body = post(srv.base + "/harden", {t.truth: row.truth}, data)
+            status, headers, body = post(srv.base + "/harden", {t.truth: t.truth_text(row.truth)},
+                                         data)
             assert status == 200, body
             record = json.loads(headers["x-advx-result"])
             assert record["task"] == task and record[t.truth] == row.truth

@@ -211,7 +211,10 @@ async def _resolve(form: dict, s: _State):
     if "image" not in form:
         return s.error(422, "missing or invalid fields: image")
     t = get_task(task)
-    truth = t.parse_truth(raw[t.truth])
+    try:
+        truth = t.parse_truth(raw[t.truth])
+    except ValueError as e:  # a truth that cannot be one (a challenge that does not parse)
+        return s.error(422, f"{t.truth}: {e}")
     try:
         eps = float(fields["eps"]) if fields.get("eps") else None
         steps = int(fields["steps"]) if fields.get("steps") else None

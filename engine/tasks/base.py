@@ -156,6 +156,10 @@ class Task:
         """A truth as a CSV cell (stripped already) or a form field gives it."""
         return raw.strip()
 
+    def truth_text(self, truth: Any) -> str:
+        """A truth as a CSV cell or a form field holds it (:meth:`parse_truth` reads it back)."""
+        return str(truth)
+
     def plan_run(self, truths: Sequence[Any], options: Mapping[str, Any]) -> dict[str, Any]:
         """The options of a run over these truths, resolved (e.g. the label set they need);
         raises RunError for options that do not fit them."""

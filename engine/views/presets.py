@@ -110,6 +110,13 @@ register_preset(Preset("text", ("own", "grey", "otsu", "jpeg75", "jpeg50", "medi
                             "reach at 8/255 on high-contrast text, even white-box), JPEG 50, "
                             "non-local means, resize 0.5 and a 3 degree rotation"))
 
+register_preset(Preset("detect", ("own", "jpeg75", "jpeg50", "resize0.75", "median3", "nlmeans"),
+                       ("identity", "jpeg50-95"),
+                       ("own", "jpeg75"),
+                       help="detectors and segmenters: decide on the detector's own letterbox "
+                            "and JPEG 75; report JPEG 50, a 0.75 resize, a 3x3 median and "
+                            "non-local means"))
+
 TRANSFORM_PRESETS: tuple[str, ...] = tuple(PRESETS)
 
 VIEW_GLOSSARY = (

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .detect_template import detect_template
 from .graph import GraphIO, graph_io, load_graph, probe_output, producer_chain
 from .text_template import beside, relative_to, text_template
 
@@ -181,16 +182,33 @@ def init_template(model_path: str | Path, spec_path: str | Path) -> tuple[dict, 
     todo.append("input.channels, resize, antialias, crop: guessed RGB, bilinear without "
                 "antialias (OpenCV's cv2.resize), whole tile; check the solver's code")
 
+    labels = card.get("labels") or meta_labels
+    batch = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else 2
+    probe = [batch, 3, *size] if layout == "NCHW" else [batch, *size, 3]
+    shapes = {o.name: list(o.shape) if o.shape and all(isinstance(d, int) for d in o.shape)
+              else getattr(probe_output(model, model_path, inp, o.name, probe, dtype), "shape",
+                           None) for o in io.outputs}
+    detector = detect_template(io, {k: list(v) for k, v in shapes.items() if v is not None},
+                               size, labels)
+    if detector is not None:  # a detector or segmenter: the cells task's solver
+        sections, notes = detector
+        fit = sections.pop("input_fit")
+        todo += [*notes, "for image tiles (the labels task) a spec with output kind "
+                         "\"multilabel\", label_start 4 and reduce \"max\" reads a YOLO "
+                         "graph as a tile classifier instead"]
+        return {"schema": 1, "model": relative_to(model_path, spec_path),
+                "input": {"name": inp.name, "size": size, "layout": layout,
+                          "dtype": "float32" if dtype == "uint8" else dtype, "range": rng,
+                          "mean": mean, "std": std, "channels": "RGB", "resize": "bilinear",
+                          "antialias": False, **fit},
+                **sections, "_notes": todo}, todo
     out = io.outputs[0]
     if len(io.outputs) > 1:
         todo.append(f"output.name: the graph has {len(io.outputs)} outputs "
                     f"({', '.join(o.name for o in io.outputs)}); {out.name!r} was taken")
-    batch = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else 2
-    probe = [batch, 3, *size] if layout == "NCHW" else [batch, *size, 3]
     raw = probe_output(model, model_path, inp, out.name, probe, dtype)
     chain = [n.op_type for n in producer_chain(model, out.name)]
     out_shape = list(raw.shape) if raw is not None else list(out.shape or [])
-    labels = card.get("labels") or meta_labels
     label_start = 0
     n_axis = out_shape[1] if len(out_shape) > 1 and isinstance(out_shape[1], int) else None
     if labels and n_axis and n_axis == len(labels) + 4 and len(out_shape) == 3:

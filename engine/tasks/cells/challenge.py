@@ -2,10 +2,10 @@
 
 A challenge names a ``label`` and asks one of:
 
-- ``grid`` g (3 or 4) with ``cells``: "select all squares with a bus" on one image cut into a
-  g x g grid; the truth is the cells the object covers (numbered 1..g*g, row by row; given
-  as cells, as a ``box`` whose cells the box rule selects, or taken from a named solver's
-  clean answer);
+- ``grid`` g (3 or 4; 1: one tile of a tile grid, "is there a bus in this tile") with
+  ``cells``: "select all squares with a bus" on one image cut into a g x g grid; the truth is
+  the cells the object covers (numbered 1..g*g, row by row; given as cells, as a ``box``
+  whose cells the box rule selects, or taken from a named solver's clean answer);
 - ``points``: "click the object": each point must be covered by a detection of the label;
 - ``boxes``: "click the characters": each box must be found, by a detection of the label that
   overlaps it by an IoU of at least :data:`FOUND_IOU`.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-GRIDS = (3, 4)
+GRIDS = (1, 2, 3, 4)
 FOUND_IOU = 0.5  # a box is found by a detection overlapping it by this IoU
 CELL_SHARE = 0.05  # a box selects a cell it covers by this share of the cell's area
 MASK_SHARE = 0.005  # a mask selects a cell it covers by 0.5% of the cell's area
@@ -69,9 +69,10 @@ def challenge(label: Any, *, grid: Any = None, cells: Any = None, box: Any = Non
         try:
             g = int(grid)
         except (TypeError, ValueError):
-            raise ChallengeError(f"grid: expected 3 or 4, got {grid!r}") from None
+            raise ChallengeError(f"grid: expected 1 to 4, got {grid!r}") from None
         if g not in GRIDS:
-            raise ChallengeError(f"grid: expected 3 or 4, got {grid!r}")
+            raise ChallengeError(f"grid: expected 1 to 4 (3, 4: a grid challenge; 1: a tile), "
+                                 f"got {grid!r}")
         out["grid"] = g
         if cells not in (None, ""):
             nums = _numbers(cells, "cells")
@@ -85,7 +86,7 @@ def challenge(label: Any, *, grid: Any = None, cells: Any = None, box: Any = Non
                                  else box, 4, "box")[0]
         return out
     if cells not in (None, "") or box not in (None, ""):
-        raise ChallengeError("grid: cells and a box belong to a grid challenge (grid 3 or 4)")
+        raise ChallengeError("grid: cells and a box belong to a grid challenge (grid 1 to 4)")
     if len(given) != 1:
         raise ChallengeError("a challenge is a grid (grid, cells or box), points to click or "
                              "boxes to find" + (", not both" if given else ""))

@@ -159,12 +159,15 @@ class CellsModels:
         except chal.ChallengeError as e:
             return str(e)
         label = ch["label"]
-        blind = [v.name for v in self.verifiers if not v.classes_of(label)]
-        if blind:
-            v = next(v for v in self.verifiers if v.name == blind[0])
-            return (f"label {label!r}: {', '.join(blind)} cannot detect it (its classes: "
+        if not any(v.classes_of(label) for v in self.verifiers):
+            v = self.verifiers[0]
+            return (f"label {label!r}: no verifier detects it ({v.name}'s classes: "
                     f"{', '.join(v.labels[:12])}{', ...' if len(v.labels) > 12 else ''}; a "
                     f"spec's label_map maps a CAPTCHA label to them)")
+        source = next(v for v in self.verifiers if v.name == self.truth_from)
+        if chal.needs_truth(ch) and not source.classes_of(label):
+            return (f"label {label!r}: the challenge gives neither cells nor a box, and "
+                    f"{source.name}, whose clean answer would be its truth, cannot detect it")
         if not any(m.classes_of(label) for m in self.surrogates):
             return f"label {label!r}: no surrogate detects it"
         return None
@@ -270,6 +273,9 @@ class CellsVerification:
                 if lazy and not decides:
                     continue
                 keep = alive[rows] if lazy else torch.ones(len(rows), dtype=torch.bool)
+                # a detector answers only the challenges whose label it knows
+                keep &= torch.tensor([bool(v.classes_of(challenges[r]["label"]))
+                                      for r in rows.tolist()], dtype=torch.bool)
                 if not bool(keep.any()):
                     continue
                 sub = rows[keep].tolist()
@@ -316,7 +322,7 @@ class CellsVerification:
         done, score = torch.zeros(n, dtype=torch.bool), torch.zeros(n)
         h, w = delivered.shape[-2:]
         wrong = [j for j in range(n) if all(d[own.name][j] != self.truth(ids[j], h, w)
-                                            for d in first.answers.values())]
+                                            for d in first.answers.values() if own.name in d)]
         if wrong:
             rest = self.read(delivered[wrong], [ids[j] for j in wrong], lazy=True)
             done[wrong], score[wrong] = rest.done, rest.score
@@ -341,8 +347,11 @@ class CellsVerification:
         y = ids[i]
         h, w = slot.best_q.shape[-2:]
         truth = self.truth(y, h, w)
-        after = {v: {x: col[i] for x, col in d.items()} for v, d in full.answers.items()}
-        before = {v: {x: col[i] for x, col in d.items()} for v, d in clean.answers.items()}
+        def item(readings: dict) -> dict:  # the verifiers that answered this challenge
+            return {v: {x: col[i] for x, col in d.items()} for v, d in readings.items()
+                    if any(col[i] is not None for col in d.values())}
+
+        after, before = item(full.answers), item(clean.answers)
         fooled = bool(full.done[i])
         return CellsResult(
             index=slot.index, image=to_uint8(slot.best_q), challenge=self.models.challenges[y],
@@ -350,10 +359,9 @@ class CellsVerification:
             status="fooled" if fooled else "unfooled", stop_reason=reason, steps=slot.steps,
             fooled_at=slot.fooled_at if fooled else None,
             fooled_every_view=bool(full.strict[i]),
-            deciding={n: list(d) for n, d in self.deciding.items()},
+            deciding={n: list(d) for n, d in self.deciding.items() if n in after},
             answer_before=before, answer_after=after,
-            found_before={v: {x: col[i] for x, col in d.items()} for v, d in clean.found.items()},
-            found_after={v: {x: col[i] for x, col in d.items()} for v, d in full.found.items()},
+            found_before=item(clean.found), found_after=item(full.found),
             right_before={v: {x: a == truth for x, a in d.items()} for v, d in before.items()},
             right_after={v: {x: a == truth for x, a in d.items()} for v, d in after.items()},
             notes=list(slot.notes), **figures)

@@ -10,6 +10,7 @@ This module is torch-free (the declaration, records and report); the models are 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ class CellsTask(Task):
         """A challenge from a JSON object (a service request's ``challenge`` field) or a dict;
         raises ValueError (:class:`.challenge.ChallengeError`) naming the field."""
         return chal.parse(raw)
+
+    def truth_text(self, truth: Any) -> str:
+        return json.dumps(truth)
 
     def default_models(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Every built-in detector whose files are present, as both."""
