@@ -21,7 +21,7 @@ def answer_views(verifiers: Sequence, images: Sequence[torch.Tensor], views: Seq
     for rows, w, tiles in each_view(images, views, batch):
         h, wd = tiles.shape[-2:]
         for v in verifiers:
-            got, _, _ = read(v, tiles.cpu(), [truths[i] for i in rows], (h, wd))
+            got, _, _, _ = read(v, tiles.cpu(), [truths[i] for i in rows], (h, wd))
             for i, a in zip(rows, got, strict=True):
                 out[v.name][w.name][i] = {"answer": a,
                                           "truth": chal.truth_answer(truths[i], h, wd)}

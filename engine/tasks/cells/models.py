@@ -9,8 +9,9 @@ logits: the object is no longer detected anywhere, so no cell is selected, no po
 and no character found. A verifier is fooled on a challenge under a view when its answer is
 not the truth's and no candidate of the label scores above the floor by the required margin
 (so that a last faint detection cannot come back under a filter); the score between readings
-counts the beaten deciding (verifier, view) pairs up to the first that still holds, plus that
-pair's margin squashed into (0, 1).
+counts the beaten deciding (verifier, view) pairs up to the first that still holds, plus
+1 / (1 + the mass of that pair's candidates the loss still pushes): it falls smoothly where the
+best candidate alone would stall.
 """
 
 from __future__ import annotations
@@ -197,16 +198,18 @@ class CellsModels:
 
 
 def read(verifier, tiles: torch.Tensor, challenges: Sequence[Mapping], size: tuple[int, int]
-         ) -> tuple[list[list], list[float], list[dict]]:
+         ) -> tuple[list[list], list[float], list[float], list[dict]]:
     """One verifier on ``tiles`` (one view's, at the item's own ``size`` (H, W)): per challenge
-    its answer, its margin (the label's best candidate below the score floor, in logits) and
-    its detections of the label (boxes in the item's pixels, for the report)."""
+    its answer, its margin (the label's best candidate below the score floor, in logits), the
+    mass of its candidates still within :data:`VANISH_MARGIN` of the floor (what the vanishing
+    loss sees: it falls smoothly while the best candidate may hold) and its detections of the
+    label (boxes in the item's pixels, for the report)."""
     dense = verifier.dense(tiles)
     logits = dense.score_logits()
     floor = floor_logit(verifier.solver)
     th, tw = tiles.shape[-2:]
     h, w = size
-    answers, margins, found = [], [], []
+    answers, margins, masses, found = [], [], [], []
     for row, ch in enumerate(challenges):
         classes = list(verifier.classes_of(ch["label"]))
         det = verifier.keep(dense, row, th, tw)
@@ -214,11 +217,12 @@ def read(verifier, tiles: torch.Tensor, challenges: Sequence[Mapping], size: tup
         boxes = det.boxes[keep].numpy().astype(np.float64) * [w / tw, h / th, w / tw, h / th]
         masks = None if det.masks is None else det.masks[keep].numpy()
         answers.append(chal.answer(ch, boxes, h, w, masks))
-        best = float(logits[row][:, classes].max()) if classes else -math.inf
-        margins.append(floor - best)
+        z = logits[row][:, classes]
+        margins.append(floor - float(z.max()) if classes else math.inf)
+        masses.append(float((z - (floor - VANISH_MARGIN)).clamp(min=0).sum()))
         found.append({"boxes": [[round(float(v), 1) for v in b] for b in boxes],
                       "scores": [round(float(s), 3) for s in det.scores[keep]]})
-    return answers, margins, found
+    return answers, margins, masses, found
 
 
 @dataclass
@@ -279,18 +283,19 @@ class CellsVerification:
                 if not bool(keep.any()):
                     continue
                 sub = rows[keep].tolist()
-                got, margins, dets = read(v, tiles[keep.nonzero().flatten().to(tiles.device)]
-                                          .cpu(), [challenges[r] for r in sub], (h, w))
+                got, margins, masses, dets = read(
+                    v, tiles[keep.nonzero().flatten().to(tiles.device)].cpu(),
+                    [challenges[r] for r in sub], (h, w))
                 col = answers[v.name].setdefault(view.name, [None] * n)
                 fcol = found[v.name].setdefault(view.name, [None] * n)
-                for r, a, m, d in zip(sub, got, margins, dets, strict=True):
+                for r, a, m, mass, d in zip(sub, got, margins, masses, dets, strict=True):
                     col[r], fcol[r] = a, d
                     held = a == truths[r] or m < need
                     beaten_all[r] &= not held
                     if decides and not held_any[r]:
-                        if held:
+                        if held:  # how close: the candidates' mass above the aim
                             held_any[r] = True
-                            score[r] += 1 / (1 + math.exp(-max(-50.0, min(50.0, m - need))))
+                            score[r] += 1 / (1 + mass)
                             alive[r] = False if lazy else alive[r]
                         else:
                             score[r] += 1
@@ -305,7 +310,7 @@ class CellsVerification:
             return
         v = next(v for v in self.models.verifiers if v.name == self.models.truth_from)
         rows = [j for j, i in enumerate(y.tolist()) if i in ids]
-        got, _, _ = read(v, clean[rows].cpu(), [self.models.challenges[i] for i in ids],
+        got, _, _, _ = read(v, clean[rows].cpu(), [self.models.challenges[i] for i in ids],
                          tuple(clean.shape[-2:]))
         for i, a in zip(ids, got, strict=True):
             self.truths[i] = (a, v.name)
