@@ -77,6 +77,10 @@ def init_cmd(model: Path, out: Path, force: bool) -> None:
                f"{size}")
     if o["kind"] == "ctc":  # a text solver: a CTC head over a charset
         click.echo(f"  output {o['name']}: ctc, layout {o.get('layout')}, blank {o.get('blank')}")
+    elif "label_axis" not in o:  # a detector or segmenter (the cells task)
+        tensors = [v for k, v in o.items() if k in ("name", "scores", "boxes", "logits")]
+        click.echo(f"  output {o['kind']} head ({', '.join(map(str, tensors))}), "
+                   f"{len(spec['labels'])} labels")
     else:
         click.echo(f"  output {o['name']}: {o['kind']}, labels on axis {o['label_axis']}, "
                    f"reduce {o['reduce']}, {len(spec['labels'])} labels")
@@ -109,6 +113,9 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
         s = solver.spec
         if s.output.kind == "ctc":
             check_text_solver(solver, images)
+            return
+        if s.output.detect is not None:
+            check_detector(solver, images)
             return
         click.echo(f"{solver.name}: {s.model.name}, opset {solver.io.opset}")
         click.echo(f"  input  {solver.input_info.describe()}: {s.input.layout} {s.input.dtype}, "
@@ -155,6 +162,38 @@ def check_cmd(spec: Path, images: tuple[Path, ...], labels: str | None) -> None:
                            + ", ".join(f"P({n})={p:.3f}" for n, p in top))
             else:
                 click.echo(f"{path}: {names[int(z.argmax())]}")
+
+
+def check_detector(solver, images: tuple[Path, ...]) -> None:
+    """``advx solver check`` for a detector or segmenter: its torch twin against onnxruntime,
+    then what it keeps on each image."""
+    import torch
+
+    from ..engine.images import ImageLoadError, load_image
+    from ..export.solver import ConversionError, SolverParityError
+
+    s, h = solver.spec, solver.spec.output.detect
+    click.echo(f"{solver.name}: {s.model.name}, {h.kind} head over {len(s.labels)} labels, "
+               f"kept from a score of {s.threshold:g} (NMS IoU {h.keep.iou:g})")
+    try:
+        solver.torch_graph()
+        p = solver.parity
+        click.echo(f"  torch  converted; parity with onnxruntime: max |diff| of the scores "
+                   f"{p.max_abs_diff:.2g}, the same {p.kept} detections kept on {p.n} images")
+    except (ConversionError, SolverParityError) as e:
+        click.echo(f"  torch  NOT available as a surrogate: {e}")
+    verifier = solver.verifier()
+    for path in images:
+        try:
+            px = load_image(path).pixels
+        except ImageLoadError as e:
+            click.echo(f"{path}: unreadable ({e.reason})", err=True)
+            continue
+        (d,) = verifier(torch.from_numpy(px.copy()).permute(2, 0, 1)[None].float() / 255)
+        found = [f"{s.labels[int(c)]} {float(p):.2f} [{', '.join(f'{v:.0f}' for v in b.tolist())}]"
+                 for b, p, c in zip(d.boxes, d.scores, d.classes, strict=True)]
+        click.echo(f"{path}: {len(found)} detections" + (": " + "; ".join(found[:10])
+                                                          if found else ""))
 
 
 def check_text_solver(solver, images: tuple[Path, ...]) -> None:

@@ -397,3 +397,24 @@ def test_a_segmenter_grid_challenge_runs_end_to_end(specs):
     assert r.truth_answer  # the object covers some cells clean
     assert set(r.answer_after[key]) == {"own", "jpeg75"}
     assert r.right_after[key]["own"] == (r.answer_after[key]["own"] == r.truth_answer)
+
+
+def test_solver_check_reports_a_detector_and_what_it_keeps(specs, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from advx.cli.main import cli
+
+    image = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(3).random((48, 80, 3)) * 255).astype(np.uint8)).save(
+        image)
+    got = CliRunner().invoke(cli, ["solver", "check", str(specs["v8"]), str(image)])
+    assert got.exit_code == 0, got.output
+    assert "yolo head over 3 labels" in got.output and "torch  converted" in got.output
+    n = len(load_solver(specs["v8"]).verifier()(torch.from_numpy(
+        np.asarray(Image.open(image)).copy()).permute(2, 0, 1)[None].float() / 255)[0].boxes)
+    assert f"x.png: {n} detections" in got.output
+    out = tmp_path / "t.json"
+    got = CliRunner().invoke(cli, ["solver", "init", str(specs["yolox"].with_suffix(".onnx")),
+                                   "--out", str(out)])
+    assert got.exit_code == 0 and "output yolo head" in got.output and out.is_file()

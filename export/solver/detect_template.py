@@ -108,8 +108,9 @@ def detect_template(io: GraphIO, shapes: dict[str, list], size: list[int],
     notes.append("input: letterbox " + ("top-left, padded 114 (YOLOX)" if yolox else
                                         "centred, padded 114 (Ultralytics)")
                  + "; check the solver's preprocessing (range, mean / std, BGR)")
-    notes.append("threshold: 0.25 (Ultralytics' default); nms: IoU 0.45 per class; set what "
-                 "the solver keeps")
+    notes.append("threshold: 0.25 (Ultralytics' default); nms: IoU 0.45 " + (
+        "across classes, each candidate's top class (YOLOX's demo)" if yolox else "per class")
+        + "; set what the solver keeps")
     return {"output": out, "labels": labels, "threshold": 0.25,
             "nms": {"iou": 0.45, "per_class": not yolox, "top_class": bool(yolox)},
             "input_fit": {"fit": "letterbox", "align": "topleft" if yolox else "centre",

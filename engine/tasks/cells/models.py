@@ -156,7 +156,7 @@ class CellsModels:
 
     def problem(self, truth: object) -> str | None:
         try:
-            ch = chal.parse(truth) if not isinstance(truth, dict) else chal.parse(dict(truth))
+            ch = chal.parse(truth)
         except chal.ChallengeError as e:
             return str(e)
         label = ch["label"]
