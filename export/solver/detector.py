@@ -162,6 +162,14 @@ class DetectorSolver(GraphSolver):
         whole = heat.new_tensor([0, 0, size[1], size[0]]).expand(n, z.shape[1], 4)
         return Dense(whole, torch.sigmoid(z), z, heatmaps=heat)
 
+    def score_logits(self, outs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[N, A, C] the candidates' class-score logits alone (what the vanishing loss takes:
+        a GFL head's box distributions are not decoded)."""
+        if self.head.kind == "gfl":
+            p = torch.cat([o.float() for o in outs[: len(self.head.strides)]], 1)
+            return Dense(p[..., :0], p).score_logits()
+        return self.decode(outs).score_logits()
+
     def _probe(self) -> None:
         s = self.spec.input
         x = DetectPreprocess(s)(torch.rand(2, 3, 64, 80, generator=torch.Generator()
@@ -278,7 +286,8 @@ class DetectorModel(nn.Module, _Faces):
         return self.solver.decode(list(out) if isinstance(out, tuple) else [out])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.dense(images).score_logits()
+        out = self.graph(self.preprocess(images))
+        return self.solver.score_logits(list(out) if isinstance(out, tuple) else [out])
 
 
 class DetectorVerifier(_Faces):
