@@ -418,3 +418,26 @@ def test_solver_check_reports_a_detector_and_what_it_keeps(specs, tmp_path):
     got = CliRunner().invoke(cli, ["solver", "init", str(specs["yolox"].with_suffix(".onnx")),
                                    "--out", str(out)])
     assert got.exit_code == 0 and "output yolo head" in got.output and out.is_file()
+
+
+@pytest.mark.slow
+def test_nanodet_finds_the_cat_and_its_twin_holds_parity():
+    """NanoDet-g, once converted by benchmarks/nanodet.py (skipped until then): it finds the
+    cat in scikit-image's chelsea through its spec, and its torch twin keeps what onnxruntime
+    keeps."""
+    import os
+
+    from advx.export.zoo.detectors import detector
+
+    sd = pytest.importorskip("skimage.data")
+    # the tests run with a fresh cache folder: the user's converted graph, where it is
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    graph = Path(os.environ.get("ADVX_NANODET") or home / "advx" / "nanodet" / "nanodet.onnx")
+    if not graph.is_file():
+        pytest.skip(f"{graph} not found: python benchmarks/nanodet.py converts NanoDet-g")
+    solver = detector("nanodet", graph)
+    x = torch.from_numpy(sd.chelsea().copy()).permute(2, 0, 1)[None].float() / 255
+    (d,) = solver.verifier()(x)
+    cat = solver.spec.labels.index("cat")
+    assert cat in d.classes.tolist()
+    assert solver.check_parity(x).max_abs_diff <= 1e-3
