@@ -7,7 +7,7 @@ The vanishing loss pushes the score of every candidate (anchor, grid cell, query
 pixel) for the challenge's label below the solver's score floor by :data:`VANISH_MARGIN`
 logits: the object is no longer detected anywhere, so no cell is selected, no point covered
 and no character found. A verifier is fooled on a challenge under a view when its answer is
-not the truth's and no candidate of the label scores above the floor by the required margin
+not the truth's and every candidate of the label stands the required margin below the floor
 (so that a last faint detection cannot come back under a filter); the score between readings
 counts the beaten deciding (verifier, view) pairs up to the first that still holds, plus
 1 / (1 + the mass of that pair's candidates the loss still pushes): it falls smoothly where the
