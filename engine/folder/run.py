@@ -127,18 +127,14 @@ def run_info(job: HardenJob, task: Task, config: HardenConfig,
              resolved: Mapping[str, Any] | None = None) -> dict:
     """What produced the outputs (compared on --resume): the options given and those the task
     resolved from the items (``resolved``, :meth:`Task.plan_run`'s: labels' label set)."""
-    info: dict[str, Any] = {
+    return {
         "task": task.name, "config": dataclasses.asdict(config),
         "surrogates": None if job.surrogates is None else list(job.surrogates),
         "verifiers": None if job.verifiers is None else list(job.verifiers),
         "max_side": job.max_side,
         **{k: _jsonable(v) for k, v in (resolved or {}).items()
            if k not in job.options and _plain(v)},
-        **{k: _jsonable(v) for k, v in job.options.items()}}
-    lmap = job.options.get("label_map")
-    if lmap is not None:  # the map itself, so that `advx eval` of the outputs needs no path
-        info["label_map_entries"] = json.loads(Path(lmap).read_text(encoding="utf-8"))
-    return info
+        **{k: _jsonable(v) for k, v in job.options.items()}, **task.run_info(job.options)}
 
 
 def run_harden(job: HardenJob, *, show_progress: bool = True,

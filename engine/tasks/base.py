@@ -165,6 +165,11 @@ class Task:
         raises RunError for options that do not fit them."""
         return dict(options)
 
+    def run_info(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """What a run's summary keeps of its options beyond their values (compared on
+        --resume)."""
+        return {}
+
     def targets(self, truths: Sequence[Any], options: Mapping[str, Any]) -> list | None:
         """A decoy per item, or None for an untargeted run."""
         return None

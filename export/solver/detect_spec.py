@@ -46,17 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from .detect import Keep
-from .spec import (
-    RESIZES,
-    InputSpec,
-    OutputSpec,
-    SolverSpec,
-    _Reader,
-    read_header,
-    read_size,
-    read_units,
-    register_spec_kind,
-)
+from .reader import Reader, read_header, read_labels, read_size, read_units
+from .spec import RESIZES, InputSpec, OutputSpec, SolverSpec, register_spec_kind
 
 DETECT_KINDS = ("yolo", "gfl", "detr", "heatmap")
 YOLO_LAYOUTS = ("anchors_last", "anchors_first")
@@ -96,7 +87,7 @@ class DetectHead:
         return self.coefficients > 0 or self.kind == "heatmap"
 
 
-def _names(orr: _Reader, key: str, n: int | None = None) -> tuple[str, ...]:
+def _names(orr: Reader, key: str, n: int | None = None) -> tuple[str, ...]:
     raw = orr.get(key)
     raw = [raw] if isinstance(raw, str) else raw
     if (not isinstance(raw, list) or not raw or not all(isinstance(v, str) and v for v in raw)
@@ -106,7 +97,7 @@ def _names(orr: _Reader, key: str, n: int | None = None) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _strides(orr: _Reader, required: bool) -> tuple[int, ...]:
+def _strides(orr: Reader, required: bool) -> tuple[int, ...]:
     raw = orr.get("strides")
     if raw is None and not required:
         return ()
@@ -117,7 +108,7 @@ def _strides(orr: _Reader, required: bool) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _head(orr: _Reader, kind: str, keep: Keep) -> DetectHead:
+def _head(orr: Reader, kind: str, keep: Keep) -> DetectHead:
     if kind == "yolo":
         name = orr.string("name")
         protos = orr.string("prototypes")
@@ -147,14 +138,12 @@ def _head(orr: _Reader, kind: str, keep: Keep) -> DetectHead:
 
 def parse_detect_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
     """Validate a spec dict whose output is a detector or segmenter head."""
-    from .spec import parse_spec_labels
-
     src = str(path) if path else "solver spec"
-    top = _Reader(src, data, "", _TOP)
+    top = Reader(src, data, "", _TOP)
     _, model_path = read_header(top, path)
     if not top.has("input"):
         raise top.error("input", "missing: an object with at least \"size\": [H, W]")
-    ir = _Reader(src, top.data["input"], "input", _INPUT)
+    ir = Reader(src, top.data["input"], "input", _INPUT)
     rng, mean, std = read_units(ir, (0.0, 1.0))
     inp = InputSpec(
         name=ir.string("name"), size=read_size(ir),
@@ -171,11 +160,11 @@ def parse_detect_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
     if not top.has("output"):
         raise top.error("output", "missing: an object with at least \"kind\"")
     kind = str(top.data["output"].get("kind", "")).strip().lower()
-    orr = _Reader(src, top.data["output"], "output", _OUTPUT[kind])
-    labels, label_map, threshold, _ = parse_spec_labels(top, default_threshold=0.25)
+    orr = Reader(src, top.data["output"], "output", _OUTPUT[kind])
+    labels, label_map, threshold, _ = read_labels(top, default_threshold=0.25)
     keep = Keep(score=threshold)
     if top.has("nms"):
-        nr = _Reader(src, top.data["nms"], "nms", _NMS)
+        nr = Reader(src, top.data["nms"], "nms", _NMS)
         keep = Keep(score=threshold, iou=nr.number("iou", keep.iou, 0.0, 1.0),
                     per_class=nr.boolean("per_class", keep.per_class),
                     top_class=nr.boolean("top_class", keep.top_class),

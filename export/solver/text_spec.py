@@ -39,17 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ..onnx.spec import Tolerance
-from .spec import (
-    InputSpec,
-    OutputSpec,
-    SolverSpec,
-    SolverSpecError,
-    _Reader,
-    read_header,
-    read_size,
-    read_units,
-    register_spec_kind,
-)
+from .reader import Reader, SolverSpecError, read_header, read_size, read_units
+from .spec import InputSpec, OutputSpec, SolverSpec, register_spec_kind
 
 LAYOUTS = ("TNC", "NTC")
 CASES = ("insensitive", "sensitive")
@@ -94,16 +85,16 @@ def parse_text_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
     for key, why in _NOT_TEXT.items():
         if key in data:
             raise SolverSpecError(f"{src}: {key}: not used by a ctc solver ({why})")
-    top = _Reader(src, data, "", _TOP)
+    top = Reader(src, data, "", _TOP)
     base, model_path = read_header(top, path)
     if not top.has("input"):
         raise top.error("input", "missing: an object with at least \"size\": [H, W] or "
                                  "[H, null] (height H, keeping the aspect ratio)")
-    inp = _input(_Reader(src, top.data["input"], "input", _INPUT))
-    out = _output(_Reader(src, top.data["output"], "output", _OUTPUT), base)
+    inp = _input(Reader(src, top.data["input"], "input", _INPUT))
+    out = _output(Reader(src, top.data["output"], "output", _OUTPUT), base)
     tol = Tolerance()
     if top.has("tolerance"):
-        tr = _Reader(src, top.data["tolerance"], "tolerance", _TOLERANCE)
+        tr = Reader(src, top.data["tolerance"], "tolerance", _TOLERANCE)
         atol = tr.number("atol", tol.atol, 0.0)
         margin = tr.number("margin", -1.0, 0.0) if tr.has("margin") else None
         tol = Tolerance(atol, tr.number("rtol", tol.rtol, 0.0), margin)
@@ -112,7 +103,7 @@ def parse_text_spec(data: dict, *, path: Path | None = None) -> SolverSpec:
                       tolerance=tol)
 
 
-def _input(ir: _Reader) -> InputSpec:
+def _input(ir: Reader) -> InputSpec:
     size = read_size(ir, free_width=True)
     free = size[1] is None
     layout = ir.string("layout", "NCHW", ("NCHW",), case="upper")
@@ -142,7 +133,7 @@ def _input(ir: _Reader) -> InputSpec:
         width_rounding=rounding, min_width=int(min_width))
 
 
-def _output(orr: _Reader, base: Path) -> OutputSpec:
+def _output(orr: Reader, base: Path) -> OutputSpec:
     where = orr.field("charset")
     if not orr.has("charset"):
         raise orr.error(where, "missing: one symbol per class of the head (blank included), "
@@ -184,7 +175,7 @@ def _output(orr: _Reader, base: Path) -> OutputSpec:
     return OutputSpec(name=orr.string("name"), kind="ctc", label_axis=2, ctc=head)
 
 
-def _read_charset(file: Path, orr: _Reader, where: str) -> list[str]:
+def _read_charset(file: Path, orr: Reader, where: str) -> list[str]:
     if not file.is_file():
         raise orr.error(where, f"charset file {file} not found")
     try:

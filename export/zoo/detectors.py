@@ -17,7 +17,6 @@ preprocessing, decoding and keeping rule of its own package code:
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,26 +101,17 @@ register_detector(
         "nms": {"iou": 0.6, "per_class": True, "max_detections": 100}})
 
 
-_CACHE: dict[tuple, Any] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def detector(name: str, path: str | Path | None = None):
     """Built-in detector ``name`` as a :class:`~advx.export.solver.detector.DetectorSolver`
     (loaded once per graph file; ``path``: its graph instead of the installed one)."""
-    from ..solver.detector import DetectorSolver
+    from ..solver.load import solver_of
 
     if name not in DETECT_ENTRIES:
         raise ModelUnavailableError(f"no built-in detector {name!r}; they are "
                                     f"{', '.join(DETECT_ENTRIES)}")
     graph, spec = DETECT_ENTRIES[name]
-    parsed = parse_spec(spec(graph(Path(path).expanduser() if path else None)))
-    st = parsed.model.stat()
-    key = (name, str(parsed.model), st.st_size, st.st_mtime_ns)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = DetectorSolver(parsed, name=name)
-        return _CACHE[key]
+    return solver_of(parse_spec(spec(graph(Path(path).expanduser() if path else None))),
+                     name=name)
 
 
 __all__ = ["COCO_CLASSES", "COCO_LABEL_MAP", "DETECT_ENTRIES", "NANODET_ENV", "detector"]

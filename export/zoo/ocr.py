@@ -249,9 +249,6 @@ register_text(
 
 # --- building ------------------------------------------------------------------------------------
 
-_CACHE: dict[tuple, Any] = {}
-_CACHE_LOCK = threading.Lock()
-
 
 def text_spec(name: str, path: str | Path | None = None):
     """The parsed solver spec of built-in text solver ``name`` (``path``: its graph file, or
@@ -266,15 +263,9 @@ def text_spec(name: str, path: str | Path | None = None):
 def text_solver(name: str, path: str | Path | None = None):
     """Built-in text solver ``name`` as a :class:`~advx.export.solver.text.TextSolver` (loaded
     once per graph file)."""
-    from ..solver.text import TextSolver
+    from ..solver.load import solver_of
 
-    spec = text_spec(name, path)
-    st = spec.model.stat()
-    key = (name, str(spec.model), st.st_size, st.st_mtime_ns)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = TextSolver(spec, name=name)
-        return _CACHE[key]
+    return solver_of(text_spec(name, path), name=name)
 
 
 __all__ = ["PPOCR_ENV", "TEXT_ENTRIES", "ppocr_graph", "text_solver", "text_spec"]

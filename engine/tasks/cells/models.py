@@ -16,7 +16,6 @@ best candidate alone would stall.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,56 +24,23 @@ import numpy as np
 import torch
 
 from ....export.solver.detector import DetectorSolver
-from ....export.solver.load import load_solver
-from ....export.zoo import parse_name
 from ....export.zoo.detectors import DETECT_ENTRIES, detector
-from ....export.zoo.registry import ModelUnavailableError
 from ...attacks.ensemble import Ensemble
 from ...config import HardenConfig
 from ...pixels import texture_mask, to_uint8
 from ...views.view import SeenTiles, View, by_cost
 from ..base import Verdict
+from ..solvers import SolverFamily
 from . import challenge as chal
 from .result import DEFAULT_DETECTORS, CellsResult
-
-log = logging.getLogger(__name__)
 
 VANISH_MARGIN = 1.0  # logits below the solver's score floor that the loss aims for
 
 
-def load_detector(name: str | DetectorSolver) -> DetectorSolver:
-    """A built-in detector by name, an ``onnx:SPEC.json`` spec with a detector head, or a
-    DetectorSolver as given."""
-    if isinstance(name, DetectorSolver):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"a detector is a name or a DetectorSolver, got {type(name).__name__}")
-    if name in DETECT_ENTRIES:
-        return detector(name)
-    if name.startswith("onnx:"):
-        solver = load_solver(parse_name(name).arch)
-        if not isinstance(solver, DetectorSolver):
-            raise ValueError(f"{name} is not a detector: its spec's output kind is "
-                             f"{solver.spec.output.kind!r} (yolo, gfl, detr or heatmap answer "
-                             f"cells challenges)")
-        return solver
-    raise ValueError(f"{name!r} is not a detector; the built-in ones are "
-                     f"{', '.join(DETECT_ENTRIES)} (or give onnx:SPEC.json with a detector head)")
-
-
-def load_detectors(names: Sequence | None = None) -> tuple[list[DetectorSolver], dict[str, str]]:
-    """The detectors ``names``, all of which must load; by default (None) every built-in one
-    whose files are present, and for each other one why it is left out."""
-    if names:
-        return [load_detector(n) for n in names], {}
-    out, left_out = [], {}
-    for n in DEFAULT_DETECTORS:
-        try:
-            out.append(load_detector(n))
-        except ModelUnavailableError as e:
-            log.warning("warning: %s left out: %s", n, e)
-            left_out[n] = str(e)
-    return out, left_out
+DETECTORS = SolverFamily("detector", DetectorSolver, DETECT_ENTRIES, detector,
+                         DEFAULT_DETECTORS, "a detector head (yolo, gfl, detr or heatmap)",
+                         lambda s: s.surrogate())
+load_detector, load_detectors = DETECTORS.load, DETECTORS.load_all
 
 
 def floor_logit(solver: DetectorSolver) -> float:
@@ -122,25 +88,8 @@ class CellsModels:
 
     def __init__(self, surrogates: Sequence | None, verifiers: Sequence | None, *,
                  device: torch.device, truth_from: str | None = None) -> None:
-        surrogates, gone = load_detectors(surrogates)
-        verifiers, gone_v = load_detectors(verifiers)
-        self.left_out = {**gone, **gone_v}
-        if not verifiers:
-            raise ValueError(f"no detector to verify with: none of "
-                             f"{', '.join(DEFAULT_DETECTORS)} could be loaded")
-        self.notes: list[str] = []
-        models = []
-        for s in surrogates:
-            try:
-                models.append(s.surrogate().to(device))
-            except Exception as e:  # no torch twin (unconverted op, parity): it verifies only
-                log.warning("warning: %s has no gradient path (%s); it verifies only", s.name, e)
-                self.notes.append(f"{s.name}: verifier only ({str(e)[:200]})")
-                if s.name not in {v.name for v in verifiers}:
-                    verifiers.append(s)
-        if not models:
-            raise ValueError("no surrogate left to attack: none of the detectors converts to "
-                             "torch")
+        models, _, verifiers, self.left_out, self.notes = DETECTORS.models(
+            surrogates, verifiers, device)
         self.surrogates = models
         self.verifiers = [v.verifier(device=device.type) for v in verifiers]
         names = [v.name for v in self.verifiers]

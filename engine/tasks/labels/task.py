@@ -6,6 +6,7 @@ models are in :mod:`.models`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ class LabelsTask(Task):
             raise RunError(f"--decoy {decoy!r} is not in the label set "
                            f"({', '.join(label_set[:12])}{', ...' if len(label_set) > 12 else ''})")
         return out
+
+    def run_info(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The label map's entries, so that ``advx eval`` of the outputs needs no path."""
+        lmap = options.get("label_map")
+        if lmap is None:
+            return {}
+        return {"label_map_entries": json.loads(Path(lmap).read_text(encoding="utf-8"))}
 
     def targets(self, truths: Sequence[Any], options: Mapping[str, Any]) -> list | None:
         decoy = options.get("decoy")

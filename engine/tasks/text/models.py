@@ -8,7 +8,6 @@ into (0, 1), so it rises before the reading changes.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,59 +17,26 @@ from torch import nn
 
 from ....export.solver.charset import Charset, truth_problem
 from ....export.solver.ctc import greedy_ctc
-from ....export.solver.load import load_solver
 from ....export.solver.text import TextSolver
-from ....export.zoo import parse_name
 from ....export.zoo.ocr import TEXT_ENTRIES, text_solver
-from ....export.zoo.registry import ModelUnavailableError
 from ...attacks.ensemble import Ensemble
 from ...config import HardenConfig
 from ...pixels import to_uint8
 from ...views.view import SeenTiles, View, by_cost
 from ..base import Verdict
+from ..solvers import SolverFamily
 from .losses import TextTargets, ctc_loss, ctc_margin, edit_distance, text_targets, unreadable
 from .mask import stroke_mask
 from .result import DEFAULT_SOLVERS, TextResult
-
-log = logging.getLogger(__name__)
 
 # nats: P(the truth) below e^-10 counts as far enough; past it a member's gradient is zero and
 # the step goes to the members whose solvers still read the truth
 CTC_CAP = 10.0
 
 
-def load_text_solver(name: str | TextSolver) -> TextSolver:
-    """A built-in OCR solver by name, an ``onnx:SPEC.json`` spec with a ``ctc`` output, or a
-    TextSolver as given."""
-    if isinstance(name, TextSolver):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"a text solver is a name or a TextSolver, got {type(name).__name__}")
-    if name in TEXT_ENTRIES:
-        return text_solver(name)
-    if name.startswith("onnx:"):
-        solver = load_solver(parse_name(name).arch)
-        if not isinstance(solver, TextSolver):
-            raise ValueError(f"{name} reads labels, not text: its spec has no \"ctc\" output")
-        return solver
-    raise ValueError(f"{name!r} is not a text solver; the built-in ones are "
-                     f"{', '.join(TEXT_ENTRIES)} (or give onnx:SPEC.json with a ctc output)")
-
-
-def load_text_solvers(names: Sequence | None = None) -> tuple[list[TextSolver], dict[str, str]]:
-    """The solvers ``names``, all of which must load; by default (None) every built-in OCR
-    solver whose files are installed, and for each other one why it is left out (logged as a
-    warning saying how to get it)."""
-    if names:
-        return [load_text_solver(n) for n in names], {}
-    out, left_out = [], {}
-    for n in DEFAULT_SOLVERS:
-        try:
-            out.append(load_text_solver(n))
-        except ModelUnavailableError as e:
-            log.warning("warning: %s left out: %s", n, e)
-            left_out[n] = str(e)
-    return out, left_out
+OCR = SolverFamily("text solver", TextSolver, TEXT_ENTRIES, text_solver, DEFAULT_SOLVERS,
+                   'a "ctc" output', lambda s: s.text_model())
+load_text_solver, load_text_solvers = OCR.load, OCR.load_all
 
 
 class TextEnsemble(Ensemble):
@@ -97,25 +63,8 @@ class TextModels:
 
     def __init__(self, surrogates: Sequence | None, verifiers: Sequence | None, *,
                  device: torch.device) -> None:
-        surrogates, gone = load_text_solvers(surrogates)
-        verifiers, gone_v = load_text_solvers(verifiers)
-        self.left_out = {**gone, **gone_v}  # default solvers whose files are absent: why
-        if not verifiers:
-            raise ValueError(f"no text solver to verify with: none of "
-                             f"{', '.join(DEFAULT_SOLVERS)} could be loaded")
-        self.notes: list[str] = []
-        models = []
-        for s in surrogates:
-            try:
-                models.append(s.text_model().to(device))
-            except Exception as e:  # no torch twin (unconverted op, parity): it verifies only
-                log.warning("warning: %s has no gradient path (%s); it verifies only", s.name, e)
-                self.notes.append(f"{s.name}: verifier only ({str(e)[:200]})")
-                if s.name not in {v.name for v in verifiers}:
-                    verifiers.append(s)
-        if not models:
-            raise ValueError("no surrogate left to attack: none of the solvers converts to "
-                             "torch")
+        models, surrogates, verifiers, self.left_out, self.notes = OCR.models(
+            surrogates, verifiers, device)
         self.surrogates = models
         self.solvers = {s.name: s for s in [*surrogates, *verifiers]}
         self.verifiers = [v.verifier(device=device.type) for v in verifiers]
