@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .adapt import adapt_cmd
 from .bench import bench_cmd
 from .demo import demo_cmd
 from .evaluate import eval_cmd
@@ -44,6 +45,7 @@ def cli() -> None:
       demo     harden sample photos that ship with scikit-image (a quick tour;
                --task text: drawn text captchas)
       bench    measure throughput
+      adapt    how long hardening holds once a solver is retrained on hardened items
 
     \b
     Example:
@@ -66,6 +68,7 @@ cli.add_command(solver_cmd)
 cli.add_command(serve_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(bench_cmd)
+cli.add_command(adapt_cmd)
 
 
 if __name__ == "__main__":

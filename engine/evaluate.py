@@ -135,7 +135,7 @@ def load_set(input_dir: Path, task: str | Task | None = None, labels_csv: Path |
     return EvalSet(t, input_dir, rows, "advx run", clean, run, skipped, notes)
 
 
-def _pixels(path: Path) -> tuple[torch.Tensor | None, str | None]:
+def read_pixels(path: Path) -> tuple[torch.Tensor | None, str | None]:
     """[3, H, W] uint8, or None and why not."""
     try:
         px = load_image(path).pixels
@@ -171,9 +171,9 @@ def read_set(data: EvalSet, scorers: Sequence, views: Sequence
     for lo in range(0, len(todo), CHUNK):
         ok, ims, originals = [], [], []
         for row in todo[lo : lo + CHUNK]:
-            im, why = _pixels(data.root / row.path)
+            im, why = read_pixels(data.root / row.path)
             if im is not None and clean is not None:
-                orig, why = _pixels(data.clean_root / row.clean)
+                orig, why = read_pixels(data.clean_root / row.clean)
                 why = None if why is None else f"its original {row.clean}: {why}"
             if why is not None:
                 data.skipped.append(f"{row.where}: {why}")
@@ -219,6 +219,19 @@ def figures(task: Task, scorers: Sequence, truths: Sequence[Any], answers: Mappi
     return out
 
 
+def scoring_options(task: Task, run: Mapping[str, Any], truths: Sequence[Any],
+                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The task's options to read ``truths`` with: ``options`` over an advx run's own (its
+    ``summary.json``: the label set, templates and label map it was hardened with)."""
+    given = {k: run[k] for k in ("label_set", "templates") if run.get(k) and k in task.options}
+    if run.get("label_map_entries") is not None and "label_map" in task.options:
+        given["label_map"] = run["label_map_entries"]
+    opts = task.plan_run(truths, {**given, **{k: v for k, v in (options or {}).items()
+                                              if v is not None}})
+    opts.pop("decoy", None)
+    return opts
+
+
 def evaluate_folder(input_dir: str | Path, models: Sequence[str] | None = None, *,
                     task: str | None = None, labels_csv: str | Path | None = None,
                     clean_dir: str | Path | None = None, transforms: str | None = None,
@@ -234,13 +247,8 @@ def evaluate_folder(input_dir: str | Path, models: Sequence[str] | None = None, 
     unknown = sorted(set(options) - set(t.options))
     if unknown:
         raise RunError(f"the {t.name} task takes no option {', '.join(unknown)}")
-    run = data.run
-    given = {k: run[k] for k in ("label_set", "templates") if run.get(k) and k in t.options}
-    if run.get("label_map_entries") is not None and "label_map" in t.options:
-        given["label_map"] = run["label_map_entries"]
     truths = [r.truth for r in data.rows]
-    opts = t.plan_run(truths, {**given, **{k: v for k, v in options.items() if v is not None}})
-    opts.pop("decoy", None)
+    opts = scoring_options(t, data.run, truths, options)
     scorers, left_out = t.load_scorers(models, device=device, truths=truths, **opts)
     if not scorers:
         raise RunError(f"no model to evaluate with: {'; '.join(left_out)}")
@@ -259,5 +267,5 @@ def evaluate_folder(input_dir: str | Path, models: Sequence[str] | None = None, 
             "results": figures(t, scorers, got_truths, answers, clean, preset.deciding)}
 
 
-__all__ = ["EvalRow", "EvalSet", "evaluate_folder", "figures", "load_set", "read_set",
-           "relative_file"]
+__all__ = ["EvalRow", "EvalSet", "evaluate_folder", "figures", "load_set", "read_pixels",
+           "read_set", "relative_file", "scoring_options"]

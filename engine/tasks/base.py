@@ -123,6 +123,18 @@ class Models(Protocol):
         of the attack, kept as verifiers)."""
 
 
+@dataclass
+class Trainee:
+    """A copy of a solver to fine-tune as its operator would (:mod:`advx.engine.adapt`)."""
+
+    name: str  # the solver it is a copy of
+    module: Any  # nn.Module: images [N, 3, H, W] in [0, 1] -> what ``loss`` takes
+    loss: Any  # (module's output, truths) -> the mean training loss (cross-entropy, CTC)
+    # (folder, example images, a display name) -> the model name it loads by (onnx:SPEC.json)
+    save: Any
+    flip: bool = False  # a horizontal flip leaves the truth as it is (ordinary augmentation)
+
+
 class Task:
     """A kind of challenge (see the module docstring). A subclass sets the class attributes
     and fills the hooks; one instance is registered (:func:`register_task`)."""
@@ -213,6 +225,11 @@ class Task:
         can)."""
         return None
 
+    def trainee(self, name: str, *, device: torch.device, **options: Any) -> Trainee:
+        """A fresh copy of solver ``name`` to retrain (options: the run's, as for
+        :meth:`load_scorers`). Raises RunError where the task cannot retrain that solver."""
+        raise RunError(f"the {self.name} task cannot retrain its solvers yet")
+
     def plan(self, config: HardenConfig, white_box: bool):
         """How a run attacks (an :class:`~advx.engine.config.Plan`)."""
         return config.plan(white_box)
@@ -258,4 +275,5 @@ class Task:
         return {}
 
 
-__all__ = ["TASKS", "Models", "Task", "Verdict", "Verification", "get_task", "register_task"]
+__all__ = ["TASKS", "Models", "Task", "Trainee", "Verdict", "Verification", "get_task",
+           "register_task"]

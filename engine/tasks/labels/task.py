@@ -117,6 +117,11 @@ class LabelsTask(Task):
 
         return load_scorers(names, device=device, **options), []
 
+    def trainee(self, name, *, device, **options):
+        from .adapt import label_trainee
+
+        return label_trainee(name, device=device, **options)
+
     def answers(self, scorers, images, views, truths):
         from .evaluate import answers
 

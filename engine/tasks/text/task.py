@@ -43,6 +43,11 @@ class TextTask(Task):
         return ([s.verifier(device="cuda" if str(device).startswith("cuda") else "cpu")
                  for s in solvers], [f"{n}: {why}" for n, why in gone.items()])
 
+    def trainee(self, name, *, device, **options):
+        from .adapt import text_trainee
+
+        return text_trainee(name, device=device)
+
     def eval_problem(self, scorers: Sequence, truth: Any) -> str | None:
         """Why ``truth`` cannot be read by these scorers (``advx eval``)."""
         from ....export.solver.charset import truth_problem

@@ -1,0 +1,136 @@
+"""A solver retrained in torch, written back as an ONNX graph and a solver spec beside it, so
+that it loads wherever a solver spec does (``onnx:DIR/solver.json``: surrogate, verifier,
+``advx eval`` model). Each write is checked against the torch module it came from."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..solver.graph import GraphSolver
+from ..zoo.model import ImageClassifier
+from .export import export_classifier
+from .manifest import MODEL_FILE
+from .runtime import make_session
+from .spec import ExportError, Tolerance
+
+SPEC_FILE = "solver.json"
+# the kind of answer a converted graph gives where the conversion cut the final activation off
+_BEHIND = {"softmax": "logits", "multilabel": "multilabel_logits"}
+
+
+def tie_equal_parameters(module: nn.Module) -> int:
+    """Make parameters of equal shape and values one parameter; returns how many were tied.
+
+    The converter gives each use of a shared initializer (an unrolled LSTM's weights at every
+    time step) its own copy: trained apart they would drift into per-step weights the source
+    graph never had, and the written graph would hold one copy per use."""
+    first: dict[tuple, nn.Parameter] = {}
+    tied = 0
+    for mod in module.modules():
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.numel() < 2:
+                continue
+            data = p.detach().cpu().contiguous().numpy()
+            key = (tuple(p.shape), str(p.dtype), hashlib.sha1(data.tobytes()).hexdigest())
+            if key not in first:
+                first[key] = p
+            elif first[key] is not p and torch.equal(first[key].data, p.data):
+                setattr(mod, name, first[key])
+                tied += 1
+    return tied
+
+
+def _write_graph(graph: nn.Module, x: torch.Tensor, path: Path, input_name: str,
+                 output_name: str, dynamic: dict[int, str]) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: dynamic} if dynamic else None,
+                          do_constant_folding=True)
+
+
+def _check(path: Path, x: torch.Tensor, graph: nn.Module, input_name: str) -> float:
+    """The written graph against the torch one on ``x`` (raises ExportError)."""
+    with torch.no_grad():
+        want = graph(x).float()
+    got = torch.from_numpy(np.asarray(make_session(path, "fp32").run(
+        None, {input_name: x.numpy()})[0])).float()
+    if got.shape != want.shape:
+        raise ExportError(f"{path}: onnxruntime answers {list(got.shape)}, torch "
+                          f"{list(want.shape)}")
+    err = float((got - want).abs().max())
+    tol = Tolerance()
+    if not torch.allclose(got, want, atol=tol.atol, rtol=tol.rtol):
+        raise ExportError(f"{path}: onnxruntime and torch differ by {err:.3g}")
+    return err
+
+
+def write_solver(solver: GraphSolver, graph: nn.Module, x: torch.Tensor, out_dir: str | Path,
+                 name: str) -> Path:
+    """``graph`` (``solver``'s converted graph, retrained) as ``out_dir/model.onnx`` and a
+    spec that reads it as ``solver``'s reads its own; ``x``: graph inputs (already through the
+    solver's preprocessing) to trace and check on. Returns the spec's path."""
+    spec = solver.spec
+    if spec.input.dtype != "float32":
+        raise ExportError(f"{solver.name}: a graph taking {spec.input.dtype} cannot be written "
+                          f"back from torch (the retrained graph takes float32)")
+    if getattr(graph, "outputs", 1) > 1:
+        raise ExportError(f"{solver.name}: a graph with several answers (a detector) cannot be "
+                          f"written back yet")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inp, outp = solver.input_info.name, solver.output_info.name
+    dynamic = {} if solver.fixed_batch == 1 else {0: "n"}
+    if spec.input.size[1] is None:  # a free width
+        dynamic[3 if spec.input.layout == "NCHW" else 2] = "width"
+    x = x.detach().float().cpu()
+    tmp = out / f".{MODEL_FILE}.tmp"
+    graph = copy.deepcopy(graph).cpu().eval()  # the caller's module stays where it is
+    try:
+        _write_graph(graph, x, tmp, inp, outp, dynamic)
+        _check(tmp, x, graph, inp)
+        if dynamic.get(0) and len(x) > 1:  # another batch size than the one traced
+            _check(tmp, x[:1], graph, inp)
+    except ExportError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"writing {solver.name} back to ONNX failed: {e}") from e
+    os.replace(tmp, out / MODEL_FILE)
+    data = spec.to_dict()
+    data.update(model=MODEL_FILE, name=name)
+    data["output"]["name"] = outp
+    if solver.torch_kind != solver.kind:  # the retrained graph ends before that activation
+        data["output"]["kind"] = _BEHIND[solver.kind]
+    path = out / SPEC_FILE
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def write_classifier(clf: ImageClassifier, out_dir: str | Path, name: str) -> Path:
+    """A zoo classifier (over its labels) as ``out_dir/model.onnx`` (the export stage's
+    checked export) and a spec that preprocesses as its weights do. Returns the spec's path."""
+    m = export_classifier(clf, out_dir)
+    data = {"model": MODEL_FILE, "name": name,
+            "input": {"name": m.input_name, "size": [m.input_size] * 2, "range": [0, 1],
+                      "mean": [0, 0, 0], "std": [1, 1, 1], "channels": "RGB",
+                      "resize": m.interpolation, "antialias": True, "crop": m.crop_pct},
+            "output": {"name": m.output_name, "kind": "logits"},
+            "labels": list(m.labels)}
+    path = Path(out_dir) / SPEC_FILE
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+__all__ = ["SPEC_FILE", "tie_equal_parameters", "write_classifier", "write_solver"]
