@@ -125,7 +125,7 @@ def test_offline_download_errors_name_a_local_alternative(monkeypatch):
     monkeypatch.setattr(open_clip, "create_model", offline)
     with pytest.raises(ModelUnavailableError, match=r"open_clip:RN50/path/to/"):
         create_classifier("open_clip:RN50/openai", LABELS)
-    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", offline)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)  # read first
     with pytest.raises(ModelUnavailableError, match=r"hf:/path/to/dir"):
         create_classifier("hf:openai/clip-vit-base-patch32", LABELS)
     monkeypatch.setattr(timm, "create_model", offline)

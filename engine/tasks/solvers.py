@@ -23,14 +23,16 @@ class SolverFamily:
     defaults: tuple[str, ...]  # a run's solvers when it names none
     head: str  # what an onnx spec of the family has, in messages ('a "ctc" output')
     twin: Callable[[Any], Any]  # a solver's torch twin (raises where there is none)
+    others: tuple[type, ...] = ()  # solvers of the family built otherwise (hf: detectors)
 
     def load(self, name: Any):
-        """A built-in solver by name, an ``onnx:SPEC.json`` spec with the family's head, or a
-        solver of the family as given."""
+        """A built-in solver by name, an ``onnx:SPEC.json`` spec with the family's head, an
+        ``hf:REPO_OR_DIR`` model of the family (:attr:`others`), or a solver as given."""
         from ...export.solver.load import load_solver
-        from ...export.zoo import parse_name
+        from ...export.zoo import build_backbone, parse_name
 
-        if isinstance(name, self.cls):
+        family = (self.cls, *self.others)
+        if isinstance(name, family):
             return name
         if not isinstance(name, str):
             raise TypeError(f"a {self.what} is a name or a {self.cls.__name__}, got "
@@ -43,8 +45,17 @@ class SolverFamily:
                 raise ValueError(f"{name} is not a {self.what}: its spec's output kind is "
                                  f"{solver.spec.output.kind!r} (a {self.what} has {self.head})")
             return solver
+        if name.startswith("hf:") and self.others:
+            solver = build_backbone(parse_name(name))
+            if not isinstance(solver, self.others):
+                raise ValueError(f"{name} is not a {self.what}: it loads as a "
+                                 f"{type(solver).__name__}, not a "
+                                 f"{' or '.join(c.__name__ for c in self.others)}")
+            return solver
+        hf = " or hf:REPO_OR_DIR" if self.others else ""
         raise ValueError(f"{name!r} is not a {self.what}; the built-in ones are "
-                         f"{', '.join(self.entries)} (or give onnx:SPEC.json with {self.head})")
+                         f"{', '.join(self.entries)} (or give onnx:SPEC.json with "
+                         f"{self.head}{hf})")
 
     def load_all(self, names: Sequence | None = None) -> tuple[list, dict[str, str]]:
         """The solvers ``names``, all of which must load; by default (None) every built-in one

@@ -140,6 +140,17 @@ def decode_detr(boxes: torch.Tensor, logits: torch.Tensor, *, size: tuple[int, i
     return Dense(b, torch.sigmoid(z), z)
 
 
+def decode_heatmap(heat: torch.Tensor, *, size: tuple[int, int]) -> Dense:
+    """A segmenter's per-class logit maps [N, C, h, w] (or [N, h, w] for one class): every
+    pixel a candidate whose box is the whole input."""
+    heat = heat.float()
+    heat = heat[:, None] if heat.ndim == 3 else heat
+    n = heat.shape[0]
+    z = heat.flatten(2).transpose(1, 2)  # [N, h*w, C]
+    whole = heat.new_tensor([0, 0, size[1], size[0]]).expand(n, z.shape[1], 4)
+    return Dense(whole, torch.sigmoid(z), z, heatmaps=heat)
+
+
 def prototype_masks(coefficients: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """YOLO-seg: [N, A, k] coefficients and [N, k, h, w] prototypes -> [N, A, h, w] logits."""
     n, k, h, w = prototypes.shape
@@ -200,4 +211,4 @@ class Keep:
 
 
 __all__ = ["Dense", "Detection", "Keep", "box_iou", "cxcywh_to_xyxy", "decode_detr",
-           "decode_gfl", "decode_yolo", "grid_points", "nms", "prototype_masks"]
+           "decode_gfl", "decode_heatmap", "decode_yolo", "grid_points", "nms", "prototype_masks"]

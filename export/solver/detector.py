@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..onnx.runtime import cpu_run_size
-from .detect import Dense, Detection, decode_detr, decode_gfl, decode_yolo, prototype_masks
+from .detect import (
+    Dense,
+    Detection,
+    decode_detr,
+    decode_gfl,
+    decode_heatmap,
+    decode_yolo,
+    prototype_masks,
+)
 from .detect_spec import DetectHead
 from .ends import Preprocess
 from .graph import GraphSolver, SolverParityError, image_input, parity_images
@@ -155,12 +163,7 @@ class DetectorSolver(GraphSolver):
                               reg_max=h.reg_max, offset=h.offset)
         if h.kind == "detr":
             return decode_detr(outs[0], outs[1], size=size, normalised=h.normalised)
-        heat = outs[0].float()  # heatmap: [N, C, h, w] (or [N, h, w] for one label)
-        heat = heat[:, None] if heat.ndim == 3 else heat
-        n = heat.shape[0]
-        z = heat.flatten(2).transpose(1, 2)  # [N, h*w, C]: every pixel a candidate
-        whole = heat.new_tensor([0, 0, size[1], size[0]]).expand(n, z.shape[1], 4)
-        return Dense(whole, torch.sigmoid(z), z, heatmaps=heat)
+        return decode_heatmap(outs[0], size=size)  # [N, C, h, w] (or [N, h, w]: one label)
 
     def score_logits(self, outs: Sequence[torch.Tensor]) -> torch.Tensor:
         """[N, A, C] the candidates' class-score logits alone (what the vanishing loss takes:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..defaults import DEFAULT_TEMPLATES
 from ..solver import Solver, SolverClassifier, SolverVerifier
-from . import backends, detectors, ocr  # noqa: F401  (they register the builders and entries)
+from . import backends, detectors, ocr, zeroshot_detectors  # noqa: F401  (they register)
 from .labels import (
     CAPTCHA_LABEL_MAP,
     LabelMap,
@@ -77,6 +77,9 @@ def create_verifier(name: str, labels: Sequence[str], *, device: str = "cpu") ->
 def _not_text(name: str, model: object) -> None:
     from ..solver.text import TextSolver
 
+    if getattr(model, "kind", None) == "detect":  # DetectorSolver, ZeroShotDetector
+        raise ValueError(f"{name} is a detector or segmenter: it answers grid and click "
+                         f"challenges (the cells task), not labels")
     if isinstance(model, TextSolver):
         raise ValueError(f"{name} is a text (OCR) solver: it reads strings, not labels; use it "
                          f"with text CAPTCHAs (advx.export.zoo.ocr.text_solver({name!r}))")

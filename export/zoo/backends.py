@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from .registry import (
     register_backend,
     register_entry,
 )
+
+if TYPE_CHECKING:
+    from .zeroshot_detectors import ZeroShotDetector
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -142,12 +146,20 @@ def _features(out: object) -> torch.Tensor:
 
 
 @register_backend("hf")
-def build_hf(ref: ModelRef, device: str) -> Backbone:
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+def build_hf(ref: ModelRef, device: str) -> Backbone | ZeroShotDetector:
+    """An image-text model (CLIP, SigLIP) as a zero-shot backbone; an open-vocabulary detector
+    or segmenter (OWL-ViT, OWLv2, Grounding DINO, CLIPSeg: by its config's ``model_type``) as
+    a cells-task solver."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+    from .zeroshot_detectors import ZERO_SHOT_TYPES, zero_shot_detector
 
     src = str(ref.local_path) if ref.local_path is not None else ref.arch
     try:
-        model = AutoModel.from_pretrained(src)
+        config = AutoConfig.from_pretrained(src)
+        if config.model_type in ZERO_SHOT_TYPES:
+            return zero_shot_detector(ref.name, src, config)
+        model = AutoModel.from_pretrained(src, config=config)
         tokenizer = AutoTokenizer.from_pretrained(src)
         processor = AutoImageProcessor.from_pretrained(src)
     except Exception as e:

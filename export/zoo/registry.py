@@ -58,7 +58,7 @@ class Entry:
     name: str
     description: str
     offline: bool  # weights ship with the installed packages
-    task: str = "image"  # "image" (labels) | "text" (OCR: reads strings)
+    task: str = "image"  # "image" (labels) | "text" (OCR: reads strings) | "cells" (detects)
 
 
 BuildFn = Callable[[ModelRef, str], "Backbone | Solver | TextSolver"]
@@ -95,12 +95,13 @@ def register_alias(name: str, description: str, *,
     return deco
 
 
-def register_entry(name: str, description: str) -> None:
-    """List a backend name (with real weights from a hub) in ``advx models``."""
+def register_entry(name: str, description: str, *, task: str = "image") -> None:
+    """List a backend name (with real weights from a hub) in ``advx models`` (``task``: the
+    kind of challenge it solves, "cells" for a detector)."""
     if name in _ENTRIES:
         raise ValueError(f"model {name!r} registered twice")
     parse_name(name)
-    _ENTRIES[name] = Entry(name, description, offline=False)
+    _ENTRIES[name] = Entry(name, description, offline=False, task=task)
 
 
 def _looks_like_path(s: str) -> bool:

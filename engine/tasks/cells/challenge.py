@@ -146,7 +146,7 @@ def box_cells(boxes: np.ndarray, grid: int, height: int, width: int,
     rb = np.minimum(b[:, None, 2:], cells[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(-1)
     area = (cells[:, 2:] - cells[:, :2]).prod(-1)
-    return [i + 1 for i in np.flatnonzero((inter / area > share).any(0))]
+    return [int(i) + 1 for i in np.flatnonzero((inter / area > share).any(0))]  # JSON ints
 
 
 def mask_cells(masks: np.ndarray, grid: int, share: float = MASK_SHARE) -> list[int]:

@@ -15,8 +15,9 @@ from . import challenge as chal
 def answer_views(verifiers: Sequence, images: Sequence[torch.Tensor], views: Sequence[View],
                  truths: Sequence[dict], batch: int = 16) -> dict[str, dict[str, list]]:
     """verifier -> view -> per image {"answer": its answer, "truth": the truth's answer}."""
-    from .models import read
+    from .models import bind_queries, read
 
+    bind_queries(verifiers, [t["label"] for t in truths])
     out: dict = {v.name: {w.name: [None] * len(images) for w in views} for v in verifiers}
     for rows, w, tiles in each_view(images, views, batch):
         h, wd = tiles.shape[-2:]

@@ -1,7 +1,9 @@
 """The cells task's models: detectors and segmenters (the built-in ``ddddocr-det`` and
 ``nanodet``, or ``onnx:SPEC.json`` specs with a detector head), attacked through their torch
 twins with the vanishing loss and verified by their own graphs in onnxruntime, keeping
-detections as their packages do.
+detections as their packages do; and open-vocabulary ones from transformers
+(``hf:REPO_OR_DIR``: OWL-ViT, OWLv2, Grounding DINO, CLIPSeg), whose text queries are bound to
+the labels of the challenges at hand (:func:`bind_queries`), so they answer any label.
 
 The vanishing loss pushes the score of every candidate (anchor, grid cell, query, heatmap
 pixel) for the challenge's label below the solver's score floor by :data:`VANISH_MARGIN`
@@ -25,6 +27,7 @@ import torch
 
 from ....export.solver.detector import DetectorSolver
 from ....export.zoo.detectors import DETECT_ENTRIES, detector
+from ....export.zoo.zeroshot_detectors import ZeroShotDetector
 from ...attacks.ensemble import Ensemble
 from ...config import HardenConfig
 from ...pixels import texture_mask, to_uint8
@@ -39,8 +42,20 @@ VANISH_MARGIN = 1.0  # logits below the solver's score floor that the loss aims 
 
 DETECTORS = SolverFamily("detector", DetectorSolver, DETECT_ENTRIES, detector,
                          DEFAULT_DETECTORS, "a detector head (yolo, gfl, detr or heatmap)",
-                         lambda s: s.surrogate())
+                         lambda s: s.surrogate(), others=(ZeroShotDetector,))
 load_detector, load_detectors = DETECTORS.load, DETECTORS.load_all
+
+
+def knows(model, label: str) -> bool:
+    """Whether a detector answers ``label``: one of its classes, or any (open vocabulary)."""
+    return getattr(model, "open_vocabulary", False) or bool(model.classes_of(label))
+
+
+def bind_queries(models: Sequence, labels: Sequence[str]) -> None:
+    """Open-vocabulary models query ``labels`` (those of the challenges at hand)."""
+    for m in models:
+        if getattr(m, "open_vocabulary", False):
+            m.set_queries(labels)
 
 
 def floor_logit(solver: DetectorSolver) -> float:
@@ -109,16 +124,16 @@ class CellsModels:
         except chal.ChallengeError as e:
             return str(e)
         label = ch["label"]
-        if not any(v.classes_of(label) for v in self.verifiers):
+        if not any(knows(v, label) for v in self.verifiers):
             v = self.verifiers[0]
             return (f"label {label!r}: no verifier detects it ({v.name}'s classes: "
                     f"{', '.join(v.labels[:12])}{', ...' if len(v.labels) > 12 else ''}; a "
                     f"spec's label_map maps a CAPTCHA label to them)")
         source = next(v for v in self.verifiers if v.name == self.truth_from)
-        if chal.needs_truth(ch) and not source.classes_of(label):
+        if chal.needs_truth(ch) and not knows(source, label):
             return (f"label {label!r}: the challenge gives neither cells nor a box, and "
                     f"{source.name}, whose clean answer would be its truth, cannot detect it")
-        if not any(m.classes_of(label) for m in self.surrogates):
+        if not any(knows(m, label) for m in self.surrogates):
             return f"label {label!r}: no surrogate detects it"
         return None
 
@@ -132,7 +147,9 @@ class CellsModels:
             if why:
                 raise ValueError(why)
         self.challenges = [chal.parse(dict(t)) for t in truths]
-        self._ensemble.set_labels([c["label"] for c in self.challenges])
+        labels = [c["label"] for c in self.challenges]
+        bind_queries([*self.surrogates, *self.verifiers], labels)
+        self._ensemble.set_labels(labels)
         n = len(truths)
         return torch.arange(n), torch.full((n,), -1)
 
@@ -322,4 +339,4 @@ class CellsVerification:
 
 
 __all__ = ["VANISH_MARGIN", "CellsEnsemble", "CellsModels", "CellsVerification",
-           "load_detector", "load_detectors", "read", "vanish_loss"]
+           "bind_queries", "knows", "load_detector", "load_detectors", "read", "vanish_loss"]

@@ -82,7 +82,9 @@ class CellsTask(Task):
     def eval_problem(self, scorers: Sequence, truth: Any) -> str | None:
         if chal.needs_truth(truth):
             return "a grid challenge without cells or a box has no truth to score against"
-        blind = [s.name for s in scorers if not s.classes_of(truth["label"])]
+        from .models import knows
+
+        blind = [s.name for s in scorers if not knows(s, truth["label"])]
         return f"label {truth['label']!r}: {', '.join(blind)} cannot detect it" if blind else None
 
     def answers(self, scorers, images, views, truths):
