@@ -10,6 +10,7 @@ The public API (everything importable without the CLI)::
     outcome = advx.harden_folder("tiles/", "hardened/", ray="auto")  # as `advx harden`
     outcome = advx.harden_folder("captchas/", "out/", task="text")   # ... --task text
     figures = advx.evaluate_folder("out/", task="text")               # as `advx eval`
+    check = advx.adapt_run("out/", "adapt/", config=advx.AdaptConfig(sizes=(0, 200)))
 
 A :class:`Hardener` loads a task's models once for many ``run`` calls; a
 :class:`HardenService` batches concurrent requests of every task (``advx serve``).
@@ -30,6 +31,8 @@ _LAZY = {
     "harden_folder": "advx.engine.folder",
     "RayOptions": "advx.engine.folder",
     "evaluate_folder": "advx.engine.evaluate",
+    "adapt_run": "advx.engine.adapt",
+    "AdaptConfig": "advx.engine.adapt",
     "HardenConfig": "advx.engine.config",
     "HardenResult": "advx.engine.results",
     "LabelResult": "advx.engine.tasks.labels",

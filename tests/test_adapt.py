@@ -154,6 +154,31 @@ def test_fine_tuning_a_tiny_ctc_model_learns_to_read_its_training_items(tmp_path
         torch.stack(images).float() / 255)
 
 
+def test_fine_tuning_a_detector_raises_its_label_where_the_truth_is(tmp_path):
+    pytest.importorskip("ddddocr")
+    from advx.engine.tasks.cells.draw import draw_clicks
+
+    items = draw_clicks(2, seed=3)
+    images = [torch.from_numpy(px).permute(2, 0, 1).contiguous() for px, _, _ in items]
+    truths = [{"label": "text", "boxes": boxes} for _, boxes, _ in items]
+    trainee = get_task("cells").trainee("ddddocr-det", device=CPU)
+    x = torch.stack(images).float() / 255
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(trainee.loss(trainee.module(x), truths))
+
+    before = loss()
+    fit(trainee, images, truths, epochs=2, batch_size=2, lr=1e-4, seed=0, device=CPU,
+        checkpoint=tmp_path / "c.pt", on_epoch=lambda e: None)
+    assert loss() < 0.8 * before
+    name = trainee.save(tmp_path / "det", x[:1], "det@2")
+    verifier = get_task("cells").load_scorers([name], device="cpu")[0][0]
+    with torch.no_grad():
+        want = trainee.module.model.dense(x).scores
+    assert torch.allclose(verifier.dense(x).scores, want, atol=1e-3)
+
+
 def test_tying_makes_equal_weights_one_parameter():
     a, b, c = (torch.nn.Linear(4, 4) for _ in range(3))
     b.weight.data.copy_(a.weight.data)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,11 @@ def tie_equal_parameters(module: nn.Module) -> int:
 
 
 def _write_graph(graph: nn.Module, x: torch.Tensor, path: Path, input_name: str,
-                 output_name: str, dynamic: dict[int, str]) -> None:
+                 outputs: Sequence[str], dynamic: dict[int, str]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=[input_name], output_names=[output_name],
+                          input_names=[input_name], output_names=list(outputs),
                           dynamic_axes={input_name: dynamic} if dynamic else None,
                           do_constant_folding=True)
 
@@ -62,16 +63,18 @@ def _write_graph(graph: nn.Module, x: torch.Tensor, path: Path, input_name: str,
 def _check(path: Path, x: torch.Tensor, graph: nn.Module, input_name: str) -> float:
     """The written graph against the torch one on ``x`` (raises ExportError)."""
     with torch.no_grad():
-        want = graph(x).float()
-    got = torch.from_numpy(np.asarray(make_session(path, "fp32").run(
-        None, {input_name: x.numpy()})[0])).float()
-    if got.shape != want.shape:
-        raise ExportError(f"{path}: onnxruntime answers {list(got.shape)}, torch "
-                          f"{list(want.shape)}")
-    err = float((got - want).abs().max())
-    tol = Tolerance()
-    if not torch.allclose(got, want, atol=tol.atol, rtol=tol.rtol):
-        raise ExportError(f"{path}: onnxruntime and torch differ by {err:.3g}")
+        want = graph(x)
+    want = [w.float() for w in (want if isinstance(want, tuple | list) else [want])]
+    got = [torch.from_numpy(np.asarray(o)).float()
+           for o in make_session(path, "fp32").run(None, {input_name: x.numpy()})]
+    err, tol = 0.0, Tolerance()
+    for g, w in zip(got, want, strict=True):
+        if g.shape != w.shape:
+            raise ExportError(f"{path}: onnxruntime answers {list(g.shape)}, torch "
+                              f"{list(w.shape)}")
+        err = max(err, float((g - w).abs().max()))
+        if not torch.allclose(g, w, atol=tol.atol, rtol=tol.rtol):
+            raise ExportError(f"{path}: onnxruntime and torch differ by {err:.3g}")
     return err
 
 
@@ -84,20 +87,19 @@ def write_solver(solver: GraphSolver, graph: nn.Module, x: torch.Tensor, out_dir
     if spec.input.dtype != "float32":
         raise ExportError(f"{solver.name}: a graph taking {spec.input.dtype} cannot be written "
                           f"back from torch (the retrained graph takes float32)")
-    if getattr(graph, "outputs", 1) > 1:
-        raise ExportError(f"{solver.name}: a graph with several answers (a detector) cannot be "
-                          f"written back yet")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    inp, outp = solver.input_info.name, solver.output_info.name
+    # the outputs the spec reads, in the converted graph's order (a detector may have several)
+    inp, outputs = solver.input_info.name, getattr(solver, "tensors", [solver.output_info.name])
     dynamic = {} if solver.fixed_batch == 1 else {0: "n"}
     if spec.input.size[1] is None:  # a free width
         dynamic[3 if spec.input.layout == "NCHW" else 2] = "width"
     x = x.detach().float().cpu()
+    x = x[:1] if solver.fixed_batch == 1 else x
     tmp = out / f".{MODEL_FILE}.tmp"
     graph = copy.deepcopy(graph).cpu().eval()  # the caller's module stays where it is
     try:
-        _write_graph(graph, x, tmp, inp, outp, dynamic)
+        _write_graph(graph, x, tmp, inp, outputs, dynamic)
         _check(tmp, x, graph, inp)
         if dynamic.get(0) and len(x) > 1:  # another batch size than the one traced
             _check(tmp, x[:1], graph, inp)
@@ -110,7 +112,6 @@ def write_solver(solver: GraphSolver, graph: nn.Module, x: torch.Tensor, out_dir
     os.replace(tmp, out / MODEL_FILE)
     data = spec.to_dict()
     data.update(model=MODEL_FILE, name=name)
-    data["output"]["name"] = outp
     if solver.torch_kind != solver.kind:  # the retrained graph ends before that activation
         data["output"]["kind"] = _BEHIND[solver.kind]
     path = out / SPEC_FILE

@@ -79,6 +79,11 @@ class CellsTask(Task):
         return ([s.verifier(device="cuda" if str(device).startswith("cuda") else "cpu")
                  for s in solvers], [f"{n}: {why}" for n, why in gone.items()])
 
+    def trainee(self, name, *, device, **options):
+        from .adapt import detector_trainee
+
+        return detector_trainee(name, device=device)
+
     def eval_problem(self, scorers: Sequence, truth: Any) -> str | None:
         if chal.needs_truth(truth):
             return "a grid challenge without cells or a box has no truth to score against"
