@@ -4,12 +4,15 @@
 - ``text``: captchas of ``draw_captchas`` (seed 0), hardened white-box against
   captcha-whisperer (one surrogate, the real solver), 1,000 to train on and 100 held out;
   captcha-whisperer retrained on 0 / 50 / 200 / 1,000 of them.
-- ``images``: 224 px tiles of the six packaged photos (one folder per photo: whole photos are
-  held out), hardened with the image defaults (lite0 + lite1 -> lite2); lite2 retrained.
+- ``images``: 180 tiles of 224 px, 30 from each of the six packaged photos (one folder per
+  photo: whole photos are held out, 20% of the tiles or more), hardened with the image defaults
+  (lite0 + lite1 -> lite2); lite2 retrained on 0 / 30 / 60 / 120 of the others, 3 epochs.
 
-The work folder keeps every stage (inputs, hardened run, the check): a rerun with the same
-``--work`` goes on where a kill left it. ``--json`` gets the check's adapt.json with the
-phases' wall times.
+Beside the check, a control: the same copies trained on the training items' originals, read
+on the same held-out hardened items (``control`` in the JSON). The work folder keeps every
+stage (inputs, hardened run, the check): a rerun with the same ``--work`` goes on where a kill
+left it (the control is trained again). ``--json`` gets the check's adapt.json with the phases'
+wall times.
 
     .venv/bin/python benchmarks/adapt.py --setting text --work /tmp/adapt-text \
         --json benchmarks/results/adapt/text-whisperer.json
@@ -27,7 +30,7 @@ SETTINGS = {
     # items drawn, held-out share, surrogates, verifiers, solver retrained, sizes, epochs
     "text": (1100, 100 / 1100, ["captcha-whisperer"], ["captcha-whisperer"],
              "captcha-whisperer", (0, 50, 200, 1000), 5),
-    "images": (13, 0.2, None, None, "effnet-lite2", (0, 25, 100, 150), 5),
+    "images": (10, 0.2, None, None, "effnet-lite2", (0, 30, 60, 120), 3),
 }
 
 
@@ -56,12 +59,60 @@ def write_images(folder: Path, per_photo: int) -> Path:
     return csv
 
 
+def clean_control(run: Path, out: Path, solver: str, sizes, epochs: int, share: float
+                  ) -> list[dict]:
+    """The same copies trained on the training items' originals (not their hardened files),
+    read on the same held-out hardened items: what any fine-tuning does to the perturbations,
+    as against what learning them does."""
+    import dataclasses
+
+    import torch
+
+    from advx.engine.adapt import AdaptConfig
+    from advx.engine.adapt.split import split_rows
+    from advx.engine.adapt.train import fit
+    from advx.engine.evaluate import figures, load_set, read_pixels, read_set, scoring_options
+    from advx.engine.views.presets import get_preset
+    from advx.engine.views.view import views_of
+
+    cfg, cpu = AdaptConfig(), torch.device("cpu")
+    data = load_set(run)
+    task = data.task
+    split = split_rows(data.rows, data.clean_root, share, cfg.seed)
+    held = dataclasses.replace(data, rows=list(split.held), skipped=[])
+    opts = scoring_options(task, data.run, [r.truth for r in data.rows])
+    preset = get_preset((data.run.get("config") or {}).get("transforms") or task.preset)
+    out_rows = []
+    for n in [n for n in sizes if 0 < n <= len(split.train)]:
+        rows = split.train[:n]
+        images = [read_pixels(data.clean_root / r.clean)[0] for r in rows]
+        trainee = task.trainee(solver, device=cpu, **opts)
+        folder = out / f"n{n}"
+        fit(trainee, images, [r.truth for r in rows], epochs=epochs,
+            batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cpu,
+            checkpoint=folder / "checkpoint.pt", on_epoch=lambda e: None)
+        example = torch.stack([im for im in images if im.shape == images[0].shape][:4]) / 255
+        name = trainee.save(folder, example.float(), f"{solver}@{n}-clean")
+        scorers, _ = task.load_scorers([name], device="cpu",
+                                       truths=[r.truth for r in held.rows], **opts)
+        truths, answers, clean = read_set(dataclasses.replace(held, skipped=[]), scorers,
+                                          views_of(preset))
+        out_rows += [{"set": "held-out", "copy": "clean-trained", "trained_on": n,
+                      "epoch": epochs, **r}
+                     for r in figures(task, scorers, truths, answers, clean, preset.deciding)]
+        print(f"{solver} trained on {n} originals: "
+              f"{next(r for r in out_rows[::-1] if r['view'] == preset.views[0])['right_rate']}"
+              f" of the held-out hardened items read ({preset.views[0]})")
+    return out_rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setting", choices=sorted(SETTINGS), required=True)
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--json", type=Path)
-    p.add_argument("--n", type=int, help="items to draw (text) / tiles per photo x 3 (images)")
+    p.add_argument("--n", type=int, help="items to draw (text) / a third of the tiles per photo "
+                                         "(images)")
     p.add_argument("--sizes", help="comma list of training set sizes")
     p.add_argument("--epochs", type=int)
     args = p.parse_args(argv)
@@ -95,12 +146,15 @@ def main(argv=None) -> int:
     state = adapt_run(run, out, solver=solver, show_progress=True,
                       config=AdaptConfig(sizes=sizes, epochs=epochs, held_out=share))
     times["adapt_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    control = clean_control(run, work / "control", solver, sizes, epochs, share)
+    times["control_s"] = round(time.perf_counter() - t, 1)
     print(state["headline"]["sentence"])
     print(json.dumps(times))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"setting": args.setting, "times": times, **state},
-                                        indent=1) + "\n")
+        args.json.write_text(json.dumps({"setting": args.setting, "times": times, **state,
+                                         "control": control}, indent=1) + "\n")
     return 0
 
 

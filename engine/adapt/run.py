@@ -14,6 +14,7 @@ import torch
 
 from ...export.files import write_text_atomic
 from ..config import HardenConfig
+from ..defaults import DEFAULT_MAX_SIDE
 from ..devices import resolve_device
 from ..errors import RunError
 from ..evaluate import EvalSet, figures, load_set, read_pixels, read_set, scoring_options
@@ -98,6 +99,9 @@ def adapt_run(run_dir: str | Path, out_dir: str | Path, *, solver: str | None = 
     cfg = dataclasses.replace(config, sizes=tuple(sorted(set(config.sizes))))
     split = split_rows(data.rows, data.clean_root, cfg.held_out, cfg.seed)
     sizes = tuple(n for n in cfg.sizes if n <= len(split.train))
+    if not sizes:
+        raise RunError(f"{len(split.train)} items to train on: every size of {cfg.sizes} is "
+                       f"larger; give smaller --sizes")
     if len(sizes) < len(cfg.sizes):
         echo(f"note: {len(split.train)} items to train on: sizes above it left out")
     check = _Check(out, {"run": str(Path(run_dir).resolve()), "task": task.name,
@@ -209,9 +213,9 @@ class _Context:
         self.echo(f"hardening the held-out originals again ({folder}, seed {seed})")
         harden_folder(self.data.clean_root, out, task=task.name, labels_csv=csv,
                       surrogates=surrogates, verifiers=verifiers, config=config,
-                      max_side=run.get("max_side") or 1024, resume=(out / "summary.json").exists()
-                      or (out / "results.jsonl").exists(), show_progress=self.show_progress,
-                      warn=self.echo, **options)
+                      max_side=run.get("max_side") or DEFAULT_MAX_SIDE,
+                      resume=(out / "results.jsonl").exists(),
+                      show_progress=self.show_progress, warn=self.echo, **options)
         return load_set(out)
 
     def counter_moves(self, name: str, models: dict[int, str], cfg: AdaptConfig, run: dict,

@@ -61,6 +61,7 @@ def fit(trainee: Trainee, images: Sequence[torch.Tensor], truths: Sequence, *, e
         opt.load_state_dict(state["optimizer"])
         start = int(state["epoch"])
     shapes = [tuple(im.shape) for im in images]
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     for epoch in range(start, epochs):
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)  # a resumed epoch repeats
         for batch in batches(shapes, batch_size, gen):
