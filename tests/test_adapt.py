@@ -316,3 +316,24 @@ def test_cli_adapt(labels_run):
     assert bad.exit_code == 2 and "comma list" in bad.output
     inputs = CliRunner().invoke(cli, ["adapt", str(tmp / "in"), "--out", str(tmp / "y")])
     assert inputs.exit_code == 1 and "not an advx output folder" in inputs.output
+
+
+def _row(n: int, epoch: int, right: float, clean: float, view: str = "own",
+         kind: str = "held-out", copy: str = "retrained") -> dict:
+    return {"set": kind, "copy": copy if n else "original", "trained_on": n, "epoch": epoch,
+            "view": view, "right_rate": right, "right_clean_rate": clean, "n": 10}
+
+
+def test_the_headline_names_the_first_size_read_at_half_the_clean_rate():
+    from advx.engine.adapt.report import headline
+
+    rows = [_row(0, 0, 0.0, 1.0), _row(50, 1, 0.6, 1.0), _row(50, 2, 0.4, 0.9),  # last epoch
+            _row(200, 2, 0.5, 0.9), _row(200, 2, 0.0, 0.9, view="jpeg75"),
+            _row(200, 2, 0.2, 0.9, kind="fresh")]
+    got = headline({"solver": "s", "task": "text", "rows": rows}, "own")
+    assert got["half_clean_at"] == 200 and got["sentence"].startswith("After 200 hardened")
+    assert got["fresh/retrained"] == {"right_rate": 0.2, "right_clean_rate": 0.9}
+    never = headline({"solver": "s", "task": "text", "rows": rows[:3]}, "own")
+    assert never["half_clean_at"] is None and "does not read" in never["sentence"]
+    broken = headline({"solver": "s", "task": "text", "rows": [_row(0, 0, 0.6, 1.0)]}, "own")
+    assert broken["half_clean_at"] == 0 and "before any retraining" in broken["sentence"]

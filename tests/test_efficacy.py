@@ -15,7 +15,7 @@ from advx.engine.config import HardenConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS = BENCHMARKS / "results"
-SUITES = ("efficacy", "text", "cells", "serve", "throughput", "identity")
+SUITES = ("efficacy", "text", "cells", "adapt", "serve", "throughput", "identity")
 # written by benchmarks/gpu.sh into results/throughput/ once a GPU run is done (README: GPU run)
 GPU_RESULTS = {"throughput/throughput-gpu-torch.json", "throughput/throughput-gpu-carried.json"}
 
