@@ -36,6 +36,14 @@ def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+@torch.no_grad()
+def _text_features(head: nn.Module, clip: nn.Module, queries: Sequence[str]) -> torch.Tensor:
+    """[C, P] a CLIP-style text tower's pooled, projected features of the queries."""
+    tok = head.tokenizer(list(queries), padding=True, truncation=True, return_tensors="pt")
+    tok = {k: v.to(_device(head)) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+    return _pooled(clip.get_text_features(**tok))
+
+
 class OwlHead(nn.Module):
     """OWL-ViT / OWLv2 (``*ForObjectDetection``): class logits of every patch's box against
     the query embeddings (the model's ``forward`` without its text pass, which :meth:`encode`
@@ -48,13 +56,9 @@ class OwlHead(nn.Module):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
 
-    @torch.no_grad()
     def encode(self, queries: Sequence[str]) -> torch.Tensor:
         """[C, P] the projected text embeddings of the queries."""
-        tok = self.tokenizer(list(queries), padding=True, truncation=True, return_tensors="pt")
-        tok = {k: v.to(_device(self)) for k, v in tok.items() if k in ("input_ids",
-                                                                       "attention_mask")}
-        return _pooled(self.model.base_model.get_text_features(**tok))
+        return _text_features(self, self.model.base_model, queries)
 
     def forward(self, pixel_values: torch.Tensor, queries: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,13 +82,9 @@ class ClipSegHead(nn.Module):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
 
-    @torch.no_grad()
     def encode(self, queries: Sequence[str]) -> torch.Tensor:
         """[C, P] the conditional embeddings of the queries."""
-        tok = self.tokenizer(list(queries), padding=True, truncation=True, return_tensors="pt")
-        tok = {k: v.to(_device(self)) for k, v in tok.items() if k in ("input_ids",
-                                                                       "attention_mask")}
-        return _pooled(self.model.clip.get_text_features(**tok))
+        return _text_features(self, self.model.clip, queries)
 
     def forward(self, pixel_values: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         m = self.model
