@@ -107,9 +107,9 @@ def _plot(state: Mapping, views: Sequence[str], deciding: set[str]) -> str:
                 and r["copy"] != "original":
             x, y = xy(len(sizes) - 1, r["right_rate"] or 0)
             shape = "rect" if r["copy"] == "independent" else "circle"
-            parts.append(f'<circle cx="{x}" cy="{y}" r="5" fill="{marks[r["set"]]}"/>'
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{marks[r["set"]]}"/>'
                          if shape == "circle" else
-                         f'<rect x="{x - 5}" y="{y - 5}" width="10" height="10" '
+                         f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" '
                          f'fill="{marks[r["set"]]}"/>')
     parts.append("</svg>")
     return "".join(parts)
