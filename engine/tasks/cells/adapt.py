@@ -7,14 +7,12 @@ detected where it is."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ....export.onnx.retrained import tie_equal_parameters, write_solver
+from ....export.onnx.retrained import own_graph
 from ....export.solver.detector import DetectorSolver, to_image
 from ...errors import RunError
 from ..base import Trainee
@@ -56,8 +54,7 @@ def detector_trainee(name: str, *, device: torch.device) -> Trainee:
         raise RunError(f"{name}: only detectors with a graph (a spec, ddddocr-det, nanodet) can "
                        f"be retrained; zero-shot ones are read through their text queries")
     model = solver.surrogate()
-    model.graph = copy.deepcopy(model.graph)  # the cached solver's own stays as loaded
-    tie_equal_parameters(model.graph)
+    save = own_graph(solver, model)
     twin = DenseTwin(model).to(device).requires_grad_(True)  # eval mode stays
 
     def loss(out: tuple, truths) -> torch.Tensor:
@@ -78,9 +75,5 @@ def detector_trainee(name: str, *, device: torch.device) -> Trainee:
             per = F.binary_cross_entropy_with_logits(z, target, reduction="none").mean(1)
             terms += [part.mean() for part in (per[inside], per[~inside]) if len(part)]
         return torch.stack(terms).sum() / len(truths) if terms else logits.sum() * 0
-
-    def save(folder, images: torch.Tensor, label: str) -> str:
-        x = model.preprocess(images.to(device)).detach()
-        return f"onnx:{write_solver(solver, model.graph, x, folder, label)}"
 
     return Trainee(name, twin, loss, save)

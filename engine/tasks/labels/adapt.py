@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ....export.defaults import DEFAULT_TEMPLATES
-from ....export.onnx.retrained import tie_equal_parameters, write_classifier, write_solver
+from ....export.onnx.retrained import own_graph, write_classifier
 from ....export.zoo import LabelMap, create_classifier
 from ..base import Trainee
 
@@ -21,23 +21,19 @@ def label_trainee(name: str, *, device: torch.device, label_set: Sequence[str],
                   **_: object) -> Trainee:
     labels = tuple(label_set)
     clf = create_classifier(name, labels, templates=templates, label_map=label_map)
-    graph = getattr(clf, "graph", None)  # a foreign solver's: shared with its cached solver
-    if graph is not None:
-        clf.graph = copy.deepcopy(graph)
-        tie_equal_parameters(clf.graph)
+    if hasattr(clf, "graph"):  # a foreign solver's twin: its graph is its cached solver's
+        save = own_graph(clf.solver, clf)
     else:
         clf = copy.deepcopy(clf)
+
+        def save(folder, images: torch.Tensor, label: str) -> str:
+            return f"onnx:{write_classifier(clf, folder, label)}"
+
     clf.to(device).requires_grad_(True)  # eval mode stays: batch norms are folded
     index = {lab: i for i, lab in enumerate(labels)}
 
     def loss(logits: torch.Tensor, truths) -> torch.Tensor:
         y = torch.tensor([index[t] for t in truths], device=logits.device)
         return F.cross_entropy(logits.float(), y)
-
-    def save(folder, images: torch.Tensor, label: str) -> str:
-        if graph is None:
-            return f"onnx:{write_classifier(clf, folder, label)}"
-        x = clf.preprocess(images.to(device)).detach()
-        return f"onnx:{write_solver(clf.solver, clf.graph, x, folder, label)}"
 
     return Trainee(name, clf, loss, save, flip=True)

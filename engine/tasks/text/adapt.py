@@ -3,11 +3,9 @@ of the truth (as CRNN solvers are), written back as its own graph and spec."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from ....export.onnx.retrained import tie_equal_parameters, write_solver
+from ....export.onnx.retrained import own_graph
 from ..base import Trainee
 from .losses import ctc_loss, text_targets
 from .models import load_text_solver
@@ -16,18 +14,13 @@ from .models import load_text_solver
 def text_trainee(name: str, *, device: torch.device) -> Trainee:
     solver = load_text_solver(name)
     model = solver.text_model()
-    model.graph = copy.deepcopy(model.graph)  # the cached solver's own stays as loaded
-    tie_equal_parameters(model.graph)
+    save = own_graph(solver, model)
     model.to(device).requires_grad_(True)  # eval mode stays: no dropout, frozen batch norms
 
     def loss(logits: torch.Tensor, truths) -> torch.Tensor:
         per = ctc_loss(logits, text_targets(model.charset, list(truths)))
         fit = torch.isfinite(per)  # a truth longer than the solver's time steps: unlearnable
         return per[fit].mean() if fit.any() else logits.sum() * 0
-
-    def save(folder, images: torch.Tensor, label: str) -> str:
-        x = model.preprocess(images.to(device)).detach()
-        return f"onnx:{write_solver(solver, model.graph, x, folder, label)}"
 
     return Trainee(name, model, loss, save)
 
